@@ -1,1 +1,14 @@
-//! courier
+//! courier: a resilient, actor-based gateway between many internal services and one
+//! rate-limited upstream HTTP API. See README.md and ARCHITECTURE.md for the design.
+
+pub mod actors;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod request_id;
+pub mod upstream;
+
+pub use gateway::{Gateway, Running, StartError};
+pub use http::configure;

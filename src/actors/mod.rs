@@ -1,0 +1,14 @@
+//! The actors: each owns one piece of mutable state that must change in one place.
+//!
+//! | actor | owns |
+//! |---|---|
+//! | [`TokenManager`] | the upstream token, its expiry and generation, the one refresh in flight |
+//! | [`Dispatcher`] | one per worker: that worker's awc client and token copy |
+
+pub mod dispatcher;
+pub mod retry;
+pub mod token;
+
+pub use dispatcher::{Dispatch, Dispatcher, DispatcherSettings};
+pub use retry::{DispatchError, Dispatched, RetryPolicy};
+pub use token::{GetToken, Token, TokenCell, TokenManager, TokenSettings, TokenUnavailable};

@@ -1,0 +1,257 @@
+//! Configuration: environment variables (the spec's `EXTERNAL_API_*` names plus `COURIER_*`),
+//! an optional TOML file, and secrets read from `*_FILE` paths.
+//!
+//! Every setting is read through [`Reader`], which records a problem and keeps going, so a
+//! misconfigured deployment learns about *every* bad variable in one start, one line each
+//! (`VARIABLE: problem (expected: form)`), instead of fixing them one restart at a time.
+//! The environment is read through the small [`Env`] trait so tests pass a map instead of
+//! mutating the process environment. Secrets are held in [`SecretString`] and never printed:
+//! `Debug` of [`Config`] shows `[REDACTED]` in their place.
+
+mod clients;
+mod reader;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub use clients::{key_sha256_hex, ClientEntry, Clients};
+pub use reader::{read_secret_file, Env, MapEnv, ProcessEnv};
+use reader::{FileValues, Reader};
+
+/// Every configuration problem found at start-up, one per bad variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.lines())]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    fn lines(&self) -> String {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        lines.join("\n")
+    }
+}
+
+/// One bad setting: which variable, what is wrong with its value, and the expected form.
+/// The value itself is quoted only for settings that are not secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {problem} (expected: {expected})")]
+pub struct ConfigError {
+    /// The variable's name, e.g. `EXTERNAL_API_TIMEOUT`.
+    pub var: String,
+    /// What is wrong with the value.
+    pub problem: String,
+    /// The form a good value takes.
+    pub expected: &'static str,
+}
+
+/// Where a secret came from, kept so that a reload can read it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The variable itself held the value.
+    Inline,
+    /// The value was read from this file (`<VAR>_FILE`).
+    File(PathBuf),
+}
+
+/// courier's whole configuration, validated.
+#[derive(Clone)]
+pub struct Config {
+    /// Upstream base URL without a trailing slash, e.g. `https://api.example.com/v2`.
+    pub base_url: String,
+    /// OAuth2 token endpoint (default: base URL + `/oauth/token`).
+    pub token_url: String,
+    /// Upstream API key, sent as `X-API-Key`.
+    pub api_key: SecretString,
+    /// Where the API key came from.
+    pub api_key_source: SecretSource,
+    /// OAuth2 client id.
+    pub client_id: String,
+    /// OAuth2 client secret.
+    pub client_secret: SecretString,
+    /// Where the client secret came from.
+    pub client_secret_source: SecretSource,
+    /// Timeout of one upstream attempt (head and body).
+    pub attempt_timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Base of the exponential backoff between retries.
+    pub retry_delay: Duration,
+    /// Upper bound of one backoff sleep.
+    pub retry_max_delay: Duration,
+    /// Lifetime of a cached answer.
+    pub cache_ttl: Duration,
+    /// Upstream requests per minute.
+    pub rate_limit_per_minute: u32,
+    /// Redis URL for shared state, when set.
+    pub redis_url: Option<SecretString>,
+    /// Address of the gateway listener.
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    pub admin_listen: SocketAddr,
+    /// Client identities; `None` runs courier open.
+    pub clients: Option<Clients>,
+    /// Path of the clients file, when set.
+    pub clients_file: Option<PathBuf>,
+    /// Minimum log level.
+    pub log_level: slog::Level,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest accepted upstream response body.
+    pub upstream_max_body_bytes: usize,
+    /// Default overall deadline of a request when the client sends no `X-Request-Timeout`.
+    pub request_deadline: Duration,
+    /// Time in-flight requests get to finish on SIGTERM.
+    pub shutdown_grace: Duration,
+    /// HTTP worker threads of the gateway listener.
+    pub workers: usize,
+    /// Whether retry backoff is randomised (full jitter); off only in tests.
+    pub retry_jitter: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const REDACTED: &str = "[REDACTED]";
+        f.debug_struct("Config")
+            .field("base_url", &self.base_url)
+            .field("token_url", &self.token_url)
+            .field("api_key", &REDACTED)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &REDACTED)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("retry_delay", &self.retry_delay)
+            .field("retry_max_delay", &self.retry_max_delay)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| REDACTED))
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("clients", &self.clients)
+            .field("log_level", &self.log_level)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("upstream_max_body_bytes", &self.upstream_max_body_bytes)
+            .field("request_deadline", &self.request_deadline)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("workers", &self.workers)
+            .field("retry_jitter", &self.retry_jitter)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment and an optional TOML file
+    /// (keys are the variable names; the environment wins).
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigErrors> {
+        Self::from_sources(&ProcessEnv, file)
+    }
+
+    /// Reads the configuration from `env` and an optional TOML file.
+    pub fn from_sources(
+        env: &dyn Env,
+        file: Option<&std::path::Path>,
+    ) -> Result<Config, ConfigErrors> {
+        let file_values = match file {
+            Some(path) => FileValues::read(path).map_err(|e| ConfigErrors(vec![e]))?,
+            None => FileValues::default(),
+        };
+        let mut r = Reader::new(env, &file_values);
+        let config = Self::read(&mut r);
+        r.finish().map(|()| config)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Config {
+        let base_url = r.url("EXTERNAL_API_BASE_URL", None).unwrap_or_default();
+        // Without a valid base URL there is no default to report on twice.
+        let token_url = match (base_url.is_empty(), r.optional("EXTERNAL_OAUTH_TOKEN_URL")) {
+            (true, None) => String::new(),
+            (_, explicit) => {
+                let default = explicit.unwrap_or_else(|| format!("{base_url}/oauth/token"));
+                r.url("EXTERNAL_OAUTH_TOKEN_URL", Some(default))
+                    .unwrap_or_default()
+            }
+        };
+        let (api_key, api_key_source) = r.secret("EXTERNAL_API_KEY");
+        let client_id = r.required("EXTERNAL_OAUTH_CLIENT_ID", "a non-empty OAuth2 client id");
+        let (client_secret, client_secret_source) = r.secret("EXTERNAL_OAUTH_CLIENT_SECRET");
+        let attempt_timeout = r.seconds("EXTERNAL_API_TIMEOUT", 30.0);
+        let max_retries = r.count("EXTERNAL_API_MAX_RETRIES", 3, 0..=20);
+        let retry_delay = r.seconds_or_zero("EXTERNAL_API_RETRY_DELAY", 1.0);
+        let retry_max_delay = r.seconds("COURIER_RETRY_MAX_DELAY", 20.0);
+        let cache_ttl = r.seconds_or_zero("EXTERNAL_API_CACHE_TTL", 300.0);
+        let rate_limit_per_minute = r.count("EXTERNAL_API_RATE_LIMIT", 1000, 1..=10_000_000);
+        let redis_url = r.optional_secret_url("REDIS_URL");
+        let listen = r.addr("COURIER_LISTEN", "127.0.0.1:8080");
+        let admin_listen = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
+        let clients_file = r.optional("COURIER_CLIENTS_FILE").map(PathBuf::from);
+        let clients = clients_file
+            .as_deref()
+            .and_then(|path| match Clients::load(path) {
+                Ok(clients) => Some(clients),
+                Err(problem) => {
+                    r.problem("COURIER_CLIENTS_FILE", problem, clients::EXPECTED);
+                    None
+                }
+            });
+        let log_level = r.parsed(
+            "COURIER_LOG_LEVEL",
+            slog::Level::Info,
+            "one of trace, debug, info, warning, error, critical",
+            parse_level,
+        );
+        let max_body_bytes = r.count("COURIER_MAX_BODY_BYTES", 1 << 20, 1..=(1 << 30)) as usize;
+        let upstream_max_body_bytes =
+            r.count("COURIER_UPSTREAM_MAX_BODY_BYTES", 8 << 20, 1..=(1 << 30)) as usize;
+        let request_deadline = r.seconds("COURIER_REQUEST_DEADLINE", 30.0);
+        let shutdown_grace = r.seconds("COURIER_SHUTDOWN_GRACE", 30.0);
+        let default_workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+        let workers = r.count("COURIER_WORKERS", default_workers, 1..=1024) as usize;
+        let retry_jitter = r.parsed("COURIER_RETRY_JITTER", true, "true or false", |s| {
+            s.parse().ok()
+        });
+        Config {
+            base_url,
+            token_url,
+            api_key,
+            api_key_source,
+            client_id,
+            client_secret,
+            client_secret_source,
+            attempt_timeout,
+            max_retries: max_retries as u32,
+            retry_delay,
+            retry_max_delay,
+            cache_ttl,
+            rate_limit_per_minute: rate_limit_per_minute as u32,
+            redis_url,
+            listen,
+            admin_listen,
+            clients,
+            clients_file,
+            log_level,
+            max_body_bytes,
+            upstream_max_body_bytes,
+            request_deadline,
+            shutdown_grace,
+            workers,
+            retry_jitter,
+        }
+    }
+}
+
+fn parse_level(s: &str) -> Option<slog::Level> {
+    match s.to_ascii_lowercase().as_str() {
+        "trace" => Some(slog::Level::Trace),
+        "debug" => Some(slog::Level::Debug),
+        "info" => Some(slog::Level::Info),
+        "warn" | "warning" => Some(slog::Level::Warning),
+        "error" => Some(slog::Level::Error),
+        "critical" | "crit" => Some(slog::Level::Critical),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,127 @@
+use super::*;
+
+fn minimal() -> MapEnv {
+    MapEnv::new([
+        ("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2/"),
+        ("EXTERNAL_API_KEY", "key-123456"),
+        ("EXTERNAL_OAUTH_CLIENT_ID", "client"),
+        ("EXTERNAL_OAUTH_CLIENT_SECRET", "secret-abcdef"),
+    ])
+}
+
+#[test]
+fn defaults_apply_to_a_minimal_environment() {
+    let config = Config::from_sources(&minimal(), None).unwrap();
+    assert_eq!(config.base_url, "http://127.0.0.1:1/v2");
+    assert_eq!(config.token_url, "http://127.0.0.1:1/v2/oauth/token");
+    assert_eq!(config.attempt_timeout, Duration::from_secs(30));
+    assert_eq!(config.max_retries, 3);
+    assert_eq!(config.retry_delay, Duration::from_secs(1));
+    assert_eq!(config.cache_ttl, Duration::from_secs(300));
+    assert_eq!(config.rate_limit_per_minute, 1000);
+    assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(config.max_body_bytes, 1 << 20);
+    assert!(config.clients.is_none());
+}
+
+#[test]
+fn fractional_seconds_are_accepted() {
+    let mut env = minimal();
+    env.set("EXTERNAL_API_TIMEOUT", "2.5")
+        .set("EXTERNAL_API_RETRY_DELAY", "0.05");
+    let config = Config::from_sources(&env, None).unwrap();
+    assert_eq!(config.attempt_timeout, Duration::from_millis(2500));
+    assert_eq!(config.retry_delay, Duration::from_millis(50));
+}
+
+#[test]
+fn every_bad_variable_is_reported_once_with_its_expected_form() {
+    let env = MapEnv::new([
+        ("EXTERNAL_API_BASE_URL", "ftp://x"),
+        ("EXTERNAL_OAUTH_CLIENT_SECRET", "s3cr3t-value"),
+        ("EXTERNAL_API_TIMEOUT", "soon"),
+        ("EXTERNAL_API_MAX_RETRIES", "-1"),
+        ("COURIER_LISTEN", "localhost"),
+        ("COURIER_LOG_LEVEL", "loud"),
+    ]);
+    let errors = Config::from_sources(&env, None).unwrap_err();
+    let vars: Vec<&str> = errors.0.iter().map(|e| e.var.as_str()).collect();
+    assert_eq!(
+        vars,
+        [
+            "EXTERNAL_API_BASE_URL",
+            "EXTERNAL_API_KEY",
+            "EXTERNAL_OAUTH_CLIENT_ID",
+            "EXTERNAL_API_TIMEOUT",
+            "EXTERNAL_API_MAX_RETRIES",
+            "COURIER_LISTEN",
+            "COURIER_LOG_LEVEL",
+        ]
+    );
+    let text = errors.to_string();
+    assert_eq!(text.lines().count(), 7, "one line per variable:\n{text}");
+    assert!(text.contains(
+        "EXTERNAL_API_TIMEOUT: \"soon\" is not valid (expected: a number of seconds > 0"
+    ));
+    assert!(!text.contains("s3cr3t-value"));
+}
+
+#[test]
+fn secrets_come_from_files_and_never_show_in_debug() {
+    let dir = std::env::temp_dir().join(format!("courier-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    std::fs::write(&path, "from-file-secret\n").unwrap();
+    let mut env = minimal();
+    env.0.remove("EXTERNAL_OAUTH_CLIENT_SECRET");
+    env.set("EXTERNAL_OAUTH_CLIENT_SECRET_FILE", path.to_str().unwrap());
+    env.set("REDIS_URL", "redis://:hunter2@127.0.0.1:6379/0");
+    let config = Config::from_sources(&env, None).unwrap();
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&config.client_secret),
+        "from-file-secret"
+    );
+    assert_eq!(
+        config.client_secret_source,
+        SecretSource::File(path.clone())
+    );
+    let shown = format!("{config:?}");
+    for secret in ["from-file-secret", "key-123456", "hunter2"] {
+        assert!(!shown.contains(secret), "{secret} leaked into {shown}");
+    }
+
+    env.set("EXTERNAL_OAUTH_CLIENT_SECRET", "inline");
+    let errors = Config::from_sources(&env, None).unwrap_err().to_string();
+    assert!(
+        errors.contains("EXTERNAL_OAUTH_CLIENT_SECRET: is set together with"),
+        "{errors}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_file_fills_in_and_the_environment_wins() {
+    let dir = std::env::temp_dir().join(format!("courier-config-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("courier.toml");
+    std::fs::write(
+        &path,
+        "EXTERNAL_API_TIMEOUT = 7\nexternal_api_max_retries = 5\n",
+    )
+    .unwrap();
+    let mut env = minimal();
+    env.set("EXTERNAL_API_MAX_RETRIES", "1");
+    let config = Config::from_sources(&env, Some(&path)).unwrap();
+    assert_eq!(config.attempt_timeout, Duration::from_secs(7));
+    assert_eq!(config.max_retries, 1);
+    std::fs::write(&path, "EXTERNAL_API_TIMEOUT = [1]\n").unwrap();
+    let errors = Config::from_sources(&env, Some(&path))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.starts_with("--config: EXTERNAL_API_TIMEOUT has a array value"),
+        "{errors}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,226 @@
+//! Starting courier: the actors, the gateway listener with one Dispatcher per worker, the
+//! admin listener, and a graceful stop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::dev::ServerHandle;
+use actix_web::http::header::HeaderValue;
+use actix_web::{web, App, HttpServer};
+use secrecy::ExposeSecret;
+use slog::{info, o, warn, Logger};
+
+use crate::actors::{
+    Dispatcher, DispatcherSettings, RetryPolicy, TokenCell, TokenManager, TokenSettings,
+};
+use crate::config::Config;
+use crate::http::{self, Shared, Worker};
+use crate::metrics::Metrics;
+use crate::upstream::{self, Backoff};
+
+/// Why courier could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting passed validation but cannot be used (e.g. an unreadable CA file).
+    #[error("{0}")]
+    Setting(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// The started actors and everything workers are built from.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    dispatcher: DispatcherSettings,
+}
+
+impl Gateway {
+    /// Starts the TokenManager (inside the running actix System) and prepares the workers.
+    pub fn start(
+        config: Config,
+        metrics: Arc<Metrics>,
+        log: Logger,
+    ) -> Result<Gateway, StartError> {
+        let tls = upstream::tls_config(None).map_err(StartError::Setting)?;
+        let process_uri = format!("{}/process", config.base_url)
+            .parse()
+            .map_err(|e| {
+                StartError::Setting(format!(
+                    "EXTERNAL_API_BASE_URL: cannot form /process URI: {e}"
+                ))
+            })?;
+        let mut api_key = HeaderValue::from_str(config.api_key.expose_secret()).map_err(|_| {
+            StartError::Setting("EXTERNAL_API_KEY: has characters not allowed in a header".into())
+        })?;
+        api_key.set_sensitive(true);
+        let backoff = Backoff::try_new(
+            config.retry_delay,
+            config.retry_max_delay.max(config.retry_delay),
+            config.retry_jitter,
+        )
+        .map_err(|e| StartError::Setting(e.to_string()))?;
+        let policy = RetryPolicy {
+            max_retries: config.max_retries,
+            backoff,
+            attempt_timeout: config.attempt_timeout,
+            max_body: config.upstream_max_body_bytes,
+        };
+        let token_cell = Arc::new(TokenCell::default());
+        let token_manager = TokenManager::new(
+            TokenSettings {
+                url: config.token_url.clone(),
+                client_id: config.client_id.clone(),
+                client_secret: config.client_secret.clone(),
+                timeout: config.attempt_timeout,
+                tls: tls.clone(),
+            },
+            token_cell.clone(),
+            metrics.clone(),
+            &log,
+        )
+        .start();
+        if config.clients.is_none() {
+            warn!(log, "open_mode"; "detail" => "COURIER_CLIENTS_FILE is not set: every caller is accepted as client \"open\"");
+        }
+        let shared = Arc::new(Shared {
+            config: Arc::new(config),
+            metrics: metrics.clone(),
+            token_cell: token_cell.clone(),
+            log: log.clone(),
+        });
+        let dispatcher = DispatcherSettings {
+            process_uri,
+            api_key,
+            policy,
+            tls,
+            token_cell,
+            token_manager,
+            metrics,
+            log,
+        };
+        Ok(Gateway { shared, dispatcher })
+    }
+
+    /// Shared state (config, metrics, token cell).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// The state of one worker; starts that worker's Dispatcher on the calling thread.
+    pub fn worker(&self) -> web::Data<Worker> {
+        let dispatcher = Dispatcher::start_here(self.dispatcher.clone());
+        web::Data::new(Worker {
+            shared: self.shared.clone(),
+            dispatcher,
+            log: self.shared.log.new(o!()),
+        })
+    }
+
+    /// Binds both listeners and starts serving. Signals are not handled here: see
+    /// [`Running::stop_on_signal`].
+    pub fn serve(self) -> Result<Running, StartError> {
+        let config = self.shared.config.clone();
+        let grace = config.shutdown_grace;
+        let grace_secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let gateway = Arc::new(self);
+        let factory = {
+            let gateway = gateway.clone();
+            move || {
+                App::new()
+                    .app_data(gateway.worker())
+                    .configure(http::configure)
+            }
+        };
+        let server = HttpServer::new(factory)
+            .workers(config.workers)
+            .shutdown_timeout(grace_secs)
+            .disable_signals()
+            .bind(config.listen)
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = server.addrs()[0];
+        let server = server.run();
+
+        let admin_shared = web::Data::new(gateway.shared.clone());
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_shared.clone())
+                .configure(http::admin::configure)
+        })
+        .workers(1)
+        .shutdown_timeout(1)
+        .disable_signals()
+        .bind(config.admin_listen)
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+        let admin_addr = admin.addrs()[0];
+        let admin = admin.run();
+
+        let running = Running {
+            addr,
+            admin_addr,
+            server: server.handle(),
+            admin: admin.handle(),
+            log: gateway.shared.log.clone(),
+            grace,
+        };
+        actix_rt::spawn(server);
+        actix_rt::spawn(admin);
+        info!(running.log, "listening"; "gateway" => %addr, "admin" => %admin_addr, "upstream" => &config.base_url);
+        Ok(running)
+    }
+}
+
+/// A serving courier.
+pub struct Running {
+    /// The gateway listener's address.
+    pub addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin_addr: SocketAddr,
+    server: ServerHandle,
+    admin: ServerHandle,
+    log: Logger,
+    grace: Duration,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish within the grace period, stops.
+    pub async fn stop(&self) {
+        info!(self.log, "shutting_down"; "grace_seconds" => self.grace.as_secs_f64());
+        self.server.stop(true).await;
+        self.admin.stop(true).await;
+        info!(self.log, "stopped");
+    }
+
+    /// Waits for SIGTERM or SIGINT, then stops gracefully.
+    pub async fn stop_on_signal(&self) -> io::Result<()> {
+        wait_for_signal().await?;
+        self.stop().await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The process request body: validated without building a DOM, and turned into the upstream
+//! body by copying the client's raw `data` bytes (serde borrows them as `RawValue`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::errors::ApiError;
+
+/// Option keys that are courier's, not the upstream's; they are not forwarded.
+const COURIER_OPTIONS: [&str; 2] = ["async", "callback_url"];
+
+/// A valid process request.
+#[derive(Debug)]
+pub struct ProcessRequest {
+    /// The body to send upstream: `{"data": <client's data>, "options": <upstream options>}`.
+    pub upstream_body: Bytes,
+    /// `options.async`.
+    pub is_async: bool,
+    /// `options.callback_url`.
+    pub callback_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Top<'a> {
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    options: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DataFields<'a> {
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    format: Option<&'a RawValue>,
+}
+
+fn is_object(raw: &str) -> bool {
+    raw.trim_start().starts_with('{')
+}
+
+fn invalid(message: &'static str) -> ApiError {
+    ApiError::InvalidRequest(Cow::Borrowed(message))
+}
+
+/// Validates a process request body: a JSON object whose `data` is an object with `input`,
+/// and whose optional `options` is an object (`async` a boolean, `callback_url` a string).
+pub fn parse(body: &[u8]) -> Result<ProcessRequest, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::InvalidJson("not UTF-8".into()))?;
+    if !is_object(text) {
+        // serde would accept an array for a struct; the API takes only an object.
+        serde_json::from_str::<&RawValue>(text)
+            .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        return Err(invalid("the body must be a JSON object"));
+    }
+    let top: Top<'_> =
+        serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let data = top.data.ok_or_else(|| invalid("data is required"))?;
+    if !is_object(data.get()) {
+        return Err(invalid("data must be an object"));
+    }
+    let fields: DataFields<'_> =
+        serde_json::from_str(data.get()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if fields.input.is_none() {
+        return Err(invalid("data.input is required"));
+    }
+    if fields.format.is_some_and(|f| !f.get().starts_with('"')) {
+        return Err(invalid("data.format must be a string"));
+    }
+
+    let mut options: BTreeMap<Cow<'_, str>, &RawValue> = match top.options {
+        None => BTreeMap::new(),
+        Some(raw) if raw.get() == "null" => BTreeMap::new(),
+        Some(raw) if is_object(raw.get()) => {
+            serde_json::from_str(raw.get()).map_err(|e| ApiError::InvalidJson(e.to_string()))?
+        }
+        Some(_) => return Err(invalid("options must be an object")),
+    };
+    let is_async = match options.get("async").map(|v| v.get()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(invalid("options.async must be true or false")),
+    };
+    let callback_url = match options.get("callback_url") {
+        None => None,
+        Some(raw) => Some(
+            serde_json::from_str::<String>(raw.get())
+                .map_err(|_| invalid("options.callback_url must be a string"))?,
+        ),
+    };
+    for key in COURIER_OPTIONS {
+        options.remove(key);
+    }
+
+    let mut out = BytesMut::with_capacity(data.get().len() + 64);
+    out.put_slice(b"{\"data\":");
+    out.put_slice(data.get().as_bytes());
+    out.put_slice(b",\"options\":");
+    let mut writer = out.writer();
+    serde_json::to_writer(&mut writer, &options).expect("writing into memory cannot fail");
+    let mut out = writer.into_inner();
+    out.put_u8(b'}');
+    Ok(ProcessRequest {
+        upstream_body: out.freeze(),
+        is_async,
+        callback_url,
+    })
+}
+
+/// The success answer: `{"success":true,"result":..,"request_id":..,"upstream_request_id":..}`,
+/// with `result` copied as raw bytes from the upstream's answer.
+pub fn success_body(result: &[u8], request_id: &str, upstream_request_id: Option<&str>) -> Bytes {
+    let mut out = BytesMut::with_capacity(result.len() + 96);
+    out.put_slice(b"{\"success\":true,\"result\":");
+    out.put_slice(result);
+    out.put_slice(b",\"request_id\":\"");
+    // Request ids are restricted to characters that need no JSON escaping.
+    out.put_slice(request_id.as_bytes());
+    out.put_slice(b"\",\"upstream_request_id\":");
+    let mut writer = out.writer();
+    serde_json::to_writer(&mut writer, &upstream_request_id)
+        .expect("writing into memory cannot fail");
+    let mut out = writer.into_inner();
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: &str) -> String {
+        match parse(body.as_bytes()).unwrap_err() {
+            ApiError::InvalidRequest(m) => m.into_owned(),
+            ApiError::InvalidJson(m) => format!("json: {m}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn forwards_data_raw_and_strips_courier_options() {
+        let req = parse(
+            br#"{"data": {"input": "hi", "format": "json"}, "options": {"priority": 2, "async": false, "callback_url": "https://x/cb"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            &req.upstream_body[..],
+            br#"{"data":{"input": "hi", "format": "json"},"options":{"priority":2}}"#
+        );
+        assert!(!req.is_async);
+        assert_eq!(req.callback_url.as_deref(), Some("https://x/cb"));
+        let plain = parse(br#"{"data":{"input":1}}"#).unwrap();
+        assert_eq!(
+            &plain.upstream_body[..],
+            br#"{"data":{"input":1},"options":{}}"#
+        );
+        let upstream: serde_json::Value = serde_json::from_slice(&plain.upstream_body).unwrap();
+        assert_eq!(upstream["data"]["input"], 1);
+    }
+
+    #[test]
+    fn names_the_field_that_is_wrong() {
+        assert_eq!(message(r#"{"options":{}}"#), "data is required");
+        assert_eq!(message(r#"{"data":[1]}"#), "data must be an object");
+        assert_eq!(
+            message(r#"{"data":{"format":"json"}}"#),
+            "data.input is required"
+        );
+        assert_eq!(
+            message(r#"{"data":{"input":null}}"#),
+            "data.input is required"
+        );
+        assert_eq!(
+            message(r#"{"data":{"input":1,"format":3}}"#),
+            "data.format must be a string"
+        );
+        assert_eq!(
+            message(r#"{"data":{"input":1},"options":[]}"#),
+            "options must be an object"
+        );
+        assert_eq!(
+            message(r#"{"data":{"input":1},"options":{"async":"yes"}}"#),
+            "options.async must be true or false"
+        );
+        assert_eq!(
+            message(r#"[{"data":{"input":1}}]"#),
+            "the body must be a JSON object"
+        );
+        assert!(message(r#"{"data": "#).starts_with("json: EOF while parsing"));
+        assert!(message(r#"{"data":{"input":1},"data":{"input":2}}"#).contains("duplicate field"));
+    }
+
+    #[test]
+    fn success_body_is_valid_json() {
+        let body = success_body(br#"{"processed_data":"HI"}"#, "req_1", Some("up_\"q"));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["success"], true);
+        assert_eq!(v["result"]["processed_data"], "HI");
+        assert_eq!(v["request_id"], "req_1");
+        assert_eq!(v["upstream_request_id"], "up_\"q");
+        let none: serde_json::Value =
+            serde_json::from_slice(&success_body(b"1", "r", None)).unwrap();
+        assert!(none["upstream_request_id"].is_null());
+    }
+}

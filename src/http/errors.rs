@@ -1,0 +1,263 @@
+//! Every error courier answers, mapped to its HTTP status, `code`, retryability and
+//! `Retry-After` in this one place.
+//!
+//! One JSON shape for all of them:
+//! `{"success": false, "error": {"code", "message", "retryable"}, "request_id"}`.
+//! Upstream failures are 502 (504 for timeouts), never 500 or 400; the only upstream text
+//! that reaches a client is the upstream's own error message for a request it refused.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde::Serialize;
+
+use crate::actors::DispatchError;
+use crate::request_id::RequestId;
+use crate::upstream::Outcome;
+
+/// An error answer of courier's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The body is not valid JSON.
+    InvalidJson(String),
+    /// The body is JSON but not a valid request; the message names the field.
+    InvalidRequest(Cow<'static, str>),
+    /// The upstream refused the request's content; its message.
+    UpstreamRejected(String),
+    /// No or an unknown client key.
+    Unauthorized,
+    /// No such route or request id.
+    NotFound,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    /// The body exceeds the limit (bytes).
+    PayloadTooLarge(usize),
+    /// The body is not `application/json`.
+    UnsupportedMediaType,
+    /// The upstream's rate budget is spent; retry after this long.
+    BudgetExhausted(Duration),
+    /// No upstream token can be had now; retry after this long.
+    UpstreamAuthUnavailable(Duration),
+    /// The upstream failed after retries; the last attempt's outcome.
+    UpstreamFailed(Outcome),
+    /// The request's deadline passed before an answer.
+    DeadlineExceeded,
+    /// courier itself is overloaded; retry after this long.
+    Overloaded(Duration),
+}
+
+impl From<DispatchError> for ApiError {
+    fn from(error: DispatchError) -> Self {
+        match error {
+            DispatchError::Rejected(message) => ApiError::UpstreamRejected(message),
+            DispatchError::AuthUnavailable(wait) => ApiError::UpstreamAuthUnavailable(wait),
+            DispatchError::RateLimited(wait) => ApiError::BudgetExhausted(wait),
+            DispatchError::Failed(outcome) => ApiError::UpstreamFailed(outcome),
+            DispatchError::DeadlineExceeded => ApiError::DeadlineExceeded,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    success: bool,
+    error: Detail<'a>,
+    request_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'static str,
+    message: &'a str,
+    retryable: bool,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::UpstreamRejected(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UpstreamAuthUnavailable(_) | ApiError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::UpstreamFailed(Outcome::Timeout) | ApiError::DeadlineExceeded => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ApiError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The machine-readable `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::UpstreamRejected(_) => "upstream_rejected",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::BudgetExhausted(_) => "budget_exhausted",
+            ApiError::UpstreamAuthUnavailable(_) => "upstream_auth_unavailable",
+            ApiError::UpstreamFailed(Outcome::Timeout) => "upstream_timeout",
+            ApiError::UpstreamFailed(Outcome::Forbidden) => "upstream_auth_rejected",
+            ApiError::UpstreamFailed(Outcome::InvalidResponse) => "upstream_invalid_response",
+            ApiError::UpstreamFailed(_) => "upstream_unavailable",
+            ApiError::DeadlineExceeded => "deadline_exceeded",
+            ApiError::Overloaded(_) => "overloaded",
+        }
+    }
+
+    /// The human-readable `message`.
+    pub fn message(&self) -> Cow<'_, str> {
+        match self {
+            ApiError::InvalidJson(detail) => format!("the body is not valid JSON: {detail}").into(),
+            ApiError::InvalidRequest(message) => Cow::Borrowed(message),
+            ApiError::UpstreamRejected(message) => Cow::Borrowed(message),
+            ApiError::Unauthorized => {
+                "missing or unknown client key (send Authorization: Bearer <key>)".into()
+            }
+            ApiError::NotFound => "not found".into(),
+            ApiError::MethodNotAllowed => "method not allowed on this route".into(),
+            ApiError::PayloadTooLarge(limit) => {
+                format!("the body is larger than {limit} bytes").into()
+            }
+            ApiError::UnsupportedMediaType => {
+                "the body must be sent as Content-Type: application/json".into()
+            }
+            ApiError::BudgetExhausted(_) => {
+                "the upstream rate budget is exhausted; retry later".into()
+            }
+            ApiError::UpstreamAuthUnavailable(_) => {
+                "courier cannot authenticate with the upstream right now".into()
+            }
+            ApiError::UpstreamFailed(Outcome::Timeout) => {
+                "the upstream did not answer in time".into()
+            }
+            ApiError::UpstreamFailed(Outcome::Forbidden) => {
+                "the upstream refused courier's API key".into()
+            }
+            ApiError::UpstreamFailed(Outcome::InvalidResponse) => {
+                "the upstream's answer was unusable".into()
+            }
+            ApiError::UpstreamFailed(_) => "the upstream failed after retries".into(),
+            ApiError::DeadlineExceeded => {
+                "the request's deadline passed before the upstream answered".into()
+            }
+            ApiError::Overloaded(_) => "courier is overloaded; retry later".into(),
+        }
+    }
+
+    /// Whether the same request may succeed later.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ApiError::BudgetExhausted(_)
+                | ApiError::UpstreamAuthUnavailable(_)
+                | ApiError::UpstreamFailed(_)
+                | ApiError::DeadlineExceeded
+                | ApiError::Overloaded(_)
+        )
+    }
+
+    /// The `Retry-After` delay, for 429 and 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::BudgetExhausted(d)
+            | ApiError::UpstreamAuthUnavailable(d)
+            | ApiError::Overloaded(d) => Some(*d),
+            _ => None,
+        }
+    }
+
+    /// The full answer, carrying the request id in the body and `X-Request-Id`.
+    pub fn response(&self, request_id: &RequestId) -> HttpResponse {
+        let message = self.message();
+        let body = Body {
+            success: false,
+            error: Detail {
+                code: self.code(),
+                message: &message,
+                retryable: self.retryable(),
+            },
+            request_id: request_id.as_str(),
+        };
+        let mut response = HttpResponse::build(self.status());
+        response
+            .insert_header(("x-request-id", request_id.header().clone()))
+            .content_type("application/json");
+        if let Some(wait) = self.retry_after() {
+            response.insert_header((RETRY_AFTER, retry_after_value(wait)));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header(("www-authenticate", "Bearer"));
+        }
+        response.body(serde_json::to_vec(&body).expect("error bodies serialise"))
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_value(wait: Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes() {
+        let cases = [
+            (
+                ApiError::UpstreamFailed(Outcome::ServerError),
+                502,
+                "upstream_unavailable",
+            ),
+            (
+                ApiError::UpstreamFailed(Outcome::Timeout),
+                504,
+                "upstream_timeout",
+            ),
+            (
+                ApiError::UpstreamAuthUnavailable(Duration::from_millis(1500)),
+                503,
+                "upstream_auth_unavailable",
+            ),
+            (
+                ApiError::BudgetExhausted(Duration::from_secs(3)),
+                429,
+                "budget_exhausted",
+            ),
+            (ApiError::PayloadTooLarge(10), 413, "payload_too_large"),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!((error.status().as_u16(), error.code()), (status, code));
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(
+            retry_after_value(Duration::from_millis(1500)),
+            HeaderValue::from(2u64)
+        );
+        assert_eq!(retry_after_value(Duration::ZERO), HeaderValue::from(1u64));
+        assert_eq!(
+            retry_after_value(Duration::from_secs(4)),
+            HeaderValue::from(4u64)
+        );
+    }
+}

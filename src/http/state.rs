@@ -1,0 +1,77 @@
+//! The state handlers run with: [`Shared`] by every thread, [`Worker`] per actix worker.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::HttpRequest;
+use slog::Logger;
+
+use super::errors::ApiError;
+use crate::actors::{Dispatcher, TokenCell};
+use crate::config::{Clients, Config};
+use crate::metrics::Metrics;
+
+/// State shared by all threads; read-only or internally synchronised.
+pub struct Shared {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The published upstream token (readiness reads it).
+    pub token_cell: Arc<TokenCell>,
+    /// The root logger.
+    pub log: Logger,
+}
+
+/// Who is calling: a client of the clients file, or anyone when courier runs open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No clients file: all traffic is one client.
+    Open,
+    /// The client at this index of the clients file.
+    Known(usize),
+}
+
+/// Label value of a request whose caller is not (yet) known.
+pub const UNKNOWN_CALLER: &str = "unknown";
+
+/// Per-worker state: this worker's Dispatcher and logger.
+pub struct Worker {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// This worker's Dispatcher (same thread).
+    pub dispatcher: Addr<Dispatcher>,
+    /// This worker's logger.
+    pub log: Logger,
+}
+
+impl Worker {
+    fn clients(&self) -> Option<&Clients> {
+        self.shared.config.clients.as_ref()
+    }
+
+    /// Identifies the caller by `Authorization: Bearer <key>` when clients are configured.
+    pub fn identify(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
+        let Some(clients) = self.clients() else {
+            return Ok(Caller::Open);
+        };
+        let key = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        clients
+            .authenticate(key)
+            .map(Caller::Known)
+            .ok_or(ApiError::Unauthorized)
+    }
+
+    /// The caller's name, for logs and metrics.
+    pub fn caller_name(&self, caller: Caller) -> &str {
+        match (caller, self.clients()) {
+            (Caller::Open, _) => "open",
+            (Caller::Known(i), Some(clients)) => &clients.entries()[i].name,
+            (Caller::Known(_), None) => UNKNOWN_CALLER,
+        }
+    }
+}

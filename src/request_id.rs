@@ -1,0 +1,70 @@
+//! Request ids: the client's `X-Request-Id` when it is short and printable, else one of
+//! courier's own (`req_` and 16 hex digits). The id goes upstream, into every log line of
+//! the request, and back to the client.
+
+use actix_web::http::header::HeaderValue;
+use rand::RngExt;
+
+/// Longest client-supplied id accepted as is.
+pub const MAX_LEN: usize = 128;
+
+/// A request id that is safe in a header and a log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The client's id if acceptable (1..=128 chars of `A-Z a-z 0-9 - _ . : /`), else a new one.
+    pub fn from_client(header: Option<&HeaderValue>) -> RequestId {
+        header.and_then(Self::accept).unwrap_or_else(Self::generate)
+    }
+
+    fn accept(value: &HeaderValue) -> Option<RequestId> {
+        let bytes = value.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= MAX_LEN
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b));
+        ok.then(|| RequestId(value.clone()))
+    }
+
+    /// A fresh id.
+    pub fn generate() -> RequestId {
+        let n: u64 = rand::rng().random();
+        let mut text = *b"req_0000000000000000";
+        hex::encode_to_slice(n.to_be_bytes(), &mut text[4..]).expect("16 hex digits fit");
+        RequestId(HeaderValue::from_bytes(&text).expect("ascii is a valid header"))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("only printable ascii is accepted")
+    }
+
+    /// The id as a header value.
+    pub fn header(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_short_printable_ids_and_replaces_others() {
+        let given = HeaderValue::from_static("abc-123_x.y:z");
+        assert_eq!(
+            RequestId::from_client(Some(&given)).as_str(),
+            "abc-123_x.y:z"
+        );
+        for bad in ["has space", "quote\"", "", &"x".repeat(129)] {
+            let id = RequestId::from_client(Some(&HeaderValue::from_str(bad).unwrap()));
+            assert!(
+                id.as_str().starts_with("req_") && id.as_str().len() == 20,
+                "{bad:?} -> {id:?}"
+            );
+        }
+        assert_ne!(RequestId::generate(), RequestId::generate());
+    }
+}

@@ -1,0 +1,97 @@
+//! One upstream attempt: send the request, read the answer within the attempt's time,
+//! classify it.
+
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use actix_web::http::Uri;
+use awc::error::{PayloadError, SendRequestError};
+use bytes::Bytes;
+
+use super::classify::{Attempt, RateSignal};
+use super::wire::upstream_error_message;
+
+/// Error bodies are read only this far: enough for a message, and to keep the connection.
+const ERROR_BODY_LIMIT: usize = 16 * 1024;
+
+/// Everything one attempt sends.
+pub struct AttemptRequest<'a> {
+    /// `POST` target: the upstream's `/process` URI.
+    pub uri: &'a Uri,
+    /// `Authorization: Bearer <token>` (marked sensitive).
+    pub authorization: &'a HeaderValue,
+    /// `X-API-Key` (marked sensitive).
+    pub api_key: &'a HeaderValue,
+    /// `X-Request-Id`, passed through.
+    pub request_id: &'a HeaderValue,
+    /// The JSON body.
+    pub body: Bytes,
+    /// Bound of the whole attempt, head and body.
+    pub timeout: Duration,
+    /// Largest accepted success body.
+    pub max_body: usize,
+}
+
+/// Sends one attempt and classifies what came back, with the rate headers of the answer.
+pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Attempt, RateSignal) {
+    let exchange = async {
+        let mut response = client
+            .post(req.uri.clone())
+            .insert_header((AUTHORIZATION, req.authorization.clone()))
+            .insert_header(("x-api-key", req.api_key.clone()))
+            .insert_header(("x-request-id", req.request_id.clone()))
+            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+            .send_body(req.body)
+            .await
+            .map_err(classify_send_error)?;
+        let status = response.status().as_u16();
+        let signal = RateSignal::from_headers(response.headers());
+        let attempt = if response.status().is_success() {
+            match response.body().limit(req.max_body).await {
+                Ok(body) => Attempt::Success(body),
+                Err(PayloadError::Overflow) => Attempt::Invalid("answer body too large"),
+                Err(_) => Attempt::Connect("answer body broken off"),
+            }
+        } else {
+            let body = response
+                .body()
+                .limit(ERROR_BODY_LIMIT)
+                .await
+                .unwrap_or_default();
+            match status {
+                400 | 422 => Attempt::Rejected {
+                    status,
+                    message: upstream_error_message(&body, status),
+                },
+                401 => Attempt::Unauthorized,
+                403 => Attempt::Forbidden,
+                429 => Attempt::RateLimited,
+                500..=599 => Attempt::ServerError(status),
+                _ => Attempt::OtherStatus(status),
+            }
+        };
+        Ok::<_, Attempt>((attempt, signal))
+    };
+    match actix_rt::time::timeout(req.timeout, exchange).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(failed)) => (failed, RateSignal::default()),
+        Err(_elapsed) => (Attempt::Timeout, RateSignal::default()),
+    }
+}
+
+fn classify_send_error(error: SendRequestError) -> Attempt {
+    match error {
+        SendRequestError::Timeout => Attempt::Timeout,
+        SendRequestError::Connect(awc::error::ConnectError::Timeout) => Attempt::Timeout,
+        SendRequestError::Connect(awc::error::ConnectError::Io(e))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Attempt::Connect("tls handshake failed")
+        }
+        SendRequestError::Connect(_) => Attempt::Connect("connection failed"),
+        SendRequestError::Send(_) | SendRequestError::Response(_) => {
+            Attempt::Connect("connection broken off")
+        }
+        _ => Attempt::Connect("request could not be sent"),
+    }
+}

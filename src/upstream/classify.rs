@@ -1,0 +1,319 @@
+//! What one upstream attempt came to, decided once.
+
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::header::{HeaderMap, HeaderName, HttpDate};
+use bytes::Bytes;
+
+/// The classified result of one upstream attempt.
+#[derive(Debug)]
+pub enum Attempt {
+    /// 2xx with a body.
+    Success(Bytes),
+    /// 400 / 422: the upstream refused the request's content; its message is kept.
+    Rejected {
+        /// The upstream's status code.
+        status: u16,
+        /// The upstream's error message, sanitised and shortened.
+        message: String,
+    },
+    /// 401: the token was not accepted.
+    Unauthorized,
+    /// 403: the API key was not accepted.
+    Forbidden,
+    /// 429: the upstream's rate limit was hit.
+    RateLimited,
+    /// 5xx.
+    ServerError(u16),
+    /// Any other status (3xx with redirects off, 404, 409, ...).
+    OtherStatus(u16),
+    /// No complete answer within the attempt's time.
+    Timeout,
+    /// The connection could not be made or broke before an answer.
+    Connect(&'static str),
+    /// An answer that cannot be used (body too large or unreadable, not the spec's shape).
+    Invalid(&'static str),
+}
+
+/// The outcome label of an attempt, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A usable 2xx.
+    Success,
+    /// 400 / 422.
+    Rejected,
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// 429.
+    RateLimited,
+    /// 5xx.
+    ServerError,
+    /// Another status.
+    OtherStatus,
+    /// Timed out.
+    Timeout,
+    /// Connection failed.
+    ConnectError,
+    /// Unusable answer.
+    InvalidResponse,
+}
+
+impl Outcome {
+    /// Every outcome, for pre-registering metric children.
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Success,
+        Outcome::Rejected,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::RateLimited,
+        Outcome::ServerError,
+        Outcome::OtherStatus,
+        Outcome::Timeout,
+        Outcome::ConnectError,
+        Outcome::InvalidResponse,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Rejected => "rejected",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Forbidden => "forbidden",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::ServerError => "server_error",
+            Outcome::OtherStatus => "other_status",
+            Outcome::Timeout => "timeout",
+            Outcome::ConnectError => "connect_error",
+            Outcome::InvalidResponse => "invalid_response",
+        }
+    }
+}
+
+impl Attempt {
+    /// The outcome label.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Attempt::Success(_) => Outcome::Success,
+            Attempt::Rejected { .. } => Outcome::Rejected,
+            Attempt::Unauthorized => Outcome::Unauthorized,
+            Attempt::Forbidden => Outcome::Forbidden,
+            Attempt::RateLimited => Outcome::RateLimited,
+            Attempt::ServerError(_) => Outcome::ServerError,
+            Attempt::OtherStatus(_) => Outcome::OtherStatus,
+            Attempt::Timeout => Outcome::Timeout,
+            Attempt::Connect(_) => Outcome::ConnectError,
+            Attempt::Invalid(_) => Outcome::InvalidResponse,
+        }
+    }
+
+    /// Whether another attempt may succeed where this one failed: connection errors,
+    /// timeouts, 500/502/503/504 and 429. Never other 4xx.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Attempt::Timeout | Attempt::Connect(_) | Attempt::RateLimited => true,
+            Attempt::ServerError(status) => matches!(status, 500 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+
+    /// Whether this attempt says the upstream is unhealthy (for the breaker): 5xx, timeouts,
+    /// connection errors and unusable answers. 4xx, 429 included, are not upstream failures.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(
+            self,
+            Attempt::ServerError(_) | Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_)
+        )
+    }
+
+    /// The upstream status code, when an answer arrived.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Attempt::Success(_) => Some(200),
+            Attempt::Rejected { status, .. } => Some(*status),
+            Attempt::Unauthorized => Some(401),
+            Attempt::Forbidden => Some(403),
+            Attempt::RateLimited => Some(429),
+            Attempt::ServerError(s) | Attempt::OtherStatus(s) => Some(*s),
+            Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_) => None,
+        }
+    }
+
+    /// A short, secret-free description of a failure, for logs.
+    pub fn error(&self) -> Option<&'static str> {
+        match self {
+            Attempt::Success(_) => None,
+            Attempt::Rejected { .. } => Some("rejected"),
+            Attempt::Unauthorized => Some("token rejected"),
+            Attempt::Forbidden => Some("api key rejected"),
+            Attempt::RateLimited => Some("rate limited"),
+            Attempt::ServerError(_) => Some("server error"),
+            Attempt::OtherStatus(_) => Some("unexpected status"),
+            Attempt::Timeout => Some("timeout"),
+            Attempt::Connect(what) | Attempt::Invalid(what) => Some(what),
+        }
+    }
+}
+
+/// What the upstream said about its rate limit in one answer's headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RateSignal {
+    /// `Retry-After`, as a delay from now.
+    pub retry_after: Option<Duration>,
+    /// `X-RateLimit-Limit` (or the IETF `RateLimit` `limit`).
+    pub limit: Option<u64>,
+    /// `X-RateLimit-Remaining` (or the IETF `RateLimit` `remaining`).
+    pub remaining: Option<u64>,
+    /// `X-RateLimit-Reset` (or the IETF `RateLimit` `reset`), as a delay from now.
+    pub reset: Option<Duration>,
+}
+
+/// Resets above this many seconds are taken as Unix times, not delays.
+const EPOCH_THRESHOLD: u64 = 1_000_000_000;
+
+impl RateSignal {
+    /// Reads the rate headers of an answer; absent or malformed headers stay `None`.
+    pub fn from_headers(headers: &HeaderMap) -> RateSignal {
+        let text = |name: &'static str| {
+            headers
+                .get(HeaderName::from_static(name))
+                .and_then(|v| v.to_str().ok())
+        };
+        let number = |name: &'static str| text(name).and_then(|v| v.trim().parse::<u64>().ok());
+        let mut signal = RateSignal {
+            retry_after: text("retry-after").and_then(parse_retry_after),
+            limit: number("x-ratelimit-limit"),
+            remaining: number("x-ratelimit-remaining"),
+            reset: number("x-ratelimit-reset").map(reset_delay),
+        };
+        if let Some(ietf) = text("ratelimit") {
+            for item in ietf.split(',') {
+                let Some((key, value)) = item.trim().split_once('=') else {
+                    continue;
+                };
+                let Ok(value) = value.trim().trim_matches('"').parse::<u64>() else {
+                    continue;
+                };
+                match key.trim() {
+                    "limit" => signal.limit = signal.limit.or(Some(value)),
+                    "remaining" | "r" => signal.remaining = signal.remaining.or(Some(value)),
+                    "reset" | "t" => signal.reset = signal.reset.or(Some(reset_delay(value))),
+                    _ => {}
+                }
+            }
+        }
+        signal
+    }
+
+    /// Whether the answer carried any rate information.
+    pub fn is_empty(&self) -> bool {
+        *self == RateSignal::default()
+    }
+}
+
+fn reset_delay(value: u64) -> Duration {
+    if value > EPOCH_THRESHOLD {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Duration::from_secs(value.saturating_sub(now))
+    } else {
+        Duration::from_secs(value)
+    }
+}
+
+/// `Retry-After` as delta-seconds (fractions tolerated) or an HTTP date.
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    let date: HttpDate = value.parse().ok()?;
+    let at: SystemTime = date.into();
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(
+                HeaderName::from_static(k),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn retry_and_failure_follow_the_status_classes() {
+        assert!(
+            Attempt::ServerError(503).retryable()
+                && Attempt::ServerError(503).is_upstream_failure()
+        );
+        assert!(
+            !Attempt::ServerError(501).retryable()
+                && Attempt::ServerError(501).is_upstream_failure()
+        );
+        assert!(Attempt::RateLimited.retryable() && !Attempt::RateLimited.is_upstream_failure());
+        assert!(Attempt::Timeout.retryable() && Attempt::Connect("refused").retryable());
+        for not_retried in [
+            Attempt::Unauthorized,
+            Attempt::Forbidden,
+            Attempt::OtherStatus(404),
+        ] {
+            assert!(
+                !not_retried.retryable() && !not_retried.is_upstream_failure(),
+                "{not_retried:?}"
+            );
+        }
+        let rejected = Attempt::Rejected {
+            status: 400,
+            message: "bad".into(),
+        };
+        assert!(!rejected.retryable() && !rejected.is_upstream_failure());
+    }
+
+    #[test]
+    fn reads_x_ratelimit_and_ietf_headers() {
+        let s = RateSignal::from_headers(&headers(&[
+            ("retry-after", "3"),
+            ("x-ratelimit-limit", "1000"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "12"),
+        ]));
+        assert_eq!(s.retry_after, Some(Duration::from_secs(3)));
+        assert_eq!(
+            (s.limit, s.remaining, s.reset),
+            (Some(1000), Some(0), Some(Duration::from_secs(12)))
+        );
+        let ietf =
+            RateSignal::from_headers(&headers(&[("ratelimit", "limit=60, remaining=7, reset=4")]));
+        assert_eq!(
+            (ietf.limit, ietf.remaining, ietf.reset),
+            (Some(60), Some(7), Some(Duration::from_secs(4)))
+        );
+        assert!(
+            RateSignal::from_headers(&headers(&[("x-ratelimit-remaining", "many")])).is_empty()
+        );
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_dates() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}
