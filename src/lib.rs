@@ -2,12 +2,14 @@
 //! rate-limited upstream HTTP API. See README.md and ARCHITECTURE.md for the design.
 
 pub mod actors;
+pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod request_id;
+pub mod simulator;
 pub mod upstream;
 
 pub use gateway::{Gateway, Running, StartError};

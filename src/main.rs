@@ -1,1 +1,10 @@
-fn main() {}
+//! The `courier` binary: parse the command line and run it (see `courier::cli`).
+
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    courier::cli::main()
+}

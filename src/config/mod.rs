@@ -19,7 +19,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
-pub use reader::{read_secret_file, Env, MapEnv, ProcessEnv};
+pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
 
 /// Every configuration problem found at start-up, one per bad variable.

@@ -53,6 +53,16 @@ impl Env for MapEnv {
     }
 }
 
+/// Two sources, the first winning: `courier demo` lays its wiring over the process
+/// environment.
+pub struct Layered<'a>(pub &'a dyn Env, pub &'a dyn Env);
+
+impl Env for Layered<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.var(name).or_else(|| self.1.var(name))
+    }
+}
+
 /// Values from the optional TOML config file, keyed by variable name.
 #[derive(Default)]
 pub(super) struct FileValues(HashMap<String, String>);

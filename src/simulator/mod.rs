@@ -1,0 +1,129 @@
+//! Upstream simulator: a fast, faithful stand-in for the rate-limited
+//! "Example Data Processing API v2.1" that courier sits in front of.
+//!
+//! Courier's integration tests and benchmarks start it on loopback and talk
+//! to it over real HTTP. It implements the upstream contract (OAuth2 client
+//! credentials at `POST /v2/oauth/token`, the authenticated, rate-limited
+//! `POST /v2/process`) and adds an unauthenticated control plane under
+//! `/_sim` to inject faults (errors, latency, outages, dropped connections,
+//! token failures and revocation, foreign rate-limit consumption) and to read
+//! request counters.
+//!
+//! Because it is the upstream of benchmarks, the simulator must never be the
+//! bottleneck. The request path therefore takes no locks: tokens validate
+//! themselves with a MAC (no token table), faults and counters are atomics,
+//! and the rate limiter is a GCRA whose whole state is a single `AtomicU64`
+//! updated by compare-and-swap. A mutex-guarded bucket would serialise every
+//! worker on one lock exactly at the point a benchmark is trying to saturate,
+//! and would distort the latency and concurrency figures being measured.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use courier::simulator::{FaultsPatch, SimConfig, Simulator};
+//!
+//! let sim = Simulator::start(SimConfig::default()).await?;
+//! println!("upstream at {}", sim.base_url());
+//! sim.set_faults(FaultsPatch { error_count: Some(2), ..FaultsPatch::default() });
+//! sim.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod faults;
+mod process;
+mod ratelimit;
+mod reply;
+mod routes;
+mod state;
+mod stats;
+mod tokens;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpServer};
+
+pub use config::{SimArgs, SimConfig};
+pub use faults::{Faults, FaultsPatch};
+pub use stats::{ProcessStats, SimStats, TokenStats};
+
+use state::Shared;
+
+/// Seconds a graceful stop waits for in-flight requests before closing them.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+
+/// A running simulator. Dropping it leaves the server running; call [`Simulator::stop`].
+pub struct Simulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    handle: ServerHandle,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    /// Binds `cfg.listen`, spawns the HTTP server on the current actix System
+    /// and returns as soon as it is accepting connections.
+    pub async fn start(cfg: SimConfig) -> io::Result<Simulator> {
+        let shared = Arc::new(Shared::new(&cfg));
+        let data = web::Data::from(Arc::clone(&shared));
+        let server = HttpServer::new(move || App::new().configure(routes::configure(data.clone())))
+            .workers(cfg.workers.max(1))
+            .disable_signals()
+            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+            .bind(cfg.listen)?;
+        let addr =
+            server.addrs().first().copied().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::AddrNotAvailable, "no address bound")
+            })?;
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Ok(Simulator {
+            addr,
+            shared,
+            handle,
+        })
+    }
+
+    /// The bound address (with the real port when `listen` used port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL of the upstream API, e.g. `http://127.0.0.1:8081/v2`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v2", self.addr)
+    }
+
+    /// Current counters (the same document as `GET /_sim/stats`).
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Applies a fault patch, like `POST /_sim/faults`, and returns the new faults.
+    /// Out-of-range values are clamped here (the HTTP endpoint rejects them with 400).
+    pub fn set_faults(&self, patch: FaultsPatch) -> Faults {
+        self.shared.apply_patch(&patch)
+    }
+
+    /// Handle to the underlying actix-web server.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Stops gracefully: stops accepting, lets in-flight requests finish
+    /// (up to 5 s), closes idle keep-alive connections.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
