@@ -136,3 +136,38 @@ async fn dropped_connections_are_retried() {
     );
     pair.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_429_is_retried_no_sooner_than_retry_after() {
+    let pair = PairBuilder::default()
+        .sim(|s| {
+            s.rate_limit_per_minute = 60;
+            s.rate_burst = 1;
+        })
+        .start()
+        .await;
+    assert_eq!(pair.process(&body("first")).await.status, 200);
+    let started = std::time::Instant::now();
+    let answer = pair.process(&body("second")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited for Retry-After: {:?}",
+        started.elapsed()
+    );
+    let stats = pair.sim_stats().await;
+    assert_eq!(
+        count(&stats, &["rate_limited_total"]),
+        1,
+        "one 429, then a successful retry: {stats}"
+    );
+    assert_eq!(
+        pair.metric(
+            "courier_upstream_retries_total",
+            &[("reason", "rate_limited")]
+        )
+        .await,
+        1.0
+    );
+    pair.stop().await;
+}
