@@ -89,122 +89,118 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
-        .expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
-}
+/// Creates metrics in the `courier` namespace and registers each once.
+struct Registrar(Registry);
 
-fn histogram_opts(name: &str, help: &str) -> HistogramOpts {
-    HistogramOpts::new(name, help)
-        .namespace(NAMESPACE)
-        .buckets(LATENCY_BUCKETS.to_vec())
+impl Registrar {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("metric registered once");
+        metric
+    }
+
+    fn opts(name: &str, help: &str) -> Opts {
+        Opts::new(name, help).namespace(NAMESPACE)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::with_opts(Self::opts(name, help)).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Self::opts(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::with_opts(Self::opts(name, help)).expect("valid metric"))
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::with_opts(Self::opts(name, help)).expect("valid metric"))
+    }
+
+    fn int_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Self::opts(name, help), labels).expect("valid metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str) -> Histogram {
+        let opts = HistogramOpts::new(name, help)
+            .namespace(NAMESPACE)
+            .buckets(LATENCY_BUCKETS.to_vec());
+        self.add(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn histogram_vec(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help)
+            .namespace(NAMESPACE)
+            .buckets(LATENCY_BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let reg = |m: Box<dyn prometheus::core::Collector>| {
-            registry.register(m).expect("metric registered once")
-        };
-
-        let http_requests = counter_vec(
-            &registry,
-            "http_requests_total",
-            "Inbound requests answered, by route, status code and client.",
-            &["route", "status", "client"],
-        );
-        let http_duration = HistogramVec::new(
-            histogram_opts(
+        let r = Registrar(Registry::new());
+        let metrics = Metrics {
+            http_requests: r.counter_vec(
+                "http_requests_total",
+                "Inbound requests answered, by route, status code and client.",
+                &["route", "status", "client"],
+            ),
+            http_duration: r.histogram_vec(
                 "http_request_duration_seconds",
                 "Time from receiving an inbound request to answering it, by route.",
+                &["route"],
             ),
-            &["route"],
-        )
-        .expect("valid metric");
-        reg(Box::new(http_duration.clone()));
-        let upstream_attempts = counter_vec(
-            &registry,
-            "upstream_attempts_total",
-            "Upstream attempts (retries included), by classified outcome.",
-            &["outcome"],
-        );
-        let upstream_duration = Histogram::with_opts(histogram_opts(
-            "upstream_attempt_duration_seconds",
-            "Duration of one upstream attempt, head and body.",
-        ))
-        .expect("valid metric");
-        reg(Box::new(upstream_duration.clone()));
-        let upstream_retries = counter_vec(
-            &registry,
-            "upstream_retries_total",
-            "Retries of upstream attempts, by the reason of the failed attempt.",
-            &["reason"],
-        );
-        let token_refreshes = counter_vec(
-            &registry,
-            "token_refreshes_total",
-            "Requests to the upstream token endpoint, by result.",
-            &["result"],
-        );
-        let token_expiry = Gauge::with_opts(
-            Opts::new(
+            upstream_attempts: r.counter_vec(
+                "upstream_attempts_total",
+                "Upstream attempts (retries included), by classified outcome.",
+                &["outcome"],
+            ),
+            upstream_duration: r.histogram(
+                "upstream_attempt_duration_seconds",
+                "Duration of one upstream attempt, head and body.",
+            ),
+            upstream_retries: r.counter_vec(
+                "upstream_retries_total",
+                "Retries of upstream attempts, by the reason of the failed attempt.",
+                &["reason"],
+            ),
+            token_refreshes: r.counter_vec(
+                "token_refreshes_total",
+                "Requests to the upstream token endpoint, by result.",
+                &["result"],
+            ),
+            token_expiry: r.gauge(
                 "token_expiry_timestamp_seconds",
                 "Unix time at which the current upstream token expires (0 when there is none).",
-            )
-            .namespace(NAMESPACE),
-        )
-        .expect("valid metric");
-        reg(Box::new(token_expiry.clone()));
-        let ready = IntGauge::with_opts(
-            Opts::new(
+            ),
+            ready: r.int_gauge(
                 "ready",
                 "1 once an upstream token has been obtained, else 0.",
-            )
-            .namespace(NAMESPACE),
-        )
-        .expect("valid metric");
-        reg(Box::new(ready.clone()));
-        let log_dropped = IntCounter::with_opts(
-            Opts::new(
+            ),
+            log_dropped: r.counter(
                 "log_lines_dropped_total",
                 "Log lines dropped because the log writer fell behind.",
-            )
-            .namespace(NAMESPACE),
-        )
-        .expect("valid metric");
-        reg(Box::new(log_dropped.clone()));
-        let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Build information; the value is always 1.")
-                .namespace(NAMESPACE),
-            &["version"],
-        )
-        .expect("valid metric");
-        reg(Box::new(build_info.clone()));
-        build_info
+            ),
+            build_info: r.int_gauge_vec(
+                "build_info",
+                "Build information; the value is always 1.",
+                &["version"],
+            ),
+            registry: r.0.clone(),
+        };
+        metrics
+            .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        reg(Box::new(
+        r.0.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
-        ));
-
-        Metrics {
-            registry,
-            http_requests,
-            http_duration,
-            upstream_attempts,
-            upstream_duration,
-            upstream_retries,
-            token_refreshes,
-            token_expiry,
-            ready,
-            log_dropped,
-            build_info,
-        }
+        ))
+        .expect("process collector registered once");
+        metrics
     }
 
     /// The text exposition of every metric, for `/metrics`.
