@@ -87,6 +87,36 @@ pub struct Metrics {
     pub log_dropped: IntCounter,
     /// Build information; the value is always 1.
     pub build_info: IntGaugeVec,
+
+    /// Upstream requests per second the budget allows (`EXTERNAL_API_RATE_LIMIT` / 60).
+    pub budget_limit: Gauge,
+    /// Upstream requests the budget lets through at once (`EXTERNAL_API_RATE_BURST`).
+    pub budget_burst: IntGauge,
+    /// Permits available right now.
+    pub budget_available: IntGauge,
+    /// Requests waiting in the budget's queue for a permit.
+    pub budget_queue_depth: IntGauge,
+    /// Permits granted, by path (`fast`: free at once, lock-free; `queued`: after waiting).
+    pub budget_grants: IntCounterVec,
+    /// Time a request waited in the budget's queue before it got a permit.
+    pub budget_wait: Histogram,
+    /// Requests refused a permit, by reason (`queue_full`, `deadline`).
+    pub budget_rejections: IntCounterVec,
+    /// Pauses learned from the upstream, by source (`retry_after`, `remaining`).
+    pub budget_pauses: IntCounterVec,
+    /// Retries the retry budget refused (the failure was returned instead).
+    pub retry_budget_refusals: IntCounter,
+
+    /// Circuit breaker state: 1 for the current state (`closed`, `open`, `half_open`), else 0.
+    pub breaker_state: IntGaugeVec,
+    /// Circuit breaker mode: 1 for the current mode (`auto`, `forced_open`, `forced_closed`), else 0.
+    pub breaker_mode: IntGaugeVec,
+    /// Circuit breaker transitions, by the state entered.
+    pub breaker_transitions: IntCounterVec,
+    /// Requests failed fast because the circuit was open (or its probes were taken).
+    pub breaker_rejections: IntCounter,
+    /// Outcome reports the breaker could not take because its mailbox was full.
+    pub breaker_reports_dropped: IntCounter,
 }
 
 /// Creates metrics in the `courier` namespace and registers each once.
@@ -189,6 +219,65 @@ impl Metrics {
                 "build_info",
                 "Build information; the value is always 1.",
                 &["version"],
+            ),
+            budget_limit: r.gauge(
+                "budget_limit_requests_per_second",
+                "Upstream requests per second the budget allows (EXTERNAL_API_RATE_LIMIT / 60).",
+            ),
+            budget_burst: r.int_gauge(
+                "budget_burst_requests",
+                "Upstream requests the budget lets through at once (EXTERNAL_API_RATE_BURST).",
+            ),
+            budget_available: r.int_gauge("budget_permits_available", "Permits available right now."),
+            budget_queue_depth: r.int_gauge(
+                "budget_queue_depth",
+                "Requests waiting in the budget's queue for a permit.",
+            ),
+            budget_grants: r.counter_vec(
+                "budget_grants_total",
+                "Permits granted, by path (fast: free at once, lock-free; queued: after waiting).",
+                &["path"],
+            ),
+            budget_wait: r.histogram(
+                "budget_wait_seconds",
+                "Time a request waited in the budget's queue before it got a permit.",
+            ),
+            budget_rejections: r.counter_vec(
+                "budget_rejections_total",
+                "Requests refused a permit, by reason (queue_full, deadline).",
+                &["reason"],
+            ),
+            budget_pauses: r.counter_vec(
+                "budget_pauses_total",
+                "Pauses learned from the upstream, by source (retry_after, remaining).",
+                &["source"],
+            ),
+            retry_budget_refusals: r.counter(
+                "retry_budget_refusals_total",
+                "Retries the retry budget refused (the failure was returned instead).",
+            ),
+            breaker_state: r.int_gauge_vec(
+                "breaker_state",
+                "Circuit breaker state: 1 for the current state (closed, open, half_open), else 0.",
+                &["state"],
+            ),
+            breaker_mode: r.int_gauge_vec(
+                "breaker_mode",
+                "Circuit breaker mode: 1 for the current mode (auto, forced_open, forced_closed), else 0.",
+                &["mode"],
+            ),
+            breaker_transitions: r.counter_vec(
+                "breaker_transitions_total",
+                "Circuit breaker transitions, by the state entered.",
+                &["to"],
+            ),
+            breaker_rejections: r.counter(
+                "breaker_rejections_total",
+                "Requests failed fast because the circuit was open (or its probes were taken).",
+            ),
+            breaker_reports_dropped: r.counter(
+                "breaker_reports_dropped_total",
+                "Outcome reports the breaker could not take because its mailbox was full.",
             ),
             registry: r.0.clone(),
         };

@@ -109,6 +109,35 @@ pub struct Config {
     pub workers: usize,
     /// Whether retry backoff is randomised (full jitter); off only in tests.
     pub retry_jitter: bool,
+    /// Upstream attempts the budget lets through at once.
+    pub rate_burst: u32,
+    /// Most requests waiting for a budget permit.
+    pub queue_max: usize,
+    /// Circuit breaker thresholds.
+    pub breaker: BreakerConfig,
+    /// Retries may add at most this fraction of recent first attempts.
+    pub retry_budget_ratio: f64,
+    /// Retries allowed per second regardless of the ratio.
+    pub retry_budget_min_per_second: f64,
+}
+
+/// Circuit breaker settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive upstream failures that open the circuit.
+    pub consecutive_failures: u32,
+    /// Failure rate over the window that opens the circuit.
+    pub failure_rate: f64,
+    /// Window of the failure rate (whole seconds).
+    pub window: Duration,
+    /// Attempts within the window before the failure rate counts.
+    pub min_requests: u32,
+    /// First open period; doubles on each failed probe.
+    pub open: Duration,
+    /// Longest open period.
+    pub open_max: Duration,
+    /// Probes let through at once while half-open.
+    pub probes: u32,
 }
 
 impl fmt::Debug for Config {
@@ -137,6 +166,14 @@ impl fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("workers", &self.workers)
             .field("retry_jitter", &self.retry_jitter)
+            .field("rate_burst", &self.rate_burst)
+            .field("queue_max", &self.queue_max)
+            .field("breaker", &self.breaker)
+            .field("retry_budget_ratio", &self.retry_budget_ratio)
+            .field(
+                "retry_budget_min_per_second",
+                &self.retry_budget_min_per_second,
+            )
             .finish()
     }
 }
@@ -211,6 +248,35 @@ impl Config {
         let retry_jitter = r.parsed("COURIER_RETRY_JITTER", true, "true or false", |s| {
             s.parse().ok()
         });
+        let rate_burst = r.count("EXTERNAL_API_RATE_BURST", 5, 1..=1_000_000) as u32;
+        let queue_max = r.count("COURIER_QUEUE_MAX", 1000, 0..=1_000_000) as usize;
+        let breaker = BreakerConfig {
+            consecutive_failures: r.count("COURIER_BREAKER_FAILURES", 5, 1..=1_000_000) as u32,
+            failure_rate: r.fraction("COURIER_BREAKER_FAILURE_RATE", 0.5, false),
+            window: Duration::from_secs(r.count("COURIER_BREAKER_WINDOW", 30, 1..=3600)),
+            min_requests: r.count("COURIER_BREAKER_MIN_REQUESTS", 20, 1..=1_000_000) as u32,
+            open: r.seconds("COURIER_BREAKER_OPEN", 5.0),
+            open_max: r.seconds("COURIER_BREAKER_OPEN_MAX", 60.0),
+            probes: r.count("COURIER_BREAKER_PROBES", 3, 1..=1000) as u32,
+        };
+        if breaker.open_max < breaker.open {
+            r.problem(
+                "COURIER_BREAKER_OPEN_MAX",
+                "is below COURIER_BREAKER_OPEN",
+                "seconds >= COURIER_BREAKER_OPEN",
+            );
+        }
+        let retry_budget_ratio = r.fraction("COURIER_RETRY_BUDGET_RATIO", 0.2, true);
+        let retry_budget_min_per_second = r.parsed(
+            "COURIER_RETRY_BUDGET_MIN_PER_SECOND",
+            1.0,
+            "a number of retries per second >= 0, e.g. 1 or 0.5",
+            |s| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e6)
+            },
+        );
         Config {
             base_url,
             token_url,
@@ -237,6 +303,11 @@ impl Config {
             shutdown_grace,
             workers,
             retry_jitter,
+            rate_burst,
+            queue_max,
+            breaker,
+            retry_budget_ratio,
+            retry_budget_min_per_second,
         }
     }
 }

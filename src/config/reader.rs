@@ -188,6 +188,20 @@ impl<'a> Reader<'a> {
         Duration::from_secs_f64(secs)
     }
 
+    /// A fraction in (0, 1] (or [0, 1] when `zero_ok`).
+    pub(super) fn fraction(&mut self, var: &str, default: f64, zero_ok: bool) -> f64 {
+        let expected = if zero_ok {
+            "a fraction from 0 to 1, e.g. 0.2"
+        } else {
+            "a fraction above 0, at most 1, e.g. 0.5"
+        };
+        self.parsed(var, default, expected, |s| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| (*v > 0.0 || (zero_ok && *v == 0.0)) && *v <= 1.0)
+        })
+    }
+
     pub(super) fn count(&mut self, var: &str, default: u64, range: RangeInclusive<u64>) -> u64 {
         match self.optional(var) {
             None => default,
