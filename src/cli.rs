@@ -84,18 +84,11 @@ fn serve(config: Result<Config, ConfigErrors>) -> ExitCode {
         Err(errors) => return report_config(&errors),
     };
     let metrics = Arc::new(Metrics::new());
-    let logging = Logging::start(
-        config.log_level,
-        LogTarget::Stderr,
-        metrics.log_dropped.clone(),
-    );
+    let logging = Logging::start(config.log_level, LogTarget::Stderr, metrics.log_dropped.clone());
     let log = logging.logger.clone();
     let outcome = actix_rt::System::new().block_on(async move {
         let running = Gateway::start(config, metrics, log)?.serve()?;
-        running
-            .stop_on_signal()
-            .await
-            .map_err(|e| StartError::Setting(format!("signal handling: {e}")))
+        running.stop_on_signal().await.map_err(|e| StartError::Setting(format!("signal handling: {e}")))
     });
     drop(logging);
     match outcome {
@@ -110,11 +103,7 @@ fn simulate(args: SimArgs) -> ExitCode {
         println!("simulator listening: {}", sim.base_url());
         println!("  token:   POST {}/oauth/token", sim.base_url());
         println!("  process: POST {}/process", sim.base_url());
-        println!(
-            "  faults:  POST http://{}/_sim/faults    stats: GET http://{}/_sim/stats",
-            sim.addr(),
-            sim.addr()
-        );
+        println!("  faults:  POST http://{}/_sim/faults    stats: GET http://{}/_sim/stats", sim.addr(), sim.addr());
         wait_for_signal().await?;
         sim.stop().await;
         Ok::<_, std::io::Error>(())
@@ -126,35 +115,22 @@ fn simulate(args: SimArgs) -> ExitCode {
 }
 
 fn demo(args: DemoArgs) -> ExitCode {
-    let sim_config = SimConfig {
-        listen: args.sim_listen,
-        rate_limit_per_minute: args.rate_limit,
-        ..SimConfig::default()
-    };
+    let sim_config =
+        SimConfig { listen: args.sim_listen, rate_limit_per_minute: args.rate_limit, ..SimConfig::default() };
     let outcome = actix_rt::System::new().block_on(async move {
-        let sim = Simulator::start(sim_config.clone())
-            .await
-            .map_err(|e| e.to_string())?;
+        let sim = Simulator::start(sim_config.clone()).await.map_err(|e| e.to_string())?;
         let wiring = MapEnv::new([
             ("EXTERNAL_API_BASE_URL", sim.base_url()),
             ("EXTERNAL_API_KEY", sim_config.api_key.clone()),
             ("EXTERNAL_OAUTH_CLIENT_ID", sim_config.client_id.clone()),
-            (
-                "EXTERNAL_OAUTH_CLIENT_SECRET",
-                sim_config.client_secret.clone(),
-            ),
+            ("EXTERNAL_OAUTH_CLIENT_SECRET", sim_config.client_secret.clone()),
             ("EXTERNAL_API_RATE_LIMIT", args.rate_limit.to_string()),
             ("COURIER_LISTEN", args.listen.to_string()),
             ("COURIER_ADMIN_LISTEN", args.admin_listen.to_string()),
         ]);
-        let config = Config::from_sources(&Layered(&wiring, &ProcessEnv), None)
-            .map_err(|e| e.to_string())?;
+        let config = Config::from_sources(&Layered(&wiring, &ProcessEnv), None).map_err(|e| e.to_string())?;
         let metrics = Arc::new(Metrics::new());
-        let logging = Logging::start(
-            config.log_level,
-            LogTarget::Stderr,
-            metrics.log_dropped.clone(),
-        );
+        let logging = Logging::start(config.log_level, LogTarget::Stderr, metrics.log_dropped.clone());
         let running = Gateway::start(config, metrics, logging.logger.clone())
             .and_then(Gateway::serve)
             .map_err(|e| e.to_string())?;
@@ -186,5 +162,8 @@ fn print_demo_banner(sim: &Simulator, gateway: SocketAddr, admin: SocketAddr) {
         "  curl -s -X POST http://{gateway}/api/external/process -H 'Content-Type: application/json' \
          -d '{{\"data\": {{\"input\": \"hello courier\", \"format\": \"text\"}}}}'"
     );
-    println!("  curl -s -X POST http://{}/_sim/faults -H 'Content-Type: application/json' -d '{{\"error_count\": 2}}'", sim.addr());
+    println!(
+        "  curl -s -X POST http://{}/_sim/faults -H 'Content-Type: application/json' -d '{{\"error_count\": 2}}'",
+        sim.addr()
+    );
 }

@@ -13,9 +13,8 @@ use actix_web::{web, App, HttpServer};
 use secrecy::ExposeSecret;
 use slog::{info, o, warn, Logger};
 
-use crate::actors::{
-    Dispatcher, DispatcherSettings, RetryPolicy, TokenCell, TokenManager, TokenSettings,
-};
+use crate::actors::budget::{Budget, BudgetHandle, BudgetShared};
+use crate::actors::{Dispatcher, DispatcherSettings, RetryPolicy, TokenCell, TokenManager, TokenSettings};
 use crate::config::Config;
 use crate::http::{self, Shared, Worker};
 use crate::metrics::Metrics;
@@ -45,35 +44,34 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the TokenManager (inside the running actix System) and prepares the workers.
-    pub fn start(
-        config: Config,
-        metrics: Arc<Metrics>,
-        log: Logger,
-    ) -> Result<Gateway, StartError> {
+    pub fn start(config: Config, metrics: Arc<Metrics>, log: Logger) -> Result<Gateway, StartError> {
         let tls = upstream::tls_config(None).map_err(StartError::Setting)?;
         let process_uri = format!("{}/process", config.base_url)
             .parse()
-            .map_err(|e| {
-                StartError::Setting(format!(
-                    "EXTERNAL_API_BASE_URL: cannot form /process URI: {e}"
-                ))
-            })?;
-        let mut api_key = HeaderValue::from_str(config.api_key.expose_secret()).map_err(|_| {
-            StartError::Setting("EXTERNAL_API_KEY: has characters not allowed in a header".into())
-        })?;
+            .map_err(|e| StartError::Setting(format!("EXTERNAL_API_BASE_URL: cannot form /process URI: {e}")))?;
+        let mut api_key = HeaderValue::from_str(config.api_key.expose_secret())
+            .map_err(|_| StartError::Setting("EXTERNAL_API_KEY: has characters not allowed in a header".into()))?;
         api_key.set_sensitive(true);
-        let backoff = Backoff::try_new(
-            config.retry_delay,
-            config.retry_max_delay.max(config.retry_delay),
-            config.retry_jitter,
-        )
-        .map_err(|e| StartError::Setting(e.to_string()))?;
+        let backoff =
+            Backoff::try_new(config.retry_delay, config.retry_max_delay.max(config.retry_delay), config.retry_jitter)
+                .map_err(|e| StartError::Setting(e.to_string()))?;
         let policy = RetryPolicy {
             max_retries: config.max_retries,
             backoff,
             attempt_timeout: config.attempt_timeout,
             max_body: config.upstream_max_body_bytes,
         };
+        let weights = match &config.clients {
+            Some(clients) => clients.entries().iter().map(|c| c.weight).collect(),
+            None => vec![1],
+        };
+        let budget_shared = Arc::new(
+            BudgetShared::try_new(config.rate_limit_per_minute, config.rate_burst, weights)
+                .map_err(|e| StartError::Setting(format!("EXTERNAL_API_RATE_LIMIT / EXTERNAL_API_RATE_BURST: {e}")))?,
+        );
+        let budget_actor = Budget::new(budget_shared.clone(), config.queue_max, metrics.clone(), &log).start();
+        let budget = BudgetHandle::new(budget_shared.clone(), budget_actor, &metrics);
+        let retry_budget = (config.retry_budget_ratio, config.retry_budget_min_per_second / config.workers as f64);
         let token_cell = Arc::new(TokenCell::default());
         let token_manager = TokenManager::new(
             TokenSettings {
@@ -95,12 +93,15 @@ impl Gateway {
             config: Arc::new(config),
             metrics: metrics.clone(),
             token_cell: token_cell.clone(),
+            budget: budget_shared,
             log: log.clone(),
         });
         let dispatcher = DispatcherSettings {
             process_uri,
             api_key,
             policy,
+            budget,
+            retry_budget,
             tls,
             token_cell,
             token_manager,
@@ -118,11 +119,7 @@ impl Gateway {
     /// The state of one worker; starts that worker's Dispatcher on the calling thread.
     pub fn worker(&self) -> web::Data<Worker> {
         let dispatcher = Dispatcher::start_here(self.dispatcher.clone());
-        web::Data::new(Worker {
-            shared: self.shared.clone(),
-            dispatcher,
-            log: self.shared.log.new(o!()),
-        })
+        web::Data::new(Worker { shared: self.shared.clone(), dispatcher, log: self.shared.log.new(o!()) })
     }
 
     /// Binds both listeners and starts serving. Signals are not handled here: see
@@ -134,38 +131,25 @@ impl Gateway {
         let gateway = Arc::new(self);
         let factory = {
             let gateway = gateway.clone();
-            move || {
-                App::new()
-                    .app_data(gateway.worker())
-                    .configure(http::configure)
-            }
+            move || App::new().app_data(gateway.worker()).configure(http::configure)
         };
         let server = HttpServer::new(factory)
             .workers(config.workers)
             .shutdown_timeout(grace_secs)
             .disable_signals()
             .bind(config.listen)
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let addr = server.addrs()[0];
         let server = server.run();
 
         let admin_shared = web::Data::new(gateway.shared.clone());
-        let admin = HttpServer::new(move || {
-            App::new()
-                .app_data(admin_shared.clone())
-                .configure(http::admin::configure)
-        })
-        .workers(1)
-        .shutdown_timeout(1)
-        .disable_signals()
-        .bind(config.admin_listen)
-        .map_err(|source| StartError::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
+        let admin =
+            HttpServer::new(move || App::new().app_data(admin_shared.clone()).configure(http::admin::configure))
+                .workers(1)
+                .shutdown_timeout(1)
+                .disable_signals()
+                .bind(config.admin_listen)
+                .map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
         let admin_addr = admin.addrs()[0];
         let admin = admin.run();
 

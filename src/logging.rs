@@ -43,10 +43,7 @@ impl LogCapture {
 
     /// Every line written so far, parsed as JSON (lines that are not JSON are skipped).
     pub fn lines(&self) -> Vec<serde_json::Value> {
-        self.text()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
 
@@ -67,17 +64,11 @@ struct SharedWriter(Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>);
 
 impl Write for SharedWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| io::Error::other("log writer poisoned"))?
-            .write(buf)
+        self.0.lock().map_err(|_| io::Error::other("log writer poisoned"))?.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0
-            .lock()
-            .map_err(|_| io::Error::other("log writer poisoned"))?
-            .flush()
+        self.0.lock().map_err(|_| io::Error::other("log writer poisoned"))?.flush()
     }
 }
 
@@ -116,10 +107,7 @@ impl Logging {
             LogTarget::Stderr => Box::new(io::stderr()),
             LogTarget::Capture(capture) => Box::new(capture),
         };
-        let writer = SharedWriter(Arc::new(Mutex::new(BufWriter::with_capacity(
-            64 * 1024,
-            sink,
-        ))));
+        let writer = SharedWriter(Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, sink))));
         let json = slog_json::Json::new(writer.clone())
             .set_newlines(true)
             .add_key_value(o!(
@@ -136,10 +124,7 @@ impl Logging {
             .blocking(false)
             .thread_name("courier-log".into())
             .build_with_guard();
-        let drain = CountDropped {
-            inner: core,
-            dropped,
-        };
+        let drain = CountDropped { inner: core, dropped };
         let drain = slog::LevelFilter::new(drain, level).ignore_res();
         let logger = Logger::root(drain, o!());
 
@@ -156,13 +141,7 @@ impl Logging {
                 })
                 .expect("spawn log flusher")
         };
-        Logging {
-            logger,
-            guard: Some(guard),
-            writer,
-            stop,
-            flusher: Some(flusher),
-        }
+        Logging { logger, guard: Some(guard), writer, stop, flusher: Some(flusher) }
     }
 }
 
@@ -199,11 +178,7 @@ mod tests {
     fn lines_are_json_with_the_spec_fields_and_respect_the_level() {
         let capture = LogCapture::default();
         let dropped = IntCounter::new("d", "d").unwrap();
-        let logging = Logging::start(
-            slog::Level::Info,
-            LogTarget::Capture(capture.clone()),
-            dropped,
-        );
+        let logging = Logging::start(slog::Level::Info, LogTarget::Capture(capture.clone()), dropped);
         info!(logging.logger, "external_api_request"; "request_id" => "req_1", "status_code" => 200u16);
         slog::debug!(logging.logger, "too_detailed");
         drop(logging);

@@ -7,18 +7,16 @@
 //! prometheus crate's process collector under their usual names.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "courier";
 
 /// Latency buckets in seconds, from sub-millisecond (cache hits, fast rejections) to the
 /// longest deadline.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Inbound routes, the `route` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,9 +122,7 @@ struct Registrar(Registry);
 
 impl Registrar {
     fn add<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
-        self.0
-            .register(Box::new(metric.clone()))
-            .expect("metric registered once");
+        self.0.register(Box::new(metric.clone())).expect("metric registered once");
         metric
     }
 
@@ -155,16 +151,12 @@ impl Registrar {
     }
 
     fn histogram(&self, name: &str, help: &str) -> Histogram {
-        let opts = HistogramOpts::new(name, help)
-            .namespace(NAMESPACE)
-            .buckets(LATENCY_BUCKETS.to_vec());
+        let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(LATENCY_BUCKETS.to_vec());
         self.add(Histogram::with_opts(opts).expect("valid metric"))
     }
 
     fn histogram_vec(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-        let opts = HistogramOpts::new(name, help)
-            .namespace(NAMESPACE)
-            .buckets(LATENCY_BUCKETS.to_vec());
+        let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(LATENCY_BUCKETS.to_vec());
         self.add(HistogramVec::new(opts, labels).expect("valid metric"))
     }
 }
@@ -189,10 +181,8 @@ impl Metrics {
                 "Upstream attempts (retries included), by classified outcome.",
                 &["outcome"],
             ),
-            upstream_duration: r.histogram(
-                "upstream_attempt_duration_seconds",
-                "Duration of one upstream attempt, head and body.",
-            ),
+            upstream_duration: r
+                .histogram("upstream_attempt_duration_seconds", "Duration of one upstream attempt, head and body."),
             upstream_retries: r.counter_vec(
                 "upstream_retries_total",
                 "Retries of upstream attempts, by the reason of the failed attempt.",
@@ -207,19 +197,9 @@ impl Metrics {
                 "token_expiry_timestamp_seconds",
                 "Unix time at which the current upstream token expires (0 when there is none).",
             ),
-            ready: r.int_gauge(
-                "ready",
-                "1 once an upstream token has been obtained, else 0.",
-            ),
-            log_dropped: r.counter(
-                "log_lines_dropped_total",
-                "Log lines dropped because the log writer fell behind.",
-            ),
-            build_info: r.int_gauge_vec(
-                "build_info",
-                "Build information; the value is always 1.",
-                &["version"],
-            ),
+            ready: r.int_gauge("ready", "1 once an upstream token has been obtained, else 0."),
+            log_dropped: r.counter("log_lines_dropped_total", "Log lines dropped because the log writer fell behind."),
+            build_info: r.int_gauge_vec("build_info", "Build information; the value is always 1.", &["version"]),
             budget_limit: r.gauge(
                 "budget_limit_requests_per_second",
                 "Upstream requests per second the budget allows (EXTERNAL_API_RATE_LIMIT / 60).",
@@ -229,10 +209,8 @@ impl Metrics {
                 "Upstream requests the budget lets through at once (EXTERNAL_API_RATE_BURST).",
             ),
             budget_available: r.int_gauge("budget_permits_available", "Permits available right now."),
-            budget_queue_depth: r.int_gauge(
-                "budget_queue_depth",
-                "Requests waiting in the budget's queue for a permit.",
-            ),
+            budget_queue_depth: r
+                .int_gauge("budget_queue_depth", "Requests waiting in the budget's queue for a permit."),
             budget_grants: r.counter_vec(
                 "budget_grants_total",
                 "Permits granted, by path (fast: free at once, lock-free; queued: after waiting).",
@@ -281,23 +259,16 @@ impl Metrics {
             ),
             registry: r.0.clone(),
         };
-        metrics
-            .build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        r.0.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("process collector registered once");
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.0.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector registered once");
         metrics
     }
 
     /// The text exposition of every metric, for `/metrics`.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding into a Vec cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding into a Vec cannot fail");
         out
     }
 }
@@ -315,33 +286,15 @@ mod tests {
     #[test]
     fn names_follow_prometheus_conventions() {
         let metrics = Metrics::new();
-        metrics
-            .http_requests
-            .with_label_values(&["process", "200", "open"])
-            .inc();
-        metrics
-            .upstream_attempts
-            .with_label_values(&["success"])
-            .inc();
-        metrics
-            .upstream_retries
-            .with_label_values(&["timeout"])
-            .inc();
-        metrics
-            .token_refreshes
-            .with_label_values(&["success"])
-            .inc();
-        metrics
-            .http_duration
-            .with_label_values(&["process"])
-            .observe(0.01);
+        metrics.http_requests.with_label_values(&["process", "200", "open"]).inc();
+        metrics.upstream_attempts.with_label_values(&["success"]).inc();
+        metrics.upstream_retries.with_label_values(&["timeout"]).inc();
+        metrics.token_refreshes.with_label_values(&["success"]).inc();
+        metrics.http_duration.with_label_values(&["process"]).observe(0.01);
         let text = String::from_utf8(metrics.render()).unwrap();
         for family in metrics.registry.gather() {
             let name = family.name();
-            assert!(
-                name.starts_with("courier_") || name.starts_with("process_"),
-                "{name}"
-            );
+            assert!(name.starts_with("courier_") || name.starts_with("process_"), "{name}");
             if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
                 assert!(name.ends_with("_total"), "counter {name} lacks _total");
             }

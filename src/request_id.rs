@@ -22,9 +22,7 @@ impl RequestId {
         let bytes = value.as_bytes();
         let ok = !bytes.is_empty()
             && bytes.len() <= MAX_LEN
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b));
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b));
         ok.then(|| RequestId(value.clone()))
     }
 
@@ -54,16 +52,10 @@ mod tests {
     #[test]
     fn accepts_short_printable_ids_and_replaces_others() {
         let given = HeaderValue::from_static("abc-123_x.y:z");
-        assert_eq!(
-            RequestId::from_client(Some(&given)).as_str(),
-            "abc-123_x.y:z"
-        );
+        assert_eq!(RequestId::from_client(Some(&given)).as_str(), "abc-123_x.y:z");
         for bad in ["has space", "quote\"", "", &"x".repeat(129)] {
             let id = RequestId::from_client(Some(&HeaderValue::from_str(bad).unwrap()));
-            assert!(
-                id.as_str().starts_with("req_") && id.as_str().len() == 20,
-                "{bad:?} -> {id:?}"
-            );
+            assert!(id.as_str().starts_with("req_") && id.as_str().len() == 20, "{bad:?} -> {id:?}");
         }
         assert_ne!(RequestId::generate(), RequestId::generate());
     }

@@ -32,9 +32,7 @@ fn wait_line<T>(lines: &mpsc::Receiver<String>, mut pick: impl FnMut(&str) -> Op
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .expect("the expected line was printed in time");
+        let line = lines.recv_timeout(left).expect("the expected line was printed in time");
         if let Some(found) = pick(&line) {
             return found;
         }
@@ -73,21 +71,10 @@ fn every_bad_setting_is_reported_on_its_own_line_without_secrets() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 4, "{stderr}");
-    assert!(
-        lines[0].starts_with("courier: EXTERNAL_API_BASE_URL: \"not a url\" is not a URL"),
-        "{stderr}"
-    );
-    assert!(
-        lines[1].starts_with("courier: EXTERNAL_OAUTH_CLIENT_ID: is not set (expected:"),
-        "{stderr}"
-    );
-    assert!(lines[2].starts_with(
-        "courier: EXTERNAL_API_TIMEOUT: \"-3\" is not valid (expected: a number of seconds"
-    ));
-    assert!(
-        lines[3].starts_with("courier: COURIER_ADMIN_LISTEN:"),
-        "{stderr}"
-    );
+    assert!(lines[0].starts_with("courier: EXTERNAL_API_BASE_URL: \"not a url\" is not a URL"), "{stderr}");
+    assert!(lines[1].starts_with("courier: EXTERNAL_OAUTH_CLIENT_ID: is not set (expected:"), "{stderr}");
+    assert!(lines[2].starts_with("courier: EXTERNAL_API_TIMEOUT: \"-3\" is not valid (expected: a number of seconds"));
+    assert!(lines[3].starts_with("courier: COURIER_ADMIN_LISTEN:"), "{stderr}");
     assert!(!stderr.contains("very-secret"));
 }
 
@@ -96,20 +83,14 @@ fn help_is_available_for_every_subcommand() {
     for sub in ["serve", "simulate", "demo"] {
         let output = Command::new(BIN).args([sub, "--help"]).output().unwrap();
         assert!(output.status.success());
-        assert!(
-            String::from_utf8_lossy(&output.stdout).contains("Usage: courier"),
-            "{sub}"
-        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("Usage: courier"), "{sub}");
     }
 }
 
 #[actix_rt::test]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
-    sim.set_faults(courier::simulator::FaultsPatch {
-        latency_ms: Some(600.0),
-        ..Default::default()
-    });
+    sim.set_faults(courier::simulator::FaultsPatch { latency_ms: Some(600.0), ..Default::default() });
     let mut child = Command::new(BIN)
         .arg("serve")
         .env_clear()
@@ -129,93 +110,48 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         let v: Value = serde_json::from_str(line).ok()?;
         (v["event"] == "listening").then(|| v["gateway"].as_str().unwrap().to_owned())
     });
-    let http = awc::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .finish();
+    let http = awc::Client::builder().timeout(Duration::from_secs(20)).finish();
     let url = format!("http://{gateway}/api/external/process");
-    let in_flight = http
-        .post(&url)
-        .send_json(&json!({"data": {"input": "finish me"}}));
-    let request =
-        actix_rt::spawn(async move { read_answer(in_flight.await.expect("answered")).await });
+    let in_flight = http.post(&url).send_json(&json!({"data": {"input": "finish me"}}));
+    let request = actix_rt::spawn(async move { read_answer(in_flight.await.expect("answered")).await });
 
     // Signal once the simulator holds the request.
     let deadline = Instant::now() + Duration::from_secs(10);
     while sim.stats().in_flight == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "request never reached the simulator"
-        );
+        assert!(Instant::now() < deadline, "request never reached the simulator");
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
     signal(&child, libc::SIGTERM);
     let answer = request.await.unwrap();
-    assert_eq!(
-        answer.status, 200,
-        "the in-flight request finished: {answer:?}"
-    );
+    assert_eq!(answer.status, 200, "the in-flight request finished: {answer:?}");
     assert_eq!(answer.body["result"]["processed_data"], "FINISH ME");
-    let status = actix_rt::task::spawn_blocking(move || wait_exit(&mut child))
-        .await
-        .unwrap();
+    let status = actix_rt::task::spawn_blocking(move || wait_exit(&mut child)).await.unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(
-        http.post(&url)
-            .send_json(&json!({"data": {"input": "late"}}))
-            .await
-            .is_err(),
-        "no longer accepting"
-    );
+    assert!(http.post(&url).send_json(&json!({"data": {"input": "late"}})).await.is_err(), "no longer accepting");
     sim.stop().await;
 }
 
 #[actix_rt::test]
 async fn the_demo_serves_the_printed_curl_command() {
     let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--sim-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0"])
         .env_remove("COURIER_CLIENTS_FILE")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let out = lines_of(child.stdout.take().unwrap());
-    let gateway = wait_line(&out, |line| {
-        line.trim()
-            .strip_prefix("gateway:")
-            .map(|url| url.trim().to_owned())
-    });
+    let gateway = wait_line(&out, |line| line.trim().strip_prefix("gateway:").map(|url| url.trim().to_owned()));
     let sim_stats = wait_line(&out, |line| {
         let at = line.find("stats: GET ")?;
-        Some(
-            line[at + "stats: GET ".len()..]
-                .trim_end_matches(')')
-                .trim()
-                .to_owned(),
-        )
+        Some(line[at + "stats: GET ".len()..].trim_end_matches(')').trim().to_owned())
     });
-    let curl = wait_line(&out, |line| {
-        line.trim()
-            .starts_with("curl -s -X POST http")
-            .then(|| line.to_owned())
-    });
-    assert!(
-        curl.contains(&gateway),
-        "the printed command calls the gateway: {curl}"
-    );
+    let curl = wait_line(&out, |line| line.trim().starts_with("curl -s -X POST http").then(|| line.to_owned()));
+    assert!(curl.contains(&gateway), "the printed command calls the gateway: {curl}");
     let payload = curl.split("-d '").nth(1).unwrap().trim_end_matches('\'');
     let payload: Value = serde_json::from_str(payload).unwrap();
 
-    let http = awc::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .finish();
+    let http = awc::Client::builder().timeout(Duration::from_secs(20)).finish();
     let deadline = Instant::now() + Duration::from_secs(10);
     let answer = loop {
         let response = http.post(&gateway).send_json(&payload).await.unwrap();
@@ -232,8 +168,6 @@ async fn the_demo_serves_the_printed_curl_command() {
     assert!(count(&stats, &["process", "ok"]) >= 1);
 
     signal(&child, libc::SIGINT);
-    let status = actix_rt::task::spawn_blocking(move || wait_exit(&mut child))
-        .await
-        .unwrap();
+    let status = actix_rt::task::spawn_blocking(move || wait_exit(&mut child)).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -31,9 +31,7 @@ impl Reply {
     }
 
     fn header_u64(&self, name: &str) -> u64 {
-        let raw = self
-            .header(name)
-            .unwrap_or_else(|| panic!("missing {name}"));
+        let raw = self.header(name).unwrap_or_else(|| panic!("missing {name}"));
         raw.parse().unwrap_or_else(|_| panic!("{name}: {raw:?}"))
     }
 
@@ -45,24 +43,16 @@ impl Reply {
 
 async fn read(mut resp: awc::ClientResponse) -> Reply {
     let bytes = resp.body().await.expect("response body");
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
-    Reply {
-        status: resp.status(),
-        headers: resp.headers().clone(),
-        body,
-    }
+    let body =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+    Reply { status: resp.status(), headers: resp.headers().clone(), body }
 }
 
 impl Harness {
     async fn start(cfg: SimConfig) -> Self {
         let sim = Simulator::start(cfg).await.expect("simulator starts");
         let root = format!("http://{}", sim.addr());
-        Self {
-            sim,
-            client: awc::Client::default(),
-            root,
-        }
+        Self { sim, client: awc::Client::default(), root }
     }
 
     async fn default() -> Self {
@@ -71,14 +61,7 @@ impl Harness {
 
     async fn token_request(&self, form: &[(&str, &str)]) -> Reply {
         let url = format!("{}/oauth/token", self.sim.base_url());
-        read(
-            self.client
-                .post(url)
-                .send_form(&form)
-                .await
-                .expect("token request"),
-        )
-        .await
+        read(self.client.post(url).send_form(&form).await.expect("token request")).await
     }
 
     async fn token(&self) -> String {
@@ -152,73 +135,32 @@ async fn raw_exchange(addr: SocketAddr, request: String) -> std::io::Result<Vec<
 }
 
 fn rate_limited(per_minute: u32, burst: u32) -> SimConfig {
-    SimConfig {
-        rate_limit_per_minute: per_minute,
-        rate_burst: burst,
-        ..SimConfig::default()
-    }
+    SimConfig { rate_limit_per_minute: per_minute, rate_burst: burst, ..SimConfig::default() }
 }
 
 #[actix_rt::test]
 async fn token_flow() {
-    let h = Harness::start(SimConfig {
-        token_ttl: Duration::from_millis(90_500),
-        ..SimConfig::default()
-    })
-    .await;
-    let good = [
-        ("grant_type", "client_credentials"),
-        ("client_id", "courier-demo"),
-        ("client_secret", "demo-secret"),
-    ];
+    let h = Harness::start(SimConfig { token_ttl: Duration::from_millis(90_500), ..SimConfig::default() }).await;
+    let good = [("grant_type", "client_credentials"), ("client_id", "courier-demo"), ("client_secret", "demo-secret")];
     let reply = h.token_request(&good).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body["token_type"], "Bearer");
     assert_eq!(reply.body["expires_in"].as_f64(), Some(90.5));
     assert_eq!(reply.header("cache-control"), Some("no-store"));
-    assert!(reply.body["access_token"]
-        .as_str()
-        .is_some_and(|t| t.len() > 20));
+    assert!(reply.body["access_token"].as_str().is_some_and(|t| t.len() > 20));
 
     // (grant_type, client_id, client_secret); `None` leaves the field out.
     let cases = [
-        (
-            Some("client_credentials"),
-            "courier-demo",
-            "nope",
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-        ),
-        (
-            Some("client_credentials"),
-            "someone",
-            "demo-secret",
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-        ),
-        (
-            Some("password"),
-            "courier-demo",
-            "demo-secret",
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-        ),
-        (
-            None,
-            "courier-demo",
-            "demo-secret",
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-        ),
+        (Some("client_credentials"), "courier-demo", "nope", StatusCode::UNAUTHORIZED, "invalid_client"),
+        (Some("client_credentials"), "someone", "demo-secret", StatusCode::UNAUTHORIZED, "invalid_client"),
+        (Some("password"), "courier-demo", "demo-secret", StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+        (None, "courier-demo", "demo-secret", StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     ];
     for (grant, id, secret, status, error) in cases {
         let mut form = vec![("client_id", id), ("client_secret", secret)];
         form.extend(grant.map(|g| ("grant_type", g)));
         let reply = h.token_request(&form).await;
-        assert_eq!(
-            (reply.status, &reply.body),
-            (status, &json!({ "error": error }))
-        );
+        assert_eq!((reply.status, &reply.body), (status, &json!({ "error": error })));
     }
 
     h.patch(json!({"token_failure": true})).await;
@@ -227,10 +169,7 @@ async fn token_flow() {
     assert_eq!(reply.body, json!({"error": "temporarily_unavailable"}));
 
     let token = h.stats().await.token;
-    assert_eq!(
-        (token.total, token.ok, token.rejected, token.failed),
-        (6, 1, 4, 1)
-    );
+    assert_eq!((token.total, token.ok, token.rejected, token.failed), (6, 1, 4, 1));
     h.finish().await;
 }
 
@@ -250,12 +189,7 @@ async fn process_happy_path() {
     assert_eq!(reply.body["success"], true);
     assert_eq!(reply.body["result"]["processed_data"], "HELLO WORLD");
     assert_eq!(reply.body["result"]["metadata"]["version"], "v2.1");
-    assert!(
-        reply.body["result"]["metadata"]["processing_time"]
-            .as_f64()
-            .unwrap()
-            >= 0.0
-    );
+    assert!(reply.body["result"]["metadata"]["processing_time"].as_f64().unwrap() >= 0.0);
     let id = reply.body["request_id"].as_str().unwrap().to_owned();
     assert!(id.len() == 19 && id.starts_with("up_"), "{id}");
     assert!(id[3..].bytes().all(|b| b.is_ascii_hexdigit()));
@@ -264,12 +198,7 @@ async fn process_happy_path() {
     assert_eq!(reply.header_u64("x-ratelimit-reset"), 1);
     assert!(reply.header("ratelimit").is_none() && reply.header("ratelimit-policy").is_none());
 
-    let reply = h
-        .process(
-            &token,
-            &json!({"data": {"input": {"a": [1, "b"]}, "format": "json"}}),
-        )
-        .await;
+    let reply = h.process(&token, &json!({"data": {"input": {"a": [1, "b"]}, "format": "json"}})).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body["result"]["processed_data"], r#"{"A":[1,"B"]}"#);
     assert_ne!(reply.body["request_id"].as_str().unwrap(), id);
@@ -289,23 +218,9 @@ async fn auth_errors() {
     let body = json!({"data": {"input": "x"}});
     let url = format!("{}/process", h.sim.base_url());
 
-    let no_key = read(
-        h.client
-            .post(&url)
-            .bearer_auth(&token)
-            .send_json(&body)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let no_key = read(h.client.post(&url).bearer_auth(&token).send_json(&body).await.unwrap()).await;
     let bad_key = read(
-        h.client
-            .post(&url)
-            .bearer_auth(&token)
-            .insert_header(("X-API-Key", "wrong"))
-            .send_json(&body)
-            .await
-            .unwrap(),
+        h.client.post(&url).bearer_auth(&token).insert_header(("X-API-Key", "wrong")).send_json(&body).await.unwrap(),
     )
     .await;
     for reply in [&no_key, &bad_key] {
@@ -314,27 +229,13 @@ async fn auth_errors() {
         assert!(reply.header("x-ratelimit-limit").is_none());
     }
 
-    let no_token = read(
-        h.client
-            .post(&url)
-            .insert_header(("X-API-Key", "demo-api-key"))
-            .send_json(&body)
-            .await
-            .unwrap(),
-    )
-    .await;
-    let bad_token = h
-        .process(
-            "0.99999999999999.00.0123456789abcdef0123456789abcdef",
-            &body,
-        )
-        .await;
+    let no_token =
+        read(h.client.post(&url).insert_header(("X-API-Key", "demo-api-key")).send_json(&body).await.unwrap()).await;
+    let bad_token = h.process("0.99999999999999.00.0123456789abcdef0123456789abcdef", &body).await;
     for reply in [&no_token, &bad_token] {
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         assert_eq!(reply.error_code(), "invalid_token");
-        assert!(reply
-            .header("www-authenticate")
-            .is_some_and(|v| v.starts_with("Bearer")));
+        assert!(reply.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
         assert!(reply.header("x-ratelimit-limit").is_none());
     }
 
@@ -353,11 +254,7 @@ async fn auth_errors() {
 
 #[actix_rt::test]
 async fn token_expires_after_ttl() {
-    let h = Harness::start(SimConfig {
-        token_ttl: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .await;
+    let h = Harness::start(SimConfig { token_ttl: Duration::from_secs(1), ..SimConfig::default() }).await;
     let issued = Instant::now();
     let reply = h
         .token_request(&[
@@ -383,10 +280,7 @@ async fn token_expires_after_ttl() {
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
     let (after, reply) = expired.expect("token never expired");
-    assert!(
-        after >= Duration::from_millis(950),
-        "expired after {after:?}"
-    );
+    assert!(after >= Duration::from_millis(950), "expired after {after:?}");
     assert_eq!(reply.body["error"]["message"], "access token expired");
     h.finish().await;
 }
@@ -404,22 +298,13 @@ async fn invalid_bodies() {
     )
     .await;
     assert_eq!(raw.status, StatusCode::BAD_REQUEST);
-    assert!(raw.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("not valid JSON"));
+    assert!(raw.body["error"]["message"].as_str().unwrap().contains("not valid JSON"));
 
     let cases = [
         (json!({"data": "x"}), "data must be a JSON object"),
         (json!({"options": {}}), "data is required"),
-        (
-            json!({"data": {"format": "text"}}),
-            "data.input is required",
-        ),
-        (
-            json!({"data": {"input": "x", "format": "xml"}}),
-            "unsupported format 'xml'",
-        ),
+        (json!({"data": {"format": "text"}}), "data.input is required"),
+        (json!({"data": {"input": "x", "format": "xml"}}), "unsupported format 'xml'"),
     ];
     for (body, message) in cases {
         let reply = h.process(&token, &body).await;
@@ -460,10 +345,7 @@ async fn rate_limit_burst_then_429() {
 async fn rate_consume_takes_permits() {
     let h = Harness::start(rate_limited(60, 5)).await;
     let token = h.token().await;
-    assert_eq!(
-        h.patch(json!({"rate_consume": 3})).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(h.patch(json!({"rate_consume": 3})).await.status, StatusCode::OK);
     h.ok(&token).await;
     let last = h.ok(&token).await;
     assert_eq!(last.header_u64("x-ratelimit-remaining"), 0);
@@ -471,10 +353,7 @@ async fn rate_consume_takes_permits() {
     assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
 
     // Taking far more than the capacity leaves the bucket empty, not in debt.
-    h.sim.set_faults(FaultsPatch {
-        rate_consume: Some(1_000),
-        ..FaultsPatch::default()
-    });
+    h.sim.set_faults(FaultsPatch { rate_consume: Some(1_000), ..FaultsPatch::default() });
     let denied = h.process(&token, &json!({"data": {"input": "x"}})).await;
     assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(denied.header_u64("retry-after"), 1);
@@ -485,17 +364,10 @@ async fn rate_consume_takes_permits() {
 
 #[actix_rt::test]
 async fn ietf_headers() {
-    let h = Harness::start(SimConfig {
-        ietf_headers: true,
-        ..rate_limited(60, 5)
-    })
-    .await;
+    let h = Harness::start(SimConfig { ietf_headers: true, ..rate_limited(60, 5) }).await;
     let reply = h.ok(&h.token().await).await;
     assert_eq!(reply.header("ratelimit-policy"), Some("60;w=60"));
-    assert_eq!(
-        reply.header("ratelimit"),
-        Some("limit=60, remaining=4, reset=1")
-    );
+    assert_eq!(reply.header("ratelimit"), Some("limit=60, remaining=4, reset=1"));
     assert_eq!(reply.header_u64("x-ratelimit-remaining"), 4);
     h.finish().await;
 }
@@ -516,28 +388,16 @@ async fn injected_errors_and_outage() {
     }
     h.ok(&token).await;
 
-    let faults = h
-        .patch(json!({"error_count": 1, "error_status": 503}))
-        .await;
-    assert_eq!(
-        (
-            faults.body["error_count"].as_u64(),
-            faults.body["error_status"].as_u64()
-        ),
-        (Some(1), Some(503))
-    );
+    let faults = h.patch(json!({"error_count": 1, "error_status": 503})).await;
+    assert_eq!((faults.body["error_count"].as_u64(), faults.body["error_status"].as_u64()), (Some(1), Some(503)));
     let reply = h.process(&token, &body).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert_eq!(h.patch(json!({})).await.body["error_count"], 0);
 
-    h.patch(json!({"error_rate": 1.0, "error_status": 502}))
-        .await;
+    h.patch(json!({"error_rate": 1.0, "error_status": 502})).await;
     for _ in 0..3 {
-        assert_eq!(
-            h.process(&token, &body).await.status,
-            StatusCode::BAD_GATEWAY
-        );
+        assert_eq!(h.process(&token, &body).await.status, StatusCode::BAD_GATEWAY);
     }
     h.patch(json!({"error_rate": 0.0})).await;
     h.ok(&token).await;
@@ -566,9 +426,7 @@ async fn latency_is_added() {
     let started = Instant::now();
     let reply = h.ok(&token).await;
     assert!(started.elapsed() >= Duration::from_millis(250));
-    let measured = reply.body["result"]["metadata"]["processing_time"]
-        .as_f64()
-        .unwrap();
+    let measured = reply.body["result"]["metadata"]["processing_time"].as_f64().unwrap();
     assert!(measured >= 0.25, "processing_time {measured}");
     h.finish().await;
 }
@@ -580,10 +438,7 @@ async fn dropped_connections() {
     let body = json!({"data": {"input": "x"}});
 
     h.patch(json!({"drop_count": 1})).await;
-    let err = h
-        .try_process(&token, &body)
-        .await
-        .expect_err("connection should be dropped");
+    let err = h.try_process(&token, &body).await.expect_err("connection should be dropped");
     // awc reports a connection closed before any response byte as `Connect(Disconnected)`.
     assert!(err.contains("Disconnected"), "{err}");
     h.ok(&token).await;
@@ -604,10 +459,7 @@ async fn dropped_connections() {
         "expected a clean close with no response bytes, got {received:?}"
     );
 
-    h.sim.set_faults(FaultsPatch {
-        drop_rate: Some(1.0),
-        ..FaultsPatch::default()
-    });
+    h.sim.set_faults(FaultsPatch { drop_rate: Some(1.0), ..FaultsPatch::default() });
     assert!(h.try_process(&token, &body).await.is_err());
     h.patch(json!({"drop_rate": 0.0})).await;
     h.ok(&token).await;
@@ -640,10 +492,7 @@ async fn concurrency_is_tracked_across_latency() {
     let elapsed = started.elapsed();
     assert!(seen_four, "never observed 4 requests in flight");
     assert!(replies.iter().all(|r| r.status == StatusCode::OK));
-    assert!(
-        elapsed < Duration::from_millis(4 * 600),
-        "requests were serialised: {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_millis(4 * 600), "requests were serialised: {elapsed:?}");
 
     let stats = h.stats().await;
     assert_eq!((stats.in_flight, stats.peak_concurrency), (0, 4));
@@ -678,10 +527,7 @@ async fn control_plane() {
     assert_eq!(unknown.error_code(), "invalid_request");
     let out_of_range = h.patch(json!({"error_rate": 2})).await;
     assert_eq!(out_of_range.status, StatusCode::BAD_REQUEST);
-    assert!(out_of_range.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("error_rate"));
+    assert!(out_of_range.body["error"]["message"].as_str().unwrap().contains("error_rate"));
 
     // The control plane is never rate limited (burst is 1 here).
     for _ in 0..5 {
@@ -689,35 +535,14 @@ async fn control_plane() {
     }
     let token = h.token().await;
     h.ok(&token).await;
-    let reset = read(
-        h.client
-            .post(format!("{}/_sim/stats/reset", h.root))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let reset = read(h.client.post(format!("{}/_sim/stats/reset", h.root)).send().await.unwrap()).await;
     assert_eq!(reset.status, StatusCode::OK);
     assert_eq!(h.stats().await, SimStats::default());
 
-    let missing = read(
-        h.client
-            .get(format!("{}/v2/nope", h.root))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let missing = read(h.client.get(format!("{}/v2/nope", h.root)).send().await.unwrap()).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.error_code(), "not_found");
-    let wrong_method = read(
-        h.client
-            .get(format!("{}/process", h.sim.base_url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let wrong_method = read(h.client.get(format!("{}/process", h.sim.base_url())).send().await.unwrap()).await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     h.finish().await;
 }
@@ -727,21 +552,11 @@ async fn start_and_stop() {
     let h = Harness::default().await;
     let addr = h.sim.addr();
     assert_ne!(addr.port(), 0);
-    assert_eq!(
-        h.sim.base_url(),
-        format!("http://127.0.0.1:{}/v2", addr.port())
-    );
+    assert_eq!(h.sim.base_url(), format!("http://127.0.0.1:{}/v2", addr.port()));
     h.ok(&h.token().await).await;
     let started = Instant::now();
     h.finish().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "stop took {:?}",
-        started.elapsed()
-    );
-    let after = awc::Client::default()
-        .get(format!("http://{addr}/_sim/stats"))
-        .send()
-        .await;
+    assert!(started.elapsed() < Duration::from_secs(3), "stop took {:?}", started.elapsed());
+    let after = awc::Client::default().get(format!("http://{addr}/_sim/stats")).send().await;
     assert!(after.is_err(), "server still answering after stop");
 }

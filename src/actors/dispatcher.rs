@@ -7,7 +7,7 @@
 //! future, so a slow upstream call never holds up the mailbox; the future runs the attempt
 //! loop ([`super::retry`]) on this thread.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,9 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use slog::{o, Logger};
 
+use super::budget::{BudgetHandle, Class};
 use super::retry::{self, Dispatched, RetryPolicy};
+use super::retry_budget::RetryBudget;
 use super::token::{GetToken, Token, TokenCell, TokenManager, TokenUnavailable};
 use crate::metrics::Metrics;
 use crate::request_id::RequestId;
@@ -35,6 +37,10 @@ pub struct Dispatch {
     pub body: Bytes,
     /// When the client stops waiting.
     pub deadline: Instant,
+    /// The client (index in the clients file; 0 in open mode), for fair sharing.
+    pub client: usize,
+    /// Sync requests go before async jobs when the budget is short.
+    pub class: Class,
 }
 
 /// Everything a Dispatcher is built from; shared by all workers.
@@ -48,6 +54,10 @@ pub struct DispatcherSettings {
     pub policy: RetryPolicy,
     /// TLS configuration.
     pub tls: Arc<rustls::ClientConfig>,
+    /// The upstream rate budget.
+    pub budget: BudgetHandle,
+    /// Retry budget: fraction of first attempts, and floor per second for this worker.
+    pub retry_budget: (f64, f64),
     /// Where the TokenManager publishes tokens.
     pub token_cell: Arc<TokenCell>,
     /// The TokenManager.
@@ -64,6 +74,10 @@ pub struct Upstream {
     pub(super) process_uri: Uri,
     pub(super) api_key: HeaderValue,
     pub(super) policy: RetryPolicy,
+    pub(super) budget: BudgetHandle,
+    retry_budget: RefCell<RetryBudget>,
+    latency: Cell<Duration>,
+    retry_refusals: IntCounter,
     token_cell: Arc<TokenCell>,
     token_manager: Addr<TokenManager>,
     local_token: RefCell<(u64, Option<Token>)>,
@@ -76,29 +90,22 @@ pub struct Upstream {
 impl Upstream {
     fn new(settings: DispatcherSettings) -> Upstream {
         let counters = |vec: &prometheus::IntCounterVec| {
-            Outcome::ALL
-                .iter()
-                .map(|o| vec.with_label_values(&[o.as_str()]))
-                .collect()
+            Outcome::ALL.iter().map(|o| vec.with_label_values(&[o.as_str()])).collect()
         };
         let local_api_key = {
-            let mut key = HeaderValue::from_bytes(settings.api_key.as_bytes())
-                .expect("valid header stays valid");
+            let mut key = HeaderValue::from_bytes(settings.api_key.as_bytes()).expect("valid header stays valid");
             key.set_sensitive(true);
             key
         };
         Upstream {
-            client: upstream::build_client(
-                settings.tls.clone(),
-                &upstream::ClientSettings::default(),
-            ),
-            process_uri: settings
-                .process_uri
-                .to_string()
-                .parse()
-                .expect("a valid URI stays valid"),
+            client: upstream::build_client(settings.tls.clone(), &upstream::ClientSettings::default()),
+            process_uri: settings.process_uri.to_string().parse().expect("a valid URI stays valid"),
             api_key: local_api_key,
             policy: settings.policy,
+            budget: settings.budget,
+            retry_budget: RefCell::new(RetryBudget::new(settings.retry_budget.0, settings.retry_budget.1)),
+            latency: Cell::new(Duration::ZERO),
+            retry_refusals: settings.metrics.retry_budget_refusals.clone(),
             token_cell: settings.token_cell,
             token_manager: settings.token_manager,
             local_token: RefCell::new((u64::MAX, None)),
@@ -111,23 +118,16 @@ impl Upstream {
 
     /// A valid token: this thread's copy when current, else from the TokenManager. With
     /// `rejected`, the upstream refused that generation and a new token is needed.
-    pub(super) async fn token(
-        &self,
-        rejected: Option<u64>,
-    ) -> Result<(HeaderValue, u64), TokenUnavailable> {
+    pub(super) async fn token(&self, rejected: Option<u64>) -> Result<(HeaderValue, u64), TokenUnavailable> {
         if rejected.is_none() {
             if let Some(found) = self.local_token(Instant::now()) {
                 return Ok(found);
             }
         }
-        let token = self
-            .token_manager
-            .send(GetToken { rejected })
-            .await
-            .map_err(|_| TokenUnavailable {
-                retry_after: Duration::from_secs(1),
-                reason: "token manager busy".into(),
-            })??;
+        let token = self.token_manager.send(GetToken { rejected }).await.map_err(|_| TokenUnavailable {
+            retry_after: Duration::from_secs(1),
+            reason: "token manager busy".into(),
+        })??;
         Ok((token.authorization.clone(), token.generation))
     }
 
@@ -137,11 +137,34 @@ impl Upstream {
         if local.0 != version {
             *local = (version, self.token_cell.load().map(|t| t.local_copy()));
         }
-        local
-            .1
-            .as_ref()
-            .filter(|t| t.is_valid_at(now))
-            .map(|t| (t.authorization.clone(), t.generation))
+        local.1.as_ref().filter(|t| t.is_valid_at(now)).map(|t| (t.authorization.clone(), t.generation))
+    }
+
+    /// A first attempt was made (a deposit in the retry budget).
+    pub(super) fn record_first_attempt(&self, now: Instant) {
+        self.retry_budget.borrow_mut().record_first(now);
+    }
+
+    /// Takes a retry from this worker's retry budget; counts a refusal.
+    pub(super) fn try_retry(&self, now: Instant) -> bool {
+        let granted = self.retry_budget.borrow_mut().try_retry(now);
+        if !granted {
+            self.retry_refusals.inc();
+        }
+        granted
+    }
+
+    /// The typical duration of an answered attempt (moving average), to judge whether a
+    /// retry can still finish before the deadline.
+    pub(super) fn expected_attempt(&self) -> Duration {
+        self.latency.get()
+    }
+
+    /// Updates the moving average with an answered attempt's duration.
+    pub(super) fn observe_latency(&self, took: Duration) {
+        let previous = self.latency.get();
+        let next = if previous.is_zero() { took } else { previous.mul_f64(0.8) + took.mul_f64(0.2) };
+        self.latency.set(next);
     }
 
     pub(super) fn count_attempt(&self, outcome: Outcome) {
@@ -161,10 +184,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts a Dispatcher on the current thread (call from the worker's app factory).
     pub fn start_here(settings: DispatcherSettings) -> Addr<Dispatcher> {
-        Dispatcher {
-            upstream: Rc::new(Upstream::new(settings)),
-        }
-        .start()
+        Dispatcher { upstream: Rc::new(Upstream::new(settings)) }.start()
     }
 }
 

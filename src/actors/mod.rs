@@ -4,9 +4,12 @@
 //! |---|---|
 //! | [`TokenManager`] | the upstream token, its expiry and generation, the one refresh in flight |
 //! | [`Dispatcher`] | one per worker: that worker's awc client and token copy |
+//! | [`budget::Budget`] | the upstream rate budget's wait queue, fairness, learned pauses |
 
+pub mod budget;
 pub mod dispatcher;
 pub mod retry;
+pub mod retry_budget;
 pub mod token;
 
 pub use dispatcher::{Dispatch, Dispatcher, DispatcherSettings};

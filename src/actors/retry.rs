@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use slog::info;
 
 use super::dispatcher::{Dispatch, Upstream};
-use crate::upstream::{
-    send_attempt, Attempt, AttemptRequest, Backoff, Outcome, RateSignal, SuccessBody,
-};
+use crate::upstream::{send_attempt, Attempt, AttemptRequest, Backoff, Outcome, RateSignal, SuccessBody};
 
 /// How attempts are bounded and spaced.
 #[derive(Clone, Copy, Debug)]
@@ -73,31 +71,40 @@ pub struct Progress {
     pub token_refreshed: bool,
 }
 
-/// Decides what follows `attempt`, given the progress so far and the time left.
+/// The time a decision is made in: now, the deadline, and how long an attempt usually takes.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// When the decision is made.
+    pub now: Instant,
+    /// When the client stops waiting.
+    pub deadline: Instant,
+    /// The usual duration of an answered attempt.
+    pub expected_attempt: Duration,
+}
+
+/// Decides what follows `attempt`, given the progress so far and the time left: no retry is
+/// made that could not finish before the deadline.
 pub fn decide(
     attempt: &Attempt,
     signal: &RateSignal,
     policy: &RetryPolicy,
     progress: Progress,
-    now: Instant,
-    deadline: Instant,
+    timing: Timing,
     jitter_unit: f64,
 ) -> Next {
     if matches!(attempt, Attempt::Unauthorized) {
-        return if progress.token_refreshed {
-            Next::Answer
-        } else {
-            Next::RefreshToken
-        };
+        return if progress.token_refreshed { Next::Answer } else { Next::RefreshToken };
     }
     if !attempt.retryable() || progress.retries >= policy.max_retries {
         return Next::Answer;
     }
     let mut wait = policy.backoff.delay(progress.retries, jitter_unit);
-    if let Some(retry_after) = signal.retry_after {
+    // A 429 is not retried before the upstream's reset.
+    let reset = if matches!(attempt, Attempt::RateLimited) { signal.reset } else { None };
+    if let Some(retry_after) = signal.retry_after.or(reset) {
         wait = wait.max(retry_after);
     }
-    if now + wait >= deadline {
+    if timing.now + wait + timing.expected_attempt >= timing.deadline {
         return Next::Answer;
     }
     Next::RetryAfter(wait)
@@ -106,16 +113,11 @@ pub fn decide(
 /// The final answer for an attempt that is not retried.
 fn conclude(attempt: Attempt, signal: &RateSignal) -> Result<SuccessBody, DispatchError> {
     match attempt {
-        Attempt::Success(body) => {
-            SuccessBody::parse(&body).ok_or(DispatchError::Failed(Outcome::InvalidResponse))
-        }
+        Attempt::Success(body) => SuccessBody::parse(&body).ok_or(DispatchError::Failed(Outcome::InvalidResponse)),
         Attempt::Rejected { message, .. } => Err(DispatchError::Rejected(message)),
         Attempt::Unauthorized => Err(DispatchError::AuthUnavailable(Duration::from_secs(1))),
         Attempt::RateLimited => {
-            let wait = signal
-                .retry_after
-                .or(signal.reset)
-                .unwrap_or(Duration::from_secs(1));
+            let wait = signal.retry_after.or(signal.reset).unwrap_or(Duration::from_secs(1));
             Err(DispatchError::RateLimited(wait))
         }
         other => Err(DispatchError::Failed(other.outcome())),
@@ -124,42 +126,32 @@ fn conclude(attempt: Attempt, signal: &RateSignal) -> Result<SuccessBody, Dispat
 
 /// Runs the attempt loop of one request.
 pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
-    let Dispatch {
-        request_id,
-        body,
-        deadline,
-    } = msg;
+    let Dispatch { request_id, body, deadline, client, class } = msg;
     let mut attempts = 0u32;
     let mut progress = Progress::default();
     let mut rejected = None;
     loop {
         let now = Instant::now();
         if now >= deadline {
-            return Dispatched {
-                attempts,
-                result: Err(DispatchError::DeadlineExceeded),
-            };
+            return Dispatched { attempts, result: Err(DispatchError::DeadlineExceeded) };
+        }
+        if let Err(refusal) = up.budget.acquire(client, class, deadline).await {
+            return Dispatched { attempts, result: Err(DispatchError::RateLimited(refusal.retry_after)) };
         }
         let (authorization, generation) = match up.token(rejected.take()).await {
             Ok(found) => found,
             Err(unavailable) => {
-                return Dispatched {
-                    attempts,
-                    result: Err(DispatchError::AuthUnavailable(unavailable.retry_after)),
-                }
+                return Dispatched { attempts, result: Err(DispatchError::AuthUnavailable(unavailable.retry_after)) }
             }
         };
         let started = Instant::now();
-        let Some(time_left) = deadline
-            .checked_duration_since(started)
-            .filter(|d| !d.is_zero())
-        else {
-            return Dispatched {
-                attempts,
-                result: Err(DispatchError::DeadlineExceeded),
-            };
+        let Some(time_left) = deadline.checked_duration_since(started).filter(|d| !d.is_zero()) else {
+            return Dispatched { attempts, result: Err(DispatchError::DeadlineExceeded) };
         };
         attempts += 1;
+        if attempts == 1 {
+            up.record_first_attempt(started);
+        }
         let request = AttemptRequest {
             uri: &up.process_uri,
             authorization: &authorization,
@@ -174,6 +166,10 @@ pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
         let elapsed = finished.duration_since(started);
         let outcome = attempt.outcome();
         up.count_attempt(outcome);
+        up.budget.learn(&signal, outcome == Outcome::RateLimited);
+        if attempt.status().is_some() {
+            up.observe_latency(elapsed);
+        }
         up.metrics.upstream_duration.observe(elapsed.as_secs_f64());
         info!(up.log, "external_api_request";
             "request_id" => request_id.as_str(),
@@ -186,15 +182,16 @@ pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
             "outcome" => outcome.as_str(),
             "error" => attempt.error());
         let jitter = rand::random::<f64>();
-        match decide(
-            &attempt, &signal, &up.policy, progress, finished, deadline, jitter,
-        ) {
+        let timing = Timing { now: finished, deadline, expected_attempt: up.expected_attempt() };
+        let next = match decide(&attempt, &signal, &up.policy, progress, timing, jitter) {
+            Next::RetryAfter(_) if !up.try_retry(finished) => Next::Answer,
+            next => next,
+        };
+        match next {
             Next::Answer => {
                 let result = match (conclude(attempt, &signal), outcome) {
                     // A timeout cut short by the deadline is the deadline's doing.
-                    (Err(DispatchError::Failed(Outcome::Timeout)), _)
-                        if Instant::now() >= deadline =>
-                    {
+                    (Err(DispatchError::Failed(Outcome::Timeout)), _) if Instant::now() >= deadline => {
                         Err(DispatchError::DeadlineExceeded)
                     }
                     (result, _) => result,
@@ -229,27 +226,11 @@ mod tests {
         }
     }
 
-    fn next(
-        attempt: Attempt,
-        signal: RateSignal,
-        retries: u32,
-        refreshed: bool,
-        time_left: Duration,
-    ) -> Next {
+    fn next(attempt: Attempt, signal: RateSignal, retries: u32, refreshed: bool, time_left: Duration) -> Next {
         let now = Instant::now();
-        let progress = Progress {
-            retries,
-            token_refreshed: refreshed,
-        };
-        decide(
-            &attempt,
-            &signal,
-            &policy(3),
-            progress,
-            now,
-            now + time_left,
-            0.5,
-        )
+        let progress = Progress { retries, token_refreshed: refreshed };
+        let timing = Timing { now, deadline: now + time_left, expected_attempt: Duration::ZERO };
+        decide(&attempt, &signal, &policy(3), progress, timing, 0.5)
     }
 
     const LONG: Duration = Duration::from_secs(60);
@@ -257,101 +238,67 @@ mod tests {
     #[test]
     fn retryable_failures_back_off_until_retries_run_out() {
         let none = RateSignal::default();
-        assert_eq!(
-            next(Attempt::ServerError(500), none, 0, false, LONG),
-            Next::RetryAfter(50 * MS)
-        );
-        assert_eq!(
-            next(Attempt::Timeout, none, 2, false, LONG),
-            Next::RetryAfter(200 * MS)
-        );
-        assert_eq!(
-            next(Attempt::Connect("x"), none, 3, false, LONG),
-            Next::Answer
-        );
-        assert_eq!(
-            next(Attempt::ServerError(501), none, 0, false, LONG),
-            Next::Answer
-        );
-        assert_eq!(
-            next(Attempt::OtherStatus(404), none, 0, false, LONG),
-            Next::Answer
-        );
-        let rejected = Attempt::Rejected {
-            status: 400,
-            message: "no".into(),
-        };
+        assert_eq!(next(Attempt::ServerError(500), none, 0, false, LONG), Next::RetryAfter(50 * MS));
+        assert_eq!(next(Attempt::Timeout, none, 2, false, LONG), Next::RetryAfter(200 * MS));
+        assert_eq!(next(Attempt::Connect("x"), none, 3, false, LONG), Next::Answer);
+        assert_eq!(next(Attempt::ServerError(501), none, 0, false, LONG), Next::Answer);
+        assert_eq!(next(Attempt::OtherStatus(404), none, 0, false, LONG), Next::Answer);
+        let rejected = Attempt::Rejected { status: 400, message: "no".into() };
         assert_eq!(next(rejected, none, 0, false, LONG), Next::Answer);
     }
 
     #[test]
     fn retry_after_is_honoured_and_the_deadline_is_kept() {
-        let signal = RateSignal {
-            retry_after: Some(Duration::from_secs(2)),
-            ..RateSignal::default()
-        };
+        let signal = RateSignal { retry_after: Some(Duration::from_secs(2)), ..RateSignal::default() };
+        assert_eq!(next(Attempt::RateLimited, signal, 0, false, LONG), Next::RetryAfter(Duration::from_secs(2)));
+        assert_eq!(next(Attempt::RateLimited, signal, 0, false, Duration::from_secs(1)), Next::Answer);
+        assert_eq!(next(Attempt::ServerError(503), RateSignal::default(), 0, false, 10 * MS), Next::Answer);
+    }
+
+    #[test]
+    fn no_retry_that_cannot_finish_in_time_and_none_before_a_429_reset() {
+        let now = Instant::now();
+        let progress = Progress::default();
+        let slow = Timing { now, deadline: now + 500 * MS, expected_attempt: 460 * MS };
+        assert_eq!(decide(&Attempt::Timeout, &RateSignal::default(), &policy(3), progress, slow, 0.5), Next::Answer);
+        let fast = Timing { expected_attempt: 10 * MS, ..slow };
         assert_eq!(
-            next(Attempt::RateLimited, signal, 0, false, LONG),
-            Next::RetryAfter(Duration::from_secs(2))
+            decide(&Attempt::Timeout, &RateSignal::default(), &policy(3), progress, fast, 0.5),
+            Next::RetryAfter(50 * MS)
+        );
+        let reset = RateSignal { reset: Some(Duration::from_secs(3)), ..RateSignal::default() };
+        let roomy = Timing { deadline: now + LONG, ..fast };
+        assert_eq!(
+            decide(&Attempt::RateLimited, &reset, &policy(3), progress, roomy, 0.5),
+            Next::RetryAfter(Duration::from_secs(3))
         );
         assert_eq!(
-            next(
-                Attempt::RateLimited,
-                signal,
-                0,
-                false,
-                Duration::from_secs(1)
-            ),
-            Next::Answer
-        );
-        assert_eq!(
-            next(
-                Attempt::ServerError(503),
-                RateSignal::default(),
-                0,
-                false,
-                10 * MS
-            ),
-            Next::Answer
+            decide(&Attempt::ServerError(500), &reset, &policy(3), progress, roomy, 0.5),
+            Next::RetryAfter(50 * MS)
         );
     }
 
     #[test]
     fn a_401_refreshes_once() {
         let none = RateSignal::default();
-        assert_eq!(
-            next(Attempt::Unauthorized, none, 0, false, LONG),
-            Next::RefreshToken
-        );
-        assert_eq!(
-            next(Attempt::Unauthorized, none, 0, true, LONG),
-            Next::Answer
-        );
+        assert_eq!(next(Attempt::Unauthorized, none, 0, false, LONG), Next::RefreshToken);
+        assert_eq!(next(Attempt::Unauthorized, none, 0, true, LONG), Next::Answer);
     }
 
     #[test]
     fn final_answers_map_to_dispatch_errors() {
         let none = RateSignal::default();
-        assert_eq!(
-            conclude(Attempt::Timeout, &none).unwrap_err(),
-            DispatchError::Failed(Outcome::Timeout)
-        );
+        assert_eq!(conclude(Attempt::Timeout, &none).unwrap_err(), DispatchError::Failed(Outcome::Timeout));
         assert_eq!(
             conclude(Attempt::Unauthorized, &none).unwrap_err(),
             DispatchError::AuthUnavailable(Duration::from_secs(1))
         );
-        let limited = RateSignal {
-            reset: Some(Duration::from_secs(7)),
-            ..RateSignal::default()
-        };
+        let limited = RateSignal { reset: Some(Duration::from_secs(7)), ..RateSignal::default() };
         assert_eq!(
             conclude(Attempt::RateLimited, &limited).unwrap_err(),
             DispatchError::RateLimited(Duration::from_secs(7))
         );
         let garbage = Attempt::Success(bytes::Bytes::from_static(b"{}"));
-        assert_eq!(
-            conclude(garbage, &none).unwrap_err(),
-            DispatchError::Failed(Outcome::InvalidResponse)
-        );
+        assert_eq!(conclude(garbage, &none).unwrap_err(), DispatchError::Failed(Outcome::InvalidResponse));
     }
 }

@@ -64,15 +64,13 @@ fn default_weight() -> u32 {
 impl Clients {
     /// Loads and validates the clients file; the error says what is wrong, never a key.
     pub fn load(path: &Path) -> Result<Clients, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text)
     }
 
     /// Parses the clients file's text.
     pub fn parse(text: &str) -> Result<Clients, String> {
-        let form: FileForm = toml::from_str(text)
-            .map_err(|e| format!("not a valid clients file: {}", e.message()))?;
+        let form: FileForm = toml::from_str(text).map_err(|e| format!("not a valid clients file: {}", e.message()))?;
         if form.client.is_empty() {
             return Err("lists no [[client]]".into());
         }
@@ -80,37 +78,21 @@ impl Clients {
         for (i, entry) in form.client.into_iter().enumerate() {
             let valid_name = !entry.name.is_empty()
                 && entry.name.len() <= 64
-                && entry
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                && entry.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !valid_name {
-                return Err(format!(
-                    "client #{} has an invalid name (1-64 of A-Z a-z 0-9 - _ .)",
-                    i + 1
-                ));
+                return Err(format!("client #{} has an invalid name (1-64 of A-Z a-z 0-9 - _ .)", i + 1));
             }
             if entries.iter().any(|e: &ClientEntry| *e.name == *entry.name) {
                 return Err(format!("client {:?} is listed twice", entry.name));
             }
             let mut key_sha256 = [0u8; 32];
             if hex::decode_to_slice(entry.key_sha256.trim(), &mut key_sha256).is_err() {
-                return Err(format!(
-                    "client {:?} has a key_sha256 that is not 64 hex digits",
-                    entry.name
-                ));
+                return Err(format!("client {:?} has a key_sha256 that is not 64 hex digits", entry.name));
             }
             if !(1..=1000).contains(&entry.weight) {
-                return Err(format!(
-                    "client {:?} has weight {} (1..=1000)",
-                    entry.name, entry.weight
-                ));
+                return Err(format!("client {:?} has weight {} (1..=1000)", entry.name, entry.weight));
             }
-            entries.push(ClientEntry {
-                name: entry.name.into(),
-                weight: entry.weight,
-                key_sha256,
-            });
+            entries.push(ClientEntry { name: entry.name.into(), weight: entry.weight, key_sha256 });
         }
         Ok(Clients { entries })
     }
@@ -146,21 +128,14 @@ mod tests {
         entries
             .iter()
             .map(|(name, key, weight)| {
-                format!(
-                    "[[client]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nweight = {weight}\n",
-                    key_sha256_hex(key)
-                )
+                format!("[[client]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nweight = {weight}\n", key_sha256_hex(key))
             })
             .collect()
     }
 
     #[test]
     fn authenticates_by_key_hash() {
-        let clients = Clients::parse(&file(&[
-            ("billing", "k-billing", 3),
-            ("search", "k-search", 1),
-        ]))
-        .unwrap();
+        let clients = Clients::parse(&file(&[("billing", "k-billing", 3), ("search", "k-search", 1)])).unwrap();
         assert_eq!(clients.authenticate(b"k-search"), Some(1));
         assert_eq!(clients.authenticate(b"k-billing"), Some(0));
         assert_eq!(clients.authenticate(b"k-other"), None);
@@ -170,9 +145,7 @@ mod tests {
     #[test]
     fn rejects_bad_files_without_quoting_keys() {
         assert!(Clients::parse("").unwrap_err().contains("not a valid"));
-        assert!(Clients::parse("client = []")
-            .unwrap_err()
-            .contains("no [[client]]"));
+        assert!(Clients::parse("client = []").unwrap_err().contains("no [[client]]"));
         let short = "[[client]]\nname = \"a\"\nkey_sha256 = \"abcd\"\n";
         assert!(Clients::parse(short).unwrap_err().contains("64 hex"));
         let twice = file(&[("a", "k1", 1), ("a", "k2", 1)]);

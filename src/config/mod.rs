@@ -170,10 +170,7 @@ impl fmt::Debug for Config {
             .field("queue_max", &self.queue_max)
             .field("breaker", &self.breaker)
             .field("retry_budget_ratio", &self.retry_budget_ratio)
-            .field(
-                "retry_budget_min_per_second",
-                &self.retry_budget_min_per_second,
-            )
+            .field("retry_budget_min_per_second", &self.retry_budget_min_per_second)
             .finish()
     }
 }
@@ -186,10 +183,7 @@ impl Config {
     }
 
     /// Reads the configuration from `env` and an optional TOML file.
-    pub fn from_sources(
-        env: &dyn Env,
-        file: Option<&std::path::Path>,
-    ) -> Result<Config, ConfigErrors> {
+    pub fn from_sources(env: &dyn Env, file: Option<&std::path::Path>) -> Result<Config, ConfigErrors> {
         let file_values = match file {
             Some(path) => FileValues::read(path).map_err(|e| ConfigErrors(vec![e]))?,
             None => FileValues::default(),
@@ -206,8 +200,7 @@ impl Config {
             (true, None) => String::new(),
             (_, explicit) => {
                 let default = explicit.unwrap_or_else(|| format!("{base_url}/oauth/token"));
-                r.url("EXTERNAL_OAUTH_TOKEN_URL", Some(default))
-                    .unwrap_or_default()
+                r.url("EXTERNAL_OAUTH_TOKEN_URL", Some(default)).unwrap_or_default()
             }
         };
         let (api_key, api_key_source) = r.secret("EXTERNAL_API_KEY");
@@ -223,15 +216,13 @@ impl Config {
         let listen = r.addr("COURIER_LISTEN", "127.0.0.1:8080");
         let admin_listen = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
         let clients_file = r.optional("COURIER_CLIENTS_FILE").map(PathBuf::from);
-        let clients = clients_file
-            .as_deref()
-            .and_then(|path| match Clients::load(path) {
-                Ok(clients) => Some(clients),
-                Err(problem) => {
-                    r.problem("COURIER_CLIENTS_FILE", problem, clients::EXPECTED);
-                    None
-                }
-            });
+        let clients = clients_file.as_deref().and_then(|path| match Clients::load(path) {
+            Ok(clients) => Some(clients),
+            Err(problem) => {
+                r.problem("COURIER_CLIENTS_FILE", problem, clients::EXPECTED);
+                None
+            }
+        });
         let log_level = r.parsed(
             "COURIER_LOG_LEVEL",
             slog::Level::Info,
@@ -239,15 +230,12 @@ impl Config {
             parse_level,
         );
         let max_body_bytes = r.count("COURIER_MAX_BODY_BYTES", 1 << 20, 1..=(1 << 30)) as usize;
-        let upstream_max_body_bytes =
-            r.count("COURIER_UPSTREAM_MAX_BODY_BYTES", 8 << 20, 1..=(1 << 30)) as usize;
+        let upstream_max_body_bytes = r.count("COURIER_UPSTREAM_MAX_BODY_BYTES", 8 << 20, 1..=(1 << 30)) as usize;
         let request_deadline = r.seconds("COURIER_REQUEST_DEADLINE", 30.0);
         let shutdown_grace = r.seconds("COURIER_SHUTDOWN_GRACE", 30.0);
         let default_workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
         let workers = r.count("COURIER_WORKERS", default_workers, 1..=1024) as usize;
-        let retry_jitter = r.parsed("COURIER_RETRY_JITTER", true, "true or false", |s| {
-            s.parse().ok()
-        });
+        let retry_jitter = r.parsed("COURIER_RETRY_JITTER", true, "true or false", |s| s.parse().ok());
         let rate_burst = r.count("EXTERNAL_API_RATE_BURST", 5, 1..=1_000_000) as u32;
         let queue_max = r.count("COURIER_QUEUE_MAX", 1000, 0..=1_000_000) as usize;
         let breaker = BreakerConfig {
@@ -260,22 +248,14 @@ impl Config {
             probes: r.count("COURIER_BREAKER_PROBES", 3, 1..=1000) as u32,
         };
         if breaker.open_max < breaker.open {
-            r.problem(
-                "COURIER_BREAKER_OPEN_MAX",
-                "is below COURIER_BREAKER_OPEN",
-                "seconds >= COURIER_BREAKER_OPEN",
-            );
+            r.problem("COURIER_BREAKER_OPEN_MAX", "is below COURIER_BREAKER_OPEN", "seconds >= COURIER_BREAKER_OPEN");
         }
         let retry_budget_ratio = r.fraction("COURIER_RETRY_BUDGET_RATIO", 0.2, true);
         let retry_budget_min_per_second = r.parsed(
             "COURIER_RETRY_BUDGET_MIN_PER_SECOND",
             1.0,
             "a number of retries per second >= 0, e.g. 1 or 0.5",
-            |s| {
-                s.parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e6)
-            },
+            |s| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e6),
         );
         Config {
             base_url,

@@ -32,12 +32,7 @@ pub struct MapEnv(pub HashMap<String, String>);
 impl MapEnv {
     /// Builds the map from `(name, value)` pairs.
     pub fn new<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        MapEnv(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+        MapEnv(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 
     /// Sets one variable.
@@ -74,11 +69,10 @@ impl FileValues {
             problem,
             expected: "a TOML file of VARIABLE = value lines, e.g. EXTERNAL_API_TIMEOUT = 5",
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| problem(format!("not valid TOML: {}", e.message())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| problem(format!("not valid TOML: {}", e.message())))?;
         let mut values = HashMap::new();
         for (key, value) in table {
             let text = match value {
@@ -96,8 +90,7 @@ impl FileValues {
 
 const SECONDS: &str = "a number of seconds > 0, e.g. 30 or 2.5";
 const SECONDS_OR_ZERO: &str = "a number of seconds >= 0, e.g. 1 or 0.25";
-const SECRET: &str =
-    "a non-empty value, or a readable file named by the variable with _FILE appended";
+const SECRET: &str = "a non-empty value, or a readable file named by the variable with _FILE appended";
 
 /// Reads settings, recording every problem instead of stopping at the first.
 pub(super) struct Reader<'a> {
@@ -108,11 +101,7 @@ pub(super) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub(super) fn new(env: &'a dyn Env, file: &'a FileValues) -> Self {
-        Reader {
-            env,
-            file,
-            errors: Vec::new(),
-        }
+        Reader { env, file, errors: Vec::new() }
     }
 
     /// Ok when no problem was recorded.
@@ -124,17 +113,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(super) fn problem(
-        &mut self,
-        var: &str,
-        problem: impl Into<String>,
-        expected: &'static str,
-    ) {
-        self.errors.push(ConfigError {
-            var: var.to_owned(),
-            problem: problem.into(),
-            expected,
-        });
+    pub(super) fn problem(&mut self, var: &str, problem: impl Into<String>, expected: &'static str) {
+        self.errors.push(ConfigError { var: var.to_owned(), problem: problem.into(), expected });
     }
 
     /// The raw value: environment first, then the file; empty counts as unset.
@@ -181,24 +161,17 @@ impl<'a> Reader<'a> {
     fn duration(&mut self, var: &str, default: f64, zero_ok: bool) -> Duration {
         let expected = if zero_ok { SECONDS_OR_ZERO } else { SECONDS };
         let secs = self.parsed(var, default, expected, |s| {
-            s.parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite() && (*v > 0.0 || (zero_ok && *v == 0.0)) && *v < 1e9)
+            s.parse::<f64>().ok().filter(|v| v.is_finite() && (*v > 0.0 || (zero_ok && *v == 0.0)) && *v < 1e9)
         });
         Duration::from_secs_f64(secs)
     }
 
     /// A fraction in (0, 1] (or [0, 1] when `zero_ok`).
     pub(super) fn fraction(&mut self, var: &str, default: f64, zero_ok: bool) -> f64 {
-        let expected = if zero_ok {
-            "a fraction from 0 to 1, e.g. 0.2"
-        } else {
-            "a fraction above 0, at most 1, e.g. 0.5"
-        };
+        let expected =
+            if zero_ok { "a fraction from 0 to 1, e.g. 0.2" } else { "a fraction above 0, at most 1, e.g. 0.5" };
         self.parsed(var, default, expected, |s| {
-            s.parse::<f64>()
-                .ok()
-                .filter(|v| (*v > 0.0 || (zero_ok && *v == 0.0)) && *v <= 1.0)
+            s.parse::<f64>().ok().filter(|v| (*v > 0.0 || (zero_ok && *v == 0.0)) && *v <= 1.0)
         })
     }
 
@@ -213,11 +186,7 @@ impl<'a> Reader<'a> {
                     default
                 }
                 Err(_) => {
-                    self.problem(
-                        var,
-                        format!("{raw:?} is not a whole number"),
-                        "a whole number",
-                    );
+                    self.problem(var, format!("{raw:?} is not a whole number"), "a whole number");
                     default
                 }
             },
@@ -226,12 +195,7 @@ impl<'a> Reader<'a> {
 
     pub(super) fn addr(&mut self, var: &str, default: &str) -> SocketAddr {
         let fallback: SocketAddr = default.parse().expect("default address parses");
-        self.parsed(
-            var,
-            fallback,
-            "host:port with an IP address, e.g. 127.0.0.1:8080",
-            |s| s.parse().ok(),
-        )
+        self.parsed(var, fallback, "host:port with an IP address, e.g. 127.0.0.1:8080", |s| s.parse().ok())
     }
 
     /// An absolute http(s) URL without a trailing slash.
@@ -250,11 +214,7 @@ impl<'a> Reader<'a> {
                 Some(raw.trim_end_matches('/').to_owned())
             }
             Ok(_) => {
-                self.problem(
-                    var,
-                    format!("{raw:?} is not an http(s) URL with a host"),
-                    URL,
-                );
+                self.problem(var, format!("{raw:?} is not an http(s) URL with a host"), URL);
                 None
             }
             Err(e) => {
@@ -282,11 +242,7 @@ impl<'a> Reader<'a> {
         let file_var = format!("{var}_FILE");
         match (self.optional(var), self.optional(&file_var)) {
             (Some(_), Some(_)) => {
-                self.problem(
-                    var,
-                    format!("is set together with {file_var}"),
-                    "only one of the two",
-                );
+                self.problem(var, format!("is set together with {file_var}"), "only one of the two");
                 None
             }
             (Some(value), None) => Some((SecretString::from(value), SecretSource::Inline)),
@@ -309,11 +265,7 @@ impl<'a> Reader<'a> {
             .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
             .unwrap_or(false);
         if !ok {
-            self.problem(
-                var,
-                "is not a redis:// URL",
-                "redis://[user:password@]host:port[/db]",
-            );
+            self.problem(var, "is not a redis:// URL", "redis://[user:password@]host:port[/db]");
             return None;
         }
         Some(value)
@@ -322,8 +274,7 @@ impl<'a> Reader<'a> {
 
 /// Reads a secret file, trimming one trailing newline; the value is never part of an error.
 pub fn read_secret_file(path: &Path) -> Result<SecretString, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let value = text.strip_suffix('\n').unwrap_or(&text);
     let value = value.strip_suffix('\r').unwrap_or(value);
     if value.is_empty() {

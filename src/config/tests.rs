@@ -28,8 +28,7 @@ fn defaults_apply_to_a_minimal_environment() {
 #[test]
 fn fractional_seconds_are_accepted() {
     let mut env = minimal();
-    env.set("EXTERNAL_API_TIMEOUT", "2.5")
-        .set("EXTERNAL_API_RETRY_DELAY", "0.05");
+    env.set("EXTERNAL_API_TIMEOUT", "2.5").set("EXTERNAL_API_RETRY_DELAY", "0.05");
     let config = Config::from_sources(&env, None).unwrap();
     assert_eq!(config.attempt_timeout, Duration::from_millis(2500));
     assert_eq!(config.retry_delay, Duration::from_millis(50));
@@ -61,9 +60,7 @@ fn every_bad_variable_is_reported_once_with_its_expected_form() {
     );
     let text = errors.to_string();
     assert_eq!(text.lines().count(), 7, "one line per variable:\n{text}");
-    assert!(text.contains(
-        "EXTERNAL_API_TIMEOUT: \"soon\" is not valid (expected: a number of seconds > 0"
-    ));
+    assert!(text.contains("EXTERNAL_API_TIMEOUT: \"soon\" is not valid (expected: a number of seconds > 0"));
     assert!(!text.contains("s3cr3t-value"));
 }
 
@@ -78,14 +75,8 @@ fn secrets_come_from_files_and_never_show_in_debug() {
     env.set("EXTERNAL_OAUTH_CLIENT_SECRET_FILE", path.to_str().unwrap());
     env.set("REDIS_URL", "redis://:hunter2@127.0.0.1:6379/0");
     let config = Config::from_sources(&env, None).unwrap();
-    assert_eq!(
-        secrecy::ExposeSecret::expose_secret(&config.client_secret),
-        "from-file-secret"
-    );
-    assert_eq!(
-        config.client_secret_source,
-        SecretSource::File(path.clone())
-    );
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&config.client_secret), "from-file-secret");
+    assert_eq!(config.client_secret_source, SecretSource::File(path.clone()));
     let shown = format!("{config:?}");
     for secret in ["from-file-secret", "key-123456", "hunter2"] {
         assert!(!shown.contains(secret), "{secret} leaked into {shown}");
@@ -93,10 +84,7 @@ fn secrets_come_from_files_and_never_show_in_debug() {
 
     env.set("EXTERNAL_OAUTH_CLIENT_SECRET", "inline");
     let errors = Config::from_sources(&env, None).unwrap_err().to_string();
-    assert!(
-        errors.contains("EXTERNAL_OAUTH_CLIENT_SECRET: is set together with"),
-        "{errors}"
-    );
+    assert!(errors.contains("EXTERNAL_OAUTH_CLIENT_SECRET: is set together with"), "{errors}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -105,23 +93,14 @@ fn the_file_fills_in_and_the_environment_wins() {
     let dir = std::env::temp_dir().join(format!("courier-config-file-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("courier.toml");
-    std::fs::write(
-        &path,
-        "EXTERNAL_API_TIMEOUT = 7\nexternal_api_max_retries = 5\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "EXTERNAL_API_TIMEOUT = 7\nexternal_api_max_retries = 5\n").unwrap();
     let mut env = minimal();
     env.set("EXTERNAL_API_MAX_RETRIES", "1");
     let config = Config::from_sources(&env, Some(&path)).unwrap();
     assert_eq!(config.attempt_timeout, Duration::from_secs(7));
     assert_eq!(config.max_retries, 1);
     std::fs::write(&path, "EXTERNAL_API_TIMEOUT = [1]\n").unwrap();
-    let errors = Config::from_sources(&env, Some(&path))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        errors.starts_with("--config: EXTERNAL_API_TIMEOUT has a array value"),
-        "{errors}"
-    );
+    let errors = Config::from_sources(&env, Some(&path)).unwrap_err().to_string();
+    assert!(errors.starts_with("--config: EXTERNAL_API_TIMEOUT has a array value"), "{errors}");
     std::fs::remove_dir_all(dir).unwrap();
 }

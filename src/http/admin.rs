@@ -16,9 +16,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn metrics(shared: web::Data<Arc<Shared>>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(shared.metrics.render())
+    shared.budget.export(&shared.metrics, std::time::Instant::now());
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(shared.metrics.render())
 }
 
 async fn healthz() -> HttpResponse {
@@ -27,8 +26,7 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz(shared: web::Data<Arc<Shared>>) -> HttpResponse {
     let token = shared.token_cell.is_ready();
-    let body =
-        json!({"ready": token, "checks": {"upstream_token": if token { "ok" } else { "missing" }}});
+    let body = json!({"ready": token, "checks": {"upstream_token": if token { "ok" } else { "missing" }}});
     if token {
         HttpResponse::Ok().json(body)
     } else {

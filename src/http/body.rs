@@ -54,18 +54,15 @@ pub fn parse(body: &[u8]) -> Result<ProcessRequest, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::InvalidJson("not UTF-8".into()))?;
     if !is_object(text) {
         // serde would accept an array for a struct; the API takes only an object.
-        serde_json::from_str::<&RawValue>(text)
-            .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        serde_json::from_str::<&RawValue>(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
         return Err(invalid("the body must be a JSON object"));
     }
-    let top: Top<'_> =
-        serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let top: Top<'_> = serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let data = top.data.ok_or_else(|| invalid("data is required"))?;
     if !is_object(data.get()) {
         return Err(invalid("data must be an object"));
     }
-    let fields: DataFields<'_> =
-        serde_json::from_str(data.get()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let fields: DataFields<'_> = serde_json::from_str(data.get()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     if fields.input.is_none() {
         return Err(invalid("data.input is required"));
     }
@@ -89,8 +86,7 @@ pub fn parse(body: &[u8]) -> Result<ProcessRequest, ApiError> {
     let callback_url = match options.get("callback_url") {
         None => None,
         Some(raw) => Some(
-            serde_json::from_str::<String>(raw.get())
-                .map_err(|_| invalid("options.callback_url must be a string"))?,
+            serde_json::from_str::<String>(raw.get()).map_err(|_| invalid("options.callback_url must be a string"))?,
         ),
     };
     for key in COURIER_OPTIONS {
@@ -105,11 +101,7 @@ pub fn parse(body: &[u8]) -> Result<ProcessRequest, ApiError> {
     serde_json::to_writer(&mut writer, &options).expect("writing into memory cannot fail");
     let mut out = writer.into_inner();
     out.put_u8(b'}');
-    Ok(ProcessRequest {
-        upstream_body: out.freeze(),
-        is_async,
-        callback_url,
-    })
+    Ok(ProcessRequest { upstream_body: out.freeze(), is_async, callback_url })
 }
 
 /// The success answer: `{"success":true,"result":..,"request_id":..,"upstream_request_id":..}`,
@@ -123,8 +115,7 @@ pub fn success_body(result: &[u8], request_id: &str, upstream_request_id: Option
     out.put_slice(request_id.as_bytes());
     out.put_slice(b"\",\"upstream_request_id\":");
     let mut writer = out.writer();
-    serde_json::to_writer(&mut writer, &upstream_request_id)
-        .expect("writing into memory cannot fail");
+    serde_json::to_writer(&mut writer, &upstream_request_id).expect("writing into memory cannot fail");
     let mut out = writer.into_inner();
     out.put_u8(b'}');
     out.freeze()
@@ -148,17 +139,11 @@ mod tests {
             br#"{"data": {"input": "hi", "format": "json"}, "options": {"priority": 2, "async": false, "callback_url": "https://x/cb"}}"#,
         )
         .unwrap();
-        assert_eq!(
-            &req.upstream_body[..],
-            br#"{"data":{"input": "hi", "format": "json"},"options":{"priority":2}}"#
-        );
+        assert_eq!(&req.upstream_body[..], br#"{"data":{"input": "hi", "format": "json"},"options":{"priority":2}}"#);
         assert!(!req.is_async);
         assert_eq!(req.callback_url.as_deref(), Some("https://x/cb"));
         let plain = parse(br#"{"data":{"input":1}}"#).unwrap();
-        assert_eq!(
-            &plain.upstream_body[..],
-            br#"{"data":{"input":1},"options":{}}"#
-        );
+        assert_eq!(&plain.upstream_body[..], br#"{"data":{"input":1},"options":{}}"#);
         let upstream: serde_json::Value = serde_json::from_slice(&plain.upstream_body).unwrap();
         assert_eq!(upstream["data"]["input"], 1);
     }
@@ -167,30 +152,12 @@ mod tests {
     fn names_the_field_that_is_wrong() {
         assert_eq!(message(r#"{"options":{}}"#), "data is required");
         assert_eq!(message(r#"{"data":[1]}"#), "data must be an object");
-        assert_eq!(
-            message(r#"{"data":{"format":"json"}}"#),
-            "data.input is required"
-        );
-        assert_eq!(
-            message(r#"{"data":{"input":null}}"#),
-            "data.input is required"
-        );
-        assert_eq!(
-            message(r#"{"data":{"input":1,"format":3}}"#),
-            "data.format must be a string"
-        );
-        assert_eq!(
-            message(r#"{"data":{"input":1},"options":[]}"#),
-            "options must be an object"
-        );
-        assert_eq!(
-            message(r#"{"data":{"input":1},"options":{"async":"yes"}}"#),
-            "options.async must be true or false"
-        );
-        assert_eq!(
-            message(r#"[{"data":{"input":1}}]"#),
-            "the body must be a JSON object"
-        );
+        assert_eq!(message(r#"{"data":{"format":"json"}}"#), "data.input is required");
+        assert_eq!(message(r#"{"data":{"input":null}}"#), "data.input is required");
+        assert_eq!(message(r#"{"data":{"input":1,"format":3}}"#), "data.format must be a string");
+        assert_eq!(message(r#"{"data":{"input":1},"options":[]}"#), "options must be an object");
+        assert_eq!(message(r#"{"data":{"input":1},"options":{"async":"yes"}}"#), "options.async must be true or false");
+        assert_eq!(message(r#"[{"data":{"input":1}}]"#), "the body must be a JSON object");
         assert!(message(r#"{"data": "#).starts_with("json: EOF while parsing"));
         assert!(message(r#"{"data":{"input":1},"data":{"input":2}}"#).contains("duplicate field"));
     }
@@ -203,8 +170,7 @@ mod tests {
         assert_eq!(v["result"]["processed_data"], "HI");
         assert_eq!(v["request_id"], "req_1");
         assert_eq!(v["upstream_request_id"], "up_\"q");
-        let none: serde_json::Value =
-            serde_json::from_slice(&success_body(b"1", "r", None)).unwrap();
+        let none: serde_json::Value = serde_json::from_slice(&success_body(b"1", "r", None)).unwrap();
         assert!(none["upstream_request_id"].is_null());
     }
 }

@@ -79,21 +79,17 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_)
-            | ApiError::InvalidRequest(_)
-            | ApiError::UpstreamRejected(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidJson(_) | ApiError::InvalidRequest(_) | ApiError::UpstreamRejected(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::UpstreamAuthUnavailable(_) | ApiError::Overloaded(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::UpstreamFailed(Outcome::Timeout) | ApiError::DeadlineExceeded => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ApiError::UpstreamAuthUnavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpstreamFailed(Outcome::Timeout) | ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ApiError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -126,36 +122,18 @@ impl ApiError {
             ApiError::InvalidJson(detail) => format!("the body is not valid JSON: {detail}").into(),
             ApiError::InvalidRequest(message) => Cow::Borrowed(message),
             ApiError::UpstreamRejected(message) => Cow::Borrowed(message),
-            ApiError::Unauthorized => {
-                "missing or unknown client key (send Authorization: Bearer <key>)".into()
-            }
+            ApiError::Unauthorized => "missing or unknown client key (send Authorization: Bearer <key>)".into(),
             ApiError::NotFound => "not found".into(),
             ApiError::MethodNotAllowed => "method not allowed on this route".into(),
-            ApiError::PayloadTooLarge(limit) => {
-                format!("the body is larger than {limit} bytes").into()
-            }
-            ApiError::UnsupportedMediaType => {
-                "the body must be sent as Content-Type: application/json".into()
-            }
-            ApiError::BudgetExhausted(_) => {
-                "the upstream rate budget is exhausted; retry later".into()
-            }
-            ApiError::UpstreamAuthUnavailable(_) => {
-                "courier cannot authenticate with the upstream right now".into()
-            }
-            ApiError::UpstreamFailed(Outcome::Timeout) => {
-                "the upstream did not answer in time".into()
-            }
-            ApiError::UpstreamFailed(Outcome::Forbidden) => {
-                "the upstream refused courier's API key".into()
-            }
-            ApiError::UpstreamFailed(Outcome::InvalidResponse) => {
-                "the upstream's answer was unusable".into()
-            }
+            ApiError::PayloadTooLarge(limit) => format!("the body is larger than {limit} bytes").into(),
+            ApiError::UnsupportedMediaType => "the body must be sent as Content-Type: application/json".into(),
+            ApiError::BudgetExhausted(_) => "the upstream rate budget is exhausted; retry later".into(),
+            ApiError::UpstreamAuthUnavailable(_) => "courier cannot authenticate with the upstream right now".into(),
+            ApiError::UpstreamFailed(Outcome::Timeout) => "the upstream did not answer in time".into(),
+            ApiError::UpstreamFailed(Outcome::Forbidden) => "the upstream refused courier's API key".into(),
+            ApiError::UpstreamFailed(Outcome::InvalidResponse) => "the upstream's answer was unusable".into(),
             ApiError::UpstreamFailed(_) => "the upstream failed after retries".into(),
-            ApiError::DeadlineExceeded => {
-                "the request's deadline passed before the upstream answered".into()
-            }
+            ApiError::DeadlineExceeded => "the request's deadline passed before the upstream answered".into(),
             ApiError::Overloaded(_) => "courier is overloaded; retry later".into(),
         }
     }
@@ -175,9 +153,7 @@ impl ApiError {
     /// The `Retry-After` delay, for 429 and 503.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::BudgetExhausted(d)
-            | ApiError::UpstreamAuthUnavailable(d)
-            | ApiError::Overloaded(d) => Some(*d),
+            ApiError::BudgetExhausted(d) | ApiError::UpstreamAuthUnavailable(d) | ApiError::Overloaded(d) => Some(*d),
             _ => None,
         }
     }
@@ -187,17 +163,11 @@ impl ApiError {
         let message = self.message();
         let body = Body {
             success: false,
-            error: Detail {
-                code: self.code(),
-                message: &message,
-                retryable: self.retryable(),
-            },
+            error: Detail { code: self.code(), message: &message, retryable: self.retryable() },
             request_id: request_id.as_str(),
         };
         let mut response = HttpResponse::build(self.status());
-        response
-            .insert_header(("x-request-id", request_id.header().clone()))
-            .content_type("application/json");
+        response.insert_header(("x-request-id", request_id.header().clone())).content_type("application/json");
         if let Some(wait) = self.retry_after() {
             response.insert_header((RETRY_AFTER, retry_after_value(wait)));
         }
@@ -221,26 +191,10 @@ mod tests {
     #[test]
     fn statuses_and_codes() {
         let cases = [
-            (
-                ApiError::UpstreamFailed(Outcome::ServerError),
-                502,
-                "upstream_unavailable",
-            ),
-            (
-                ApiError::UpstreamFailed(Outcome::Timeout),
-                504,
-                "upstream_timeout",
-            ),
-            (
-                ApiError::UpstreamAuthUnavailable(Duration::from_millis(1500)),
-                503,
-                "upstream_auth_unavailable",
-            ),
-            (
-                ApiError::BudgetExhausted(Duration::from_secs(3)),
-                429,
-                "budget_exhausted",
-            ),
+            (ApiError::UpstreamFailed(Outcome::ServerError), 502, "upstream_unavailable"),
+            (ApiError::UpstreamFailed(Outcome::Timeout), 504, "upstream_timeout"),
+            (ApiError::UpstreamAuthUnavailable(Duration::from_millis(1500)), 503, "upstream_auth_unavailable"),
+            (ApiError::BudgetExhausted(Duration::from_secs(3)), 429, "budget_exhausted"),
             (ApiError::PayloadTooLarge(10), 413, "payload_too_large"),
         ];
         for (error, status, code) in cases {
@@ -250,14 +204,8 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up() {
-        assert_eq!(
-            retry_after_value(Duration::from_millis(1500)),
-            HeaderValue::from(2u64)
-        );
+        assert_eq!(retry_after_value(Duration::from_millis(1500)), HeaderValue::from(2u64));
         assert_eq!(retry_after_value(Duration::ZERO), HeaderValue::from(1u64));
-        assert_eq!(
-            retry_after_value(Duration::from_secs(4)),
-            HeaderValue::from(4u64)
-        );
+        assert_eq!(retry_after_value(Duration::from_secs(4)), HeaderValue::from(4u64));
     }
 }

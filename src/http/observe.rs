@@ -36,14 +36,8 @@ pub struct Inbound<'a> {
 pub fn inbound(worker: &Worker, event: Inbound<'_>) {
     let elapsed = event.started.elapsed().as_secs_f64();
     let metrics = &worker.shared.metrics;
-    metrics
-        .http_requests
-        .with_label_values(&[event.route.as_str(), event.status.as_str(), event.client])
-        .inc();
-    metrics
-        .http_duration
-        .with_label_values(&[event.route.as_str()])
-        .observe(elapsed);
+    metrics.http_requests.with_label_values(&[event.route.as_str(), event.status.as_str(), event.client]).inc();
+    metrics.http_duration.with_label_values(&[event.route.as_str()]).observe(elapsed);
     info!(worker.log, "gateway_request";
         "request_id" => event.request_id.as_str(),
         "endpoint" => event.endpoint,

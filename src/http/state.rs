@@ -7,6 +7,7 @@ use actix_web::HttpRequest;
 use slog::Logger;
 
 use super::errors::ApiError;
+use crate::actors::budget::BudgetShared;
 use crate::actors::{Dispatcher, TokenCell};
 use crate::config::{Clients, Config};
 use crate::metrics::Metrics;
@@ -19,6 +20,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The published upstream token (readiness reads it).
     pub token_cell: Arc<TokenCell>,
+    /// The upstream rate budget (headers and gauges read it).
+    pub budget: Arc<BudgetShared>,
     /// The root logger.
     pub log: Logger,
 }
@@ -30,6 +33,16 @@ pub enum Caller {
     Open,
     /// The client at this index of the clients file.
     Known(usize),
+}
+
+impl Caller {
+    /// The client's index for the budget (open mode is the one client 0).
+    pub fn index(self) -> usize {
+        match self {
+            Caller::Open => 0,
+            Caller::Known(i) => i,
+        }
+    }
 }
 
 /// Label value of a request whose caller is not (yet) known.
@@ -60,10 +73,7 @@ impl Worker {
             .get("authorization")
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        clients
-            .authenticate(key)
-            .map(Caller::Known)
-            .ok_or(ApiError::Unauthorized)
+        clients.authenticate(key).map(Caller::Known).ok_or(ApiError::Unauthorized)
     }
 
     /// The caller's name, for logs and metrics.

@@ -98,18 +98,12 @@ fn is_false(b: &bool) -> bool {
 impl FaultsPatch {
     /// Checks value ranges; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
-            ("error_rate", self.error_rate),
-            ("drop_rate", self.drop_rate),
-        ] {
+        for (name, value) in [("error_rate", self.error_rate), ("drop_rate", self.drop_rate)] {
             if value.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
                 return Err(format!("{name} must be between 0 and 1"));
             }
         }
-        if self
-            .latency_ms
-            .is_some_and(|v| !(0.0..=MAX_LATENCY_MS).contains(&v))
-        {
+        if self.latency_ms.is_some_and(|v| !(0.0..=MAX_LATENCY_MS).contains(&v)) {
             return Err(format!("latency_ms must be between 0 and {MAX_LATENCY_MS}"));
         }
         if self.error_status.is_some_and(|s| !(400..=599).contains(&s)) {
@@ -174,8 +168,7 @@ impl FaultState {
             store_f64(&self.error_rate, clamp(v, 1.0));
         }
         if let Some(v) = p.error_status {
-            self.error_status
-                .store(v.clamp(400, 599), Ordering::Relaxed);
+            self.error_status.store(v.clamp(400, 599), Ordering::Relaxed);
         }
         if let Some(v) = p.error_count {
             self.error_count.store(v, Ordering::Relaxed);
@@ -235,17 +228,14 @@ impl FaultState {
 
     /// Decides whether to fail this request, returning the status (consumes `error_count` first).
     pub(crate) fn take_error(&self) -> Option<u16> {
-        (take_one(&self.error_count) || roll(&self.error_rate))
-            .then(|| self.error_status.load(Ordering::Relaxed))
+        (take_one(&self.error_count) || roll(&self.error_rate)).then(|| self.error_status.load(Ordering::Relaxed))
     }
 }
 
 /// Decrements `counter` if it is positive; true when a unit was taken.
 fn take_one(counter: &AtomicU64) -> bool {
     counter.load(Ordering::Relaxed) > 0
-        && counter
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
+        && counter.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
 }
 
 /// True with the probability stored in `rate` (no RNG call when the rate is 0).
@@ -288,28 +278,19 @@ mod tests {
         assert_eq!(s.take_error(), Some(503));
         assert_eq!(s.take_error(), Some(503));
         assert_eq!(s.take_error(), None);
-        s.apply(&FaultsPatch {
-            error_rate: Some(1.0),
-            ..FaultsPatch::default()
-        });
+        s.apply(&FaultsPatch { error_rate: Some(1.0), ..FaultsPatch::default() });
         assert_eq!(s.take_error(), Some(503));
         assert_eq!(s.snapshot(7).revocation_epoch, 7);
     }
 
     #[test]
     fn validation_and_clamping() {
-        let bad = FaultsPatch {
-            error_rate: Some(1.5),
-            ..FaultsPatch::default()
-        };
+        let bad = FaultsPatch { error_rate: Some(1.5), ..FaultsPatch::default() };
         assert!(bad.validate().unwrap_err().contains("error_rate"));
         let s = FaultState::new(&Faults::default());
         s.apply(&bad);
         assert_eq!(s.snapshot(0).error_rate, 1.0);
-        let status = FaultsPatch {
-            error_status: Some(200),
-            ..FaultsPatch::default()
-        };
+        let status = FaultsPatch { error_status: Some(200), ..FaultsPatch::default() };
         assert!(status.validate().is_err());
         assert!(FaultsPatch::default().validate().is_ok());
     }

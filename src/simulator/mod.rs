@@ -64,9 +64,7 @@ pub struct Simulator {
 
 impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulator")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("Simulator").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
@@ -81,18 +79,15 @@ impl Simulator {
             .disable_signals()
             .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
             .bind(cfg.listen)?;
-        let addr =
-            server.addrs().first().copied().ok_or_else(|| {
-                io::Error::new(io::ErrorKind::AddrNotAvailable, "no address bound")
-            })?;
+        let addr = server
+            .addrs()
+            .first()
+            .copied()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address bound"))?;
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        Ok(Simulator {
-            addr,
-            shared,
-            handle,
-        })
+        Ok(Simulator { addr, shared, handle })
     }
 
     /// The bound address (with the real port when `listen` used port 0).

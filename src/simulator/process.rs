@@ -44,8 +44,7 @@ pub(crate) async fn process(
         }
         Reply::Respond(mut resp) => {
             let status = resp.status().as_u16();
-            sim.stats
-                .record_process(ProcessOutcome::from_status(status));
+            sim.stats.record_process(ProcessOutcome::from_status(status));
             if let Some(id) = req.headers().get(X_REQUEST_ID) {
                 sim.stats.note_request_id(id.as_bytes());
                 resp.headers_mut().insert(X_REQUEST_ID, id.clone());
@@ -74,8 +73,7 @@ async fn handle(
     }
     if let Err(err) = check_token(req, sim) {
         let mut resp = err.into_response();
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, BEARER_CHALLENGE);
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, BEARER_CHALLENGE);
         return Reply::Respond(resp);
     }
 
@@ -87,11 +85,7 @@ async fn handle(
     };
     if !decision.allowed {
         sim.stats.record_limiter_refusal();
-        let err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "rate limit exceeded",
-        );
+        let err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limit exceeded");
         let retry_after = HeaderValue::from(decision.retry_after_secs);
         return with_limits(with_retry_after(err.into_response(), retry_after));
     }
@@ -108,8 +102,7 @@ async fn handle(
     }
     if let Some(status) = sim.faults.take_error() {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let resp =
-            ApiError::new(status, "injected_error", "injected upstream error").into_response();
+        let resp = ApiError::new(status, "injected_error", "injected upstream error").into_response();
         return with_limits(if status == StatusCode::SERVICE_UNAVAILABLE {
             with_retry_after(resp, RETRY_AFTER_ONE)
         } else {
@@ -121,10 +114,7 @@ async fn handle(
         success: true,
         result: SuccessResult {
             processed_data: processed_data(&input),
-            metadata: Metadata {
-                processing_time: started.elapsed().as_secs_f64(),
-                version: "v2.1",
-            },
+            metadata: Metadata { processing_time: started.elapsed().as_secs_f64(), version: "v2.1" },
         },
         request_id: sim.next_request_id(),
     };
@@ -146,11 +136,7 @@ fn check_api_key(req: &HttpRequest, sim: &Shared) -> Result<(), ApiError> {
 }
 
 fn check_token(req: &HttpRequest, sim: &Shared) -> Result<(), ApiError> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
+    let token = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     let message = match token.map(|t| sim.tokens.validate(t, unix_ms())) {
         Some(Ok(())) => return Ok(()),
         None => "missing bearer token",
@@ -158,11 +144,7 @@ fn check_token(req: &HttpRequest, sim: &Shared) -> Result<(), ApiError> {
         Some(Err(TokenError::Revoked)) => "access token revoked",
         Some(Err(TokenError::Malformed | TokenError::BadMac)) => "invalid access token",
     };
-    Err(ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-        message,
-    ))
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", message))
 }
 
 /// Extracts the token from `Bearer <token>` (scheme is case-insensitive).
@@ -178,10 +160,7 @@ fn rate_headers(headers: &mut HeaderMap, sim: &Shared, d: &Decision) {
     headers.insert(X_RATELIMIT_RESET, HeaderValue::from(d.reset_secs));
     if let Some(policy) = &sim.headers.policy {
         headers.insert(RATELIMIT_POLICY, policy.clone());
-        let value = format!(
-            "limit={}, remaining={}, reset={}",
-            sim.rate_limit_per_minute, d.remaining, d.reset_secs
-        );
+        let value = format!("limit={}, remaining={}, reset={}", sim.rate_limit_per_minute, d.remaining, d.reset_secs);
         headers.insert(RATELIMIT, header_value(&value));
     }
 }
@@ -208,9 +187,7 @@ fn parse_body(body: Result<web::Bytes, actix_web::Error>) -> Result<Value, ApiEr
     };
     if let Some(format) = data.get("format") {
         if !matches!(format.as_str(), Some("json" | "text")) {
-            let shown = format
-                .as_str()
-                .map_or_else(|| format.to_string(), str::to_owned);
+            let shown = format.as_str().map_or_else(|| format.to_string(), str::to_owned);
             return Err(ApiError::invalid(format!("unsupported format '{shown}'")));
         }
     }
@@ -254,10 +231,7 @@ mod tests {
 
     fn parse(v: &str) -> Result<Value, String> {
         parse_body(Ok(web::Bytes::copy_from_slice(v.as_bytes()))).map_err(|e| {
-            assert_eq!(
-                (e.status, e.code),
-                (StatusCode::BAD_REQUEST, "invalid_request")
-            );
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_request"));
             e.message.into_owned()
         })
     }
@@ -268,9 +242,7 @@ mod tests {
         assert!(parse("nope").unwrap_err().contains("not valid JSON"));
         assert!(parse("[1]").unwrap_err().contains("must be a JSON object"));
         assert!(parse(r#"{"data":1}"#).unwrap_err().contains("data must be"));
-        assert!(parse(r#"{"data":{}}"#)
-            .unwrap_err()
-            .contains("data.input is required"));
+        assert!(parse(r#"{"data":{}}"#).unwrap_err().contains("data.input is required"));
         let err = parse(r#"{"data":{"input":1,"format":"xml"}}"#).unwrap_err();
         assert!(err.contains("unsupported format 'xml'"), "{err}");
         assert!(parse(r#"{"data":{"input":1,"format":"text"}}"#).is_ok());

@@ -57,11 +57,7 @@ impl Gcra {
     /// Zero values are treated as 1.
     pub(crate) fn new(per_minute: u32, burst: u32) -> Self {
         let interval = (NANOS_PER_MINUTE / u64::from(per_minute.max(1))).max(1);
-        Self {
-            interval,
-            tolerance: interval.saturating_mul(u64::from(burst.max(1))),
-            tat: AtomicU64::new(0),
-        }
+        Self { interval, tolerance: interval.saturating_mul(u64::from(burst.max(1))), tat: AtomicU64::new(0) }
     }
 
     /// Tries to take one permit at time `now` (ns since the clock's start).
@@ -73,10 +69,7 @@ impl Gcra {
             if debt > self.tolerance {
                 return self.denied(tat.max(now) - now);
             }
-            match self
-                .tat
-                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.tat.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return self.snapshot(debt, true),
                 Err(actual) => tat = actual,
             }
@@ -90,16 +83,10 @@ impl Gcra {
         let ceiling = now.saturating_add(self.tolerance);
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
-            let wanted = tat
-                .max(now)
-                .saturating_add(n.saturating_mul(self.interval))
-                .min(ceiling);
+            let wanted = tat.max(now).saturating_add(n.saturating_mul(self.interval)).min(ceiling);
             // Never move TAT backwards (another thread may have used a later `now`).
             let next = wanted.max(tat);
-            match self
-                .tat
-                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.tat.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return self.remaining(next.saturating_sub(now)),
                 Err(actual) => tat = actual,
             }
@@ -121,10 +108,7 @@ impl Gcra {
 
     fn denied(&self, debt: u64) -> Decision {
         let wait = (debt + self.interval).saturating_sub(self.tolerance);
-        Decision {
-            retry_after_secs: wait.div_ceil(NANOS_PER_SEC).max(1),
-            ..self.snapshot(debt, false)
-        }
+        Decision { retry_after_secs: wait.div_ceil(NANOS_PER_SEC).max(1), ..self.snapshot(debt, false) }
     }
 }
 
@@ -145,15 +129,7 @@ mod tests {
             assert_eq!(d.retry_after_secs, 0);
         }
         let d = g.check(0);
-        assert_eq!(
-            d,
-            Decision {
-                allowed: false,
-                remaining: 0,
-                reset_secs: 5,
-                retry_after_secs: 1
-            }
-        );
+        assert_eq!(d, Decision { allowed: false, remaining: 0, reset_secs: 5, retry_after_secs: 1 });
     }
 
     #[test]

@@ -24,16 +24,8 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     /// An error with the given status, machine-readable code and human-readable message.
-    pub(crate) fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { status, code, message: message.into() }
     }
 
     /// A 400 `invalid_request`.
@@ -49,13 +41,7 @@ impl ApiError {
 
 /// `{"success":false,"error":{"code":..,"message":..}}` with the given status.
 pub(crate) fn api_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    json_response(
-        status,
-        &ErrorBody {
-            success: false,
-            error: ErrorDetail { code, message },
-        },
-    )
+    json_response(status, &ErrorBody { success: false, error: ErrorDetail { code, message } })
 }
 
 /// Serialises `body` as the JSON response body.
@@ -69,8 +55,7 @@ pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> HttpRe
 /// A response whose body is already-encoded JSON.
 pub(crate) fn raw_json(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
     let mut resp = HttpResponse::with_body(status, body.into());
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, APPLICATION_JSON);
+    resp.headers_mut().insert(header::CONTENT_TYPE, APPLICATION_JSON);
     resp.map_into_boxed_body()
 }
 
@@ -86,10 +71,7 @@ pub(crate) fn raw_json(status: StatusCode, body: impl Into<Bytes>) -> HttpRespon
 /// like an upstream that crashed mid-request.
 pub(crate) fn dropped_connection() -> HttpResponse {
     let fail = futures_util::stream::once(async {
-        Err::<Bytes, _>(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "simulated connection drop",
-        ))
+        Err::<Bytes, _>(io::Error::new(io::ErrorKind::ConnectionAborted, "simulated connection drop"))
     });
     HttpResponse::Ok().streaming(fail)
 }

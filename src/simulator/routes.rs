@@ -44,9 +44,7 @@ pub(crate) fn configure(sim: web::Data<Shared>) -> impl FnOnce(&mut web::Service
 
 /// A resource with one route that answers 405 JSON to other methods.
 fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(method_not_allowed))
+    web::resource(path).route(route).default_service(web::to(method_not_allowed))
 }
 
 async fn not_found() -> HttpResponse {
@@ -54,11 +52,7 @@ async fn not_found() -> HttpResponse {
 }
 
 async fn method_not_allowed() -> HttpResponse {
-    api_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this endpoint",
-    )
+    api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
 }
 
 /// The client-credentials form of RFC 6749 section 4.4.
@@ -76,18 +70,12 @@ async fn token(body: Result<web::Bytes, actix_web::Error>, sim: web::Data<Shared
     resp
 }
 
-fn issue_token(
-    body: Result<web::Bytes, actix_web::Error>,
-    sim: &Shared,
-) -> (TokenOutcome, HttpResponse) {
+fn issue_token(body: Result<web::Bytes, actix_web::Error>, sim: &Shared) -> (TokenOutcome, HttpResponse) {
     let oauth_error = |status: StatusCode, error: &'static str| {
         let body = format!(r#"{{"error":"{error}"}}"#);
         (TokenOutcome::Rejected, raw_json(status, body))
     };
-    let Some(form) = body
-        .ok()
-        .and_then(|b| serde_urlencoded::from_bytes::<TokenForm>(&b).ok())
-    else {
+    let Some(form) = body.ok().and_then(|b| serde_urlencoded::from_bytes::<TokenForm>(&b).ok()) else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
     };
     if form.grant_type.as_deref() != Some("client_credentials") {
@@ -106,10 +94,7 @@ fn issue_token(
         return (TokenOutcome::Failed, resp);
     }
     let token = sim.tokens.issue(unix_ms());
-    let body = format!(
-        r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{}}}"#,
-        sim.headers.expires_in
-    );
+    let body = format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{}}}"#, sim.headers.expires_in);
     (TokenOutcome::Ok, raw_json(StatusCode::OK, body))
 }
 

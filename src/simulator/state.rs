@@ -69,9 +69,7 @@ impl Shared {
             rate_limit_per_minute: limit,
             headers: Precomputed {
                 limit: HeaderValue::from(limit),
-                policy: cfg
-                    .ietf_headers
-                    .then(|| header_value(&format!("{limit};w=60"))),
+                policy: cfg.ietf_headers.then(|| header_value(&format!("{limit};w=60"))),
                 expires_in,
             },
             clock: Clock::new(),
@@ -91,10 +89,7 @@ impl Shared {
 
     /// Applies a patch (clamping out-of-range values) and returns the new faults.
     pub(crate) fn apply_patch(&self, patch: &FaultsPatch) -> Faults {
-        let _serial = self
-            .patch_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _serial = self.patch_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if patch.reset {
             self.faults.set_all(&Faults::default());
         }
@@ -172,23 +167,10 @@ mod tests {
     #[test]
     fn patch_reset_keeps_epoch_and_revoke_bumps_it() {
         let sim = Shared::new(&SimConfig::default());
-        let f = sim.apply_patch(&FaultsPatch {
-            outage: Some(true),
-            revoke_tokens: true,
-            ..FaultsPatch::default()
-        });
+        let f = sim.apply_patch(&FaultsPatch { outage: Some(true), revoke_tokens: true, ..FaultsPatch::default() });
         assert!(f.outage);
         assert_eq!(f.revocation_epoch, 1);
-        let f = sim.apply_patch(&FaultsPatch {
-            reset: true,
-            ..FaultsPatch::default()
-        });
-        assert_eq!(
-            f,
-            Faults {
-                revocation_epoch: 1,
-                ..Faults::default()
-            }
-        );
+        let f = sim.apply_patch(&FaultsPatch { reset: true, ..FaultsPatch::default() });
+        assert_eq!(f, Faults { revocation_epoch: 1, ..Faults::default() });
     }
 }

@@ -186,11 +186,7 @@ impl Counters {
             in_flight,
             peak_concurrency: self.peak.load(Relaxed).max(in_flight),
             rate_limited_total: self.limiter_refusals.load(Relaxed),
-            last_request_id: self
-                .last_request_id
-                .lock()
-                .ok()
-                .and_then(|id| id.as_deref().map(str::to_owned)),
+            last_request_id: self.last_request_id.lock().ok().and_then(|id| id.as_deref().map(str::to_owned)),
         }
     }
 }
@@ -230,9 +226,6 @@ mod tests {
         assert_eq!((s.token.total, s.token.failed), (1, 1));
         c.reset();
         let s = c.snapshot();
-        assert_eq!(
-            (s.process.total, s.token.total, s.peak_concurrency),
-            (0, 0, 1)
-        );
+        assert_eq!((s.process.total, s.token.total, s.peak_concurrency), (0, 0, 1));
     }
 }

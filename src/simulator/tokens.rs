@@ -36,9 +36,7 @@ pub(crate) struct TokenIssuer {
 
 /// Current wall-clock time in Unix milliseconds.
 pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl TokenIssuer {
@@ -99,10 +97,7 @@ impl TokenIssuer {
     }
 
     fn mac(&self, body: &str) -> [u8; MAC_BYTES] {
-        let digest = Sha256::new()
-            .chain_update(self.secret)
-            .chain_update(body.as_bytes())
-            .finalize();
+        let digest = Sha256::new().chain_update(self.secret).chain_update(body.as_bytes()).finalize();
         let mut out = [0u8; MAC_BYTES];
         out.copy_from_slice(&digest[..MAC_BYTES]);
         out

@@ -49,11 +49,7 @@ impl Backoff {
 
     /// The sleep before retry number `retry`, jittered from the thread's RNG.
     pub fn next_delay(&self, retry: u32) -> Duration {
-        let unit = if self.jitter {
-            rand::random::<f64>()
-        } else {
-            0.0
-        };
+        let unit = if self.jitter { rand::random::<f64>() } else { 0.0 };
         self.delay(retry, unit)
     }
 }

@@ -53,16 +53,9 @@ pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Att
                 Err(_) => Attempt::Connect("answer body broken off"),
             }
         } else {
-            let body = response
-                .body()
-                .limit(ERROR_BODY_LIMIT)
-                .await
-                .unwrap_or_default();
+            let body = response.body().limit(ERROR_BODY_LIMIT).await.unwrap_or_default();
             match status {
-                400 | 422 => Attempt::Rejected {
-                    status,
-                    message: upstream_error_message(&body, status),
-                },
+                400 | 422 => Attempt::Rejected { status, message: upstream_error_message(&body, status) },
                 401 => Attempt::Unauthorized,
                 403 => Attempt::Forbidden,
                 429 => Attempt::RateLimited,
@@ -83,15 +76,11 @@ fn classify_send_error(error: SendRequestError) -> Attempt {
     match error {
         SendRequestError::Timeout => Attempt::Timeout,
         SendRequestError::Connect(awc::error::ConnectError::Timeout) => Attempt::Timeout,
-        SendRequestError::Connect(awc::error::ConnectError::Io(e))
-            if e.kind() == std::io::ErrorKind::InvalidData =>
-        {
+        SendRequestError::Connect(awc::error::ConnectError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
             Attempt::Connect("tls handshake failed")
         }
         SendRequestError::Connect(_) => Attempt::Connect("connection failed"),
-        SendRequestError::Send(_) | SendRequestError::Response(_) => {
-            Attempt::Connect("connection broken off")
-        }
+        SendRequestError::Send(_) | SendRequestError::Response(_) => Attempt::Connect("connection broken off"),
         _ => Attempt::Connect("request could not be sent"),
     }
 }

@@ -122,10 +122,7 @@ impl Attempt {
     /// Whether this attempt says the upstream is unhealthy (for the breaker): 5xx, timeouts,
     /// connection errors and unusable answers. 4xx, 429 included, are not upstream failures.
     pub fn is_upstream_failure(&self) -> bool {
-        matches!(
-            self,
-            Attempt::ServerError(_) | Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_)
-        )
+        matches!(self, Attempt::ServerError(_) | Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_))
     }
 
     /// The upstream status code, when an answer arrived.
@@ -176,11 +173,7 @@ const EPOCH_THRESHOLD: u64 = 1_000_000_000;
 impl RateSignal {
     /// Reads the rate headers of an answer; absent or malformed headers stay `None`.
     pub fn from_headers(headers: &HeaderMap) -> RateSignal {
-        let text = |name: &'static str| {
-            headers
-                .get(HeaderName::from_static(name))
-                .and_then(|v| v.to_str().ok())
-        };
+        let text = |name: &'static str| headers.get(HeaderName::from_static(name)).and_then(|v| v.to_str().ok());
         let number = |name: &'static str| text(name).and_then(|v| v.trim().parse::<u64>().ok());
         let mut signal = RateSignal {
             retry_after: text("retry-after").and_then(parse_retry_after),
@@ -215,10 +208,7 @@ impl RateSignal {
 
 fn reset_delay(value: u64) -> Duration {
     if value > EPOCH_THRESHOLD {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         Duration::from_secs(value.saturating_sub(now))
     } else {
         Duration::from_secs(value)
@@ -229,8 +219,7 @@ fn reset_delay(value: u64) -> Duration {
 pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)));
     }
     let date: HttpDate = value.parse().ok()?;
     let at: SystemTime = date.into();
@@ -245,40 +234,21 @@ mod tests {
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.insert(
-                HeaderName::from_static(k),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            map.insert(HeaderName::from_static(k), HeaderValue::from_str(v).unwrap());
         }
         map
     }
 
     #[test]
     fn retry_and_failure_follow_the_status_classes() {
-        assert!(
-            Attempt::ServerError(503).retryable()
-                && Attempt::ServerError(503).is_upstream_failure()
-        );
-        assert!(
-            !Attempt::ServerError(501).retryable()
-                && Attempt::ServerError(501).is_upstream_failure()
-        );
+        assert!(Attempt::ServerError(503).retryable() && Attempt::ServerError(503).is_upstream_failure());
+        assert!(!Attempt::ServerError(501).retryable() && Attempt::ServerError(501).is_upstream_failure());
         assert!(Attempt::RateLimited.retryable() && !Attempt::RateLimited.is_upstream_failure());
         assert!(Attempt::Timeout.retryable() && Attempt::Connect("refused").retryable());
-        for not_retried in [
-            Attempt::Unauthorized,
-            Attempt::Forbidden,
-            Attempt::OtherStatus(404),
-        ] {
-            assert!(
-                !not_retried.retryable() && !not_retried.is_upstream_failure(),
-                "{not_retried:?}"
-            );
+        for not_retried in [Attempt::Unauthorized, Attempt::Forbidden, Attempt::OtherStatus(404)] {
+            assert!(!not_retried.retryable() && !not_retried.is_upstream_failure(), "{not_retried:?}");
         }
-        let rejected = Attempt::Rejected {
-            status: 400,
-            message: "bad".into(),
-        };
+        let rejected = Attempt::Rejected { status: 400, message: "bad".into() };
         assert!(!rejected.retryable() && !rejected.is_upstream_failure());
     }
 
@@ -291,29 +261,17 @@ mod tests {
             ("x-ratelimit-reset", "12"),
         ]));
         assert_eq!(s.retry_after, Some(Duration::from_secs(3)));
-        assert_eq!(
-            (s.limit, s.remaining, s.reset),
-            (Some(1000), Some(0), Some(Duration::from_secs(12)))
-        );
-        let ietf =
-            RateSignal::from_headers(&headers(&[("ratelimit", "limit=60, remaining=7, reset=4")]));
-        assert_eq!(
-            (ietf.limit, ietf.remaining, ietf.reset),
-            (Some(60), Some(7), Some(Duration::from_secs(4)))
-        );
-        assert!(
-            RateSignal::from_headers(&headers(&[("x-ratelimit-remaining", "many")])).is_empty()
-        );
+        assert_eq!((s.limit, s.remaining, s.reset), (Some(1000), Some(0), Some(Duration::from_secs(12))));
+        let ietf = RateSignal::from_headers(&headers(&[("ratelimit", "limit=60, remaining=7, reset=4")]));
+        assert_eq!((ietf.limit, ietf.remaining, ietf.reset), (Some(60), Some(7), Some(Duration::from_secs(4))));
+        assert!(RateSignal::from_headers(&headers(&[("x-ratelimit-remaining", "many")])).is_empty());
     }
 
     #[test]
     fn retry_after_takes_seconds_or_dates() {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

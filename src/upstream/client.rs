@@ -21,10 +21,7 @@ pub struct ClientSettings {
 
 impl Default for ClientSettings {
     fn default() -> Self {
-        ClientSettings {
-            pool_limit: 256,
-            keep_alive: Duration::from_secs(30),
-        }
+        ClientSettings { pool_limit: 256, keep_alive: Duration::from_secs(30) }
     }
 }
 
@@ -35,14 +32,11 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, 
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = extra_ca {
-        let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut found = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
             found += 1;
         }
         if found == 0 {

@@ -62,15 +62,13 @@ pub async fn fetch_token(
         ("client_secret", client_secret.expose_secret()),
     ];
     let exchange = async {
-        let mut response = client
-            .post(url)
-            .insert_header(("accept", "application/json"))
-            .send_form(&form)
-            .await
-            .map_err(|e| match e {
-                awc::error::SendRequestError::Timeout => TokenError::Timeout,
-                _ => TokenError::Unreachable("connection failed"),
-            })?;
+        let mut response =
+            client.post(url).insert_header(("accept", "application/json")).send_form(&form).await.map_err(
+                |e| match e {
+                    awc::error::SendRequestError::Timeout => TokenError::Timeout,
+                    _ => TokenError::Unreachable("connection failed"),
+                },
+            )?;
         let status = response.status().as_u16();
         if status == 400 || status == 401 || status == 403 {
             return Err(TokenError::Rejected(status));
@@ -85,14 +83,11 @@ pub async fn fetch_token(
             .map_err(|_| TokenError::Unreachable("answer body unreadable"))?;
         parse_token(&body)
     };
-    actix_rt::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| TokenError::Timeout)?
+    actix_rt::time::timeout(timeout, exchange).await.map_err(|_| TokenError::Timeout)?
 }
 
 fn parse_token(body: &[u8]) -> Result<FetchedToken, TokenError> {
-    let form: TokenForm =
-        serde_json::from_slice(body).map_err(|_| TokenError::Invalid("not a token document"))?;
+    let form: TokenForm = serde_json::from_slice(body).map_err(|_| TokenError::Invalid("not a token document"))?;
     if form.access_token.is_empty() {
         return Err(TokenError::Invalid("empty access_token"));
     }
@@ -106,10 +101,7 @@ fn parse_token(body: &[u8]) -> Result<FetchedToken, TokenError> {
         Some(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs.min(1e7)),
         Some(_) => return Err(TokenError::Invalid("expires_in is not a positive number")),
     };
-    Ok(FetchedToken {
-        access_token: SecretString::from(form.access_token),
-        lifetime,
-    })
+    Ok(FetchedToken { access_token: SecretString::from(form.access_token), lifetime })
 }
 
 /// A successful process answer: the `result` and the upstream's `request_id`.
@@ -179,13 +171,8 @@ pub fn upstream_error_message(body: &[u8], status: u16) -> String {
         });
         s.error_description.or(s.message).or(from_error)
     });
-    let cleaned: String = found
-        .as_deref()
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MESSAGE_CHARS)
-        .collect();
+    let cleaned: String =
+        found.as_deref().unwrap_or("").chars().filter(|c| !c.is_control()).take(MESSAGE_CHARS).collect();
     if cleaned.trim().is_empty() {
         format!("the upstream rejected the request (status {status})")
     } else {
@@ -199,13 +186,9 @@ mod tests {
 
     #[test]
     fn token_documents() {
-        let t = parse_token(br#"{"access_token":"abc","token_type":"bearer","expires_in":1.5}"#)
-            .unwrap();
+        let t = parse_token(br#"{"access_token":"abc","token_type":"bearer","expires_in":1.5}"#).unwrap();
         assert_eq!(t.lifetime, Duration::from_millis(1500));
-        assert_eq!(
-            parse_token(br#"{"access_token":"abc"}"#).unwrap().lifetime,
-            DEFAULT_LIFETIME
-        );
+        assert_eq!(parse_token(br#"{"access_token":"abc"}"#).unwrap().lifetime, DEFAULT_LIFETIME);
         assert!(parse_token(br#"{"access_token":"abc","token_type":"mac"}"#).is_err());
         assert!(parse_token(br#"{"access_token":"","expires_in":10}"#).is_err());
         assert!(parse_token(b"<html>").is_err());
@@ -217,37 +200,19 @@ mod tests {
             br#"{"success": true, "result": {"processed_data": "X", "metadata": {"version": "v2.1"}}, "request_id": "up_1"}"#,
         );
         let parsed = SuccessBody::parse(&body).unwrap();
-        assert_eq!(
-            &parsed.result[..],
-            br#"{"processed_data": "X", "metadata": {"version": "v2.1"}}"#
-        );
+        assert_eq!(&parsed.result[..], br#"{"processed_data": "X", "metadata": {"version": "v2.1"}}"#);
         assert_eq!(parsed.upstream_request_id.as_deref(), Some("up_1"));
-        assert!(
-            SuccessBody::parse(&Bytes::from_static(br#"{"success": false, "result": 1}"#))
-                .is_none()
-        );
+        assert!(SuccessBody::parse(&Bytes::from_static(br#"{"success": false, "result": 1}"#)).is_none());
         assert!(SuccessBody::parse(&Bytes::from_static(br#"{"data": 1}"#)).is_none());
     }
 
     #[test]
     fn error_messages_are_extracted_and_cleaned() {
         let nested = br#"{"success":false,"error":{"code":"invalid_request","message":"unsupported format 'xml'"}}"#;
-        assert_eq!(
-            upstream_error_message(nested, 400),
-            "unsupported format 'xml'"
-        );
-        assert_eq!(
-            upstream_error_message(br#"{"error":"bad\nthing"}"#, 400),
-            "badthing"
-        );
-        assert_eq!(
-            upstream_error_message(b"<html>", 422),
-            "the upstream rejected the request (status 422)"
-        );
+        assert_eq!(upstream_error_message(nested, 400), "unsupported format 'xml'");
+        assert_eq!(upstream_error_message(br#"{"error":"bad\nthing"}"#, 400), "badthing");
+        assert_eq!(upstream_error_message(b"<html>", 422), "the upstream rejected the request (status 422)");
         let long = format!(r#"{{"message":"{}"}}"#, "a".repeat(1000));
-        assert_eq!(
-            upstream_error_message(long.as_bytes(), 400).len(),
-            MESSAGE_CHARS
-        );
+        assert_eq!(upstream_error_message(long.as_bytes(), 400).len(), MESSAGE_CHARS);
     }
 }

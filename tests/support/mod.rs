@@ -41,12 +41,11 @@ impl Default for PairBuilder {
             ("COURIER_WORKERS", "2"),
             ("EXTERNAL_API_RETRY_DELAY", "0.01"),
             ("EXTERNAL_API_TIMEOUT", "5"),
+            // Tests of other features run with a budget that never binds; budget tests set their own.
+            ("EXTERNAL_API_RATE_LIMIT", "6000000"),
+            ("EXTERNAL_API_RATE_BURST", "100000"),
         ]);
-        PairBuilder {
-            sim,
-            env,
-            log_level: "info",
-        }
+        PairBuilder { sim, env, log_level: "info" }
     }
 }
 
@@ -78,39 +77,20 @@ impl PairBuilder {
 
     /// Starts both without waiting for readiness.
     pub async fn start_unready(mut self) -> Pair {
-        let sim = Simulator::start(self.sim.clone())
-            .await
-            .expect("simulator starts");
+        let sim = Simulator::start(self.sim.clone()).await.expect("simulator starts");
         self.env.set("EXTERNAL_API_BASE_URL", sim.base_url());
         self.env.set("EXTERNAL_API_KEY", self.sim.api_key.clone());
-        self.env
-            .set("EXTERNAL_OAUTH_CLIENT_ID", self.sim.client_id.clone());
-        self.env.set(
-            "EXTERNAL_OAUTH_CLIENT_SECRET",
-            self.sim.client_secret.clone(),
-        );
+        self.env.set("EXTERNAL_OAUTH_CLIENT_ID", self.sim.client_id.clone());
+        self.env.set("EXTERNAL_OAUTH_CLIENT_SECRET", self.sim.client_secret.clone());
         self.env.set("COURIER_LOG_LEVEL", self.log_level);
         let config = Config::from_sources(&self.env, None).expect("test configuration is valid");
         let metrics = Arc::new(Metrics::new());
         let logs = LogCapture::default();
-        let logging = Logging::start(
-            config.log_level,
-            LogTarget::Capture(logs.clone()),
-            metrics.log_dropped.clone(),
-        );
-        let running = Gateway::start(config, metrics, logging.logger.clone())
-            .and_then(Gateway::serve)
-            .expect("courier starts");
-        let http = awc::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .finish();
-        Pair {
-            sim,
-            courier: running,
-            logs,
-            logging: Some(logging),
-            http,
-        }
+        let logging = Logging::start(config.log_level, LogTarget::Capture(logs.clone()), metrics.log_dropped.clone());
+        let running =
+            Gateway::start(config, metrics, logging.logger.clone()).and_then(Gateway::serve).expect("courier starts");
+        let http = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+        Pair { sim, courier: running, logs, logging: Some(logging), http }
     }
 }
 
@@ -140,17 +120,9 @@ impl Answer {
     pub fn error_code(&self) -> &str {
         assert_eq!(self.body["success"], false, "{self:?}");
         let error = &self.body["error"];
-        assert!(
-            error["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{self:?}"
-        );
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{self:?}");
         assert!(error["retryable"].is_boolean(), "{self:?}");
-        assert!(
-            self.body["request_id"]
-                .as_str()
-                .is_some_and(|id| !id.is_empty()),
-            "{self:?}"
-        );
+        assert!(self.body["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{self:?}");
         error["code"].as_str().expect("error.code")
     }
 }
@@ -174,19 +146,12 @@ impl Pair {
     }
 
     /// POSTs a JSON body to the process route with extra headers.
-    pub async fn process_with(
-        &self,
-        body: impl std::borrow::Borrow<Value>,
-        headers: &[(&str, &str)],
-    ) -> Answer {
+    pub async fn process_with(&self, body: impl std::borrow::Borrow<Value>, headers: &[(&str, &str)]) -> Answer {
         let mut request = self.http.post(self.url("/api/external/process"));
         for (name, value) in headers {
             request = request.insert_header((*name, *value));
         }
-        let response = request
-            .send_json(body.borrow())
-            .await
-            .expect("courier answers");
+        let response = request.send_json(body.borrow()).await.expect("courier answers");
         read_answer(response).await
     }
 
@@ -209,39 +174,20 @@ impl Pair {
 
     /// The simulator's counters, over HTTP.
     pub async fn sim_stats(&self) -> Value {
-        let mut response = self
-            .http
-            .get(self.sim_url("/_sim/stats"))
-            .send()
-            .await
-            .expect("sim stats");
+        let mut response = self.http.get(self.sim_url("/_sim/stats")).send().await.expect("sim stats");
         response.json().limit(1 << 20).await.expect("stats JSON")
     }
 
     /// Changes the simulator's faults, over HTTP.
     pub async fn faults(&self, patch: Value) -> Value {
-        let mut response = self
-            .http
-            .post(self.sim_url("/_sim/faults"))
-            .send_json(&patch)
-            .await
-            .expect("sim faults");
-        assert!(
-            response.status().is_success(),
-            "fault patch {patch} refused: {}",
-            response.status()
-        );
+        let mut response = self.http.post(self.sim_url("/_sim/faults")).send_json(&patch).await.expect("sim faults");
+        assert!(response.status().is_success(), "fault patch {patch} refused: {}", response.status());
         response.json().await.expect("faults JSON")
     }
 
     /// courier's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let mut response = self
-            .http
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("metrics");
+        let mut response = self.http.get(self.admin_url("/metrics")).send().await.expect("metrics");
         let body = response.body().limit(4 << 20).await.expect("metrics body");
         String::from_utf8(body.to_vec()).expect("utf-8 metrics")
     }
@@ -283,13 +229,8 @@ pub async fn read_answer(
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.body().limit(4 << 20).await.expect("answer body");
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Answer { status, headers, body }
 }
 
 /// Finds `name{labels...}` in a Prometheus text exposition; 0 when absent.
@@ -305,11 +246,7 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             if series_name != name {
                 return None;
             }
-            let all = labels.iter().all(|(k, v)| {
-                series_labels
-                    .split(',')
-                    .any(|pair| pair == format!("{k}=\"{v}\""))
-            });
+            let all = labels.iter().all(|(k, v)| series_labels.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
@@ -321,6 +258,5 @@ pub fn count(stats: &Value, path: &[&str]) -> u64 {
     for key in path {
         v = &v[*key];
     }
-    v.as_u64()
-        .unwrap_or_else(|| panic!("stats have no {path:?}: {stats}"))
+    v.as_u64().unwrap_or_else(|| panic!("stats have no {path:?}: {stats}"))
 }

@@ -27,14 +27,10 @@ impl Token {
     /// A copy whose header bytes are owned by the calling thread, so cloning the header per
     /// request touches no reference count that other threads also touch.
     pub fn local_copy(&self) -> Token {
-        let mut authorization = HeaderValue::from_bytes(self.authorization.as_bytes())
-            .expect("a valid header stays valid");
+        let mut authorization =
+            HeaderValue::from_bytes(self.authorization.as_bytes()).expect("a valid header stays valid");
         authorization.set_sensitive(true);
-        Token {
-            generation: self.generation,
-            expires_at: self.expires_at,
-            authorization,
-        }
+        Token { generation: self.generation, expires_at: self.expires_at, authorization }
     }
 }
 

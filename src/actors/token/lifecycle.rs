@@ -18,9 +18,7 @@ const REJECTION_INTERVAL: Duration = Duration::from_secs(1);
 /// When to refresh a token obtained at `obtained` that lives `lifetime`: shortly before it
 /// expires (5% of its lifetime, between 20 ms and 60 s, never before half of it).
 pub fn refresh_at(obtained: Instant, lifetime: Duration) -> Instant {
-    let margin = (lifetime / MARGIN_FRACTION)
-        .clamp(MARGIN_MIN, MARGIN_MAX)
-        .min(lifetime / 2);
+    let margin = (lifetime / MARGIN_FRACTION).clamp(MARGIN_MIN, MARGIN_MAX).min(lifetime / 2);
     obtained + lifetime - margin
 }
 
@@ -36,12 +34,7 @@ pub struct Lifecycle {
 impl Lifecycle {
     /// A lifecycle backing off along `backoff` after failures.
     pub fn new(backoff: Backoff) -> Self {
-        Lifecycle {
-            backoff,
-            failures: 0,
-            blocked_until: None,
-            last_rejection: None,
-        }
+        Lifecycle { backoff, failures: 0, blocked_until: None, last_rejection: None }
     }
 
     /// A token was obtained: the endpoint is healthy again.
@@ -52,10 +45,7 @@ impl Lifecycle {
 
     /// The endpoint failed at `now`; returns how long to wait before asking again.
     pub fn on_failure(&mut self, now: Instant) -> Duration {
-        let wait = self
-            .backoff
-            .next_delay(self.failures)
-            .max(Duration::from_millis(10));
+        let wait = self.backoff.next_delay(self.failures).max(Duration::from_millis(10));
         self.failures = self.failures.saturating_add(1);
         self.blocked_until = Some(now + wait);
         wait
@@ -63,17 +53,13 @@ impl Lifecycle {
 
     /// How long new refreshes are held back, if they are.
     pub fn blocked_for(&self, now: Instant) -> Option<Duration> {
-        self.blocked_until
-            .and_then(|until| until.checked_duration_since(now))
-            .filter(|d| !d.is_zero())
+        self.blocked_until.and_then(|until| until.checked_duration_since(now)).filter(|d| !d.is_zero())
     }
 
     /// The upstream rejected the current token at `now`. Returns true when a refresh may
     /// start at once, false when rejections come too fast and the refresh must back off.
     pub fn on_rejected(&mut self, now: Instant) -> bool {
-        let too_soon = self
-            .last_rejection
-            .is_some_and(|last| now.duration_since(last) < REJECTION_INTERVAL);
+        let too_soon = self.last_rejection.is_some_and(|last| now.duration_since(last) < REJECTION_INTERVAL);
         self.last_rejection = Some(now);
         if too_soon {
             self.on_failure(now);
@@ -91,10 +77,7 @@ mod tests {
     #[test]
     fn refreshes_shortly_before_expiry() {
         let t0 = Instant::now();
-        assert_eq!(
-            refresh_at(t0, Duration::from_secs(3600)),
-            t0 + Duration::from_secs(3540)
-        );
+        assert_eq!(refresh_at(t0, Duration::from_secs(3600)), t0 + Duration::from_secs(3540));
         assert_eq!(refresh_at(t0, Duration::from_secs(1)), t0 + 950 * MS);
         assert_eq!(refresh_at(t0, 100 * MS), t0 + 80 * MS);
         assert_eq!(refresh_at(t0, 30 * MS), t0 + 15 * MS);

@@ -84,12 +84,7 @@ pub struct TokenManager {
 
 impl TokenManager {
     /// A TokenManager publishing into `cell`.
-    pub fn new(
-        settings: TokenSettings,
-        cell: Arc<TokenCell>,
-        metrics: Arc<Metrics>,
-        log: &Logger,
-    ) -> Self {
+    pub fn new(settings: TokenSettings, cell: Arc<TokenCell>, metrics: Arc<Metrics>, log: &Logger) -> Self {
         let backoff = Backoff::try_new(Duration::from_millis(250), Duration::from_secs(30), true)
             .expect("constant backoff is valid");
         TokenManager {
@@ -128,11 +123,7 @@ impl TokenManager {
             )
             .await
         };
-        ctx.spawn(
-            fetch
-                .into_actor(self)
-                .map(move |result, act, ctx| act.finish_refresh(result, requested_at, ctx)),
-        );
+        ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| act.finish_refresh(result, requested_at, ctx)));
     }
 
     fn finish_refresh(
@@ -149,10 +140,7 @@ impl TokenManager {
                 self.lifecycle.on_success();
                 let lifetime = token.expires_at.saturating_duration_since(requested_at);
                 self.cell.publish(token.clone());
-                self.metrics
-                    .token_refreshes
-                    .with_label_values(&[RefreshResult::Success.as_str()])
-                    .inc();
+                self.metrics.token_refreshes.with_label_values(&[RefreshResult::Success.as_str()]).inc();
                 self.metrics.token_expiry.set(unix_seconds_in(lifetime));
                 self.metrics.ready.set(1);
                 info!(self.log, "token_refreshed";
@@ -160,8 +148,7 @@ impl TokenManager {
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(Ok(token.clone()));
                 }
-                let refresh_in =
-                    lifecycle::refresh_at(requested_at, lifetime).saturating_duration_since(now);
+                let refresh_in = lifecycle::refresh_at(requested_at, lifetime).saturating_duration_since(now);
                 self.schedule_refresh(refresh_in, ctx);
             }
             Err(error) => {
@@ -170,16 +157,10 @@ impl TokenManager {
                     TokenError::Rejected(_) => RefreshResult::Rejected,
                     _ => RefreshResult::Failure,
                 };
-                self.metrics
-                    .token_refreshes
-                    .with_label_values(&[result.as_str()])
-                    .inc();
+                self.metrics.token_refreshes.with_label_values(&[result.as_str()]).inc();
                 warn!(self.log, "token_refresh_failed";
                     "error" => %error, "retry_in" => wait.as_secs_f64());
-                let unavailable = TokenUnavailable {
-                    retry_after: wait,
-                    reason: error.to_string(),
-                };
+                let unavailable = TokenUnavailable { retry_after: wait, reason: error.to_string() };
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(Err(unavailable.clone()));
                 }
@@ -188,21 +169,13 @@ impl TokenManager {
         }
     }
 
-    fn make_token(
-        &mut self,
-        fetched: FetchedToken,
-        requested_at: Instant,
-    ) -> Result<Arc<Token>, TokenError> {
+    fn make_token(&mut self, fetched: FetchedToken, requested_at: Instant) -> Result<Arc<Token>, TokenError> {
         let header = format!("Bearer {}", fetched.access_token.expose_secret());
         let mut authorization = HeaderValue::from_str(&header)
             .map_err(|_| TokenError::Invalid("token has characters not allowed in a header"))?;
         authorization.set_sensitive(true);
         self.generation += 1;
-        Ok(Arc::new(Token {
-            generation: self.generation,
-            expires_at: requested_at + fetched.lifetime,
-            authorization,
-        }))
+        Ok(Arc::new(Token { generation: self.generation, expires_at: requested_at + fetched.lifetime, authorization }))
     }
 
     fn schedule_refresh(&mut self, after: Duration, ctx: &mut Context<Self>) {
@@ -217,9 +190,7 @@ impl TokenManager {
 }
 
 fn unix_seconds_in(lifetime: Duration) -> f64 {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     (now + lifetime).as_secs_f64()
 }
 
@@ -230,10 +201,7 @@ impl Actor for TokenManager {
         ctx.set_mailbox_capacity(4096);
         self.client = Some(upstream::build_client(
             self.settings.tls.clone(),
-            &ClientSettings {
-                pool_limit: 4,
-                ..ClientSettings::default()
-            },
+            &ClientSettings { pool_limit: 4, ..ClientSettings::default() },
         ));
         // Fetch eagerly, so the gateway is ready before the first request needs a token.
         self.start_refresh(ctx);
@@ -262,18 +230,13 @@ impl Handler<GetToken> for TokenManager {
         }
         if !self.refreshing {
             if let Some(wait) = self.lifecycle.blocked_for(now) {
-                let unavailable = TokenUnavailable {
-                    retry_after: wait,
-                    reason: "token endpoint backing off".into(),
-                };
+                let unavailable = TokenUnavailable { retry_after: wait, reason: "token endpoint backing off".into() };
                 return Box::pin(async move { Err(unavailable) });
             }
         }
         if self.waiters.len() >= MAX_WAITERS {
-            let unavailable = TokenUnavailable {
-                retry_after: Duration::from_secs(1),
-                reason: "too many waiting".into(),
-            };
+            let unavailable =
+                TokenUnavailable { retry_after: Duration::from_secs(1), reason: "too many waiting".into() };
             return Box::pin(async move { Err(unavailable) });
         }
         let (tx, rx) = oneshot::channel();
@@ -281,10 +244,7 @@ impl Handler<GetToken> for TokenManager {
         self.start_refresh(ctx);
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
-                Err(TokenUnavailable {
-                    retry_after: Duration::from_secs(1),
-                    reason: "token manager stopped".into(),
-                })
+                Err(TokenUnavailable { retry_after: Duration::from_secs(1), reason: "token manager stopped".into() })
             })
         })
     }

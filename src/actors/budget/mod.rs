@@ -1,0 +1,408 @@
+//! The Budget actor owns the upstream's rate limit: the wait queue with its deadlines, fair
+//! sharing between clients, and the pauses learned from the upstream.
+//!
+//! Why it is shaped this way (see ARCHITECTURE.md, "the hot path"): the permit check itself
+//! is lock-free. The rate lives in a [`Gcra`] (one atomic) in [`BudgetShared`], and a
+//! request that finds a permit free, while nobody waits, takes it with one compare-and-swap
+//! on its own thread. Only a request that finds no permit sends [`Acquire`] to the actor:
+//! that is exactly when the rate is low, and when fairness and deadlines matter. While anyone
+//! waits, newcomers queue too, so nobody jumps the queue.
+//!
+//! A queued request is admitted only if its place in the queue lets it be served before its
+//! deadline; otherwise, or when the queue is full, it is refused at once with a `Retry-After`
+//! computed from the queue, instead of waiting in vain. Permits are handed out in weighted
+//! fair order ([`fair`]), interactive (sync) requests before background (async) ones.
+//!
+//! What the upstream says folds into the same GCRA: a 429 with `Retry-After` pauses all
+//! dispatch until then; `X-RateLimit-Remaining` caps what courier may still send. A 429 is a
+//! rate signal here, never a breaker failure.
+
+mod fair;
+mod gcra;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::http::header::HeaderValue;
+use prometheus::{Histogram, IntCounter};
+use slog::{info, o, Logger};
+use tokio::sync::oneshot;
+
+pub use fair::{Class, FairQueue};
+pub use gcra::{Gcra, InvalidRate};
+
+use crate::metrics::Metrics;
+use crate::upstream::RateSignal;
+
+/// Why a permit was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The queue is full.
+    QueueFull,
+    /// The request cannot be served before its deadline.
+    Deadline,
+}
+
+impl RefusalReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::QueueFull => "queue_full",
+            RefusalReason::Deadline => "deadline",
+        }
+    }
+}
+
+/// A refused permit: why, and when asking again makes sense.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub reason: RefusalReason,
+    /// When to ask again.
+    pub retry_after: Duration,
+}
+
+/// Where a pause came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PauseSource {
+    /// A 429 with `Retry-After` (or `X-RateLimit-Reset`).
+    RetryAfter,
+    /// `X-RateLimit-Remaining: 0`.
+    Remaining,
+}
+
+impl PauseSource {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseSource::RetryAfter => "retry_after",
+            PauseSource::Remaining => "remaining",
+        }
+    }
+}
+
+/// The lock-free half of the budget, shared by every worker.
+pub struct BudgetShared {
+    gcra: Gcra,
+    waiting: AtomicUsize,
+    per_minute: u32,
+    weights: Vec<u32>,
+    total_weight: u32,
+    policies: Vec<HeaderValue>,
+}
+
+impl BudgetShared {
+    /// A full budget of `per_minute` with bursts of `burst`, shared by clients of `weights`.
+    pub fn try_new(per_minute: u32, burst: u32, weights: Vec<u32>) -> Result<BudgetShared, InvalidRate> {
+        let gcra = Gcra::try_new(per_minute, burst)?;
+        if weights.is_empty() {
+            return Err(InvalidRate("no clients"));
+        }
+        let total_weight = weights.iter().sum::<u32>().max(1);
+        let policies = weights
+            .iter()
+            .map(|w| HeaderValue::from(share(per_minute, *w, total_weight)))
+            .map(|q| HeaderValue::from_str(&format!("{};w=60", q.to_str().expect("digits"))).expect("ascii"))
+            .collect();
+        Ok(BudgetShared { gcra, waiting: AtomicUsize::new(0), per_minute, weights, total_weight, policies })
+    }
+
+    /// The rate algorithm.
+    pub fn gcra(&self) -> &Gcra {
+        &self.gcra
+    }
+
+    /// Takes a permit at once when one is free and nobody waits for one.
+    pub fn try_fast(&self, now: Instant) -> bool {
+        self.waiting.load(Ordering::Acquire) == 0 && self.gcra.try_acquire(now).is_ok()
+    }
+
+    /// Requests waiting in the queue.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// A rough wait for a newcomer: the next free permit plus one interval per waiter.
+    pub fn queue_wait(&self, now: Instant) -> Duration {
+        self.gcra.next_free(now) + self.gcra.emission_interval() * self.waiting() as u32
+    }
+
+    /// Folds what the upstream said into the budget; returns a pause when the budget is now
+    /// held back because of it.
+    pub fn learn(&self, now: Instant, signal: &RateSignal, rate_limited: bool) -> Option<(PauseSource, Duration)> {
+        if rate_limited {
+            let wait = signal.retry_after.or(signal.reset).unwrap_or(Duration::from_secs(1));
+            if self.gcra.pause_until(now + wait) {
+                return Some((PauseSource::RetryAfter, wait));
+            }
+            return None;
+        }
+        match signal.remaining {
+            Some(remaining) if self.gcra.cap_remaining(now, remaining) && remaining == 0 => {
+                Some((PauseSource::Remaining, self.gcra.next_free(now)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The `RateLimit-Policy` and `RateLimit` headers for `client`: its weighted share of the
+    /// upstream budget per minute, that share of the permits free now, and the seconds until
+    /// the budget is full again.
+    pub fn client_headers(&self, client: usize, now: Instant) -> [(&'static str, HeaderValue); 2] {
+        let weight = self.weights.get(client).copied().unwrap_or(1);
+        let limit = share(self.per_minute, weight, self.total_weight);
+        let available = u64::from(self.gcra.available(now));
+        let remaining = available * u64::from(weight) / u64::from(self.total_weight);
+        let reset = self.gcra.until_full(now).as_secs_f64().ceil() as u64;
+        let value = format!("limit={limit}, remaining={remaining}, reset={reset}");
+        let policy = self.policies.get(client).cloned().unwrap_or_else(|| HeaderValue::from_static("0;w=60"));
+        [("ratelimit-policy", policy), ("ratelimit", HeaderValue::from_str(&value).expect("ascii"))]
+    }
+
+    /// Sets the gauges that describe the budget now (called when /metrics is scraped).
+    pub fn export(&self, metrics: &Metrics, now: Instant) {
+        metrics.budget_limit.set(f64::from(self.per_minute) / 60.0);
+        metrics.budget_burst.set(i64::from(self.gcra.burst()));
+        metrics.budget_available.set(i64::from(self.gcra.available(now)));
+        metrics.budget_queue_depth.set(self.waiting() as i64);
+    }
+}
+
+fn share(per_minute: u32, weight: u32, total: u32) -> u64 {
+    (u64::from(per_minute) * u64::from(weight) / u64::from(total.max(1))).max(1)
+}
+
+/// The answer to [`Acquire`].
+#[derive(Debug)]
+pub enum Admission {
+    /// A permit, now.
+    Granted,
+    /// Queued: the receiver resolves when the permit is granted (or the waiter is dropped).
+    Queued(oneshot::Receiver<()>),
+    /// Refused at once.
+    Refused(Refusal),
+}
+
+/// Asks for a permit when the fast path found none.
+#[derive(Message, Debug)]
+#[rtype(result = "Admission")]
+pub struct Acquire {
+    /// The client (index in the clients file; 0 in open mode).
+    pub client: usize,
+    /// Its priority class.
+    pub class: Class,
+    /// When the request stops waiting.
+    pub deadline: Instant,
+}
+
+/// A worker learned a pause from the upstream (already applied to the GCRA); the actor logs
+/// it, counts it and reschedules its queue.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Paused {
+    /// Where the pause came from.
+    pub source: PauseSource,
+    /// How long the budget is held back.
+    pub wait: Duration,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<()>,
+    deadline: Instant,
+    enqueued: Instant,
+}
+
+/// The actor.
+pub struct Budget {
+    shared: Arc<BudgetShared>,
+    queue: FairQueue<Waiter>,
+    queue_max: usize,
+    timer: Option<(Instant, SpawnHandle)>,
+    grants_fast: IntCounter,
+    grants_queued: IntCounter,
+    wait: Histogram,
+    metrics: Arc<Metrics>,
+    log: Logger,
+}
+
+impl Budget {
+    /// The actor around `shared`, queueing at most `queue_max` requests.
+    pub fn new(shared: Arc<BudgetShared>, queue_max: usize, metrics: Arc<Metrics>, log: &Logger) -> Budget {
+        Budget {
+            queue: FairQueue::new(&shared.weights),
+            shared,
+            queue_max,
+            timer: None,
+            grants_fast: metrics.budget_grants.with_label_values(&["fast"]),
+            grants_queued: metrics.budget_grants.with_label_values(&["queued"]),
+            wait: metrics.budget_wait.clone(),
+            metrics,
+            log: log.new(o!("actor" => "budget")),
+        }
+    }
+
+    fn refuse(&self, reason: RefusalReason, retry_after: Duration) -> Admission {
+        self.metrics.budget_rejections.with_label_values(&[reason.as_str()]).inc();
+        Admission::Refused(Refusal { reason, retry_after })
+    }
+
+    /// Grants permits to waiters in fair order while permits are free; then sleeps until the
+    /// next one frees up.
+    fn serve(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        self.queue.retain(|w| !w.tx.is_closed() && w.deadline > now);
+        while !self.queue.is_empty() {
+            match self.shared.gcra.try_acquire(now) {
+                Ok(()) => {
+                    let (_client, waiter) = self.queue.pop().expect("not empty");
+                    if waiter.tx.send(()).is_ok() {
+                        self.grants_queued.inc();
+                        self.wait.observe(now.duration_since(waiter.enqueued).as_secs_f64());
+                    }
+                }
+                Err(wait) => {
+                    self.wake_in(wait, ctx);
+                    break;
+                }
+            }
+        }
+        self.shared.waiting.store(self.queue.len(), Ordering::Release);
+    }
+
+    fn wake_in(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        let at = Instant::now() + wait;
+        if let Some((scheduled, handle)) = self.timer.take() {
+            if scheduled <= at {
+                self.timer = Some((scheduled, handle));
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(wait, |act, ctx| {
+            act.timer = None;
+            act.serve(ctx);
+        });
+        self.timer = Some((at, handle));
+    }
+}
+
+impl Actor for Budget {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(65_536);
+    }
+}
+
+impl Handler<Acquire> for Budget {
+    type Result = MessageResult<Acquire>;
+
+    fn handle(&mut self, msg: Acquire, ctx: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        if self.queue.is_empty() && self.shared.gcra.try_acquire(now).is_ok() {
+            self.grants_fast.inc();
+            return MessageResult(Admission::Granted);
+        }
+        let interval = self.shared.gcra.emission_interval();
+        let next_free = self.shared.gcra.next_free(now);
+        if self.queue.len() >= self.queue_max {
+            let drain = next_free + interval * self.queue.len() as u32;
+            return MessageResult(self.refuse(RefusalReason::QueueFull, drain));
+        }
+        let client = msg.client.min(self.shared.weights.len() - 1);
+        let served_at = now + next_free + interval * self.queue.rank_of_new(client, msg.class) as u32;
+        if served_at > msg.deadline {
+            return MessageResult(self.refuse(RefusalReason::Deadline, served_at - now));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.queue.push(client, msg.class, Waiter { tx, deadline: msg.deadline, enqueued: now });
+        self.shared.waiting.store(self.queue.len(), Ordering::Release);
+        self.wake_in(next_free, ctx);
+        MessageResult(Admission::Queued(rx))
+    }
+}
+
+impl Handler<Paused> for Budget {
+    type Result = ();
+
+    fn handle(&mut self, msg: Paused, ctx: &mut Context<Self>) {
+        self.metrics.budget_pauses.with_label_values(&[msg.source.as_str()]).inc();
+        info!(self.log, "budget_paused"; "source" => msg.source.as_str(), "for_seconds" => msg.wait.as_secs_f64());
+        if let Some((_, handle)) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        self.serve(ctx);
+    }
+}
+
+/// A worker's way to the budget: the lock-free fast path, then the actor.
+#[derive(Clone)]
+pub struct BudgetHandle {
+    shared: Arc<BudgetShared>,
+    addr: Addr<Budget>,
+    grants_fast: IntCounter,
+    deadline_refusals: IntCounter,
+}
+
+impl BudgetHandle {
+    /// A handle on the shared budget and its actor.
+    pub fn new(shared: Arc<BudgetShared>, addr: Addr<Budget>, metrics: &Metrics) -> BudgetHandle {
+        BudgetHandle {
+            shared,
+            addr,
+            grants_fast: metrics.budget_grants.with_label_values(&["fast"]),
+            deadline_refusals: metrics.budget_rejections.with_label_values(&[RefusalReason::Deadline.as_str()]),
+        }
+    }
+
+    /// The shared half.
+    pub fn shared(&self) -> &Arc<BudgetShared> {
+        &self.shared
+    }
+
+    /// A permit for one upstream attempt of `client`, before `deadline`.
+    pub async fn acquire(&self, client: usize, class: Class, deadline: Instant) -> Result<(), Refusal> {
+        let now = Instant::now();
+        if self.shared.try_fast(now) {
+            self.grants_fast.inc();
+            return Ok(());
+        }
+        let late = |shared: &BudgetShared| Refusal {
+            reason: RefusalReason::Deadline,
+            retry_after: shared.queue_wait(Instant::now()).max(Duration::from_secs(1)),
+        };
+        let admission = match self.addr.send(Acquire { client, class, deadline }).await {
+            Ok(admission) => admission,
+            Err(_) => return Err(Refusal { reason: RefusalReason::QueueFull, retry_after: Duration::from_secs(1) }),
+        };
+        match admission {
+            Admission::Granted => Ok(()),
+            Admission::Refused(refusal) => Err(refusal),
+            Admission::Queued(rx) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match actix_rt::time::timeout(left, rx).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => {
+                        self.deadline_refusals.inc();
+                        Err(late(&self.shared))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Folds an upstream answer's rate signal into the budget, telling the actor of pauses.
+    pub fn learn(&self, signal: &RateSignal, rate_limited: bool) {
+        if !rate_limited && signal.remaining.is_none() {
+            return;
+        }
+        if let Some((source, wait)) = self.shared.learn(Instant::now(), signal, rate_limited) {
+            let _ = self.addr.try_send(Paused { source, wait });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
