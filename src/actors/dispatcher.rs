@@ -160,6 +160,12 @@ impl Upstream {
         self.latency.get()
     }
 
+    /// Time to keep free before the deadline when waiting for a budget permit: what an
+    /// attempt usually takes, and never less than 20 ms.
+    pub(super) fn attempt_reserve(&self) -> Duration {
+        (self.latency.get() * 2).max(Duration::from_millis(20))
+    }
+
     /// Updates the moving average with an answered attempt's duration.
     pub(super) fn observe_latency(&self, took: Duration) {
         let previous = self.latency.get();

@@ -135,7 +135,7 @@ pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
         if now >= deadline {
             return Dispatched { attempts, result: Err(DispatchError::DeadlineExceeded) };
         }
-        if let Err(refusal) = up.budget.acquire(client, class, deadline).await {
+        if let Err(refusal) = up.budget.acquire(client, class, deadline, up.attempt_reserve()).await {
             return Dispatched { attempts, result: Err(DispatchError::RateLimited(refusal.retry_after)) };
         }
         let (authorization, generation) = match up.token(rejected.take()).await {

@@ -89,6 +89,22 @@ impl<T> FairQueue<T> {
         ahead_in_class + ahead_in_higher
     }
 
+    /// How many permit intervals a new waiter of `client` in `class` should expect to wait:
+    /// the larger of its rank (who is ahead now) and its own backlog served at its weighted
+    /// share of the clients that are waiting (the rank alone misses the other clients'
+    /// future arrivals, which may be tagged ahead of it).
+    pub fn expected_intervals(&self, client: usize, class: Class) -> f64 {
+        let queues = &self.classes[class as usize];
+        let own = queues.queues[client].len() as f64;
+        let active: f64 = (0..self.weights.len())
+            .filter(|&c| c == client || !queues.queues[c].is_empty())
+            .map(|c| self.weights[c])
+            .sum();
+        let by_share = own * active / self.weights[client];
+        let higher = if class == Class::Background { self.classes[0].len as f64 } else { 0.0 };
+        (self.rank_of_new(client, class) as f64).max(by_share + higher)
+    }
+
     /// Adds a waiter.
     pub fn push(&mut self, client: usize, class: Class, item: T) {
         let weight = self.weights[client];
@@ -113,11 +129,24 @@ impl<T> FairQueue<T> {
         None
     }
 
-    /// Drops the waiters `keep` says no to (gone, or past their deadline).
+    /// Drops the waiters `keep` says no to (gone, or past their deadline). The client's
+    /// later waiters move up into the freed places, so a dropped waiter costs its client no
+    /// share.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         for queues in &mut self.classes {
-            for queue in &mut queues.queues {
-                queue.retain(|e| keep(&e.item));
+            for (client, queue) in queues.queues.iter_mut().enumerate() {
+                let step = 1.0 / self.weights[client];
+                let mut shift = 0.0;
+                queue.retain_mut(|e| {
+                    if keep(&e.item) {
+                        e.start -= shift;
+                        true
+                    } else {
+                        shift += step;
+                        false
+                    }
+                });
+                queues.finish[client] -= shift;
             }
             queues.len = queues.queues.iter().map(VecDeque::len).sum();
         }
@@ -187,5 +216,34 @@ mod tests {
         assert_eq!(q.rank_of_new(0, Class::Interactive), 4);
         q.retain(|&i| i % 2 == 0);
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn dropped_waiters_cost_their_client_nothing() {
+        let mut q = FairQueue::new(&[1, 1]);
+        for i in 0..4 {
+            q.push(0, Class::Interactive, (0, i));
+            q.push(1, Class::Interactive, (1, i));
+        }
+        // Two of client 1's waiters give up; its last one moves up into their places.
+        q.retain(|&(client, i)| !(client == 1 && (i == 1 || i == 2)));
+        let order: Vec<_> = (0..4).map(|_| q.pop().unwrap().1).collect();
+        assert_eq!(order, [(0, 0), (1, 0), (0, 1), (1, 3)]);
+    }
+
+    #[test]
+    fn expected_wait_follows_the_weighted_share() {
+        let mut q = FairQueue::new(&[3, 1]);
+        for i in 0..15 {
+            q.push(0, Class::Interactive, i);
+            q.push(1, Class::Interactive, i);
+        }
+        // The light client's 16th waiter: behind 15 of its own at a quarter of the rate.
+        assert_eq!(q.expected_intervals(1, Class::Interactive), 60.0);
+        // The heavy client's: behind 15 at three quarters (its rank, 20, is the same here).
+        assert!((q.expected_intervals(0, Class::Interactive) - 20.0).abs() < 1e-9);
+        // Alone, a client is next.
+        let alone: FairQueue<u32> = FairQueue::new(&[3, 1]);
+        assert_eq!(alone.expected_intervals(1, Class::Interactive), 0.0);
     }
 }

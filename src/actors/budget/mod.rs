@@ -36,6 +36,9 @@ pub use gcra::{Gcra, InvalidRate};
 use crate::metrics::Metrics;
 use crate::upstream::RateSignal;
 
+/// Slack kept between the estimated grant and the latest useful one, for timer jitter.
+const ADMISSION_SLACK: Duration = Duration::from_millis(25);
+
 /// Why a permit was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefusalReason {
@@ -195,6 +198,9 @@ pub struct Acquire {
     pub class: Class,
     /// When the request stops waiting.
     pub deadline: Instant,
+    /// Time the attempt needs after the permit: a permit later than `deadline - reserve` is
+    /// no use, so such a request is refused at once.
+    pub reserve: Duration,
 }
 
 /// A worker learned a pause from the upstream (already applied to the GCRA); the actor logs
@@ -210,7 +216,8 @@ pub struct Paused {
 
 struct Waiter {
     tx: oneshot::Sender<()>,
-    deadline: Instant,
+    /// The deadline less the time the attempt itself needs: a permit later is no use.
+    latest_start: Instant,
     enqueued: Instant,
 }
 
@@ -252,7 +259,7 @@ impl Budget {
     /// next one frees up.
     fn serve(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        self.queue.retain(|w| !w.tx.is_closed() && w.deadline > now);
+        self.queue.retain(|w| !w.tx.is_closed() && w.latest_start > now);
         while !self.queue.is_empty() {
             match self.shared.gcra.try_acquire(now) {
                 Ok(()) => {
@@ -312,12 +319,15 @@ impl Handler<Acquire> for Budget {
             return MessageResult(self.refuse(RefusalReason::QueueFull, drain));
         }
         let client = msg.client.min(self.shared.weights.len() - 1);
-        let served_at = now + next_free + interval * self.queue.rank_of_new(client, msg.class) as u32;
-        if served_at > msg.deadline {
+        let served_at = now + next_free + interval.mul_f64(self.queue.expected_intervals(client, msg.class));
+        let latest_start = msg.deadline.checked_sub(msg.reserve).unwrap_or(now);
+        // The estimate is exact only if timers fire on time; keep a little slack.
+        let slack = ADMISSION_SLACK + (served_at - now) / 50;
+        if served_at + slack > latest_start {
             return MessageResult(self.refuse(RefusalReason::Deadline, served_at - now));
         }
         let (tx, rx) = oneshot::channel();
-        self.queue.push(client, msg.class, Waiter { tx, deadline: msg.deadline, enqueued: now });
+        self.queue.push(client, msg.class, Waiter { tx, latest_start, enqueued: now });
         self.shared.waiting.store(self.queue.len(), Ordering::Release);
         self.wake_in(next_free, ctx);
         MessageResult(Admission::Queued(rx))
@@ -362,8 +372,14 @@ impl BudgetHandle {
         &self.shared
     }
 
-    /// A permit for one upstream attempt of `client`, before `deadline`.
-    pub async fn acquire(&self, client: usize, class: Class, deadline: Instant) -> Result<(), Refusal> {
+    /// A permit for one upstream attempt of `client` that leaves `reserve` before `deadline`.
+    pub async fn acquire(
+        &self,
+        client: usize,
+        class: Class,
+        deadline: Instant,
+        reserve: Duration,
+    ) -> Result<(), Refusal> {
         let now = Instant::now();
         if self.shared.try_fast(now) {
             self.grants_fast.inc();
@@ -373,7 +389,7 @@ impl BudgetHandle {
             reason: RefusalReason::Deadline,
             retry_after: shared.queue_wait(Instant::now()).max(Duration::from_secs(1)),
         };
-        let admission = match self.addr.send(Acquire { client, class, deadline }).await {
+        let admission = match self.addr.send(Acquire { client, class, deadline, reserve }).await {
             Ok(admission) => admission,
             Err(_) => return Err(Refusal { reason: RefusalReason::QueueFull, retry_after: Duration::from_secs(1) }),
         };
@@ -381,6 +397,8 @@ impl BudgetHandle {
             Admission::Granted => Ok(()),
             Admission::Refused(refusal) => Err(refusal),
             Admission::Queued(rx) => {
+                // The actor drops the waiter once a permit would come too late; this timeout
+                // is only a backstop.
                 let left = deadline.saturating_duration_since(Instant::now());
                 match actix_rt::time::timeout(left, rx).await {
                     Ok(Ok(())) => Ok(()),

@@ -21,9 +21,9 @@ async fn queued_requests_get_permits_at_the_rate() {
     let (budget, metrics) = start(600, 1, 100, vec![1]);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(5);
-    budget.acquire(0, Class::Interactive, deadline).await.unwrap();
-    budget.acquire(0, Class::Interactive, deadline).await.unwrap();
-    budget.acquire(0, Class::Interactive, deadline).await.unwrap();
+    budget.acquire(0, Class::Interactive, deadline, Duration::ZERO).await.unwrap();
+    budget.acquire(0, Class::Interactive, deadline, Duration::ZERO).await.unwrap();
+    budget.acquire(0, Class::Interactive, deadline, Duration::ZERO).await.unwrap();
     let elapsed = t0.elapsed();
     assert!(elapsed >= 195 * MS && elapsed < 1000 * MS, "{elapsed:?}");
     assert_eq!(metrics.budget_grants.with_label_values(&["fast"]).get(), 1);
@@ -34,8 +34,8 @@ async fn queued_requests_get_permits_at_the_rate() {
 async fn a_request_that_cannot_be_served_in_time_is_refused_at_once() {
     let (budget, metrics) = start(60, 1, 100, vec![1]); // one per second
     let t0 = Instant::now();
-    budget.acquire(0, Class::Interactive, t0 + Duration::from_secs(5)).await.unwrap();
-    let refusal = budget.acquire(0, Class::Interactive, t0 + 300 * MS).await.unwrap_err();
+    budget.acquire(0, Class::Interactive, t0 + Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    let refusal = budget.acquire(0, Class::Interactive, t0 + 300 * MS, Duration::ZERO).await.unwrap_err();
     assert_eq!(refusal.reason, RefusalReason::Deadline);
     assert!(t0.elapsed() < 250 * MS, "refused without waiting for the 300 ms deadline");
     assert!(refusal.retry_after > 500 * MS && refusal.retry_after <= Duration::from_secs(1));
@@ -46,15 +46,15 @@ async fn a_request_that_cannot_be_served_in_time_is_refused_at_once() {
 async fn a_full_queue_refuses_with_the_time_to_drain_it() {
     let (budget, metrics) = start(60, 1, 1, vec![1]);
     let far = Instant::now() + Duration::from_secs(30);
-    budget.acquire(0, Class::Interactive, far).await.unwrap();
+    budget.acquire(0, Class::Interactive, far, Duration::ZERO).await.unwrap();
     let waiting = {
         let budget = budget.clone();
-        actix_rt::spawn(async move { budget.acquire(0, Class::Interactive, far).await })
+        actix_rt::spawn(async move { budget.acquire(0, Class::Interactive, far, Duration::ZERO).await })
     };
     while budget.shared().waiting() == 0 {
         actix_rt::task::yield_now().await;
     }
-    let refusal = budget.acquire(0, Class::Interactive, far).await.unwrap_err();
+    let refusal = budget.acquire(0, Class::Interactive, far, Duration::ZERO).await.unwrap_err();
     assert_eq!(refusal.reason, RefusalReason::QueueFull);
     assert!(refusal.retry_after >= Duration::from_millis(1500), "{refusal:?}");
     assert_eq!(metrics.budget_rejections.with_label_values(&["queue_full"]).get(), 1);
@@ -67,7 +67,7 @@ async fn a_429_pauses_every_dispatch_until_retry_after() {
     let signal = RateSignal { retry_after: Some(300 * MS), ..RateSignal::default() };
     let t0 = Instant::now();
     budget.learn(&signal, true);
-    budget.acquire(0, Class::Interactive, t0 + Duration::from_secs(5)).await.unwrap();
+    budget.acquire(0, Class::Interactive, t0 + Duration::from_secs(5), Duration::ZERO).await.unwrap();
     assert!(t0.elapsed() >= 290 * MS, "{:?}", t0.elapsed());
     // The actor logged and counted the pause.
     let deadline = Instant::now() + Duration::from_secs(2);
