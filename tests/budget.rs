@@ -17,7 +17,6 @@ struct Outcome {
     status: u16,
     latency: Duration,
     retry_after: Option<u64>,
-    finished: Instant,
 }
 
 /// Sends `per_second` requests per second for `run_for`, whatever the answers (open loop),
@@ -39,7 +38,6 @@ async fn open_loop(pair: &Rc<Pair>, per_second: u32, run_for: Duration, deadline
                 status: answer.status.as_u16(),
                 latency: sent.elapsed(),
                 retry_after: answer.header("retry-after").and_then(|v| v.parse().ok()),
-                finished: Instant::now(),
             });
         }));
     }
