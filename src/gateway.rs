@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 use slog::{info, o, warn, Logger};
 
 use crate::actors::budget::{Budget, BudgetHandle, BudgetShared};
+use crate::actors::{Breaker, BreakerCell};
 use crate::actors::{Dispatcher, DispatcherSettings, RetryPolicy, TokenCell, TokenManager, TokenSettings};
 use crate::config::Config;
 use crate::http::{self, Shared, Worker};
@@ -72,6 +73,12 @@ impl Gateway {
         let budget_actor = Budget::new(budget_shared.clone(), config.queue_max, metrics.clone(), &log).start();
         let budget = BudgetHandle::new(budget_shared.clone(), budget_actor, &metrics);
         let retry_budget = (config.retry_budget_ratio, config.retry_budget_min_per_second / config.workers as f64);
+        let breaker_cell = Arc::new(BreakerCell::new());
+        // A probe that never reports (its request was dropped) frees its slot after this.
+        let probe_lease = config.attempt_timeout + Duration::from_secs(1);
+        let breaker = Breaker::new(&config.breaker, probe_lease, breaker_cell.clone(), metrics.clone(), &log)
+            .map_err(|e| StartError::Setting(format!("COURIER_BREAKER_*: {e}")))?
+            .start();
         let token_cell = Arc::new(TokenCell::default());
         let token_manager = TokenManager::new(
             TokenSettings {
@@ -94,6 +101,7 @@ impl Gateway {
             metrics: metrics.clone(),
             token_cell: token_cell.clone(),
             budget: budget_shared,
+            breaker: breaker.clone(),
             log: log.clone(),
         });
         let dispatcher = DispatcherSettings {
@@ -101,6 +109,8 @@ impl Gateway {
             api_key,
             policy,
             budget,
+            breaker_cell,
+            breaker,
             retry_budget,
             tls,
             token_cell,

@@ -19,13 +19,19 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use slog::{o, Logger};
 
+use super::breaker::{Breaker, BreakerCell, Gate, Outcomes, Permit, ProbeDone};
 use super::budget::{BudgetHandle, Class};
 use super::retry::{self, Dispatched, RetryPolicy};
 use super::retry_budget::RetryBudget;
 use super::token::{GetToken, Token, TokenCell, TokenManager, TokenUnavailable};
 use crate::metrics::Metrics;
 use crate::request_id::RequestId;
-use crate::upstream::{self, Outcome};
+use crate::upstream::{self, Attempt, Outcome};
+
+/// Successes are reported to the breaker in batches of at most this many…
+const REPORT_BATCH: u32 = 64;
+/// …or at least this often.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
 
 /// Send one request upstream, with retries, before `deadline`.
 #[derive(Message)]
@@ -56,6 +62,10 @@ pub struct DispatcherSettings {
     pub tls: Arc<rustls::ClientConfig>,
     /// The upstream rate budget.
     pub budget: BudgetHandle,
+    /// The circuit breaker's published state.
+    pub breaker_cell: Arc<BreakerCell>,
+    /// The circuit breaker.
+    pub breaker: Addr<Breaker>,
     /// Retry budget: fraction of first attempts, and floor per second for this worker.
     pub retry_budget: (f64, f64),
     /// Where the TokenManager publishes tokens.
@@ -75,6 +85,11 @@ pub struct Upstream {
     pub(super) api_key: HeaderValue,
     pub(super) policy: RetryPolicy,
     pub(super) budget: BudgetHandle,
+    breaker_cell: Arc<BreakerCell>,
+    breaker: Addr<Breaker>,
+    pending_successes: Cell<u32>,
+    breaker_rejections: IntCounter,
+    reports_dropped: IntCounter,
     retry_budget: RefCell<RetryBudget>,
     latency: Cell<Duration>,
     retry_refusals: IntCounter,
@@ -103,6 +118,11 @@ impl Upstream {
             api_key: local_api_key,
             policy: settings.policy,
             budget: settings.budget,
+            breaker_cell: settings.breaker_cell,
+            breaker: settings.breaker,
+            pending_successes: Cell::new(0),
+            breaker_rejections: settings.metrics.breaker_rejections.clone(),
+            reports_dropped: settings.metrics.breaker_reports_dropped.clone(),
             retry_budget: RefCell::new(RetryBudget::new(settings.retry_budget.0, settings.retry_budget.1)),
             latency: Cell::new(Duration::ZERO),
             retry_refusals: settings.metrics.retry_budget_refusals.clone(),
@@ -138,6 +158,68 @@ impl Upstream {
             *local = (version, self.token_cell.load().map(|t| t.local_copy()));
         }
         local.1.as_ref().filter(|t| t.is_valid_at(now)).map(|t| (t.authorization.clone(), t.generation))
+    }
+
+    /// Whether the circuit lets an attempt through: `Ok(probe id)` when it does (with an id
+    /// when the attempt is a half-open probe), `Err(retry after)` when it is open.
+    pub(super) async fn breaker_gate(&self) -> Result<Option<u64>, Duration> {
+        let verdict = match self.breaker_cell.gate(Instant::now()) {
+            Gate::Pass => Ok(None),
+            Gate::Reject { retry_after } => Err(retry_after),
+            Gate::AskActor => match self.breaker.send(Permit).await {
+                Ok(Ok(ticket)) => Ok(ticket.probe),
+                Ok(Err(rejected)) => Err(rejected.retry_after),
+                Err(_) => Err(Duration::from_secs(1)),
+            },
+        };
+        if verdict.is_err() {
+            self.breaker_rejections.inc();
+        }
+        verdict
+    }
+
+    /// Tells the breaker how an attempt went: failures at once (with the successes before
+    /// them), successes in batches, probes alone. 429s are the budget's business, not the
+    /// circuit's. With no attempt made, a probe's slot is just given back.
+    pub(super) fn report(&self, attempt: Option<&Attempt>, probe: Option<u64>) {
+        let verdict = match attempt {
+            None | Some(Attempt::RateLimited) => None,
+            Some(attempt) => Some(!attempt.is_upstream_failure()),
+        };
+        if let Some(id) = probe {
+            self.send_report(ProbeDone { id, success: verdict });
+            return;
+        }
+        match verdict {
+            Some(true) => {
+                self.pending_successes.set(self.pending_successes.get() + 1);
+                if self.pending_successes.get() >= REPORT_BATCH {
+                    self.flush_successes();
+                }
+            }
+            Some(false) => {
+                let successes = self.pending_successes.replace(0);
+                self.send_report(Outcomes { successes, failures: 1 });
+            }
+            None => {}
+        }
+    }
+
+    fn flush_successes(&self) {
+        let successes = self.pending_successes.replace(0);
+        if successes > 0 {
+            self.send_report(Outcomes { successes, failures: 0 });
+        }
+    }
+
+    fn send_report<M>(&self, report: M)
+    where
+        M: Message<Result = ()> + Send + 'static,
+        Breaker: Handler<M>,
+    {
+        if self.breaker.try_send(report).is_err() {
+            self.reports_dropped.inc();
+        }
     }
 
     /// A first attempt was made (a deposit in the retry budget).
@@ -201,6 +283,7 @@ impl Actor for Dispatcher {
         // Messages come only from handlers on this thread, each answered at once with a
         // future; the mailbox is a hand-off, not a queue, so a generous bound is safe.
         ctx.set_mailbox_capacity(65_536);
+        ctx.run_interval(REPORT_EVERY, |act, _| act.upstream.flush_successes());
     }
 }
 

@@ -40,6 +40,8 @@ pub enum DispatchError {
     Failed(Outcome),
     /// The request's deadline passed.
     DeadlineExceeded,
+    /// The circuit is open; ask again after this long.
+    CircuitOpen(Duration),
 }
 
 /// The answer to a [`Dispatch`]: the result and how many attempts it took.
@@ -135,17 +137,24 @@ pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
         if now >= deadline {
             return Dispatched { attempts, result: Err(DispatchError::DeadlineExceeded) };
         }
+        let probe = match up.breaker_gate().await {
+            Ok(probe) => probe,
+            Err(retry_after) => return Dispatched { attempts, result: Err(DispatchError::CircuitOpen(retry_after)) },
+        };
         if let Err(refusal) = up.budget.acquire(client, class, deadline, up.attempt_reserve()).await {
+            up.report(None, probe);
             return Dispatched { attempts, result: Err(DispatchError::RateLimited(refusal.retry_after)) };
         }
         let (authorization, generation) = match up.token(rejected.take()).await {
             Ok(found) => found,
             Err(unavailable) => {
-                return Dispatched { attempts, result: Err(DispatchError::AuthUnavailable(unavailable.retry_after)) }
+                up.report(None, probe);
+                return Dispatched { attempts, result: Err(DispatchError::AuthUnavailable(unavailable.retry_after)) };
             }
         };
         let started = Instant::now();
         let Some(time_left) = deadline.checked_duration_since(started).filter(|d| !d.is_zero()) else {
+            up.report(None, probe);
             return Dispatched { attempts, result: Err(DispatchError::DeadlineExceeded) };
         };
         attempts += 1;
@@ -167,6 +176,7 @@ pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
         let outcome = attempt.outcome();
         up.count_attempt(outcome);
         up.budget.learn(&signal, outcome == Outcome::RateLimited);
+        up.report(Some(&attempt), probe);
         if attempt.status().is_some() {
             up.observe_latency(elapsed);
         }

@@ -1,22 +1,27 @@
-//! The admin listener: `/metrics` for Prometheus, `/healthz` (the process runs) and
-//! `/readyz` (an upstream token has been obtained).
+//! The admin listener: `/metrics` for Prometheus, `/healthz` (the process runs), `/readyz`
+//! (an upstream token has been obtained) and `POST /admin/breaker` (force the circuit).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::state::Shared;
+use crate::actors::{BreakerSnapshot, Force, GetSnapshot, Mode};
 
 /// Registers the admin routes. The app must carry a `web::Data<Arc<Shared>>`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route("/admin/breaker", web::post().to(force_breaker))
+        .route("/admin/breaker", web::get().to(breaker_state));
 }
 
 async fn metrics(shared: web::Data<Arc<Shared>>) -> HttpResponse {
-    shared.budget.export(&shared.metrics, std::time::Instant::now());
+    shared.budget.export(&shared.metrics, Instant::now());
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(shared.metrics.render())
 }
 
@@ -24,12 +29,62 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+async fn snapshot(shared: &Shared) -> Option<BreakerSnapshot> {
+    shared.breaker.send(GetSnapshot).await.ok()
+}
+
+/// Ready once a token is held. An open circuit is reported, not a reason to be unready:
+/// taking courier out of the load balancer would turn fast, clear 503s into connection errors.
 async fn readyz(shared: web::Data<Arc<Shared>>) -> HttpResponse {
     let token = shared.token_cell.is_ready();
-    let body = json!({"ready": token, "checks": {"upstream_token": if token { "ok" } else { "missing" }}});
+    let breaker = snapshot(&shared).await;
+    let body = json!({
+        "ready": token,
+        "checks": {"upstream_token": if token { "ok" } else { "missing" }},
+        "breaker": breaker,
+    });
     if token {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceRequest {
+    mode: String,
+}
+
+fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .json(json!({"success": false, "error": {"code": code, "message": message, "retryable": false}}))
+}
+
+/// `{"mode": "open" | "closed" | "auto"}`: force the circuit open or closed, or give it back
+/// to the automatic policy. Answers the breaker's state.
+async fn force_breaker(shared: web::Data<Arc<Shared>>, body: web::Bytes) -> HttpResponse {
+    let mode = match serde_json::from_slice::<ForceRequest>(&body).map(|r| r.mode) {
+        Ok(mode) if mode == "open" || mode == "forced_open" => Mode::ForcedOpen,
+        Ok(mode) if mode == "closed" || mode == "forced_closed" => Mode::ForcedClosed,
+        Ok(mode) if mode == "auto" => Mode::Auto,
+        _ => {
+            return error(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "send {\"mode\": \"open\" | \"closed\" | \"auto\"}",
+            )
+        }
+    };
+    match shared.breaker.send(Force { mode }).await {
+        Ok(snapshot) => HttpResponse::Ok().json(snapshot),
+        Err(_) => error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the breaker is busy; retry"),
+    }
+}
+
+async fn breaker_state(shared: web::Data<Arc<Shared>>) -> HttpResponse {
+    match snapshot(&shared).await {
+        Some(snapshot) => HttpResponse::Ok().json(snapshot),
+        None => error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the breaker is busy; retry"),
     }
 }

@@ -47,6 +47,8 @@ pub enum ApiError {
     DeadlineExceeded,
     /// courier itself is overloaded; retry after this long.
     Overloaded(Duration),
+    /// The circuit to the upstream is open; retry after this long.
+    CircuitOpen(Duration),
 }
 
 impl From<DispatchError> for ApiError {
@@ -57,6 +59,7 @@ impl From<DispatchError> for ApiError {
             DispatchError::RateLimited(wait) => ApiError::BudgetExhausted(wait),
             DispatchError::Failed(outcome) => ApiError::UpstreamFailed(outcome),
             DispatchError::DeadlineExceeded => ApiError::DeadlineExceeded,
+            DispatchError::CircuitOpen(wait) => ApiError::CircuitOpen(wait),
         }
     }
 }
@@ -88,7 +91,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::UpstreamAuthUnavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpstreamAuthUnavailable(_) | ApiError::Overloaded(_) | ApiError::CircuitOpen(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::UpstreamFailed(Outcome::Timeout) | ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ApiError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
         }
@@ -113,6 +118,7 @@ impl ApiError {
             ApiError::UpstreamFailed(_) => "upstream_unavailable",
             ApiError::DeadlineExceeded => "deadline_exceeded",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::CircuitOpen(_) => "circuit_open",
         }
     }
 
@@ -135,6 +141,7 @@ impl ApiError {
             ApiError::UpstreamFailed(_) => "the upstream failed after retries".into(),
             ApiError::DeadlineExceeded => "the request's deadline passed before the upstream answered".into(),
             ApiError::Overloaded(_) => "courier is overloaded; retry later".into(),
+            ApiError::CircuitOpen(_) => "the upstream is failing; courier is not calling it for now".into(),
         }
     }
 
@@ -147,13 +154,17 @@ impl ApiError {
                 | ApiError::UpstreamFailed(_)
                 | ApiError::DeadlineExceeded
                 | ApiError::Overloaded(_)
+                | ApiError::CircuitOpen(_)
         )
     }
 
     /// The `Retry-After` delay, for 429 and 503.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::BudgetExhausted(d) | ApiError::UpstreamAuthUnavailable(d) | ApiError::Overloaded(d) => Some(*d),
+            ApiError::BudgetExhausted(d)
+            | ApiError::UpstreamAuthUnavailable(d)
+            | ApiError::Overloaded(d)
+            | ApiError::CircuitOpen(d) => Some(*d),
             _ => None,
         }
     }
