@@ -16,6 +16,7 @@ use slog::{info, o, warn, Logger};
 use crate::actors::budget::{Budget, BudgetHandle, BudgetShared};
 use crate::actors::{Breaker, BreakerCell};
 use crate::actors::{Dispatcher, DispatcherSettings, RetryPolicy, TokenCell, TokenManager, TokenSettings};
+use crate::cache::{CacheSettings, ResponseCache};
 use crate::config::Config;
 use crate::http::{self, Shared, Worker};
 use crate::metrics::Metrics;
@@ -73,6 +74,15 @@ impl Gateway {
         let budget_actor = Budget::new(budget_shared.clone(), config.queue_max, metrics.clone(), &log).start();
         let budget = BudgetHandle::new(budget_shared.clone(), budget_actor, &metrics);
         let retry_budget = (config.retry_budget_ratio, config.retry_budget_min_per_second / config.workers as f64);
+        let cache = Arc::new(ResponseCache::new(
+            CacheSettings {
+                ttl: config.cache_ttl,
+                max_bytes: config.cache_max_bytes,
+                stale_if_error: config.cache_stale_if_error,
+                stale_while_revalidate: config.cache_stale_while_revalidate,
+            },
+            &metrics,
+        ));
         let breaker_cell = Arc::new(BreakerCell::new());
         // A probe that never reports (its request was dropped) frees its slot after this.
         let probe_lease = config.attempt_timeout + Duration::from_secs(1);
@@ -102,6 +112,7 @@ impl Gateway {
             token_cell: token_cell.clone(),
             budget: budget_shared,
             breaker: breaker.clone(),
+            cache,
             log: log.clone(),
         });
         let dispatcher = DispatcherSettings {

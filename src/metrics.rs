@@ -115,6 +115,15 @@ pub struct Metrics {
     pub breaker_rejections: IntCounter,
     /// Outcome reports the breaker could not take because its mailbox was full.
     pub breaker_reports_dropped: IntCounter,
+
+    /// Answers by what the cache did (`hit`, `miss`, `coalesced`, `stale`, `bypass`).
+    pub cache_lookups: IntCounterVec,
+    /// Answers held in the response cache.
+    pub cache_entries: IntGauge,
+    /// Bytes held in the response cache (answers plus per-entry overhead).
+    pub cache_bytes: IntGauge,
+    /// Answers removed from the cache, by cause (`expired`, `size`, `explicit`, `replaced`).
+    pub cache_evictions: IntCounterVec,
 }
 
 /// Creates metrics in the `courier` namespace and registers each once.
@@ -256,6 +265,19 @@ impl Metrics {
             breaker_reports_dropped: r.counter(
                 "breaker_reports_dropped_total",
                 "Outcome reports the breaker could not take because its mailbox was full.",
+            ),
+            cache_lookups: r.counter_vec(
+                "cache_lookups_total",
+                "Answers by what the cache did (hit, miss, coalesced, stale, bypass).",
+                &["result"],
+            ),
+            cache_entries: r.int_gauge("cache_entries", "Answers held in the response cache."),
+            cache_bytes: r
+                .int_gauge("cache_bytes", "Bytes held in the response cache (answers plus per-entry overhead)."),
+            cache_evictions: r.counter_vec(
+                "cache_evictions_total",
+                "Answers removed from the cache, by cause (expired, size, explicit, replaced).",
+                &["cause"],
             ),
             registry: r.0.clone(),
         };

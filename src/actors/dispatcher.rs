@@ -47,6 +47,17 @@ pub struct Dispatch {
     pub client: usize,
     /// Sync requests go before async jobs when the budget is short.
     pub class: Class,
+    /// Whether to wait for a budget permit, or go only if one is free now.
+    pub patience: Patience,
+}
+
+/// How a request takes its budget permits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patience {
+    /// Wait in the budget's queue until the deadline.
+    Queue,
+    /// Only a permit that is free right now (background refreshes).
+    NoWait,
 }
 
 /// Everything a Dispatcher is built from; shared by all workers.

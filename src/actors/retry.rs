@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use slog::info;
 
-use super::dispatcher::{Dispatch, Upstream};
+use super::dispatcher::{Dispatch, Patience, Upstream};
 use crate::upstream::{send_attempt, Attempt, AttemptRequest, Backoff, Outcome, RateSignal, SuccessBody};
 
 /// How attempts are bounded and spaced.
@@ -128,7 +128,7 @@ fn conclude(attempt: Attempt, signal: &RateSignal) -> Result<SuccessBody, Dispat
 
 /// Runs the attempt loop of one request.
 pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
-    let Dispatch { request_id, body, deadline, client, class } = msg;
+    let Dispatch { request_id, body, deadline, client, class, patience } = msg;
     let mut attempts = 0u32;
     let mut progress = Progress::default();
     let mut rejected = None;
@@ -141,7 +141,11 @@ pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
             Ok(probe) => probe,
             Err(retry_after) => return Dispatched { attempts, result: Err(DispatchError::CircuitOpen(retry_after)) },
         };
-        if let Err(refusal) = up.budget.acquire(client, class, deadline, up.attempt_reserve()).await {
+        let permit = match patience {
+            Patience::Queue => up.budget.acquire(client, class, deadline, up.attempt_reserve()).await,
+            Patience::NoWait => up.budget.try_now(),
+        };
+        if let Err(refusal) = permit {
             up.report(None, probe);
             return Dispatched { attempts, result: Err(DispatchError::RateLimited(refusal.retry_after)) };
         }

@@ -119,6 +119,12 @@ pub struct Config {
     pub retry_budget_ratio: f64,
     /// Retries allowed per second regardless of the ratio.
     pub retry_budget_min_per_second: f64,
+    /// Most bytes the response cache keeps.
+    pub cache_max_bytes: u64,
+    /// How long past its TTL an answer may replace an error (zero: never).
+    pub cache_stale_if_error: Duration,
+    /// How long past its TTL an answer is served while it is refreshed (zero: never).
+    pub cache_stale_while_revalidate: Duration,
 }
 
 /// Circuit breaker settings.
@@ -171,6 +177,9 @@ impl fmt::Debug for Config {
             .field("breaker", &self.breaker)
             .field("retry_budget_ratio", &self.retry_budget_ratio)
             .field("retry_budget_min_per_second", &self.retry_budget_min_per_second)
+            .field("cache_max_bytes", &self.cache_max_bytes)
+            .field("cache_stale_if_error", &self.cache_stale_if_error)
+            .field("cache_stale_while_revalidate", &self.cache_stale_while_revalidate)
             .finish()
     }
 }
@@ -250,6 +259,9 @@ impl Config {
         if breaker.open_max < breaker.open {
             r.problem("COURIER_BREAKER_OPEN_MAX", "is below COURIER_BREAKER_OPEN", "seconds >= COURIER_BREAKER_OPEN");
         }
+        let cache_max_bytes = r.count("COURIER_CACHE_MAX_BYTES", 64 << 20, 1024..=(1 << 40));
+        let cache_stale_if_error = r.seconds_or_zero("COURIER_CACHE_STALE_IF_ERROR", 0.0);
+        let cache_stale_while_revalidate = r.seconds_or_zero("COURIER_CACHE_SWR", 0.0);
         let retry_budget_ratio = r.fraction("COURIER_RETRY_BUDGET_RATIO", 0.2, true);
         let retry_budget_min_per_second = r.parsed(
             "COURIER_RETRY_BUDGET_MIN_PER_SECOND",
@@ -288,6 +300,9 @@ impl Config {
             breaker,
             retry_budget_ratio,
             retry_budget_min_per_second,
+            cache_max_bytes,
+            cache_stale_if_error,
+            cache_stale_while_revalidate,
         }
     }
 }

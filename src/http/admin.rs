@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::state::Shared;
 use crate::actors::{BreakerSnapshot, Force, GetSnapshot, Mode};
+use crate::cache::Key;
 
 /// Registers the admin routes. The app must carry a `web::Data<Arc<Shared>>`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -17,11 +18,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/admin/breaker", web::post().to(force_breaker))
-        .route("/admin/breaker", web::get().to(breaker_state));
+        .route("/admin/breaker", web::get().to(breaker_state))
+        .route("/admin/cache", web::delete().to(purge_cache))
+        .route("/admin/cache/{key}", web::delete().to(purge_cache_entry));
 }
 
 async fn metrics(shared: web::Data<Arc<Shared>>) -> HttpResponse {
     shared.budget.export(&shared.metrics, Instant::now());
+    shared.cache.export(&shared.metrics).await;
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(shared.metrics.render())
 }
 
@@ -86,5 +90,29 @@ async fn breaker_state(shared: web::Data<Arc<Shared>>) -> HttpResponse {
     match snapshot(&shared).await {
         Some(snapshot) => HttpResponse::Ok().json(snapshot),
         None => error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the breaker is busy; retry"),
+    }
+}
+
+/// `DELETE /admin/cache`: drops every cached answer.
+async fn purge_cache(shared: web::Data<Arc<Shared>>) -> HttpResponse {
+    shared.cache.purge_all().await;
+    slog::info!(shared.log, "cache_purged"; "scope" => "all");
+    HttpResponse::Ok().json(json!({"purged": "all"}))
+}
+
+/// `DELETE /admin/cache/{key}`: drops one answer, named by its `X-Cache-Key`.
+async fn purge_cache_entry(shared: web::Data<Arc<Shared>>, key: web::Path<String>) -> HttpResponse {
+    let Some(key) = Key::from_hex(&key) else {
+        return error(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the key is 64 hex digits (X-Cache-Key)",
+        );
+    };
+    if shared.cache.purge(&key).await {
+        slog::info!(shared.log, "cache_purged"; "scope" => "one");
+        HttpResponse::Ok().json(json!({"purged": key.hex()}))
+    } else {
+        error(actix_web::http::StatusCode::NOT_FOUND, "not_found", "no cached answer has this key")
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::errors::ApiError;
+use crate::cache::{key_of, Key};
 
 /// Option keys that are courier's, not the upstream's; they are not forwarded.
 const COURIER_OPTIONS: [&str; 2] = ["async", "callback_url"];
@@ -22,6 +23,8 @@ pub struct ProcessRequest {
     pub is_async: bool,
     /// `options.callback_url`.
     pub callback_url: Option<String>,
+    /// The cache key of `data` and the upstream options, when it was asked for.
+    pub cache_key: Option<Key>,
 }
 
 #[derive(Deserialize)]
@@ -50,7 +53,8 @@ fn invalid(message: &'static str) -> ApiError {
 
 /// Validates a process request body: a JSON object whose `data` is an object with `input`,
 /// and whose optional `options` is an object (`async` a boolean, `callback_url` a string).
-pub fn parse(body: &[u8]) -> Result<ProcessRequest, ApiError> {
+/// With `want_key`, also computes the cache key (courier's own options are not part of it).
+pub fn parse(body: &[u8], want_key: bool) -> Result<ProcessRequest, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::InvalidJson("not UTF-8".into()))?;
     if !is_object(text) {
         // serde would accept an array for a struct; the API takes only an object.
@@ -92,6 +96,10 @@ pub fn parse(body: &[u8]) -> Result<ProcessRequest, ApiError> {
     for key in COURIER_OPTIONS {
         options.remove(key);
     }
+    let cache_key = match want_key {
+        true => Some(key_of(data, &options).map_err(|_| ApiError::InvalidJson("unreadable value".into()))?),
+        false => None,
+    };
 
     let mut out = BytesMut::with_capacity(data.get().len() + 64);
     out.put_slice(b"{\"data\":");
@@ -101,7 +109,7 @@ pub fn parse(body: &[u8]) -> Result<ProcessRequest, ApiError> {
     serde_json::to_writer(&mut writer, &options).expect("writing into memory cannot fail");
     let mut out = writer.into_inner();
     out.put_u8(b'}');
-    Ok(ProcessRequest { upstream_body: out.freeze(), is_async, callback_url })
+    Ok(ProcessRequest { upstream_body: out.freeze(), is_async, callback_url, cache_key })
 }
 
 /// The success answer: `{"success":true,"result":..,"request_id":..,"upstream_request_id":..}`,
@@ -125,8 +133,23 @@ pub fn success_body(result: &[u8], request_id: &str, upstream_request_id: Option
 mod tests {
     use super::*;
 
+    fn parse_plain(body: &[u8]) -> Result<ProcessRequest, ApiError> {
+        parse(body, false)
+    }
+
+    #[test]
+    fn the_cache_key_ignores_courier_options_and_key_order() {
+        let a = parse(br#"{"data": {"a": 1, "input": "x"}, "options": {"async": true, "p": 1}}"#, true).unwrap();
+        let b = parse(br#"{"options": {"p": 1}, "data": {"input": "x", "a": 1}}"#, true).unwrap();
+        assert_eq!(a.cache_key, b.cache_key);
+        assert!(a.cache_key.is_some());
+        let c = parse(br#"{"data": {"input": "x", "a": 1}, "options": {"p": 2}}"#, true).unwrap();
+        assert_ne!(a.cache_key, c.cache_key);
+        assert_eq!(parse(br#"{"data": {"input": "x"}}"#, false).unwrap().cache_key, None);
+    }
+
     fn message(body: &str) -> String {
-        match parse(body.as_bytes()).unwrap_err() {
+        match parse_plain(body.as_bytes()).unwrap_err() {
             ApiError::InvalidRequest(m) => m.into_owned(),
             ApiError::InvalidJson(m) => format!("json: {m}"),
             other => format!("{other:?}"),
@@ -135,14 +158,14 @@ mod tests {
 
     #[test]
     fn forwards_data_raw_and_strips_courier_options() {
-        let req = parse(
+        let req = parse_plain(
             br#"{"data": {"input": "hi", "format": "json"}, "options": {"priority": 2, "async": false, "callback_url": "https://x/cb"}}"#,
         )
         .unwrap();
         assert_eq!(&req.upstream_body[..], br#"{"data":{"input": "hi", "format": "json"},"options":{"priority":2}}"#);
         assert!(!req.is_async);
         assert_eq!(req.callback_url.as_deref(), Some("https://x/cb"));
-        let plain = parse(br#"{"data":{"input":1}}"#).unwrap();
+        let plain = parse_plain(br#"{"data":{"input":1}}"#).unwrap();
         assert_eq!(&plain.upstream_body[..], br#"{"data":{"input":1},"options":{}}"#);
         let upstream: serde_json::Value = serde_json::from_slice(&plain.upstream_body).unwrap();
         assert_eq!(upstream["data"]["input"], 1);

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cached;
 pub mod errors;
 pub mod observe;
 pub mod process;
@@ -52,6 +53,7 @@ fn fallback(req: HttpRequest, worker: web::Data<Worker>, error: ApiError) -> Htt
             started,
             attempts: 0,
             error: Some(error.code()),
+            cache: None,
         },
     );
     response

@@ -30,6 +30,8 @@ pub struct Inbound<'a> {
     pub attempts: u32,
     /// The error code answered, if any.
     pub error: Option<&'static str>,
+    /// What the cache did, when it was asked.
+    pub cache: Option<&'static str>,
 }
 
 /// Logs and counts one answered inbound request.
@@ -47,5 +49,6 @@ pub fn inbound(worker: &Worker, event: Inbound<'_>) {
         "retry_count" => event.attempts.saturating_sub(1),
         "attempts" => event.attempts,
         "client" => event.client,
-        "error" => event.error);
+        "error" => event.error,
+        "cache" => event.cache);
 }

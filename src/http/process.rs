@@ -2,17 +2,17 @@
 
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use super::body;
+use super::cached::{self, Ask, Directives};
 use super::errors::ApiError;
 use super::observe::{self, Inbound};
 use super::state::{Worker, UNKNOWN_CALLER};
-use crate::actors::budget::Class;
-use crate::actors::Dispatch;
+use crate::cache::{CacheStatus, Key};
 use crate::metrics::Route;
 use crate::request_id::RequestId;
 
@@ -21,22 +21,43 @@ pub const PATH: &str = "/api/external/process";
 /// Longest deadline a client may ask for with `X-Request-Timeout`.
 const MAX_CLIENT_DEADLINE: Duration = Duration::from_secs(3600);
 
+/// What answering a request came to, before the common headers are added.
+struct Outcome {
+    result: Result<HttpResponse, ApiError>,
+    attempts: u32,
+    cache: Option<(CacheStatus, Option<Key>)>,
+}
+
+impl Outcome {
+    fn early(error: ApiError) -> Outcome {
+        Outcome { result: Err(error), attempts: 0, cache: None }
+    }
+}
+
 /// The handler.
 pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
     let request_id = RequestId::from_client(req.headers().get("x-request-id"));
     let caller = worker.identify(&req);
-    let (result, attempts) = match &caller {
+    let outcome = match &caller {
         Ok(caller) => answer(&req, payload, &worker, &request_id, caller.index(), started).await,
-        Err(error) => (Err(error.clone()), 0),
+        Err(error) => Outcome::early(error.clone()),
     };
-    let (mut response, error) = match result {
+    let (mut response, error) = match outcome.result {
         Ok(response) => (response, None),
         Err(error) => (error.response(&request_id), Some(error.code())),
     };
+    let headers = response.headers_mut();
     if let Ok(caller) = &caller {
         for (name, value) in worker.shared.budget.client_headers(caller.index(), Instant::now()) {
-            response.headers_mut().insert(HeaderName::from_static(name), value);
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    if let Some((status, key)) = outcome.cache {
+        worker.shared.cache.count(status);
+        headers.insert(HeaderName::from_static("x-cache"), HeaderValue::from_static(status.header()));
+        if let Some(key) = key {
+            headers.insert(HeaderName::from_static("x-cache-key"), HeaderValue::from_str(&key.hex()).expect("hex"));
         }
     }
     let client = caller.map_or(UNKNOWN_CALLER, |c| worker.caller_name(c));
@@ -50,8 +71,9 @@ pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<
             client,
             request_id: &request_id,
             started,
-            attempts,
+            attempts: outcome.attempts,
             error,
+            cache: outcome.cache.map(|(status, _)| status.label()),
         },
     );
     response
@@ -60,41 +82,42 @@ pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<
 async fn answer(
     req: &HttpRequest,
     payload: web::Payload,
-    worker: &Worker,
+    worker: &web::Data<Worker>,
     request_id: &RequestId,
     client: usize,
     started: Instant,
-) -> (Result<HttpResponse, ApiError>, u32) {
+) -> Outcome {
+    let config = &worker.shared.config;
     let prepared = async {
         require_json(req.headers())?;
-        let deadline = started + deadline_of(req.headers(), worker.shared.config.request_deadline)?;
-        let bytes = read_body(payload, req.headers(), worker.shared.config.max_body_bytes).await?;
-        let request = body::parse(&bytes)?;
+        let deadline = started + deadline_of(req.headers(), config.request_deadline)?;
+        let bytes = read_body(payload, req.headers(), config.max_body_bytes).await?;
+        let request = body::parse(&bytes, worker.shared.cache.enabled())?;
         Ok::<_, ApiError>((request, deadline))
     };
     let (request, deadline) = match prepared.await {
         Ok(ready) => ready,
-        Err(error) => return (Err(error), 0),
+        Err(error) => return Outcome::early(error),
     };
-    let dispatch = Dispatch {
+    let ask = Ask {
         request_id: request_id.clone(),
         body: request.upstream_body,
         deadline,
         client,
-        class: Class::Interactive,
+        key: request.cache_key,
+        directives: Directives::from_headers(req.headers()),
     };
-    let dispatched = match worker.dispatcher.send(dispatch).await {
-        Ok(dispatched) => dispatched,
-        Err(_) => return (Err(ApiError::Overloaded(Duration::from_secs(1))), 0),
-    };
-    let result = dispatched.result.map_err(ApiError::from).map(|success| {
-        let body = body::success_body(&success.result, request_id.as_str(), success.upstream_request_id.as_deref());
-        HttpResponse::Ok()
-            .insert_header(("x-request-id", request_id.header().clone()))
-            .content_type("application/json")
-            .body(body)
+    let served = cached::serve(worker, ask).await;
+    let result = served.result.map(|entry| {
+        let body = body::success_body(&entry.result, request_id.as_str(), entry.upstream_request_id.as_deref());
+        let mut response = HttpResponse::Ok();
+        response.insert_header(("x-request-id", request_id.header().clone())).content_type("application/json");
+        if matches!(served.status, CacheStatus::Hit | CacheStatus::Stale) {
+            response.insert_header((AGE, entry.age(Instant::now())));
+        }
+        response.body(body)
     });
-    (result, dispatched.attempts)
+    Outcome { result, attempts: served.attempts, cache: Some((served.status, request.cache_key)) }
 }
 
 /// `application/json` or `application/<something>+json`, parameters ignored.

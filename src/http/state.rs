@@ -9,6 +9,7 @@ use slog::Logger;
 use super::errors::ApiError;
 use crate::actors::budget::BudgetShared;
 use crate::actors::{Breaker, Dispatcher, TokenCell};
+use crate::cache::ResponseCache;
 use crate::config::{Clients, Config};
 use crate::metrics::Metrics;
 
@@ -22,6 +23,8 @@ pub struct Shared {
     pub token_cell: Arc<TokenCell>,
     /// The upstream rate budget (headers and gauges read it).
     pub budget: Arc<BudgetShared>,
+    /// The response cache.
+    pub cache: Arc<ResponseCache>,
     /// The circuit breaker (the admin routes force it and read its state).
     pub breaker: actix::Addr<Breaker>,
     /// The root logger.

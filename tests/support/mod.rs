@@ -44,6 +44,8 @@ impl Default for PairBuilder {
             // Tests of other features run with a budget that never binds; budget tests set their own.
             ("EXTERNAL_API_RATE_LIMIT", "6000000"),
             ("EXTERNAL_API_RATE_BURST", "100000"),
+            // The cache is off unless a test is about it, so upstream counts stay exact.
+            ("EXTERNAL_API_CACHE_TTL", "0"),
         ]);
         PairBuilder { sim, env, log_level: "info" }
     }

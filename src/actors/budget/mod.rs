@@ -411,6 +411,17 @@ impl BudgetHandle {
         }
     }
 
+    /// A permit only if one is free right now and nobody waits (for background work that
+    /// must never take budget from live requests). Not counted as a rejection.
+    pub fn try_now(&self) -> Result<(), Refusal> {
+        let now = Instant::now();
+        if self.shared.try_fast(now) {
+            self.grants_fast.inc();
+            return Ok(());
+        }
+        Err(Refusal { reason: RefusalReason::QueueFull, retry_after: self.shared.queue_wait(now) })
+    }
+
     /// Folds an upstream answer's rate signal into the budget, telling the actor of pauses.
     pub fn learn(&self, signal: &RateSignal, rate_limited: bool) {
         if !rate_limited && signal.remaining.is_none() {

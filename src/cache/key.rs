@@ -1,0 +1,137 @@
+//! Cache keys: SHA-256 of the canonical JSON of `data` and of the options that change the
+//! answer, computed by walking the client's raw JSON without building a DOM.
+//!
+//! Canonical means: object keys sorted, no insignificant whitespace, strings re-escaped the
+//! one standard way (so `"A"` and `"\u0041"` are the same string). Numbers are kept as
+//! written, so `1` and `1.0` are different keys, as they may be different inputs upstream.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// The key of one cached answer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// The key as 64 hex digits (the `X-Cache-Key` header).
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(text: &str) -> Option<Key> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Key(bytes))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", &self.hex()[..16])
+    }
+}
+
+/// A value that is not valid JSON (cannot happen for a body that already parsed).
+#[derive(Debug)]
+pub struct NotJson;
+
+/// The key of a request: its `data`, and its upstream `options` (courier's own options
+/// already removed), both canonicalised.
+pub fn key_of(data: &RawValue, options: &BTreeMap<Cow<'_, str>, &RawValue>) -> Result<Key, NotJson> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"data:");
+    write_canonical(data, &mut hasher)?;
+    hasher.update(b"\noptions:{");
+    for (i, (name, value)) in options.iter().enumerate() {
+        if i > 0 {
+            hasher.update(b",");
+        }
+        write_string(name, &mut hasher);
+        hasher.update(b":");
+        write_canonical(value, &mut hasher)?;
+    }
+    hasher.update(b"}");
+    Ok(Key(hasher.finalize().into()))
+}
+
+fn write_string(text: &str, out: &mut Sha256) {
+    let quoted = serde_json::to_string(text).expect("a str serialises");
+    out.update(quoted.as_bytes());
+}
+
+/// Writes the canonical form of `value` into the hasher.
+fn write_canonical(value: &RawValue, out: &mut Sha256) -> Result<(), NotJson> {
+    let raw = value.get().trim();
+    match raw.as_bytes().first() {
+        Some(b'{') => {
+            let object: BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_str(raw).map_err(|_| NotJson)?;
+            out.update(b"{");
+            for (i, (name, inner)) in object.iter().enumerate() {
+                if i > 0 {
+                    out.update(b",");
+                }
+                write_string(name, out);
+                out.update(b":");
+                write_canonical(inner, out)?;
+            }
+            out.update(b"}");
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| NotJson)?;
+            out.update(b"[");
+            for (i, inner) in items.iter().enumerate() {
+                if i > 0 {
+                    out.update(b",");
+                }
+                write_canonical(inner, out)?;
+            }
+            out.update(b"]");
+        }
+        Some(b'"') => {
+            let text: Cow<'_, str> = serde_json::from_str(raw).map_err(|_| NotJson)?;
+            write_string(&text, out);
+        }
+        Some(_) => out.update(raw.as_bytes()),
+        None => return Err(NotJson),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(data: &str, options: &str) -> Key {
+        let data: &RawValue = serde_json::from_str(data).unwrap();
+        let options: BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_str(options).unwrap();
+        key_of(data, &options).unwrap()
+    }
+
+    #[test]
+    fn key_order_whitespace_and_escapes_do_not_matter() {
+        let a = key(r#"{"a":1,"b":{"y":[1,2],"x":"A"}}"#, "{}");
+        let b = key("{ \"b\" : { \"x\" : \"\\u0041\", \"y\" : [ 1 , 2 ] } ,\n \"a\" : 1 }", "{}");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn different_inputs_and_options_differ() {
+        let base = key(r#"{"input":"x"}"#, "{}");
+        assert_ne!(base, key(r#"{"input":"y"}"#, "{}"));
+        assert_ne!(base, key(r#"{"input":"x"}"#, r#"{"priority":1}"#));
+        assert_ne!(key(r#"{"input":[1,2]}"#, "{}"), key(r#"{"input":[2,1]}"#, "{}"), "array order matters");
+        assert_ne!(key(r#"{"input":"x","k":null}"#, "{}"), base);
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let k = key(r#"{"input":"x"}"#, "{}");
+        assert_eq!(Key::from_hex(&k.hex()), Some(k));
+        assert_eq!(Key::from_hex("zz"), None);
+    }
+}

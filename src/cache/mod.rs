@@ -1,0 +1,282 @@
+//! The response cache: answers of the upstream kept by request key, so the upstream's budget
+//! is spent once per answer, and identical requests in flight coalesced into one upstream call.
+//!
+//! It is a moka cache (lock-free reads, bounded by bytes with a weigher and by time), shared by
+//! every worker; it is not an actor, because it needs no single owner. Identical requests that
+//! miss together are coalesced by moka's `or_try_insert_with`: one caller runs the upstream
+//! call, the others wait for it, and a failure reaches all of them and is not stored.
+//!
+//! Entries live `EXTERNAL_API_CACHE_TTL` fresh, then may still be served for a while:
+//! - stale-while-revalidate (`COURIER_CACHE_SWR`): served at once while one background refresh
+//!   runs, only when the budget has a spare permit, so refreshing never takes budget from live
+//!   requests;
+//! - stale-if-error (`COURIER_CACHE_STALE_IF_ERROR`): served instead of an error when the
+//!   circuit is open or the upstream failed after retries.
+//!
+//! moka keeps entries for the TTL plus the longer of the two windows; freshness is decided here.
+
+mod key;
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use prometheus::IntCounter;
+
+pub use key::{key_of, Key, NotJson};
+
+use crate::metrics::Metrics;
+
+/// Cache settings.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheSettings {
+    /// How long an answer is fresh (zero turns the cache off).
+    pub ttl: Duration,
+    /// Most bytes of answers kept.
+    pub max_bytes: u64,
+    /// How long past its TTL an answer may replace an error.
+    pub stale_if_error: Duration,
+    /// How long past its TTL an answer is served while it is refreshed.
+    pub stale_while_revalidate: Duration,
+}
+
+/// Numbers entries, so a load can name the expired entry it replaces.
+static NEXT_ENTRY: AtomicU64 = AtomicU64::new(1);
+
+/// One cached answer.
+#[derive(Debug)]
+pub struct Entry {
+    /// Unique among entries (never 0).
+    pub id: u64,
+    /// The upstream's `result`, raw JSON.
+    pub result: Bytes,
+    /// The upstream's request id of the call that produced it.
+    pub upstream_request_id: Option<Box<str>>,
+    /// When it was stored.
+    pub stored: Instant,
+}
+
+impl Entry {
+    /// A new entry holding its own copy of `result` (not a slice of a larger buffer, so the
+    /// weigher's count is what the entry really keeps alive).
+    pub fn new(result: &[u8], upstream_request_id: Option<Box<str>>) -> Entry {
+        Entry {
+            id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed),
+            result: Bytes::copy_from_slice(result),
+            upstream_request_id,
+            stored: Instant::now(),
+        }
+    }
+
+    /// Whole seconds since it was stored (the `Age` header).
+    pub fn age(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.stored).as_secs()
+    }
+
+    fn weight(&self) -> u32 {
+        let id = self.upstream_request_id.as_ref().map_or(0, |id| id.len());
+        // Bytes of the answer plus what the entry, its key and moka's node cost.
+        u32::try_from(self.result.len() + id + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+    }
+}
+
+/// Approximate bytes per entry beyond the answer itself.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A fresh answer.
+    Fresh(Arc<Entry>),
+    /// Past its TTL but within stale-while-revalidate: serve it and refresh in the background.
+    Revalidate(Arc<Entry>),
+    /// Past its TTL: not to be served, except instead of an error within stale-if-error.
+    Expired(Arc<Entry>),
+    /// Nothing.
+    Miss,
+}
+
+/// What the cache did for an answer, the `X-Cache` header and the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from the cache.
+    Hit,
+    /// Fetched upstream by this request, and stored.
+    Miss,
+    /// Another identical request in flight fetched it.
+    Coalesced,
+    /// Served past its TTL (revalidating, or instead of an error).
+    Stale,
+    /// The cache was skipped (off, or `Cache-Control: no-cache` / `no-store`).
+    Bypass,
+}
+
+impl CacheStatus {
+    /// Every status.
+    pub const ALL: [CacheStatus; 5] =
+        [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Coalesced, CacheStatus::Stale, CacheStatus::Bypass];
+
+    /// The `X-Cache` value.
+    pub fn header(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Coalesced => "COALESCED",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Coalesced => "coalesced",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+}
+
+/// The response cache.
+pub struct ResponseCache {
+    store: Cache<Key, Arc<Entry>>,
+    /// Loads in flight, by key and the id of the expired entry they replace (0: none). Only
+    /// for coalescing: an entry leaves as soon as its load is done.
+    loads: Cache<(Key, u64), Arc<Entry>>,
+    settings: CacheSettings,
+    refreshing: Mutex<HashSet<Key>>,
+    lookups: Vec<IntCounter>,
+}
+
+impl ResponseCache {
+    /// A cache with these settings, counting into `metrics`.
+    pub fn new(settings: CacheSettings, metrics: &Arc<Metrics>) -> ResponseCache {
+        let keep = settings.ttl + settings.stale_if_error.max(settings.stale_while_revalidate);
+        let evictions = metrics.cache_evictions.clone();
+        let store = Cache::builder()
+            .max_capacity(settings.max_bytes)
+            .weigher(|_key: &Key, entry: &Arc<Entry>| entry.weight())
+            .time_to_live(keep.max(Duration::from_millis(1)))
+            .eviction_listener(move |_key, _entry, cause| {
+                let label = match cause {
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Explicit => "explicit",
+                    RemovalCause::Replaced => "replaced",
+                    RemovalCause::Size => "size",
+                };
+                evictions.with_label_values(&[label]).inc();
+            })
+            .build();
+        let lookups = CacheStatus::ALL.iter().map(|s| metrics.cache_lookups.with_label_values(&[s.label()])).collect();
+        let loads = Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build();
+        ResponseCache { store, loads, settings, refreshing: Mutex::new(HashSet::new()), lookups }
+    }
+
+    /// Whether answers are cached at all.
+    pub fn enabled(&self) -> bool {
+        !self.settings.ttl.is_zero()
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// Counts one answer by what the cache did for it.
+    pub fn count(&self, status: CacheStatus) {
+        self.lookups[status as usize].inc();
+    }
+
+    /// Looks a key up and says how usable the entry is at `now`.
+    pub async fn lookup(&self, key: &Key, now: Instant) -> Lookup {
+        let Some(entry) = self.store.get(key).await else { return Lookup::Miss };
+        let age = now.saturating_duration_since(entry.stored);
+        if age <= self.settings.ttl {
+            Lookup::Fresh(entry)
+        } else if age <= self.settings.ttl + self.settings.stale_while_revalidate {
+            Lookup::Revalidate(entry)
+        } else {
+            Lookup::Expired(entry)
+        }
+    }
+
+    /// Whether an expired entry may stand in for an error at `now`.
+    pub fn usable_if_error(&self, entry: &Entry, now: Instant) -> bool {
+        now.saturating_duration_since(entry.stored) <= self.settings.ttl + self.settings.stale_if_error
+    }
+
+    /// Fetches with `load` and stores the answer, coalescing identical loads in flight. `stale`
+    /// is the expired entry the caller saw, if any; it stays in the cache until the new answer
+    /// replaces it, so it can still stand in for an error. Returns the entry and whether this
+    /// call's `load` produced it.
+    pub async fn load<F, E>(&self, key: Key, stale: Option<&Arc<Entry>>, load: F) -> Result<(Arc<Entry>, bool), Arc<E>>
+    where
+        F: std::future::Future<Output = Result<Arc<Entry>, E>>,
+        E: Send + Sync + 'static,
+    {
+        let replaces = stale.map_or(0, |e| e.id);
+        let loaded_here = Cell::new(false);
+        let init = async {
+            // A load of the same key may have finished between the caller's lookup and now.
+            if let Some(current) = self.store.get(&key).await {
+                if current.id != replaces && current.stored.elapsed() <= self.settings.ttl {
+                    return Ok(current);
+                }
+            }
+            let entry = load.await?;
+            self.store.insert(key, entry.clone()).await;
+            loaded_here.set(true);
+            Ok(entry)
+        };
+        let entry = self.loads.entry((key, replaces)).or_try_insert_with(init).await?;
+        if entry.is_fresh() {
+            self.loads.invalidate(&(key, replaces)).await;
+        }
+        Ok((entry.into_value(), loaded_here.get()))
+    }
+
+    /// Stores an answer (a refresh or a `no-cache` fetch).
+    pub async fn insert(&self, key: Key, entry: Arc<Entry>) {
+        self.store.insert(key, entry).await;
+    }
+
+    /// Marks a background refresh of `key` as running; false when one already is.
+    pub fn begin_refresh(&self, key: Key) -> bool {
+        self.refreshing.lock().expect("refresh set").insert(key)
+    }
+
+    /// Marks the background refresh of `key` as done.
+    pub fn end_refresh(&self, key: &Key) {
+        self.refreshing.lock().expect("refresh set").remove(key);
+    }
+
+    /// Removes one entry; returns whether there was one.
+    pub async fn purge(&self, key: &Key) -> bool {
+        self.store.remove(key).await.is_some()
+    }
+
+    /// Removes every entry.
+    pub async fn purge_all(&self) {
+        self.store.invalidate_all();
+        self.loads.invalidate_all();
+        self.store.run_pending_tasks().await;
+    }
+
+    /// Sets the entry and byte gauges (when `/metrics` is scraped), after moka's pending
+    /// housekeeping, so the figures are exact.
+    pub async fn export(&self, metrics: &Metrics) {
+        self.store.run_pending_tasks().await;
+        metrics.cache_entries.set(self.store.entry_count() as i64);
+        metrics.cache_bytes.set(self.store.weighted_size() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests;
