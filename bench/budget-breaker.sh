@@ -14,7 +14,7 @@ build_release
 
 DURATION="${DURATION:-10s}"
 SIM_PORT=$(free_port); GW_PORT=$(free_port); ADMIN_PORT=$(free_port)
-start sim "$BIN" simulate --listen "127.0.0.1:$SIM_PORT" --rate-limit 600 --rate-burst 20 --workers 1 >/dev/null
+start sim "$BIN" simulate --listen "127.0.0.1:$SIM_PORT" --rate-limit 600 --rate-burst 20 --workers 1
 wait_http "http://127.0.0.1:$SIM_PORT/_sim/stats"
 start courier env \
   EXTERNAL_API_BASE_URL="http://127.0.0.1:$SIM_PORT/v2" EXTERNAL_API_KEY=demo-api-key \
@@ -23,7 +23,7 @@ start courier env \
   COURIER_LISTEN="127.0.0.1:$GW_PORT" COURIER_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
   COURIER_WORKERS="${COURIER_WORKERS:-1}" COURIER_LOG_LEVEL=warning \
   COURIER_BREAKER_FAILURES=1000000 COURIER_BREAKER_MIN_REQUESTS=1000000 \
-  "$BIN" serve >/dev/null
+  "$BIN" serve
 wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
 GW="http://127.0.0.1:$GW_PORT/api/external/process"
 

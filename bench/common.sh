@@ -45,12 +45,12 @@ wait_http() {
   return 1
 }
 
-# start NAME CMD...: starts a background process, logs to $WORK/NAME.log.
+# start NAME CMD...: starts a background process, logs to $WORK/NAME.log; its pid is in LAST_PID.
 start() {
   local name="$1"; shift
   "$@" >"$WORK/$name.log" 2>&1 &
-  PIDS+=("$!")
-  echo "$!"
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
 }
 
 # wrk_run URL DURATION CONNECTIONS [env...]: runs wrk with the process script; prints its report.
