@@ -128,6 +128,8 @@ async fn operators_can_force_the_circuit_open_closed_and_back_to_auto() {
     for i in 0..3 {
         pair.process(body(&format!("auto {i}"))).await;
     }
+    // Outcomes reach the breaker as fire-and-forget messages: wait for it to have opened.
+    wait_for_state(&pair, "open").await;
     assert_eq!(pair.process(body("now open")).await.error_code(), "circuit_open");
 
     let (status, body) = force(&pair, "sideways").await;
