@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod request_id;

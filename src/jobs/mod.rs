@@ -1,0 +1,287 @@
+//! Jobs: async requests that are never lost, status entries for every request id, and signed
+//! callbacks.
+//!
+//! A [`Job`] is stored before the 202 is sent, through the [`JobStore`] trait: in-process
+//! ([`memory::MemoryStore`], the embedded default) or Redis ([`redis::RedisStore`], when
+//! `REDIS_URL` is set, shared by every replica). The store is also the job queue: runners
+//! ([`runner`]) take jobs from it, hold them under a lease, and acknowledge them only when the
+//! job and its callback are done, so a job whose process died is taken up by another process.
+//! State changes are compare-and-set: a job moves `pending → processing → completed | failed`
+//! and never back.
+
+pub mod callback;
+pub mod memory;
+pub mod redis;
+pub mod runner;
+mod time;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+pub use time::Timestamp;
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted, not started.
+    Pending,
+    /// A runner holds it.
+    Processing,
+    /// Done, with a result.
+    Completed,
+    /// Done, with an error.
+    Failed,
+}
+
+impl JobStatus {
+    /// Every status, for metric children.
+    pub const ALL: [JobStatus; 4] =
+        [JobStatus::Pending, JobStatus::Processing, JobStatus::Completed, JobStatus::Failed];
+
+    /// The label and JSON value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Processing => "processing",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    /// Whether the job is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed)
+    }
+}
+
+/// The error of a failed job, in the API's error shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// Machine-readable code, as in error answers (`upstream_unavailable`, `shutdown`, ...).
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Whether submitting the same request again may succeed.
+    pub retryable: bool,
+}
+
+/// Where the delivery of a job's callback stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not attempted yet.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Attempts failed; more will follow.
+    Failing,
+    /// Every attempt failed; no more will follow.
+    GaveUp,
+}
+
+/// The callback part of the status document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackState {
+    /// Delivery state.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The receiver's status code on the last attempt, if it answered.
+    pub last_status_code: Option<u16>,
+    /// When the last attempt was made.
+    pub last_attempt_at: Option<Timestamp>,
+}
+
+impl CallbackState {
+    /// Nothing attempted yet.
+    pub fn new() -> CallbackState {
+        CallbackState { state: DeliveryState::Pending, attempts: 0, last_status_code: None, last_attempt_at: None }
+    }
+}
+
+impl Default for CallbackState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Raw JSON held as shared bytes: the upstream's `result`, passed on without re-serialising.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawJson(pub Bytes);
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RawJson({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = std::str::from_utf8(&self.0).map_err(serde::ser::Error::custom)?;
+        let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw: Box<RawValue> = Deserialize::deserialize(deserializer)?;
+        Ok(RawJson(Bytes::from(raw.get().to_owned())))
+    }
+}
+
+/// The status document: what `GET /api/external/status/{id}` answers and what a callback
+/// carries. Nothing in it is secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// The request id.
+    pub request_id: String,
+    /// Where the job is.
+    pub status: JobStatus,
+    /// The upstream's `result`, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RawJson>,
+    /// The upstream's request id, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
+    /// The error, once failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// When courier accepted it.
+    pub created_at: Timestamp,
+    /// When it reached its final status.
+    pub completed_at: Option<Timestamp>,
+    /// Upstream attempts made for it.
+    pub attempts: u32,
+    /// How often another runner took it over after its runner died (its upstream call may
+    /// then have been made twice).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub takeovers: u32,
+    /// The callback's delivery, when a `callback_url` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackState>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// What a runner needs to run a job, kept with it but never shown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobWork {
+    /// The upstream body.
+    pub body: String,
+    /// Its cache key (hex), when the cache is on.
+    pub cache_key: Option<String>,
+    /// Where to deliver the final status document.
+    pub callback_url: Option<String>,
+    /// The client's index for fair sharing.
+    pub client: usize,
+    /// When the job must be over (Unix milliseconds).
+    pub deadline_unix_ms: u64,
+}
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The public part.
+    pub doc: StatusDoc,
+    /// The name of the client that created it (`None` in open mode: anyone may read it).
+    pub owner: Option<String>,
+    /// What is needed to run it (async jobs only).
+    pub work: Option<JobWork>,
+}
+
+impl Job {
+    /// The request id.
+    pub fn id(&self) -> &str {
+        &self.doc.request_id
+    }
+
+    /// Whether `caller` (a client name, or `None` in open mode) may read this job.
+    pub fn readable_by(&self, caller: Option<&str>) -> bool {
+        match (&self.owner, caller) {
+            (None, _) => true,
+            (Some(owner), Some(caller)) => owner == caller,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// The job's deadline.
+    pub fn deadline(&self) -> Option<SystemTime> {
+        self.work.as_ref().map(|w| SystemTime::UNIX_EPOCH + Duration::from_millis(w.deadline_unix_ms))
+    }
+}
+
+/// A job taken from the queue by a runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The job's request id.
+    pub id: String,
+    /// The store's handle on the queue entry (a Redis stream entry id), for heartbeats and
+    /// acknowledgement.
+    pub receipt: String,
+}
+
+/// Why the store could not do what was asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A job with this request id exists already.
+    #[error("a job with this request id exists")]
+    Exists,
+    /// The store holds as many jobs as it may.
+    #[error("the job store is full")]
+    Full,
+    /// The store could not be reached or answered an error (no secret in the text).
+    #[error("the job store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A boxed future of a store operation.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// Where jobs and status entries live, and the queue runners take jobs from.
+pub trait JobStore: Send + Sync + 'static {
+    /// Stores a new pending async job and queues it, durably, before the 202 is sent.
+    /// `Exists` when the request id is taken.
+    fn submit<'a>(&'a self, job: &'a Job) -> StoreFuture<'a, ()>;
+
+    /// Records the status entry of a finished sync request, best effort (never blocks the
+    /// answer; never overwrites an existing job).
+    fn record(&self, job: Job);
+
+    /// Reads a job.
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>>;
+
+    /// Waits up to `wait` for jobs to run (new ones, or ones whose runner's lease ran out),
+    /// at most `max`.
+    fn next<'a>(&'a self, max: usize, wait: Duration) -> StoreFuture<'a, Vec<Claim>>;
+
+    /// Keeps the lease on claimed jobs alive while they run.
+    fn heartbeat<'a>(&'a self, claims: &'a [Claim]) -> StoreFuture<'a, ()>;
+
+    /// Moves a claimed job to `processing` (from `pending`, or again from `processing` when
+    /// its previous runner died: that counts a takeover). Returns the job as it now is; a job
+    /// already final is returned unchanged.
+    fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>>;
+
+    /// Saves a job's final state, only if it is `processing` (compare-and-set). Returns false
+    /// when it was not.
+    fn finish<'a>(&'a self, job: &'a Job) -> StoreFuture<'a, bool>;
+
+    /// Saves the callback's delivery state of a job.
+    fn update_callback<'a>(&'a self, id: &'a str, callback: &'a CallbackState) -> StoreFuture<'a, ()>;
+
+    /// Marks a claimed job as fully done (job and callback): it leaves the queue.
+    fn ack<'a>(&'a self, claim: &'a Claim) -> StoreFuture<'a, ()>;
+
+    /// Whether jobs outlive this process (runners leave unfinished jobs for others at
+    /// shutdown), or die with it (runners fail them at shutdown).
+    fn durable(&self) -> bool;
+}
