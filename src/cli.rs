@@ -87,7 +87,7 @@ fn serve(config: Result<Config, ConfigErrors>) -> ExitCode {
     let logging = Logging::start(config.log_level, LogTarget::Stderr, metrics.log_dropped.clone());
     let log = logging.logger.clone();
     let outcome = actix_rt::System::new().block_on(async move {
-        let running = Gateway::start(config, metrics, log)?.serve()?;
+        let running = Gateway::start(config, metrics, log).await?.serve()?;
         running.stop_on_signal().await.map_err(|e| StartError::Setting(format!("signal handling: {e}")))
     });
     drop(logging);
@@ -132,6 +132,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         let metrics = Arc::new(Metrics::new());
         let logging = Logging::start(config.log_level, LogTarget::Stderr, metrics.log_dropped.clone());
         let running = Gateway::start(config, metrics, logging.logger.clone())
+            .await
             .and_then(Gateway::serve)
             .map_err(|e| e.to_string())?;
         print_demo_banner(&sim, running.addr, running.admin_addr);

@@ -18,6 +18,12 @@ use crate::actors::{Breaker, BreakerCell};
 use crate::actors::{Dispatcher, DispatcherSettings, RetryPolicy, TokenCell, TokenManager, TokenSettings};
 use crate::cache::{CacheSettings, ResponseCache};
 use crate::config::Config;
+use crate::http::jobs::JobsShared;
+use crate::jobs::callback::{CallbackPolicy, Delivery};
+use crate::jobs::memory::MemoryStore;
+use crate::jobs::redis::{RedisSettings, RedisStore};
+use crate::jobs::runner::{self, RunnerHandle, RunnerSettings};
+use crate::jobs::JobStore;
 use crate::http::{self, Shared, Worker};
 use crate::metrics::Metrics;
 use crate::upstream::{self, Backoff};
@@ -46,7 +52,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the TokenManager (inside the running actix System) and prepares the workers.
-    pub fn start(config: Config, metrics: Arc<Metrics>, log: Logger) -> Result<Gateway, StartError> {
+    pub async fn start(config: Config, metrics: Arc<Metrics>, log: Logger) -> Result<Gateway, StartError> {
         let tls = upstream::tls_config(None).map_err(StartError::Setting)?;
         let process_uri = format!("{}/process", config.base_url)
             .parse()
@@ -83,6 +89,7 @@ impl Gateway {
             },
             &metrics,
         ));
+        let jobs = jobs_shared(&config).await?;
         let breaker_cell = Arc::new(BreakerCell::new());
         // A probe that never reports (its request was dropped) frees its slot after this.
         let probe_lease = config.attempt_timeout + Duration::from_secs(1);
@@ -113,6 +120,7 @@ impl Gateway {
             budget: budget_shared,
             breaker: breaker.clone(),
             cache,
+            jobs,
             log: log.clone(),
         });
         let dispatcher = DispatcherSettings {
@@ -174,11 +182,13 @@ impl Gateway {
         let admin_addr = admin.addrs()[0];
         let admin = admin.run();
 
+        let runner = start_runner(&gateway)?;
         let running = Running {
             addr,
             admin_addr,
             server: server.handle(),
             admin: admin.handle(),
+            runner,
             log: gateway.shared.log.clone(),
             grace,
         };
@@ -197,6 +207,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     server: ServerHandle,
     admin: ServerHandle,
+    runner: RunnerHandle,
     log: Logger,
     grace: Duration,
 }
@@ -205,7 +216,8 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish within the grace period, stops.
     pub async fn stop(&self) {
         info!(self.log, "shutting_down"; "grace_seconds" => self.grace.as_secs_f64());
-        self.server.stop(true).await;
+        // Requests in flight and jobs running get the same grace period, side by side.
+        futures_util::future::join(self.server.stop(true), self.runner.shutdown(self.grace)).await;
         self.admin.stop(true).await;
         info!(self.log, "stopped");
     }
@@ -228,4 +240,55 @@ pub async fn wait_for_signal() -> io::Result<()> {
         _ = int.recv() => {},
     }
     Ok(())
+}
+
+/// The job store (Redis when `REDIS_URL` is set, else in-process) and the callback policy.
+async fn jobs_shared(config: &Config) -> Result<JobsShared, StartError> {
+    let jobs = &config.jobs;
+    let store: Arc<dyn JobStore> = match &config.redis_url {
+        Some(url) => {
+            let settings = RedisSettings {
+                lease: jobs.lease,
+                job_ttl: jobs.ttl,
+                op_timeout: REDIS_TIMEOUT,
+                stream_max_len: jobs.max,
+                ..RedisSettings::default()
+            };
+            let store = RedisStore::connect(url, settings)
+                .await
+                .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
+            Arc::new(store)
+        }
+        None => Arc::new(MemoryStore::new(jobs.max, jobs.ttl)),
+    };
+    let policy = CallbackPolicy::parse(&jobs.callback_allow)
+        .map_err(|e| StartError::Setting(format!("COURIER_CALLBACK_ALLOW: {e}")))?;
+    Ok(JobsShared { store, policy: Arc::new(policy), callbacks: jobs.callback_secret.is_some(), deadline: jobs.deadline })
+}
+
+/// Bound of every Redis call.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Starts the job runner on the current (main) arbiter, with a Dispatcher of its own.
+fn start_runner(gateway: &Gateway) -> Result<RunnerHandle, StartError> {
+    let shared = &gateway.shared;
+    let jobs = &shared.config.jobs;
+    let delivery = match &jobs.callback_secret {
+        Some(secret) => {
+            let backoff = Backoff::try_new(jobs.callback_retry_delay, jobs.callback_retry_delay.max(Duration::from_secs(60)), true)
+                .map_err(|e| StartError::Setting(format!("COURIER_CALLBACK_RETRY_DELAY: {e}")))?;
+            let delivery = Delivery::try_new(
+                secret.clone(),
+                shared.jobs.policy.clone(),
+                jobs.callback_max_attempts,
+                backoff,
+                jobs.callback_timeout,
+            )
+            .map_err(|e| StartError::Setting(format!("COURIER_CALLBACK_*: {e}")))?;
+            Some(delivery.with_logger(shared.log.new(slog::o!("actor" => "callbacks"))))
+        }
+        None => None,
+    };
+    let settings = RunnerSettings { concurrency: jobs.concurrency, lease: jobs.lease };
+    Ok(runner::start(shared.jobs.store.clone(), gateway.worker(), delivery, settings, shared.metrics.clone(), &shared.log))
 }

@@ -18,6 +18,9 @@ const NAMESPACE: &str = "courier";
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// Buckets of job durations in seconds, up to the longest job deadline.
+const JOB_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+
 /// Inbound routes, the `route` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -124,6 +127,23 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     /// Answers removed from the cache, by cause (`expired`, `size`, `explicit`, `replaced`).
     pub cache_evictions: IntCounterVec,
+    /// Async jobs accepted (202).
+    pub jobs_accepted: IntCounter,
+    /// Jobs by state: `pending` (accepted, not yet running here or anywhere) and `processing`
+    /// (running in this process).
+    pub jobs: IntGaugeVec,
+    /// Jobs that reached a final state in this process, by state (`completed`, `failed`).
+    pub jobs_finished: IntCounterVec,
+    /// Time from accepting a job to its final state.
+    pub job_duration: Histogram,
+    /// Jobs taken over from a runner that died.
+    pub jobs_taken_over: IntCounter,
+    /// Callback deliveries, by result (`delivered`, `gave_up`, `refused`).
+    pub callbacks: IntCounterVec,
+    /// Callback delivery attempts, by result (`success`, `failure`).
+    pub callback_attempts: IntCounterVec,
+    /// Status entries of sync requests the store could not take (dropped, not blocking).
+    pub status_records_dropped: IntCounter,
 }
 
 /// Creates metrics in the `courier` namespace and registers each once.
@@ -160,7 +180,11 @@ impl Registrar {
     }
 
     fn histogram(&self, name: &str, help: &str) -> Histogram {
-        let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(LATENCY_BUCKETS.to_vec());
+        self.histogram_buckets(name, help, LATENCY_BUCKETS)
+    }
+
+    fn histogram_buckets(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(buckets.to_vec());
         self.add(Histogram::with_opts(opts).expect("valid metric"))
     }
 
@@ -278,6 +302,37 @@ impl Metrics {
                 "cache_evictions_total",
                 "Answers removed from the cache, by cause (expired, size, explicit, replaced).",
                 &["cause"],
+            ),
+            jobs_accepted: r.counter("jobs_accepted_total", "Async jobs accepted (202)."),
+            jobs: r.int_gauge_vec(
+                "jobs",
+                "Jobs by state: pending (accepted, not yet running) and processing (running in this process).",
+                &["state"],
+            ),
+            jobs_finished: r.counter_vec(
+                "jobs_finished_total",
+                "Jobs that reached a final state in this process, by state (completed, failed).",
+                &["state"],
+            ),
+            job_duration: r.histogram_buckets(
+                "job_duration_seconds",
+                "Time from accepting a job to its final state.",
+                JOB_BUCKETS,
+            ),
+            jobs_taken_over: r.counter("jobs_taken_over_total", "Jobs taken over from a runner that died."),
+            callbacks: r.counter_vec(
+                "callbacks_total",
+                "Callback deliveries, by result (delivered, gave_up, refused).",
+                &["result"],
+            ),
+            callback_attempts: r.counter_vec(
+                "callback_attempts_total",
+                "Callback delivery attempts, by result (success, failure).",
+                &["result"],
+            ),
+            status_records_dropped: r.counter(
+                "status_records_dropped_total",
+                "Status entries of sync requests the store could not take (dropped, not blocking).",
             ),
             registry: r.0.clone(),
         };

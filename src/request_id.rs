@@ -18,6 +18,11 @@ impl RequestId {
         header.and_then(Self::accept).unwrap_or_else(Self::generate)
     }
 
+    /// An id given as text (a status lookup, a stored job), if acceptable.
+    pub fn parse(text: &str) -> Option<RequestId> {
+        HeaderValue::from_str(text).ok().as_ref().and_then(Self::accept)
+    }
+
     fn accept(value: &HeaderValue) -> Option<RequestId> {
         let bytes = value.as_bytes();
         let ok = !bytes.is_empty()

@@ -125,6 +125,52 @@ pub struct Config {
     pub cache_stale_if_error: Duration,
     /// How long past its TTL an answer is served while it is refreshed (zero: never).
     pub cache_stale_while_revalidate: Duration,
+    /// Job and callback settings.
+    pub jobs: JobsConfig,
+}
+
+/// Async job and callback settings.
+#[derive(Clone)]
+pub struct JobsConfig {
+    /// How long after acceptance a job must be over.
+    pub deadline: Duration,
+    /// How long job and status entries are kept.
+    pub ttl: Duration,
+    /// Most entries the in-process store keeps.
+    pub max: usize,
+    /// Jobs run at once by this process.
+    pub concurrency: usize,
+    /// A job whose runner has not shown signs of life for this long is taken over (Redis).
+    pub lease: Duration,
+    /// Key of the HMAC signature on callbacks; callbacks are refused without it.
+    pub callback_secret: Option<SecretString>,
+    /// Where the callback secret came from.
+    pub callback_secret_source: SecretSource,
+    /// Delivery attempts per callback.
+    pub callback_max_attempts: u32,
+    /// Base of the backoff between delivery attempts.
+    pub callback_retry_delay: Duration,
+    /// Bound of one delivery attempt.
+    pub callback_timeout: Duration,
+    /// Hosts and CIDRs callbacks may go to although they are loopback, private or link-local.
+    pub callback_allow: String,
+}
+
+impl fmt::Debug for JobsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobsConfig")
+            .field("deadline", &self.deadline)
+            .field("ttl", &self.ttl)
+            .field("max", &self.max)
+            .field("concurrency", &self.concurrency)
+            .field("lease", &self.lease)
+            .field("callback_secret", &self.callback_secret.as_ref().map(|_| "[REDACTED]"))
+            .field("callback_max_attempts", &self.callback_max_attempts)
+            .field("callback_retry_delay", &self.callback_retry_delay)
+            .field("callback_timeout", &self.callback_timeout)
+            .field("callback_allow", &self.callback_allow)
+            .finish()
+    }
 }
 
 /// Circuit breaker settings.
@@ -180,6 +226,7 @@ impl fmt::Debug for Config {
             .field("cache_max_bytes", &self.cache_max_bytes)
             .field("cache_stale_if_error", &self.cache_stale_if_error)
             .field("cache_stale_while_revalidate", &self.cache_stale_while_revalidate)
+            .field("jobs", &self.jobs)
             .finish()
     }
 }
@@ -262,6 +309,23 @@ impl Config {
         let cache_max_bytes = r.count("COURIER_CACHE_MAX_BYTES", 64 << 20, 1024..=(1 << 40));
         let cache_stale_if_error = r.seconds_or_zero("COURIER_CACHE_STALE_IF_ERROR", 0.0);
         let cache_stale_while_revalidate = r.seconds_or_zero("COURIER_CACHE_SWR", 0.0);
+        let (callback_secret, callback_secret_source) = match r.optional_secret("COURIER_CALLBACK_SECRET") {
+            Some((secret, source)) => (Some(secret), source),
+            None => (None, SecretSource::Inline),
+        };
+        let jobs = JobsConfig {
+            deadline: r.seconds("COURIER_JOB_DEADLINE", 600.0),
+            ttl: r.seconds("COURIER_JOB_TTL", 86_400.0),
+            max: r.count("COURIER_JOB_MAX", 100_000, 1..=100_000_000) as usize,
+            concurrency: r.count("COURIER_JOB_CONCURRENCY", 64, 1..=100_000) as usize,
+            lease: r.seconds("COURIER_JOB_LEASE", 30.0),
+            callback_secret,
+            callback_secret_source,
+            callback_max_attempts: r.count("COURIER_CALLBACK_MAX_ATTEMPTS", 5, 1..=100) as u32,
+            callback_retry_delay: r.seconds("COURIER_CALLBACK_RETRY_DELAY", 1.0),
+            callback_timeout: r.seconds("COURIER_CALLBACK_TIMEOUT", 10.0),
+            callback_allow: r.optional("COURIER_CALLBACK_ALLOW").unwrap_or_default(),
+        };
         let retry_budget_ratio = r.fraction("COURIER_RETRY_BUDGET_RATIO", 0.2, true);
         let retry_budget_min_per_second = r.parsed(
             "COURIER_RETRY_BUDGET_MIN_PER_SECOND",
@@ -303,6 +367,7 @@ impl Config {
             cache_max_bytes,
             cache_stale_if_error,
             cache_stale_while_revalidate,
+            jobs,
         }
     }
 }

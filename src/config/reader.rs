@@ -238,7 +238,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn optional_secret(&mut self, var: &str) -> Option<(SecretString, SecretSource)> {
+    pub(super) fn optional_secret(&mut self, var: &str) -> Option<(SecretString, SecretSource)> {
         let file_var = format!("{var}_FILE");
         match (self.optional(var), self.optional(&file_var)) {
             (Some(_), Some(_)) => {

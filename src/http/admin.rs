@@ -26,6 +26,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn metrics(shared: web::Data<Arc<Shared>>) -> HttpResponse {
     shared.budget.export(&shared.metrics, Instant::now());
     shared.cache.export(&shared.metrics).await;
+    if let Ok(backlog) = shared.jobs.store.backlog().await {
+        let processing = shared.metrics.jobs.with_label_values(&["processing"]).get();
+        shared.metrics.jobs.with_label_values(&["pending"]).set((backlog as i64 - processing).max(0));
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(shared.metrics.render())
 }
 

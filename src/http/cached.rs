@@ -55,6 +55,8 @@ pub struct Ask {
     pub key: Option<Key>,
     /// Its cache directives.
     pub directives: Directives,
+    /// Its budget class: sync requests are interactive, async jobs background.
+    pub class: Class,
 }
 
 /// The answer for a request, with what the cache did and the upstream attempts it took.
@@ -85,18 +87,13 @@ fn upstream_side(error: &DispatchError) -> bool {
 }
 
 /// Sends `ask` upstream through this worker's Dispatcher.
-async fn dispatch(
-    worker: &Worker,
-    ask: &Ask,
-    class: Class,
-    patience: Patience,
-) -> (Result<Arc<Entry>, DispatchError>, u32) {
+async fn dispatch(worker: &Worker, ask: &Ask, patience: Patience) -> (Result<Arc<Entry>, DispatchError>, u32) {
     let message = Dispatch {
         request_id: ask.request_id.clone(),
         body: ask.body.clone(),
         deadline: ask.deadline,
         client: ask.client,
-        class,
+        class: ask.class,
         patience,
     };
     match worker.dispatcher.send(message).await {
@@ -137,7 +134,7 @@ pub async fn serve(worker: &web::Data<Worker>, ask: Ask) -> Served {
 /// Fetches without storing (cache off, or `no-store`); an expired entry may still stand in
 /// for an upstream failure.
 async fn direct(worker: &Worker, ask: &Ask, stale: Option<Arc<Entry>>) -> Served {
-    let (result, attempts) = dispatch(worker, ask, Class::Interactive, Patience::Queue).await;
+    let (result, attempts) = dispatch(worker, ask, Patience::Queue).await;
     match result {
         Ok(entry) => Served { result: Ok(entry), status: CacheStatus::Bypass, attempts },
         Err(error) => fall_back(worker, stale, error, attempts, CacheStatus::Bypass),
@@ -153,7 +150,7 @@ async fn fetch(worker: &web::Data<Worker>, ask: &Ask, key: Key, stale: Option<Ar
     let load = {
         let (worker, ask, attempts) = (worker.clone(), ask.clone(), attempts.clone());
         async move {
-            let (result, made) = dispatch(&worker, &ask, Class::Interactive, Patience::Queue).await;
+            let (result, made) = dispatch(&worker, &ask, Patience::Queue).await;
             attempts.set(made);
             result.map_err(|error| LoadFailure { error })
         }
@@ -211,9 +208,10 @@ fn revalidate(worker: &web::Data<Worker>, ask: &Ask, key: Key) {
     let worker = worker.clone();
     let mut ask = ask.clone();
     ask.request_id = RequestId::generate();
+    ask.class = Class::Background;
     ask.deadline = Instant::now() + worker.shared.config.request_deadline;
     actix_rt::spawn(async move {
-        let (result, _) = dispatch(&worker, &ask, Class::Background, Patience::NoWait).await;
+        let (result, _) = dispatch(&worker, &ask, Patience::NoWait).await;
         if let Ok(entry) = result {
             cache.insert(key, entry).await;
         }

@@ -49,6 +49,14 @@ pub enum ApiError {
     Overloaded(Duration),
     /// The circuit to the upstream is open; retry after this long.
     CircuitOpen(Duration),
+    /// The `callback_url` is refused; why.
+    InvalidCallbackUrl(String),
+    /// A `callback_url` was given but this courier signs no callbacks.
+    CallbacksUnavailable,
+    /// The request id names another client's job.
+    RequestIdInUse,
+    /// The job store cannot take the job now; nothing was accepted.
+    JobStoreUnavailable,
 }
 
 impl From<DispatchError> for ApiError {
@@ -82,9 +90,13 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::InvalidRequest(_) | ApiError::UpstreamRejected(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::UpstreamRejected(_)
+            | ApiError::InvalidCallbackUrl(_)
+            | ApiError::CallbacksUnavailable => StatusCode::BAD_REQUEST,
+            ApiError::RequestIdInUse => StatusCode::CONFLICT,
+            ApiError::JobStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -119,6 +131,10 @@ impl ApiError {
             ApiError::DeadlineExceeded => "deadline_exceeded",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::CircuitOpen(_) => "circuit_open",
+            ApiError::InvalidCallbackUrl(_) => "invalid_callback_url",
+            ApiError::CallbacksUnavailable => "callbacks_unavailable",
+            ApiError::RequestIdInUse => "request_id_in_use",
+            ApiError::JobStoreUnavailable => "job_store_unavailable",
         }
     }
 
@@ -142,6 +158,12 @@ impl ApiError {
             ApiError::DeadlineExceeded => "the request's deadline passed before the upstream answered".into(),
             ApiError::Overloaded(_) => "courier is overloaded; retry later".into(),
             ApiError::CircuitOpen(_) => "the upstream is failing; courier is not calling it for now".into(),
+            ApiError::InvalidCallbackUrl(why) => Cow::Borrowed(why),
+            ApiError::CallbacksUnavailable => {
+                "this courier has no COURIER_CALLBACK_SECRET, so it sends no callbacks; poll the status_url".into()
+            }
+            ApiError::RequestIdInUse => "this X-Request-Id names another client's job; send a new one".into(),
+            ApiError::JobStoreUnavailable => "the job store cannot take the job now; nothing was accepted".into(),
         }
     }
 
@@ -155,6 +177,7 @@ impl ApiError {
                 | ApiError::DeadlineExceeded
                 | ApiError::Overloaded(_)
                 | ApiError::CircuitOpen(_)
+                | ApiError::JobStoreUnavailable
         )
     }
 
@@ -165,6 +188,7 @@ impl ApiError {
             | ApiError::UpstreamAuthUnavailable(d)
             | ApiError::Overloaded(d)
             | ApiError::CircuitOpen(d) => Some(*d),
+            ApiError::JobStoreUnavailable => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

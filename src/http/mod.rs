@@ -5,6 +5,7 @@ pub mod admin;
 pub mod body;
 pub mod cached;
 pub mod errors;
+pub mod jobs;
 pub mod observe;
 pub mod process;
 pub mod state;
@@ -24,6 +25,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource(process::PATH)
             .route(web::post().to(process::process))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource(jobs::STATUS_PATH)
+            .route(web::get().to(jobs::status))
             .default_service(web::to(method_not_allowed)),
     )
     .default_service(web::to(not_found));

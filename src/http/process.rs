@@ -1,6 +1,6 @@
 //! `POST /api/external/process`: authenticate, validate, dispatch upstream, answer.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -11,7 +11,9 @@ use super::body;
 use super::cached::{self, Ask, Directives};
 use super::errors::ApiError;
 use super::observe::{self, Inbound};
-use super::state::{Worker, UNKNOWN_CALLER};
+use super::jobs::{self, NewJob};
+use super::state::{Caller, Worker, UNKNOWN_CALLER};
+use crate::actors::budget::Class;
 use crate::cache::{CacheStatus, Key};
 use crate::metrics::Route;
 use crate::request_id::RequestId;
@@ -40,7 +42,7 @@ pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<
     let request_id = RequestId::from_client(req.headers().get("x-request-id"));
     let caller = worker.identify(&req);
     let outcome = match &caller {
-        Ok(caller) => answer(&req, payload, &worker, &request_id, caller.index(), started).await,
+        Ok(caller) => answer(&req, payload, &worker, &request_id, *caller, started).await,
         Err(error) => Outcome::early(error.clone()),
     };
     let (mut response, error) = match outcome.result {
@@ -84,9 +86,11 @@ async fn answer(
     payload: web::Payload,
     worker: &web::Data<Worker>,
     request_id: &RequestId,
-    client: usize,
+    caller: Caller,
     started: Instant,
 ) -> Outcome {
+    let created = SystemTime::now();
+    let owner = worker.owner_name(caller);
     let config = &worker.shared.config;
     let prepared = async {
         require_json(req.headers())?;
@@ -97,17 +101,37 @@ async fn answer(
     };
     let (request, deadline) = match prepared.await {
         Ok(ready) => ready,
-        Err(error) => return Outcome::early(error),
+        Err(error) => {
+            jobs::record_refused(worker, request_id, owner, created, &error);
+            return Outcome::early(error);
+        }
     };
+    if request.is_async {
+        let new = NewJob {
+            request_id: request_id.clone(),
+            owner: owner.map(str::to_owned),
+            client: caller.index(),
+            body: request.upstream_body,
+            key: request.cache_key,
+            callback_url: request.callback_url,
+        };
+        let result = jobs::accept(worker, new).await;
+        if let Err(error) = &result {
+            jobs::record_refused(worker, request_id, owner, created, error);
+        }
+        return Outcome { result, attempts: 0, cache: None };
+    }
     let ask = Ask {
         request_id: request_id.clone(),
         body: request.upstream_body,
         deadline,
-        client,
+        client: caller.index(),
         key: request.cache_key,
         directives: Directives::from_headers(req.headers()),
+        class: Class::Interactive,
     };
     let served = cached::serve(worker, ask).await;
+    jobs::record_sync(worker, request_id, owner, created, &served);
     let result = served.result.map(|entry| {
         let body = body::success_body(&entry.result, request_id.as_str(), entry.upstream_request_id.as_deref());
         let mut response = HttpResponse::Ok();

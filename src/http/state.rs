@@ -25,6 +25,8 @@ pub struct Shared {
     pub budget: Arc<BudgetShared>,
     /// The response cache.
     pub cache: Arc<ResponseCache>,
+    /// Jobs: the store, the callback policy, the job deadline.
+    pub jobs: super::jobs::JobsShared,
     /// The circuit breaker (the admin routes force it and read its state).
     pub breaker: actix::Addr<Breaker>,
     /// The root logger.
@@ -79,6 +81,14 @@ impl Worker {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .ok_or(ApiError::Unauthorized)?;
         clients.authenticate(key).map(Caller::Known).ok_or(ApiError::Unauthorized)
+    }
+
+    /// The name a job is owned by: the client's, or none in open mode.
+    pub fn owner_name(&self, caller: Caller) -> Option<&str> {
+        match caller {
+            Caller::Open => None,
+            Caller::Known(_) => Some(self.caller_name(caller)),
+        }
     }
 
     /// The caller's name, for logs and metrics.

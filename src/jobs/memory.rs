@@ -1,1 +1,286 @@
+//! The in-process job store, the embedded default: jobs and status entries in sharded maps,
+//! bounded in count (`COURIER_JOB_MAX`) and in time (`COURIER_JOB_TTL`), and a bounded queue
+//! of accepted jobs for the runner.
+//!
+//! Jobs here die with the process: at shutdown the runner finishes what it can within the grace
+//! period and marks the rest `failed` with error `shutdown`, so no job is left `processing`
+//! forever. When the store is full of unfinished jobs, a new job is refused (503) rather than
+//! accepted and lost; finished entries are evicted oldest first to make room.
 
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{CallbackState, Claim, Job, JobError, JobStatus, JobStore, StoreError, StoreFuture, Timestamp};
+
+const SHARDS: usize = 16;
+
+#[derive(Default)]
+struct Shard {
+    jobs: HashMap<String, Job>,
+    /// Insertion order, for expiry and eviction of the oldest finished entries.
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Shard {
+    /// Drops expired entries from the front, and finished ones while over `cap`.
+    fn make_room(&mut self, cap: usize, ttl: Duration, now: Instant) -> usize {
+        let mut removed = 0;
+        while let Some((at, id)) = self.order.front() {
+            let expired = now.duration_since(*at) > ttl;
+            let finished = self.jobs.get(id).is_none_or(|job| job.doc.status.is_final());
+            if !(expired || (self.jobs.len() >= cap && finished)) {
+                break;
+            }
+            let (_, id) = self.order.pop_front().expect("front exists");
+            removed += usize::from(self.jobs.remove(&id).is_some());
+        }
+        if self.jobs.len() >= cap {
+            // Unfinished entries at the front: look further back for a finished one.
+            if let Some(pos) = self.order.iter().position(|(_, id)| self.jobs.get(id).is_some_and(|j| j.doc.status.is_final())) {
+                let (_, id) = self.order.remove(pos).expect("position exists");
+                removed += usize::from(self.jobs.remove(&id).is_some());
+            }
+        }
+        removed
+    }
+}
+
+/// The in-process store.
+pub struct MemoryStore {
+    shards: Vec<Mutex<Shard>>,
+    cap_per_shard: usize,
+    ttl: Duration,
+    queue: mpsc::Sender<String>,
+    queued: tokio::sync::Mutex<mpsc::Receiver<String>>,
+    unfinished: AtomicUsize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl MemoryStore {
+    /// A store of at most `max` entries, each kept `ttl`.
+    pub fn new(max: usize, ttl: Duration) -> MemoryStore {
+        let (queue, queued) = mpsc::channel(max.max(1));
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            cap_per_shard: max.div_ceil(SHARDS).max(1),
+            ttl,
+            queue,
+            queued: tokio::sync::Mutex::new(queued),
+            unfinished: AtomicUsize::new(0),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, id: &str) -> &Mutex<Shard> {
+        let mut h = self.hasher.build_hasher();
+        id.hash(&mut h);
+        &self.shards[h.finish() as usize % SHARDS]
+    }
+
+    fn with_job<T>(&self, id: &str, f: impl FnOnce(&mut Job) -> T) -> Option<T> {
+        let mut shard = self.shard(id).lock().expect("shard lock");
+        shard.jobs.get_mut(id).map(f)
+    }
+
+    /// Inserts if absent and there is room; `Err` says why not.
+    fn insert(&self, job: Job) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut shard = self.shard(job.id()).lock().expect("shard lock");
+        if shard.jobs.contains_key(job.id()) {
+            return Err(StoreError::Exists);
+        }
+        shard.make_room(self.cap_per_shard, self.ttl, now);
+        if shard.jobs.len() >= self.cap_per_shard {
+            return Err(StoreError::Full);
+        }
+        shard.order.push_back((now, job.id().to_owned()));
+        shard.jobs.insert(job.id().to_owned(), job);
+        Ok(())
+    }
+}
+
+fn ready<T: Send + 'static>(value: Result<T, StoreError>) -> StoreFuture<'static, T> {
+    Box::pin(std::future::ready(value))
+}
+
+impl JobStore for MemoryStore {
+    fn submit<'a>(&'a self, job: &'a Job) -> StoreFuture<'a, ()> {
+        let result = self.insert(job.clone()).and_then(|()| {
+            self.queue.try_send(job.id().to_owned()).map_err(|_| {
+                // Not queued, so not accepted: take it back out.
+                self.shard(job.id()).lock().expect("shard lock").jobs.remove(job.id());
+                StoreError::Full
+            })
+        });
+        if result.is_ok() {
+            self.unfinished.fetch_add(1, Ordering::Relaxed);
+        }
+        ready(result)
+    }
+
+    fn record(&self, job: Job) {
+        let _ = self.insert(job);
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>> {
+        ready(Ok(self.with_job(id, |job| job.clone())))
+    }
+
+    fn next<'a>(&'a self, max: usize, wait: Duration) -> StoreFuture<'a, Vec<Claim>> {
+        Box::pin(async move {
+            let mut queued = self.queued.lock().await;
+            let mut claims = Vec::new();
+            if let Ok(Some(id)) = actix_rt::time::timeout(wait, queued.recv()).await {
+                claims.push(Claim { receipt: id.clone(), id });
+            }
+            while claims.len() < max {
+                match queued.try_recv() {
+                    Ok(id) => claims.push(Claim { receipt: id.clone(), id }),
+                    Err(_) => break,
+                }
+            }
+            Ok(claims)
+        })
+    }
+
+    fn heartbeat<'a>(&'a self, _claims: &'a [Claim]) -> StoreFuture<'a, ()> {
+        ready(Ok(()))
+    }
+
+    fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>> {
+        ready(Ok(self.with_job(id, |job| {
+            match job.doc.status {
+                JobStatus::Pending => job.doc.status = JobStatus::Processing,
+                JobStatus::Processing => job.doc.takeovers += 1,
+                JobStatus::Completed | JobStatus::Failed => {}
+            }
+            job.clone()
+        })))
+    }
+
+    fn finish<'a>(&'a self, job: &'a Job) -> StoreFuture<'a, bool> {
+        let done = self.with_job(job.id(), |stored| {
+            if stored.doc.status != JobStatus::Processing {
+                return false;
+            }
+            *stored = job.clone();
+            true
+        });
+        if done == Some(true) {
+            self.unfinished.fetch_sub(1, Ordering::Relaxed);
+        }
+        ready(Ok(done == Some(true)))
+    }
+
+    fn update_callback<'a>(&'a self, id: &'a str, callback: &'a CallbackState) -> StoreFuture<'a, ()> {
+        self.with_job(id, |job| job.doc.callback = Some(callback.clone()));
+        ready(Ok(()))
+    }
+
+    fn ack<'a>(&'a self, _claim: &'a Claim) -> StoreFuture<'a, ()> {
+        ready(Ok(()))
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+
+    fn backlog<'a>(&'a self) -> StoreFuture<'a, u64> {
+        ready(Ok(self.unfinished.load(Ordering::Relaxed) as u64))
+    }
+
+    fn fail_unfinished<'a>(&'a self, error: &'a JobError) -> StoreFuture<'a, Vec<Job>> {
+        let mut failed = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().expect("shard lock");
+            for job in shard.jobs.values_mut().filter(|j| j.work.is_some() && !j.doc.status.is_final()) {
+                job.doc.status = JobStatus::Failed;
+                job.doc.error = Some(error.clone());
+                job.doc.completed_at = Some(Timestamp::now());
+                failed.push(job.clone());
+            }
+        }
+        self.unfinished.fetch_sub(failed.len().min(self.unfinished.load(Ordering::Relaxed)), Ordering::Relaxed);
+        ready(Ok(failed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobWork, StatusDoc};
+
+    fn job(id: &str, status: JobStatus, work: bool) -> Job {
+        Job {
+            doc: StatusDoc {
+                request_id: id.into(),
+                status,
+                result: None,
+                upstream_request_id: None,
+                error: None,
+                created_at: Timestamp::now(),
+                completed_at: None,
+                attempts: 0,
+                takeovers: 0,
+                callback: None,
+            },
+            owner: None,
+            work: work.then(JobWork::default),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn jobs_move_forward_only_and_are_queued_once() {
+        let store = MemoryStore::new(100, Duration::from_secs(60));
+        store.submit(&job("a", JobStatus::Pending, true)).await.unwrap();
+        assert_eq!(store.submit(&job("a", JobStatus::Pending, true)).await, Err(StoreError::Exists));
+        assert_eq!(store.backlog().await.unwrap(), 1);
+        let claims = store.next(10, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(claims.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert!(store.next(10, Duration::from_millis(10)).await.unwrap().is_empty());
+        assert_eq!(store.start("a").await.unwrap().unwrap().doc.status, JobStatus::Processing);
+        let mut done = job("a", JobStatus::Completed, true);
+        done.doc.attempts = 1;
+        assert!(store.finish(&done).await.unwrap());
+        assert!(!store.finish(&done).await.unwrap(), "a final job is not finished twice");
+        assert_eq!(store.start("a").await.unwrap().unwrap().doc.status, JobStatus::Completed);
+        assert_eq!(store.backlog().await.unwrap(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn records_never_overwrite_jobs_and_finished_entries_make_room() {
+        let store = MemoryStore::new(SHARDS, Duration::from_secs(60)); // one entry per shard
+        store.submit(&job("a", JobStatus::Pending, true)).await.unwrap();
+        store.record(job("a", JobStatus::Completed, false));
+        assert_eq!(store.get("a").await.unwrap().unwrap().doc.status, JobStatus::Pending);
+        // Fill every shard with finished entries; each new one replaces the old in its shard.
+        for i in 0..200 {
+            store.record(job(&format!("sync-{i}"), JobStatus::Completed, false));
+        }
+        assert!(store.get("sync-199").await.unwrap().is_some());
+        assert!(store.get("a").await.unwrap().is_some(), "an unfinished job is never evicted");
+    }
+
+    #[actix_rt::test]
+    async fn a_store_full_of_unfinished_jobs_refuses_new_ones() {
+        let store = MemoryStore::new(SHARDS, Duration::from_secs(60));
+        let mut refused = 0;
+        for i in 0..100 {
+            if store.submit(&job(&format!("j{i}"), JobStatus::Pending, true)).await == Err(StoreError::Full) {
+                refused += 1;
+            }
+        }
+        assert!(refused >= 100 - SHARDS, "{refused}");
+        let failed = store
+            .fail_unfinished(&JobError { code: "shutdown".into(), message: "stopping".into(), retryable: true })
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 100 - refused);
+        assert!(failed.iter().all(|j| j.doc.status == JobStatus::Failed && j.doc.completed_at.is_some()));
+    }
+}

@@ -284,4 +284,17 @@ pub trait JobStore: Send + Sync + 'static {
     /// Whether jobs outlive this process (runners leave unfinished jobs for others at
     /// shutdown), or die with it (runners fail them at shutdown).
     fn durable(&self) -> bool;
+
+    /// Jobs accepted and not yet finished (queued or running anywhere).
+    fn backlog<'a>(&'a self) -> StoreFuture<'a, u64> {
+        Box::pin(async { Ok(0) })
+    }
+
+    /// At shutdown of a store that is not durable: marks every unfinished job failed with
+    /// `error` and returns them (so their callbacks can be attempted). Durable stores leave
+    /// them for another process and return nothing.
+    fn fail_unfinished<'a>(&'a self, error: &'a JobError) -> StoreFuture<'a, Vec<Job>> {
+        let _ = error;
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }

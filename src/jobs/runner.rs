@@ -1,1 +1,355 @@
+//! The job runner: takes accepted jobs from the store's queue and runs them through the same
+//! path as sync requests (cache, breaker, budget, token, retries), in the budget's background
+//! class so sync requests go first when the budget is short, each within its own deadline.
+//!
+//! It runs on the main arbiter with a Dispatcher of its own, at most `COURIER_JOB_CONCURRENCY`
+//! jobs at once. While a job runs, its claim is heartbeated so no other process takes it over;
+//! it is acknowledged only after its final state is saved and its callback delivered (or given
+//! up), so a process that dies at any point leaves the job to be taken over.
+//!
+//! At shutdown it stops taking jobs and lets running ones finish within the grace period. With
+//! a durable store (Redis) unfinished jobs stay queued for another process; with the in-process
+//! store they are marked `failed` with error `shutdown`, never left `processing`.
 
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix_web::web;
+use bytes::Bytes;
+use slog::{info, o, warn, Logger};
+use tokio::sync::{Notify, Semaphore};
+
+use super::callback::{Delivery, DeliveryOutcome};
+use super::{CallbackState, Claim, DeliveryState, Job, JobError, JobStatus, JobStore, RawJson, Timestamp};
+use crate::actors::budget::Class;
+use crate::cache::Key;
+use crate::http::cached::{self, Ask, Directives};
+use crate::http::{ApiError, Worker};
+use crate::metrics::Metrics;
+use crate::request_id::RequestId;
+
+/// How long the runner waits for new jobs before looking again.
+const POLL: Duration = Duration::from_secs(1);
+/// Shortest pause before trying a job again after a passing refusal (budget, circuit).
+const MIN_PAUSE: Duration = Duration::from_millis(100);
+
+/// Runner settings.
+#[derive(Clone, Copy, Debug)]
+pub struct RunnerSettings {
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Claims are heartbeated three times per lease.
+    pub lease: Duration,
+}
+
+struct State {
+    store: Arc<dyn JobStore>,
+    worker: web::Data<Worker>,
+    delivery: Option<Delivery>,
+    callback_client: awc::Client,
+    settings: RunnerSettings,
+    metrics: Arc<Metrics>,
+    log: Logger,
+    running: Cell<usize>,
+    idle: Notify,
+    stop: Notify,
+    stopping: Cell<bool>,
+}
+
+/// The running runner; [`RunnerHandle::shutdown`] stops it.
+pub struct RunnerHandle {
+    state: Rc<State>,
+}
+
+/// Starts the runner on the current arbiter.
+pub fn start(
+    store: Arc<dyn JobStore>,
+    worker: web::Data<Worker>,
+    delivery: Option<Delivery>,
+    settings: RunnerSettings,
+    metrics: Arc<Metrics>,
+    log: &Logger,
+) -> RunnerHandle {
+    let callback_client = awc::Client::builder()
+        .disable_redirects()
+        .disable_timeout()
+        .add_default_header(("user-agent", concat!("courier/", env!("CARGO_PKG_VERSION"))))
+        .finish();
+    let state = Rc::new(State {
+        store,
+        worker,
+        delivery,
+        callback_client,
+        settings,
+        metrics,
+        log: log.new(o!("actor" => "job_runner")),
+        running: Cell::new(0),
+        idle: Notify::new(),
+        stop: Notify::new(),
+        stopping: Cell::new(false),
+    });
+    actix_rt::spawn(take_jobs(state.clone()));
+    RunnerHandle { state }
+}
+
+async fn take_jobs(state: Rc<State>) {
+    let slots = Arc::new(Semaphore::new(state.settings.concurrency));
+    let mut failures = 0u32;
+    while !state.stopping.get() {
+        let first = tokio::select! {
+            _ = state.stop.notified() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("semaphore never closes"),
+        };
+        let max = 1 + slots.available_permits();
+        let claims = tokio::select! {
+            _ = state.stop.notified() => break,
+            claims = state.store.next(max, POLL) => claims,
+        };
+        let claims = match claims {
+            Ok(claims) => {
+                failures = 0;
+                claims
+            }
+            Err(error) => {
+                if failures == 0 {
+                    warn!(state.log, "job_store_unavailable"; "error" => %error);
+                }
+                failures += 1;
+                actix_rt::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        let mut first = Some(first);
+        for claim in claims {
+            let slot = match first.take() {
+                Some(slot) => slot,
+                None => slots.clone().try_acquire_owned().expect("claimed no more than the free slots"),
+            };
+            state.running.set(state.running.get() + 1);
+            state.metrics.jobs.with_label_values(&["processing"]).inc();
+            let state = state.clone();
+            actix_rt::spawn(async move {
+                run_claim(&state, &claim).await;
+                drop(slot);
+                state.metrics.jobs.with_label_values(&["processing"]).dec();
+                state.running.set(state.running.get() - 1);
+                if state.running.get() == 0 {
+                    state.idle.notify_waiters();
+                }
+            });
+        }
+    }
+}
+
+/// Runs one claimed job to its end (unless the process stops first), then acknowledges it.
+async fn run_claim(state: &State, claim: &Claim) {
+    let heartbeat = {
+        let (store, claim, every) = (state.store.clone(), claim.clone(), state.settings.lease / 3);
+        actix_rt::spawn(async move {
+            let mut tick = actix_rt::time::interval(every.max(Duration::from_millis(10)));
+            loop {
+                tick.tick().await;
+                let _ = store.heartbeat(std::slice::from_ref(&claim)).await;
+            }
+        })
+    };
+    let done = run_job(state, &claim.id).await;
+    heartbeat.abort();
+    if done {
+        if let Err(error) = state.store.ack(claim).await {
+            warn!(state.log, "job_ack_failed"; "request_id" => &claim.id, "error" => %error);
+        }
+    }
+}
+
+/// Returns true when the job and its callback are settled.
+async fn run_job(state: &State, id: &str) -> bool {
+    let job = match state.store.start(id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return true,
+        Err(error) => {
+            warn!(state.log, "job_start_failed"; "request_id" => id, "error" => %error);
+            return false;
+        }
+    };
+    let job = if job.doc.status.is_final() {
+        job
+    } else {
+        if job.doc.takeovers > 0 {
+            state.metrics.jobs_taken_over.inc();
+            info!(state.log, "job_taken_over"; "request_id" => id, "takeovers" => job.doc.takeovers);
+        }
+        let finished = execute(state, job).await;
+        match state.store.finish(&finished).await {
+            Ok(true) => {
+                record_final(state, &finished);
+                finished
+            }
+            Ok(false) => {
+                // Settled meanwhile (failed at shutdown, or by another runner): what is stored
+                // stands, callback state included.
+                info!(state.log, "job_finished_elsewhere"; "request_id" => id);
+                match state.store.get(id).await {
+                    Ok(Some(stored)) => stored,
+                    _ => return true,
+                }
+            }
+            Err(error) => {
+                warn!(state.log, "job_finish_failed"; "request_id" => id, "error" => %error);
+                return false;
+            }
+        }
+    };
+    deliver(state, job).await;
+    true
+}
+
+fn record_final(state: &State, job: &Job) {
+    let status = job.doc.status.as_str();
+    state.metrics.jobs_finished.with_label_values(&[status]).inc();
+    let took = SystemTime::now().duration_since(job.doc.created_at.0).unwrap_or_default();
+    state.metrics.job_duration.observe(took.as_secs_f64());
+    info!(state.log, "job_finished";
+        "request_id" => job.id(),
+        "status" => status,
+        "attempts" => job.doc.attempts,
+        "takeovers" => job.doc.takeovers,
+        "error" => job.doc.error.as_ref().map(|e| e.code.as_str()),
+        "duration" => took.as_secs_f64());
+}
+
+/// Passing refusals: the same request may go through a little later, within the job's deadline.
+fn passing(error: &ApiError) -> Option<Duration> {
+    match error {
+        ApiError::BudgetExhausted(wait)
+        | ApiError::CircuitOpen(wait)
+        | ApiError::UpstreamAuthUnavailable(wait)
+        | ApiError::Overloaded(wait) => Some((*wait).max(MIN_PAUSE)),
+        _ => None,
+    }
+}
+
+/// Runs the upstream part of a job and returns it in its final state.
+async fn execute(state: &State, mut job: Job) -> Job {
+    let work = job.work.clone().unwrap_or_default();
+    let deadline = job
+        .deadline()
+        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        .map_or_else(Instant::now, |left| Instant::now() + left);
+    let ask = Ask {
+        request_id: RequestId::parse(job.id()).unwrap_or_else(RequestId::generate),
+        body: Bytes::from(work.body.clone()),
+        deadline,
+        client: work.client,
+        key: work.cache_key.as_deref().and_then(Key::from_hex),
+        directives: Directives::default(),
+        class: Class::Background,
+    };
+    let outcome = loop {
+        let served = cached::serve(&state.worker, ask.clone()).await;
+        job.doc.attempts += served.attempts;
+        match served.result {
+            Ok(entry) => break Ok(entry),
+            Err(error) => match passing(&error) {
+                Some(pause) if Instant::now() + pause < deadline => actix_rt::time::sleep(pause).await,
+                _ => break Err(error),
+            },
+        }
+    };
+    job.doc.completed_at = Some(Timestamp::now());
+    match outcome {
+        Ok(entry) => {
+            job.doc.status = JobStatus::Completed;
+            job.doc.result = Some(RawJson(entry.result.clone()));
+            job.doc.upstream_request_id = entry.upstream_request_id.as_deref().map(str::to_owned);
+        }
+        Err(error) => {
+            job.doc.status = JobStatus::Failed;
+            job.doc.error = Some(JobError {
+                code: error.code().into(),
+                message: error.message().into_owned(),
+                retryable: error.retryable(),
+            });
+        }
+    }
+    job
+}
+
+/// The body a callback carries: the final status document, without the delivery state.
+fn callback_body(job: &Job) -> Bytes {
+    let mut doc = job.doc.clone();
+    doc.callback = None;
+    Bytes::from(serde_json::to_vec(&doc).expect("status documents serialise"))
+}
+
+/// Delivers the job's callback unless there is none or it is settled already.
+async fn deliver(state: &State, job: Job) {
+    let (Some(url), Some(delivery)) = (job.work.as_ref().and_then(|w| w.callback_url.clone()), &state.delivery) else {
+        return;
+    };
+    let mut callback = job.doc.callback.clone().unwrap_or_default();
+    if matches!(callback.state, DeliveryState::Delivered | DeliveryState::GaveUp) {
+        return;
+    }
+    let body = callback_body(&job);
+    let (store, metrics, id) = (&state.store, &state.metrics, job.id().to_owned());
+    let outcome = delivery
+        .deliver(&state.callback_client, &url, body, &mut callback, |now: &CallbackState| {
+            let result = if now.state == DeliveryState::Delivered { "success" } else { "failure" };
+            metrics.callback_attempts.with_label_values(&[result]).inc();
+            let (store, id, now) = (store.clone(), id.clone(), now.clone());
+            async move {
+                let _ = store.update_callback(&id, &now).await;
+            }
+        })
+        .await;
+    let result = match outcome {
+        DeliveryOutcome::Delivered => "delivered",
+        DeliveryOutcome::GaveUp => "gave_up",
+        DeliveryOutcome::Refused(_) => "refused",
+    };
+    state.metrics.callbacks.with_label_values(&[result]).inc();
+    if result != "delivered" {
+        warn!(state.log, "callback_gave_up";
+            "request_id" => job.id(), "attempts" => callback.attempts, "last_status_code" => callback.last_status_code, "result" => result);
+    }
+}
+
+impl RunnerHandle {
+    /// Stops taking jobs, lets running ones finish within `grace`, then settles the rest:
+    /// left queued for another process (durable store) or failed with `shutdown`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let state = &self.state;
+        state.stopping.set(true);
+        state.stop.notify_waiters();
+        let deadline = Instant::now() + grace;
+        while state.running.get() > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || actix_rt::time::timeout(left, state.idle.notified()).await.is_err() {
+                break;
+            }
+        }
+        if state.store.durable() {
+            info!(state.log, "jobs_left_for_others"; "running" => state.running.get());
+            return;
+        }
+        let error = JobError {
+            code: "shutdown".into(),
+            message: "courier stopped before the job finished; submit it again".into(),
+            retryable: true,
+        };
+        match state.store.fail_unfinished(&error).await {
+            Ok(failed) => {
+                info!(state.log, "jobs_failed_at_shutdown"; "count" => failed.len());
+                let quick = failed.into_iter().map(|job| {
+                    record_final(state, &job);
+                    actix_rt::time::timeout(Duration::from_secs(2), deliver(state, job))
+                });
+                futures_util::future::join_all(quick).await;
+            }
+            Err(error) => warn!(state.log, "jobs_not_failed_at_shutdown"; "error" => %error),
+        }
+    }
+}

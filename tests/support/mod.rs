@@ -2,6 +2,9 @@
 //! and talks to them over real HTTP.
 #![allow(dead_code)]
 
+pub mod receiver;
+pub mod redis;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,7 +93,7 @@ impl PairBuilder {
         let logs = LogCapture::default();
         let logging = Logging::start(config.log_level, LogTarget::Capture(logs.clone()), metrics.log_dropped.clone());
         let running =
-            Gateway::start(config, metrics, logging.logger.clone()).and_then(Gateway::serve).expect("courier starts");
+            Gateway::start(config, metrics, logging.logger.clone()).await.and_then(Gateway::serve).expect("courier starts");
         let http = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
         Pair { sim, courier: running, logs, logging: Some(logging), http }
     }

@@ -1,0 +1,210 @@
+//! The async half of the API: accepting a job (202), `GET /api/external/status/{request_id}`,
+//! and the status entries of sync requests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix_web::http::header::LOCATION;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::cached::Served;
+use super::errors::ApiError;
+use super::observe::{self, Inbound};
+use super::state::{Caller, Worker, UNKNOWN_CALLER};
+use crate::cache::Key;
+use crate::jobs::callback::CallbackPolicy;
+use crate::jobs::{CallbackState, Job, JobError, JobStatus, JobStore, JobWork, RawJson, StatusDoc, StoreError, Timestamp};
+use crate::metrics::Route;
+use crate::request_id::RequestId;
+
+/// The route's path.
+pub const STATUS_PATH: &str = "/api/external/status/{request_id}";
+
+/// What the HTTP layer needs of the job machinery.
+pub struct JobsShared {
+    /// Where jobs and status entries live.
+    pub store: Arc<dyn JobStore>,
+    /// Which callback URLs are acceptable.
+    pub policy: Arc<CallbackPolicy>,
+    /// Whether callbacks can be signed (a secret is configured).
+    pub callbacks: bool,
+    /// How long after acceptance a job must be over.
+    pub deadline: Duration,
+}
+
+/// A new async job, before it is stored.
+pub struct NewJob {
+    /// Its id.
+    pub request_id: RequestId,
+    /// The owner's name when clients are configured.
+    pub owner: Option<String>,
+    /// The client index, for fair sharing.
+    pub client: usize,
+    /// The upstream body.
+    pub body: bytes::Bytes,
+    /// Its cache key.
+    pub key: Option<Key>,
+    /// Where to deliver the final status document.
+    pub callback_url: Option<String>,
+}
+
+fn status_url(id: &str) -> String {
+    format!("/api/external/status/{id}")
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+fn accepted(job: &Job) -> HttpResponse {
+    let url = status_url(job.id());
+    HttpResponse::Accepted()
+        .insert_header((LOCATION, url.clone()))
+        .insert_header(("x-request-id", job.id().to_owned()))
+        .json(json!({"success": true, "request_id": job.id(), "status": job.doc.status, "status_url": url}))
+}
+
+/// Accepts an async job: validates its callback, stores it durably, answers 202. Nothing is
+/// accepted that the store did not take.
+pub async fn accept(worker: &Worker, new: NewJob) -> Result<HttpResponse, ApiError> {
+    let jobs = &worker.shared.jobs;
+    if let Some(url) = &new.callback_url {
+        if !jobs.callbacks {
+            return Err(ApiError::CallbacksUnavailable);
+        }
+        jobs.policy.check(url).await.map_err(|refused| ApiError::InvalidCallbackUrl(refused.to_string()))?;
+    }
+    let now = SystemTime::now();
+    let body = String::from_utf8(new.body.to_vec()).map_err(|_| ApiError::InvalidJson("not UTF-8".into()))?;
+    let job = Job {
+        doc: StatusDoc {
+            request_id: new.request_id.as_str().to_owned(),
+            status: JobStatus::Pending,
+            result: None,
+            upstream_request_id: None,
+            error: None,
+            created_at: Timestamp(now),
+            completed_at: None,
+            attempts: 0,
+            takeovers: 0,
+            callback: new.callback_url.as_ref().map(|_| CallbackState::new()),
+        },
+        owner: new.owner.clone(),
+        work: Some(JobWork {
+            body,
+            cache_key: new.key.map(|k| k.hex()),
+            callback_url: new.callback_url,
+            client: new.client,
+            deadline_unix_ms: unix_ms(now + jobs.deadline),
+        }),
+    };
+    match jobs.store.submit(&job).await {
+        Ok(()) => {
+            worker.shared.metrics.jobs_accepted.inc();
+            Ok(accepted(&job))
+        }
+        Err(StoreError::Exists) => match jobs.store.get(job.id()).await {
+            // The same client sending the same request id again: the same job (idempotent).
+            Ok(Some(existing)) if existing.work.is_some() && existing.owner == new.owner => Ok(accepted(&existing)),
+            Ok(_) => Err(ApiError::RequestIdInUse),
+            Err(_) => Err(ApiError::JobStoreUnavailable),
+        },
+        Err(StoreError::Full | StoreError::Unavailable(_)) => Err(ApiError::JobStoreUnavailable),
+    }
+}
+
+/// Records the status entry of an answered sync request (best effort, never blocking).
+pub fn record_sync(worker: &Worker, request_id: &RequestId, owner: Option<&str>, created: SystemTime, served: &Served) {
+    let (status, result, upstream_request_id, error) = match &served.result {
+        Ok(entry) => (
+            JobStatus::Completed,
+            Some(RawJson(entry.result.clone())),
+            entry.upstream_request_id.as_deref().map(str::to_owned),
+            None,
+        ),
+        Err(error) => (JobStatus::Failed, None, None, Some(job_error(error))),
+    };
+    record(worker, request_id, owner, created, status, result, upstream_request_id, error, served.attempts);
+}
+
+/// Records the status entry of a sync request refused before reaching the upstream.
+pub fn record_refused(worker: &Worker, request_id: &RequestId, owner: Option<&str>, created: SystemTime, error: &ApiError) {
+    record(worker, request_id, owner, created, JobStatus::Failed, None, None, Some(job_error(error)), 0);
+}
+
+fn job_error(error: &ApiError) -> JobError {
+    JobError { code: error.code().into(), message: error.message().into_owned(), retryable: error.retryable() }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    worker: &Worker,
+    request_id: &RequestId,
+    owner: Option<&str>,
+    created: SystemTime,
+    status: JobStatus,
+    result: Option<RawJson>,
+    upstream_request_id: Option<String>,
+    error: Option<JobError>,
+    attempts: u32,
+) {
+    worker.shared.jobs.store.record(Job {
+        doc: StatusDoc {
+            request_id: request_id.as_str().to_owned(),
+            status,
+            result,
+            upstream_request_id,
+            error,
+            created_at: Timestamp(created),
+            completed_at: Some(Timestamp::now()),
+            attempts,
+            takeovers: 0,
+            callback: None,
+        },
+        owner: owner.map(str::to_owned),
+        work: None,
+    });
+}
+
+/// `GET /api/external/status/{request_id}`.
+pub async fn status(req: HttpRequest, id: web::Path<String>, worker: web::Data<Worker>) -> HttpResponse {
+    let started = Instant::now();
+    let request_id = RequestId::from_client(req.headers().get("x-request-id"));
+    let caller = worker.identify(&req);
+    let result = match &caller {
+        Ok(caller) => lookup(&worker, *caller, &id).await,
+        Err(error) => Err(error.clone()),
+    };
+    let (response, error) = match result {
+        Ok(response) => (response, None),
+        Err(error) => (error.response(&request_id), Some(error.code())),
+    };
+    observe::inbound(
+        &worker,
+        Inbound {
+            route: Route::Status,
+            endpoint: "/api/external/status/{request_id}",
+            method: req.method(),
+            status: response.status(),
+            client: caller.map_or(UNKNOWN_CALLER, |c| worker.caller_name(c)),
+            request_id: &request_id,
+            started,
+            attempts: 0,
+            error,
+            cache: None,
+        },
+    );
+    response
+}
+
+async fn lookup(worker: &Worker, caller: Caller, id: &str) -> Result<HttpResponse, ApiError> {
+    let id = RequestId::parse(id).ok_or(ApiError::InvalidRequest("malformed request id".into()))?;
+    let job = worker.shared.jobs.store.get(id.as_str()).await.map_err(|_| ApiError::JobStoreUnavailable)?;
+    let owner = worker.owner_name(caller);
+    match job {
+        // Another client's job is as invisible as a missing one.
+        Some(job) if job.readable_by(owner) => Ok(HttpResponse::Ok().json(&job.doc)),
+        _ => Err(ApiError::NotFound),
+    }
+}

@@ -1,0 +1,99 @@
+//! How the Redis store is set up.
+
+use std::time::Duration;
+
+/// How the Redis store is set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Prefix of every key (default `courier`).
+    pub namespace: String,
+    /// This process's consumer name in the group; unique per process
+    /// (default [`default_consumer_name`]).
+    pub consumer: String,
+    /// A claimed job not heartbeated for this long may be taken over by another runner
+    /// (default 30 s). Runners must heartbeat well within it (a third of it, say).
+    pub lease: Duration,
+    /// How long job documents are kept after they are written (default 24 h). It must exceed
+    /// the longest a job may wait, run and retry its callback: a queued job whose document
+    /// expired is dropped.
+    pub job_ttl: Duration,
+    /// The bound of every store call; a call that takes longer is `Unavailable`
+    /// (default 2 s). `next` may take its `wait` on top.
+    pub op_timeout: Duration,
+    /// Most jobs queued and not yet acknowledged; `submit` answers `Full` beyond
+    /// (default 100 000).
+    pub stream_max_len: usize,
+    /// Most `record`ed entries waiting to be written; more are dropped and counted
+    /// (default 10 000).
+    pub record_queue: usize,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            namespace: "courier".into(),
+            consumer: default_consumer_name(),
+            lease: Duration::from_secs(30),
+            job_ttl: Duration::from_secs(24 * 3600),
+            op_timeout: Duration::from_secs(2),
+            stream_max_len: 100_000,
+            record_queue: 10_000,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// The first setting that cannot work, if any.
+    pub(super) fn problem(&self) -> Option<&'static str> {
+        if self.namespace.is_empty() {
+            Some("namespace is empty")
+        } else if self.consumer.is_empty() {
+            Some("consumer name is empty")
+        } else if self.lease.as_millis() == 0 {
+            Some("lease is under 1 ms")
+        } else if self.job_ttl.as_millis() == 0 {
+            Some("job TTL is under 1 ms")
+        } else if self.op_timeout.is_zero() {
+            Some("operation timeout is zero")
+        } else if self.stream_max_len == 0 {
+            Some("stream max length is zero")
+        } else if self.record_queue == 0 {
+            Some("record queue length is zero")
+        } else {
+            None
+        }
+    }
+}
+
+/// A consumer name unique to this process: `hostname-pid-random`.
+pub fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().replace(|c: char| c.is_whitespace(), "_"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "courier".into());
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_settings_work_and_bad_ones_are_named() {
+        assert_eq!(RedisSettings::default().problem(), None);
+        let bad = RedisSettings { lease: Duration::from_micros(10), ..RedisSettings::default() };
+        assert_eq!(bad.problem(), Some("lease is under 1 ms"));
+        let bad = RedisSettings { stream_max_len: 0, ..RedisSettings::default() };
+        assert_eq!(bad.problem(), Some("stream max length is zero"));
+    }
+
+    #[test]
+    fn consumer_names_differ_per_call_and_carry_the_pid() {
+        let (a, b) = (default_consumer_name(), default_consumer_name());
+        assert_ne!(a, b);
+        assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
+        assert!(!a.contains(char::is_whitespace), "{a}");
+    }
+}

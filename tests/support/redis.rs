@@ -1,0 +1,151 @@
+//! A real `redis-server` for one test: on a free loopback port, without persistence, killed
+//! when dropped. Needs the Debian package `redis-server`; without it the test fails loudly.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server gets to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `redis-server`, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments (e.g. `["--requirepass", "pw"]`).
+    pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        // A port found free may be taken before the server binds it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = RedisServer { child: None, port, extra_args: extra_args.clone() };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// The server's `redis://` URL, with `password` when given.
+    pub fn url_with_password(&self, password: Option<&str>) -> String {
+        match password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// The server's `redis://` URL.
+    pub fn url(&self) -> String {
+        self.url_with_password(None)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL: no shutdown, as in a crash) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (with an empty dataset).
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(self.spawn(), "redis-server did not restart on port {}", self.port);
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+        // SAFETY: sends a signal to our own child process, which has not been reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "could not signal redis-server");
+    }
+
+    /// Spawns the server on `self.port` and waits until it answers; false when it exited
+    /// (the port was taken).
+    fn spawn(&mut self) -> bool {
+        let spawned = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning", "--logfile", ""])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not installed; these tests need a real Redis: \
+                 install the Debian package `redis-server` (apt-get install redis-server)"
+            ),
+            Err(e) => panic!("could not run redis-server: {e}"),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if answers(self.port) {
+                self.child = Some(child);
+                return true;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server on port {} did not answer within {START_TIMEOUT:?}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Whether a Redis server on `port` answers a PING (with PONG, or an auth error).
+fn answers(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 1];
+    matches!(stream.read(&mut reply), Ok(1) if reply[0] == b'+' || reply[0] == b'-')
+}
