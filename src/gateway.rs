@@ -19,12 +19,12 @@ use crate::actors::{Dispatcher, DispatcherSettings, RetryPolicy, TokenCell, Toke
 use crate::cache::{CacheSettings, ResponseCache};
 use crate::config::Config;
 use crate::http::jobs::JobsShared;
+use crate::http::{self, Shared, Worker};
 use crate::jobs::callback::{CallbackPolicy, Delivery};
 use crate::jobs::memory::MemoryStore;
 use crate::jobs::redis::{RedisSettings, RedisStore};
 use crate::jobs::runner::{self, RunnerHandle, RunnerSettings};
 use crate::jobs::JobStore;
-use crate::http::{self, Shared, Worker};
 use crate::metrics::Metrics;
 use crate::upstream::{self, Backoff};
 
@@ -254,16 +254,20 @@ async fn jobs_shared(config: &Config) -> Result<JobsShared, StartError> {
                 stream_max_len: jobs.max,
                 ..RedisSettings::default()
             };
-            let store = RedisStore::connect(url, settings)
-                .await
-                .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
+            let store =
+                RedisStore::connect(url, settings).await.map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
             Arc::new(store)
         }
         None => Arc::new(MemoryStore::new(jobs.max, jobs.ttl)),
     };
     let policy = CallbackPolicy::parse(&jobs.callback_allow)
         .map_err(|e| StartError::Setting(format!("COURIER_CALLBACK_ALLOW: {e}")))?;
-    Ok(JobsShared { store, policy: Arc::new(policy), callbacks: jobs.callback_secret.is_some(), deadline: jobs.deadline })
+    Ok(JobsShared {
+        store,
+        policy: Arc::new(policy),
+        callbacks: jobs.callback_secret.is_some(),
+        deadline: jobs.deadline,
+    })
 }
 
 /// Bound of every Redis call.
@@ -275,8 +279,12 @@ fn start_runner(gateway: &Gateway) -> Result<RunnerHandle, StartError> {
     let jobs = &shared.config.jobs;
     let delivery = match &jobs.callback_secret {
         Some(secret) => {
-            let backoff = Backoff::try_new(jobs.callback_retry_delay, jobs.callback_retry_delay.max(Duration::from_secs(60)), true)
-                .map_err(|e| StartError::Setting(format!("COURIER_CALLBACK_RETRY_DELAY: {e}")))?;
+            let backoff = Backoff::try_new(
+                jobs.callback_retry_delay,
+                jobs.callback_retry_delay.max(Duration::from_secs(60)),
+                true,
+            )
+            .map_err(|e| StartError::Setting(format!("COURIER_CALLBACK_RETRY_DELAY: {e}")))?;
             let delivery = Delivery::try_new(
                 secret.clone(),
                 shared.jobs.policy.clone(),
@@ -290,5 +298,12 @@ fn start_runner(gateway: &Gateway) -> Result<RunnerHandle, StartError> {
         None => None,
     };
     let settings = RunnerSettings { concurrency: jobs.concurrency, lease: jobs.lease };
-    Ok(runner::start(shared.jobs.store.clone(), gateway.worker(), delivery, settings, shared.metrics.clone(), &shared.log))
+    Ok(runner::start(
+        shared.jobs.store.clone(),
+        gateway.worker(),
+        delivery,
+        settings,
+        shared.metrics.clone(),
+        &shared.log,
+    ))
 }

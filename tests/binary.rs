@@ -3,57 +3,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use courier::simulator::{SimConfig, Simulator};
 use serde_json::{json, Value};
+use support::process::{lines_of, signal, wait_exit, wait_line, BIN};
 use support::{count, read_answer};
-
-const BIN: &str = env!("CARGO_BIN_EXE_courier");
-
-/// Lines of a child's stream, read on a thread.
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits (bounded) for a line satisfying `pick`, returning what it extracts.
-fn wait_line<T>(lines: &mpsc::Receiver<String>, mut pick: impl FnMut(&str) -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines.recv_timeout(left).expect("the expected line was printed in time");
-        if let Some(found) = pick(&line) {
-            return found;
-        }
-    }
-}
-
-fn signal(child: &Child, signal: i32) {
-    let rc = unsafe { libc::kill(child.id() as i32, signal) };
-    assert_eq!(rc, 0, "signal delivered");
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "courier did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn every_bad_setting_is_reported_on_its_own_line_without_secrets() {

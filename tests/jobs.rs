@@ -79,7 +79,9 @@ async fn an_async_request_is_accepted_at_once_and_completes_in_the_background() 
     assert_eq!(pair.metric("courier_jobs_accepted_total", &[]).await, 1.0);
     assert_eq!(pair.metric("courier_jobs_finished_total", &[("state", "completed")]).await, 1.0);
     let logs = pair.stop().await.lines();
-    assert!(logs.iter().any(|l| l["event"] == "job_finished" && l["request_id"] == id.as_str() && l["status"] == "completed"));
+    assert!(logs
+        .iter()
+        .any(|l| l["event"] == "job_finished" && l["request_id"] == id.as_str() && l["status"] == "completed"));
 }
 
 #[actix_rt::test]
@@ -230,7 +232,10 @@ async fn only_the_client_that_created_a_job_can_read_it_and_resubmitting_is_idem
     assert_eq!((again.status.as_u16(), again.body["status"].clone()), (202, json!("completed")));
     assert_eq!(count(&pair.sim_stats().await, &["process", "total"]), 1);
     let stolen = pair
-        .process_with(async_body("theirs", None), &[("authorization", "Bearer beta-key"), ("x-request-id", "alpha-job-1")])
+        .process_with(
+            async_body("theirs", None),
+            &[("authorization", "Bearer beta-key"), ("x-request-id", "alpha-job-1")],
+        )
         .await;
     assert_eq!((stolen.status.as_u16(), stolen.error_code()), (409, "request_id_in_use"));
     pair.stop().await;
@@ -239,7 +244,8 @@ async fn only_the_client_that_created_a_job_can_read_it_and_resubmitting_is_idem
 
 #[actix_rt::test]
 async fn a_job_waits_out_passing_refusals_within_its_own_deadline_then_fails() {
-    let pair = PairBuilder::default().env("COURIER_JOB_DEADLINE", "1.5").env("COURIER_BREAKER_OPEN", "0.2").start().await;
+    let pair =
+        PairBuilder::default().env("COURIER_JOB_DEADLINE", "1.5").env("COURIER_BREAKER_OPEN", "0.2").start().await;
     let forced = pair.http.post(pair.admin_url("/admin/breaker")).send_json(&json!({"mode": "open"})).await.unwrap();
     assert_eq!(forced.status(), 200);
     let started = Instant::now();
@@ -266,7 +272,8 @@ async fn stopping_finishes_or_fails_every_job_and_their_callbacks_say_so() {
     let receiver = Receiver::start(&[]).await;
     let pair = with_callbacks().env("COURIER_SHUTDOWN_GRACE", "0.5").env("COURIER_JOB_CONCURRENCY", "2").start().await;
     pair.faults(json!({"latency_ms": 2000})).await;
-    let accepted = join_all((0..6).map(|i| pair.process(async_body(&format!("shutdown {i}"), Some(&receiver.url("/bye")))))).await;
+    let accepted =
+        join_all((0..6).map(|i| pair.process(async_body(&format!("shutdown {i}"), Some(&receiver.url("/bye")))))).await;
     assert!(accepted.iter().all(|a| a.status == 202));
     let deadline = Instant::now() + Duration::from_secs(5);
     while pair.sim_stats().await["in_flight"].as_u64() != Some(2) {

@@ -14,7 +14,9 @@ use super::observe::{self, Inbound};
 use super::state::{Caller, Worker, UNKNOWN_CALLER};
 use crate::cache::Key;
 use crate::jobs::callback::CallbackPolicy;
-use crate::jobs::{CallbackState, Job, JobError, JobStatus, JobStore, JobWork, RawJson, StatusDoc, StoreError, Timestamp};
+use crate::jobs::{
+    CallbackState, Job, JobError, JobStatus, JobStore, JobWork, RawJson, StatusDoc, StoreError, Timestamp,
+};
 use crate::metrics::Route;
 use crate::request_id::RequestId;
 
@@ -129,7 +131,13 @@ pub fn record_sync(worker: &Worker, request_id: &RequestId, owner: Option<&str>,
 }
 
 /// Records the status entry of a sync request refused before reaching the upstream.
-pub fn record_refused(worker: &Worker, request_id: &RequestId, owner: Option<&str>, created: SystemTime, error: &ApiError) {
+pub fn record_refused(
+    worker: &Worker,
+    request_id: &RequestId,
+    owner: Option<&str>,
+    created: SystemTime,
+    error: &ApiError,
+) {
     record(worker, request_id, owner, created, JobStatus::Failed, None, None, Some(job_error(error)), 0);
 }
 

@@ -8,7 +8,7 @@
 //! accepted and lost; finished entries are evicted oldest first to make room.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -41,7 +41,9 @@ impl Shard {
         }
         if self.jobs.len() >= cap {
             // Unfinished entries at the front: look further back for a finished one.
-            if let Some(pos) = self.order.iter().position(|(_, id)| self.jobs.get(id).is_some_and(|j| j.doc.status.is_final())) {
+            if let Some(pos) =
+                self.order.iter().position(|(_, id)| self.jobs.get(id).is_some_and(|j| j.doc.status.is_final()))
+            {
                 let (_, id) = self.order.remove(pos).expect("position exists");
                 removed += usize::from(self.jobs.remove(&id).is_some());
             }
@@ -77,9 +79,7 @@ impl MemoryStore {
     }
 
     fn shard(&self, id: &str) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
     }
 
     fn with_job<T>(&self, id: &str, f: impl FnOnce(&mut Job) -> T) -> Option<T> {

@@ -2,6 +2,7 @@
 //! and talks to them over real HTTP.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod receiver;
 pub mod redis;
 
@@ -92,8 +93,10 @@ impl PairBuilder {
         let metrics = Arc::new(Metrics::new());
         let logs = LogCapture::default();
         let logging = Logging::start(config.log_level, LogTarget::Capture(logs.clone()), metrics.log_dropped.clone());
-        let running =
-            Gateway::start(config, metrics, logging.logger.clone()).await.and_then(Gateway::serve).expect("courier starts");
+        let running = Gateway::start(config, metrics, logging.logger.clone())
+            .await
+            .and_then(Gateway::serve)
+            .expect("courier starts");
         let http = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
         Pair { sim, courier: running, logs, logging: Some(logging), http }
     }

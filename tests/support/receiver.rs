@@ -47,7 +47,7 @@ impl Delivery {
         mac.update(format!("{t}.").as_bytes());
         mac.update(&self.body);
         let expected = hex::encode(mac.finalize().into_bytes());
-        v1.iter().any(|sig| *sig == expected)
+        v1.contains(&expected)
     }
 }
 
