@@ -68,9 +68,11 @@ impl RefreshResult {
 /// courier's metrics.
 pub struct Metrics {
     registry: Registry,
+    names: Vec<String>,
     /// Inbound requests answered, by route, status code and client.
     pub http_requests: IntCounterVec,
-    /// Time from receiving an inbound request to answering it, by route.
+    /// Time from receiving an inbound request to answering it, by route, status class
+    /// (`2xx`, `4xx`, `5xx`) and client.
     pub http_duration: HistogramVec,
     /// Upstream attempts (retries included), by classified outcome.
     pub upstream_attempts: IntCounterVec,
@@ -84,6 +86,8 @@ pub struct Metrics {
     pub token_expiry: Gauge,
     /// 1 once an upstream token has been obtained, else 0.
     pub ready: IntGauge,
+    /// Seconds until the current upstream token expires (negative once it has; 0 without one).
+    pub token_expires_in: Gauge,
     /// Log lines dropped because the log writer fell behind.
     pub log_dropped: IntCounter,
     /// Build information; the value is always 1.
@@ -146,11 +150,12 @@ pub struct Metrics {
     pub status_records_dropped: IntCounter,
 }
 
-/// Creates metrics in the `courier` namespace and registers each once.
-struct Registrar(Registry);
+/// Creates metrics in the `courier` namespace and registers each once, noting its name.
+struct Registrar(Registry, std::cell::RefCell<Vec<String>>);
 
 impl Registrar {
     fn add<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.1.borrow_mut().extend(metric.desc().iter().map(|d| d.fq_name.clone()));
         self.0.register(Box::new(metric.clone())).expect("metric registered once");
         metric
     }
@@ -197,7 +202,7 @@ impl Registrar {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
-        let r = Registrar(Registry::new());
+        let r = Registrar(Registry::new(), Default::default());
         let metrics = Metrics {
             http_requests: r.counter_vec(
                 "http_requests_total",
@@ -206,8 +211,8 @@ impl Metrics {
             ),
             http_duration: r.histogram_vec(
                 "http_request_duration_seconds",
-                "Time from receiving an inbound request to answering it, by route.",
-                &["route"],
+                "Time from receiving an inbound request to answering it, by route, status class (2xx, 4xx, 5xx) and client.",
+                &["route", "status_class", "client"],
             ),
             upstream_attempts: r.counter_vec(
                 "upstream_attempts_total",
@@ -231,6 +236,10 @@ impl Metrics {
                 "Unix time at which the current upstream token expires (0 when there is none).",
             ),
             ready: r.int_gauge("ready", "1 once an upstream token has been obtained, else 0."),
+            token_expires_in: r.gauge(
+                "token_expires_in_seconds",
+                "Seconds until the current upstream token expires (negative once it has; 0 without one).",
+            ),
             log_dropped: r.counter("log_lines_dropped_total", "Log lines dropped because the log writer fell behind."),
             build_info: r.int_gauge_vec("build_info", "Build information; the value is always 1.", &["version"]),
             budget_limit: r.gauge(
@@ -335,11 +344,19 @@ impl Metrics {
                 "Status entries of sync requests the store could not take (dropped, not blocking).",
             ),
             registry: r.0.clone(),
+            names: Vec::new(),
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        r.0.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("process collector registered once");
+        r.add(ProcessMetrics(std::sync::Arc::new(prometheus::process_collector::ProcessCollector::for_self())));
+        let mut metrics = metrics;
+        metrics.names = r.1.into_inner();
         metrics
+    }
+
+    /// The name of every metric courier exports (histograms without their `_bucket`, `_sum`
+    /// and `_count` series), registered or not yet observed.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition of every metric, for `/metrics`.
@@ -347,6 +364,20 @@ impl Metrics {
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding into a Vec cannot fail");
         out
+    }
+}
+
+/// The process collector, clonable so it registers like the other metrics.
+#[derive(Clone)]
+struct ProcessMetrics(std::sync::Arc<prometheus::process_collector::ProcessCollector>);
+
+impl prometheus::core::Collector for ProcessMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
     }
 }
 
@@ -367,7 +398,7 @@ mod tests {
         metrics.upstream_attempts.with_label_values(&["success"]).inc();
         metrics.upstream_retries.with_label_values(&["timeout"]).inc();
         metrics.token_refreshes.with_label_values(&["success"]).inc();
-        metrics.http_duration.with_label_values(&["process"]).observe(0.01);
+        metrics.http_duration.with_label_values(&["process", "2xx", "open"]).observe(0.01);
         let text = String::from_utf8(metrics.render()).unwrap();
         for family in metrics.registry.gather() {
             let name = family.name();
@@ -379,5 +410,7 @@ mod tests {
         assert!(text.contains("courier_build_info{version=\""));
         assert!(text.contains("courier_http_request_duration_seconds_bucket"));
         assert!(text.contains("process_cpu_seconds_total"));
+        assert!(metrics.names().iter().any(|n| n == "courier_jobs_accepted_total"));
+        assert!(metrics.names().iter().any(|n| n == "process_resident_memory_bytes"));
     }
 }

@@ -17,20 +17,68 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/admin/state", web::get().to(state))
         .route("/admin/breaker", web::post().to(force_breaker))
         .route("/admin/breaker", web::get().to(breaker_state))
         .route("/admin/cache", web::delete().to(purge_cache))
         .route("/admin/cache/{key}", web::delete().to(purge_cache_entry));
 }
 
-async fn metrics(shared: web::Data<Arc<Shared>>) -> HttpResponse {
-    shared.budget.export(&shared.metrics, Instant::now());
-    shared.cache.export(&shared.metrics).await;
+/// Brings the gauges that describe state (budget, cache, jobs, token) up to date.
+async fn refresh(shared: &Shared) {
+    let metrics = &shared.metrics;
+    let now = Instant::now();
+    shared.budget.export(metrics, now);
+    shared.cache.export(metrics).await;
     if let Ok(backlog) = shared.jobs.store.backlog().await {
-        let processing = shared.metrics.jobs.with_label_values(&["processing"]).get();
-        shared.metrics.jobs.with_label_values(&["pending"]).set((backlog as i64 - processing).max(0));
+        let processing = metrics.jobs.with_label_values(&["processing"]).get();
+        metrics.jobs.with_label_values(&["pending"]).set((backlog as i64 - processing).max(0));
     }
+    let expires_in = shared.token_cell.load().map_or(0.0, |token| match token.expires_at.checked_duration_since(now) {
+        Some(left) => left.as_secs_f64(),
+        None => -now.duration_since(token.expires_at).as_secs_f64(),
+    });
+    metrics.token_expires_in.set(expires_in);
+}
+
+async fn metrics(shared: web::Data<Arc<Shared>>) -> HttpResponse {
+    refresh(&shared).await;
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(shared.metrics.render())
+}
+
+/// `GET /admin/state`: one JSON snapshot of what the actors own.
+async fn state(shared: web::Data<Arc<Shared>>) -> HttpResponse {
+    refresh(&shared).await;
+    let m = &shared.metrics;
+    let token = shared.token_cell.load();
+    HttpResponse::Ok().json(json!({
+        "token": {
+            "ready": shared.token_cell.is_ready(),
+            "generation": token.as_ref().map(|t| t.generation),
+            "expires_in_seconds": token.as_ref().map(|_| m.token_expires_in.get()),
+        },
+        "budget": {
+            "limit_per_minute": shared.config.rate_limit_per_minute,
+            "burst": shared.config.rate_burst,
+            "permits_available": m.budget_available.get(),
+            "queue_depth": m.budget_queue_depth.get(),
+            "queue_max": shared.config.queue_max,
+        },
+        "breaker": snapshot(&shared).await,
+        "cache": {
+            "enabled": shared.cache.enabled(),
+            "entries": m.cache_entries.get(),
+            "bytes": m.cache_bytes.get(),
+            "max_bytes": shared.config.cache_max_bytes,
+        },
+        "jobs": {
+            "store": if shared.jobs.store.durable() { "redis" } else { "memory" },
+            "pending": m.jobs.with_label_values(&["pending"]).get(),
+            "processing": m.jobs.with_label_values(&["processing"]).get(),
+            "completed": m.jobs_finished.with_label_values(&["completed"]).get(),
+            "failed": m.jobs_finished.with_label_values(&["failed"]).get(),
+        },
+    }))
 }
 
 async fn healthz() -> HttpResponse {

@@ -39,7 +39,14 @@ pub fn inbound(worker: &Worker, event: Inbound<'_>) {
     let elapsed = event.started.elapsed().as_secs_f64();
     let metrics = &worker.shared.metrics;
     metrics.http_requests.with_label_values(&[event.route.as_str(), event.status.as_str(), event.client]).inc();
-    metrics.http_duration.with_label_values(&[event.route.as_str()]).observe(elapsed);
+    let class = match event.status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics.http_duration.with_label_values(&[event.route.as_str(), class, event.client]).observe(elapsed);
     info!(worker.log, "gateway_request";
         "request_id" => event.request_id.as_str(),
         "endpoint" => event.endpoint,

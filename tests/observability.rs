@@ -1,0 +1,254 @@
+//! What SREs see: the alert rules pass promtool, the dashboard is well formed and names only
+//! metrics courier exports, and a real Prometheus scraping courier through traffic and faults
+//! gets data for every dashboard panel and fires the breaker-open alert's expression.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use support::prometheus::{which, Prometheus};
+use support::receiver::Receiver;
+use support::{body, PairBuilder};
+
+const DASHBOARD: &str = "grafana/provisioning/dashboards/courier.json";
+const RULES: &str = "grafana/alerts/courier.rules.yml";
+
+fn dashboard() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).expect("the dashboard is JSON")
+}
+
+/// Every panel that shows data (rows are layout), with rows' nested panels.
+fn panels(dashboard: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["type"] == "row" {
+            out.extend(panel["panels"].as_array().into_iter().flatten().cloned());
+        } else {
+            out.push(panel.clone());
+        }
+    }
+    out
+}
+
+fn exprs(panel: &Value) -> Vec<String> {
+    panel["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Metric names an expression mentions.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &expr[i..];
+        let starts = (rest.starts_with("courier_") || rest.starts_with("process_"))
+            && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'));
+        if starts {
+            let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            names.insert(rest[..len].to_owned());
+            i += len;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let promtool = which("promtool").unwrap_or_else(|| {
+        panic!("promtool is missing: install the Debian package `prometheus` (scripts/test-all does)")
+    });
+    let output = Command::new(promtool).args(["check", "rules", RULES]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("SUCCESS: 7 rules found"), "{text}");
+    let rules = std::fs::read_to_string(RULES).unwrap();
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(readme.contains(&format!("### Runbook: {alert}")), "README has no runbook for {alert}");
+    }
+    assert_eq!(rules.matches("summary:").count(), 7);
+    assert_eq!(rules.matches("description:").count(), 7);
+}
+
+#[test]
+fn the_dashboard_is_well_formed_and_names_only_exported_metrics() {
+    let dashboard = dashboard();
+    assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 39);
+    let variables: Vec<&str> =
+        dashboard["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(variables, ["DS_PROMETHEUS", "instance", "client"]);
+    let rows: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "row")
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "Traffic (RED)",
+            "Upstream health",
+            "Rate budget",
+            "Circuit breaker",
+            "Token lifecycle",
+            "Response cache",
+            "Async jobs and callbacks",
+            "Process"
+        ]
+    );
+
+    let exported: BTreeSet<String> = courier::metrics::Metrics::new().names().iter().cloned().collect();
+    let panels = panels(&dashboard);
+    assert!(panels.len() >= 20);
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(!title.is_empty(), "a panel without a title: {panel}");
+        assert_eq!(panel["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} has no target");
+        for target in targets {
+            assert_eq!(target["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
+            let expr = target["expr"].as_str().expect("expr");
+            for name in metric_names(expr) {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix).filter(|b| exported.contains(*b)))
+                    .unwrap_or(&name);
+                assert!(exported.contains(base), "{title}: {name} is not a metric courier exports");
+            }
+        }
+    }
+}
+
+/// The dashboard's variables filled in, as Grafana would with "All" selected.
+fn filled(expr: &str) -> String {
+    expr.replace("$instance", ".*").replace("$client", ".*").replace("$__rate_interval", "1m")
+}
+
+#[actix_rt::test]
+async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
+    let receiver = Receiver::start(&[]).await;
+    let pair = PairBuilder::default()
+        .sim(|s| {
+            s.rate_limit_per_minute = 1200;
+            s.rate_burst = 40;
+        })
+        .env("EXTERNAL_API_CACHE_TTL", "300")
+        .env("EXTERNAL_API_RATE_LIMIT", "1200")
+        .env("EXTERNAL_API_RATE_BURST", "2")
+        .env("EXTERNAL_API_MAX_RETRIES", "1")
+        .env("COURIER_BREAKER_FAILURES", "3")
+        .env("COURIER_BREAKER_OPEN", "60")
+        .env("COURIER_CALLBACK_SECRET", "whsec_prom")
+        .env("COURIER_CALLBACK_ALLOW", "127.0.0.1")
+        .log_level("warning")
+        .start()
+        .await;
+    let prometheus = Prometheus::start(&[pair.courier.admin_addr.to_string()], &[Path::new(RULES)]).await;
+
+    // Misses that queue for permits, then hits of the same answers.
+    let misses = join_all((0..12).map(|i| pair.process(body(&format!("panel {i}"))))).await;
+    assert!(misses.iter().all(|a| a.status == 200), "{misses:?}");
+    for i in 0..6 {
+        assert_eq!(pair.process(body(&format!("panel {i}"))).await.header("x-cache"), Some("HIT"));
+    }
+    // Over budget: immediate 429s.
+    let refused =
+        join_all((0..20).map(|i| pair.process_with(body(&format!("rush {i}")), &[("x-request-timeout", "0.05")])))
+            .await;
+    assert!(refused.iter().any(|a| a.status == 429));
+    // A transient upstream failure, retried.
+    pair.faults(json!({"error_count": 1, "error_status": 503})).await;
+    assert_eq!(pair.process(body("retried")).await.status, 200);
+    // The upstream's own rate limit, learned as a pause.
+    pair.faults(json!({"rate_consume": 1000})).await;
+    assert_eq!(pair.process(body("paused")).await.status, 200);
+    // An async job with a callback.
+    let job = pair
+        .process(json!({"data": {"input": "job"}, "options": {"async": true, "callback_url": receiver.url("/cb")}}))
+        .await;
+    assert_eq!(job.status, 202);
+    receiver.wait_for(1).await;
+    // A purge, for the evictions panel.
+    let key = misses[0].header("x-cache-key").unwrap().to_owned();
+    pair.http.delete(pair.admin_url(&format!("/admin/cache/{key}"))).send().await.unwrap();
+    // An outage that opens the breaker.
+    pair.faults(json!({"outage": true})).await;
+    let mut outcome = Vec::new();
+    for i in 0..10 {
+        let answer = pair.process(body(&format!("outage {i}"))).await;
+        outcome.push(answer.status.as_u16());
+        if answer.status == 503 {
+            assert_eq!(answer.error_code(), "circuit_open");
+            break;
+        }
+        assert_eq!(answer.status, 502);
+    }
+    assert_eq!(outcome.last(), Some(&503), "the breaker opened: {outcome:?}");
+
+    // The breaker-open alert's expression fires during the outage.
+    let rules = std::fs::read_to_string(RULES).unwrap();
+    let alert_expr = rules
+        .lines()
+        .skip_while(|l| !l.contains("alert: CourierBreakerOpen"))
+        .find_map(|l| l.trim().strip_prefix("expr: "))
+        .unwrap();
+    let firing = prometheus.wait_for(alert_expr, Duration::from_secs(15)).await;
+    assert_eq!(firing.len(), 1, "{alert_expr} returned {firing:?}");
+    assert_eq!(firing[0]["metric"]["instance"], pair.courier.admin_addr.to_string());
+    let alerts = prometheus.wait_for(r#"ALERTS{alertname="CourierBreakerOpen"}"#, Duration::from_secs(10)).await;
+    assert_eq!(alerts[0]["metric"]["alertstate"], "pending", "pending until its minute is up: {alerts:?}");
+
+    // Every panel's queries return data.
+    let mut empty = Vec::new();
+    for panel in panels(&dashboard()) {
+        for expr in exprs(&panel) {
+            let result = prometheus.wait_for(&filled(&expr), Duration::from_secs(10)).await;
+            if result.is_empty() {
+                empty.push(format!("{}: {expr}", panel["title"]));
+            }
+        }
+    }
+    assert!(empty.is_empty(), "panels without data:\n{}", empty.join("\n"));
+    // The variables' own queries too.
+    let instances = prometheus.query("count by (instance) (courier_build_info)").await;
+    assert_eq!(instances.len(), 1);
+    let clients = prometheus.query("count by (client) (courier_http_requests_total)").await;
+    assert!(!clients.is_empty());
+
+    drop(prometheus);
+    pair.stop().await;
+    receiver.stop().await;
+}
+
+#[actix_rt::test]
+async fn admin_state_is_one_snapshot_of_the_actors() {
+    let pair =
+        PairBuilder::default().env("EXTERNAL_API_CACHE_TTL", "60").env("EXTERNAL_API_RATE_LIMIT", "600").start().await;
+    pair.process(body("state of things")).await;
+    let state = support::read_answer(pair.http.get(pair.admin_url("/admin/state")).send().await.unwrap()).await;
+    assert_eq!(state.status, 200);
+    let s = &state.body;
+    assert_eq!(s["token"]["ready"], true);
+    assert_eq!(s["token"]["generation"], 1);
+    let expires_in = s["token"]["expires_in_seconds"].as_f64().unwrap();
+    assert!(expires_in > 3500.0 && expires_in <= 3600.0, "{s}");
+    assert_eq!(s["budget"]["limit_per_minute"], 600);
+    assert!(s["budget"]["permits_available"].as_i64().is_some());
+    assert_eq!(s["budget"]["queue_depth"], 0);
+    assert_eq!(s["breaker"]["state"], "closed");
+    assert_eq!(s["breaker"]["mode"], "auto");
+    assert_eq!(s["cache"]["entries"], 1);
+    assert!(s["cache"]["bytes"].as_i64().unwrap() > 0);
+    assert_eq!(s["jobs"]["store"], "memory");
+    assert_eq!(s["jobs"]["pending"], 0);
+    pair.stop().await;
+}
