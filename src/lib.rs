@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod request_id;
+pub mod shared;
 pub mod simulator;
 pub mod upstream;
 

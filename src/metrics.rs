@@ -148,6 +148,13 @@ pub struct Metrics {
     pub callback_attempts: IntCounterVec,
     /// Status entries of sync requests the store could not take (dropped, not blocking).
     pub status_records_dropped: IntCounter,
+    /// Shared state through Redis: 1 for the current mode (`off`: no REDIS_URL; `shared`;
+    /// `degraded`: Redis failing, replica on its own), else 0.
+    pub shared_state: IntGaugeVec,
+    /// Failed or timed-out Redis calls for shared state, by operation.
+    pub redis_errors: IntCounterVec,
+    /// Upstream token requests avoided because another replica's token was used.
+    pub token_shared_uses: IntCounter,
 }
 
 /// Creates metrics in the `courier` namespace and registers each once, noting its name.
@@ -342,6 +349,20 @@ impl Metrics {
             status_records_dropped: r.counter(
                 "status_records_dropped_total",
                 "Status entries of sync requests the store could not take (dropped, not blocking).",
+            ),
+            shared_state: r.int_gauge_vec(
+                "shared_state",
+                "Shared state through Redis: 1 for the current mode (off: no REDIS_URL; shared; degraded: Redis failing, replica on its own), else 0.",
+                &["mode"],
+            ),
+            redis_errors: r.counter_vec(
+                "redis_errors_total",
+                "Failed or timed-out Redis calls for shared state, by operation.",
+                &["operation"],
+            ),
+            token_shared_uses: r.counter(
+                "token_shared_uses_total",
+                "Upstream token requests avoided because another replica's token was used.",
             ),
             registry: r.0.clone(),
             names: Vec::new(),
