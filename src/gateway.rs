@@ -26,6 +26,8 @@ use crate::jobs::redis::{RedisSettings, RedisStore};
 use crate::jobs::runner::{self, RunnerHandle, RunnerSettings};
 use crate::jobs::JobStore;
 use crate::metrics::Metrics;
+use crate::shared::budget::SharedRate;
+use crate::shared::{self, SharedRedis};
 use crate::upstream::{self, Backoff};
 
 /// Why courier could not start.
@@ -73,8 +75,23 @@ impl Gateway {
             Some(clients) => clients.entries().iter().map(|c| c.weight).collect(),
             None => vec![1],
         };
+        let shared_redis = match &config.redis_url {
+            Some(url) => Some(Arc::new(
+                SharedRedis::connect(url, "courier", REDIS_TIMEOUT, metrics.clone(), &log)
+                    .await
+                    .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?,
+            )),
+            None => {
+                shared::set_mode(&metrics, "off");
+                None
+            }
+        };
+        let shared_rate = shared_redis.as_ref().map(|redis| {
+            let rate = SharedRate::new(redis.clone(), config.rate_limit_per_minute, config.rate_burst);
+            (Arc::new(rate), config.replicas)
+        });
         let budget_shared = Arc::new(
-            BudgetShared::try_new(config.rate_limit_per_minute, config.rate_burst, weights)
+            BudgetShared::try_with_shared(config.rate_limit_per_minute, config.rate_burst, weights, shared_rate)
                 .map_err(|e| StartError::Setting(format!("EXTERNAL_API_RATE_LIMIT / EXTERNAL_API_RATE_BURST: {e}")))?,
         );
         let budget_actor = Budget::new(budget_shared.clone(), config.queue_max, metrics.clone(), &log).start();
@@ -121,6 +138,7 @@ impl Gateway {
             breaker: breaker.clone(),
             cache,
             jobs,
+            redis: shared_redis.clone(),
             log: log.clone(),
         });
         let dispatcher = DispatcherSettings {

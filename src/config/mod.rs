@@ -127,6 +127,9 @@ pub struct Config {
     pub cache_stale_while_revalidate: Duration,
     /// Job and callback settings.
     pub jobs: JobsConfig,
+    /// Replicas sharing the upstream budget; each falls back to this share of it while Redis
+    /// fails.
+    pub replicas: u32,
 }
 
 /// Async job and callback settings.
@@ -227,6 +230,7 @@ impl fmt::Debug for Config {
             .field("cache_stale_if_error", &self.cache_stale_if_error)
             .field("cache_stale_while_revalidate", &self.cache_stale_while_revalidate)
             .field("jobs", &self.jobs)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -326,6 +330,7 @@ impl Config {
             callback_timeout: r.seconds("COURIER_CALLBACK_TIMEOUT", 10.0),
             callback_allow: r.optional("COURIER_CALLBACK_ALLOW").unwrap_or_default(),
         };
+        let replicas = r.count("COURIER_REPLICAS", 1, 1..=10_000) as u32;
         let retry_budget_ratio = r.fraction("COURIER_RETRY_BUDGET_RATIO", 0.2, true);
         let retry_budget_min_per_second = r.parsed(
             "COURIER_RETRY_BUDGET_MIN_PER_SECOND",
@@ -368,6 +373,7 @@ impl Config {
             cache_stale_if_error,
             cache_stale_while_revalidate,
             jobs,
+            replicas,
         }
     }
 }

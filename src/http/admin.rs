@@ -52,6 +52,7 @@ async fn state(shared: web::Data<Arc<Shared>>) -> HttpResponse {
     let m = &shared.metrics;
     let token = shared.token_cell.load();
     HttpResponse::Ok().json(json!({
+        "shared_state": shared.shared_mode(),
         "token": {
             "ready": shared.token_cell.is_ready(),
             "generation": token.as_ref().map(|t| t.generation),
@@ -96,7 +97,7 @@ async fn readyz(shared: web::Data<Arc<Shared>>) -> HttpResponse {
     let breaker = snapshot(&shared).await;
     let body = json!({
         "ready": token,
-        "checks": {"upstream_token": if token { "ok" } else { "missing" }},
+        "checks": {"upstream_token": if token { "ok" } else { "missing" }, "shared_state": shared.shared_mode()},
         "breaker": breaker,
     });
     if token {

@@ -27,6 +27,8 @@ pub struct Shared {
     pub cache: Arc<ResponseCache>,
     /// Jobs: the store, the callback policy, the job deadline.
     pub jobs: super::jobs::JobsShared,
+    /// Shared state through Redis, when `REDIS_URL` is set.
+    pub redis: Option<Arc<crate::shared::SharedRedis>>,
     /// The circuit breaker (the admin routes force it and read its state).
     pub breaker: actix::Addr<Breaker>,
     /// The root logger.
@@ -63,6 +65,17 @@ pub struct Worker {
     pub dispatcher: Addr<Dispatcher>,
     /// This worker's logger.
     pub log: Logger,
+}
+
+impl Shared {
+    /// `off` (no Redis), `shared`, or `degraded` (Redis failing: this replica on its own).
+    pub fn shared_mode(&self) -> &'static str {
+        match &self.redis {
+            None => "off",
+            Some(redis) if redis.is_up() => "shared",
+            Some(_) => "degraded",
+        }
+    }
 }
 
 impl Worker {

@@ -19,6 +19,7 @@
 
 mod fair;
 mod gcra;
+mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,8 +33,10 @@ use tokio::sync::oneshot;
 
 pub use fair::{Class, FairQueue};
 pub use gcra::{Gcra, InvalidRate};
+pub use pool::Pool;
 
 use crate::metrics::Metrics;
+use crate::shared::budget::SharedRate;
 use crate::upstream::RateSignal;
 
 /// Slack kept between the estimated grant and the latest useful one, for timer jitter.
@@ -88,7 +91,10 @@ impl PauseSource {
 
 /// The lock-free half of the budget, shared by every worker.
 pub struct BudgetShared {
+    /// This replica's GCRA: the whole budget, or, with shared state, its fallback share.
     gcra: Gcra,
+    /// The budget shared by all replicas (Redis), with this replica's leased permits.
+    shared: Option<Shared>,
     waiting: AtomicUsize,
     per_minute: u32,
     weights: Vec<u32>,
@@ -96,10 +102,36 @@ pub struct BudgetShared {
     policies: Vec<HeaderValue>,
 }
 
+/// The shared half of a replica's budget.
+struct Shared {
+    rate: Arc<SharedRate>,
+    pool: Pool,
+    /// Emission interval of the whole fleet's rate.
+    interval: Duration,
+    /// Replicas sharing it (`COURIER_REPLICAS`): a queued request here gets about one permit
+    /// in this many when every replica is busy.
+    replicas: u32,
+}
+
 impl BudgetShared {
     /// A full budget of `per_minute` with bursts of `burst`, shared by clients of `weights`.
     pub fn try_new(per_minute: u32, burst: u32, weights: Vec<u32>) -> Result<BudgetShared, InvalidRate> {
-        let gcra = Gcra::try_new(per_minute, burst)?;
+        Self::try_with_shared(per_minute, burst, weights, None)
+    }
+
+    /// A budget shared by `replicas` replicas through `shared` (Redis); while Redis fails,
+    /// this replica falls back to its share: `per_minute / replicas`, `burst / replicas`.
+    pub fn try_with_shared(
+        per_minute: u32,
+        burst: u32,
+        weights: Vec<u32>,
+        shared: Option<(Arc<SharedRate>, u32)>,
+    ) -> Result<BudgetShared, InvalidRate> {
+        let replicas = shared.as_ref().map_or(1, |(_, n)| (*n).max(1));
+        let gcra = Gcra::try_new((per_minute / replicas).max(1), (burst / replicas).max(1))?;
+        let interval = Gcra::try_new(per_minute, burst)?.emission_interval();
+        let shared =
+            shared.map(|(rate, replicas)| Shared { rate, pool: Pool::new(), interval, replicas: replicas.max(1) });
         if weights.is_empty() {
             return Err(InvalidRate("no clients"));
         }
@@ -109,7 +141,7 @@ impl BudgetShared {
             .map(|w| HeaderValue::from(share(per_minute, *w, total_weight)))
             .map(|q| HeaderValue::from_str(&format!("{};w=60", q.to_str().expect("digits"))).expect("ascii"))
             .collect();
-        Ok(BudgetShared { gcra, waiting: AtomicUsize::new(0), per_minute, weights, total_weight, policies })
+        Ok(BudgetShared { gcra, shared, waiting: AtomicUsize::new(0), per_minute, weights, total_weight, policies })
     }
 
     /// The rate algorithm.
@@ -117,9 +149,45 @@ impl BudgetShared {
         &self.gcra
     }
 
-    /// Takes a permit at once when one is free and nobody waits for one.
+    /// The shared budget while Redis works; `None` without Redis, or while degraded.
+    fn shared_up(&self) -> Option<&Shared> {
+        self.shared.as_ref().filter(|s| s.rate.redis().is_up())
+    }
+
+    /// Takes a permit at once when one is free and nobody waits for one: from the local GCRA,
+    /// or with shared state from this replica's leased permits.
     pub fn try_fast(&self, now: Instant) -> bool {
-        self.waiting.load(Ordering::Acquire) == 0 && self.gcra.try_acquire(now).is_ok()
+        if self.waiting.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        match self.shared_up() {
+            Some(shared) => shared.pool.take(now),
+            None => self.gcra.try_acquire(now).is_ok(),
+        }
+    }
+
+    /// Time until the next permit (the shared budget's, as last heard, when shared).
+    fn next_free(&self, now: Instant) -> Duration {
+        match self.shared_up() {
+            Some(shared) => shared.pool.next_free(now),
+            None => self.gcra.next_free(now),
+        }
+    }
+
+    /// The interval at which a queued request here can expect permits.
+    fn local_interval(&self) -> Duration {
+        match self.shared_up() {
+            Some(shared) => shared.interval * shared.replicas,
+            None => self.gcra.emission_interval(),
+        }
+    }
+
+    /// Permits free now.
+    fn available(&self, now: Instant) -> u32 {
+        match self.shared_up() {
+            Some(shared) => shared.pool.available(now),
+            None => self.gcra.available(now),
+        }
     }
 
     /// Requests waiting in the queue.
@@ -129,7 +197,7 @@ impl BudgetShared {
 
     /// A rough wait for a newcomer: the next free permit plus one interval per waiter.
     pub fn queue_wait(&self, now: Instant) -> Duration {
-        self.gcra.next_free(now) + self.gcra.emission_interval() * self.waiting() as u32
+        self.next_free(now) + self.local_interval() * self.waiting() as u32
     }
 
     /// Folds what the upstream said into the budget; returns a pause when the budget is now
@@ -156,7 +224,7 @@ impl BudgetShared {
     pub fn client_headers(&self, client: usize, now: Instant) -> [(&'static str, HeaderValue); 2] {
         let weight = self.weights.get(client).copied().unwrap_or(1);
         let limit = share(self.per_minute, weight, self.total_weight);
-        let available = u64::from(self.gcra.available(now));
+        let available = u64::from(self.available(now));
         let remaining = available * u64::from(weight) / u64::from(self.total_weight);
         let reset = self.gcra.until_full(now).as_secs_f64().ceil() as u64;
         let value = format!("limit={limit}, remaining={remaining}, reset={reset}");
@@ -168,7 +236,7 @@ impl BudgetShared {
     pub fn export(&self, metrics: &Metrics, now: Instant) {
         metrics.budget_limit.set(f64::from(self.per_minute) / 60.0);
         metrics.budget_burst.set(i64::from(self.gcra.burst()));
-        metrics.budget_available.set(i64::from(self.gcra.available(now)));
+        metrics.budget_available.set(i64::from(self.available(now)));
         metrics.budget_queue_depth.set(self.waiting() as i64);
     }
 }
@@ -227,6 +295,8 @@ pub struct Budget {
     queue: FairQueue<Waiter>,
     queue_max: usize,
     timer: Option<(Instant, SpawnHandle)>,
+    /// A call to the shared budget is under way (one at a time per replica).
+    asking: bool,
     grants_fast: IntCounter,
     grants_queued: IntCounter,
     wait: Histogram,
@@ -242,6 +312,7 @@ impl Budget {
             shared,
             queue_max,
             timer: None,
+            asking: false,
             grants_fast: metrics.budget_grants.with_label_values(&["fast"]),
             grants_queued: metrics.budget_grants.with_label_values(&["queued"]),
             wait: metrics.budget_wait.clone(),
@@ -256,18 +327,23 @@ impl Budget {
     }
 
     /// Grants permits to waiters in fair order while permits are free; then sleeps until the
-    /// next one frees up.
+    /// next one frees up. With shared state the permits come from Redis (when it is due for a
+    /// try), else from this replica's GCRA.
     fn serve(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         self.queue.retain(|w| !w.tx.is_closed() && w.latest_start > now);
+        match &self.shared.shared {
+            Some(shared) if shared.rate.redis().should_try() => self.serve_shared(ctx),
+            _ => self.serve_local(ctx, now),
+        }
+        self.shared.waiting.store(self.queue.len(), Ordering::Release);
+    }
+
+    fn serve_local(&mut self, ctx: &mut Context<Self>, now: Instant) {
         while !self.queue.is_empty() {
             match self.shared.gcra.try_acquire(now) {
                 Ok(()) => {
-                    let (_client, waiter) = self.queue.pop().expect("not empty");
-                    if waiter.tx.send(()).is_ok() {
-                        self.grants_queued.inc();
-                        self.wait.observe(now.duration_since(waiter.enqueued).as_secs_f64());
-                    }
+                    self.grant_next(now);
                 }
                 Err(wait) => {
                     self.wake_in(wait, ctx);
@@ -275,7 +351,55 @@ impl Budget {
                 }
             }
         }
-        self.shared.waiting.store(self.queue.len(), Ordering::Release);
+    }
+
+    /// Hands one permit to the next waiter in fair order; false when nobody took it.
+    fn grant_next(&mut self, now: Instant) -> bool {
+        while let Some((_client, waiter)) = self.queue.pop() {
+            if waiter.tx.send(()).is_ok() {
+                self.grants_queued.inc();
+                self.wait.observe(now.duration_since(waiter.enqueued).as_secs_f64());
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Asks Redis for as many permits as there are waiters (one round trip for the batch);
+    /// hands them out in fair order; parks what nobody took in the pool for at most one
+    /// interval. If Redis fails, this round is served from the local fallback share.
+    fn serve_shared(&mut self, ctx: &mut Context<Self>) {
+        if self.asking || self.queue.is_empty() {
+            return;
+        }
+        self.asking = true;
+        let rate = self.shared.shared.as_ref().expect("shared").rate.clone();
+        let want = self.queue.len().min(64) as u32;
+        let ask = async move { rate.acquire(want).await };
+        ctx.spawn(ask.into_actor(self).map(|result, act, ctx| {
+            act.asking = false;
+            let now = Instant::now();
+            let shared = act.shared.clone();
+            let Some(parts) = shared.shared.as_ref() else { return };
+            match result {
+                Ok(grant) => {
+                    parts.pool.set_next_free(now + grant.next_in);
+                    let mut left = grant.granted;
+                    while left > 0 && !act.queue.is_empty() && act.grant_next(now) {
+                        left -= 1;
+                    }
+                    if left > 0 {
+                        parts.pool.fill(left, now, parts.interval.min(Duration::from_millis(100)));
+                    }
+                    if !act.queue.is_empty() {
+                        let again = if grant.granted > 0 { Duration::ZERO } else { grant.next_in };
+                        act.wake_in(again.max(Duration::from_millis(1)), ctx);
+                    }
+                }
+                Err(_) => act.serve_local(ctx, now),
+            }
+            act.shared.waiting.store(act.queue.len(), Ordering::Release);
+        }));
     }
 
     fn wake_in(&mut self, wait: Duration, ctx: &mut Context<Self>) {
@@ -308,12 +432,12 @@ impl Handler<Acquire> for Budget {
 
     fn handle(&mut self, msg: Acquire, ctx: &mut Context<Self>) -> Self::Result {
         let now = Instant::now();
-        if self.queue.is_empty() && self.shared.gcra.try_acquire(now).is_ok() {
+        if self.queue.is_empty() && self.shared.try_fast(now) {
             self.grants_fast.inc();
             return MessageResult(Admission::Granted);
         }
-        let interval = self.shared.gcra.emission_interval();
-        let next_free = self.shared.gcra.next_free(now);
+        let interval = self.shared.local_interval();
+        let next_free = self.shared.next_free(now);
         if self.queue.len() >= self.queue_max {
             let drain = next_free + interval * self.queue.len() as u32;
             return MessageResult(self.refuse(RefusalReason::QueueFull, drain));
@@ -329,7 +453,10 @@ impl Handler<Acquire> for Budget {
         let (tx, rx) = oneshot::channel();
         self.queue.push(client, msg.class, Waiter { tx, latest_start, enqueued: now });
         self.shared.waiting.store(self.queue.len(), Ordering::Release);
-        self.wake_in(next_free, ctx);
+        match &self.shared.shared {
+            Some(_) => self.serve(ctx),
+            None => self.wake_in(next_free, ctx),
+        }
         MessageResult(Admission::Queued(rx))
     }
 }
@@ -340,6 +467,17 @@ impl Handler<Paused> for Budget {
     fn handle(&mut self, msg: Paused, ctx: &mut Context<Self>) {
         self.metrics.budget_pauses.with_label_values(&[msg.source.as_str()]).inc();
         info!(self.log, "budget_paused"; "source" => msg.source.as_str(), "for_seconds" => msg.wait.as_secs_f64());
+        if let Some(parts) = &self.shared.shared {
+            // Every replica holds back, not only this one.
+            let rate = parts.rate.clone();
+            let tell = async move {
+                let _ = match msg.source {
+                    PauseSource::RetryAfter => rate.pause(msg.wait).await,
+                    PauseSource::Remaining => rate.cap(0).await,
+                };
+            };
+            ctx.spawn(tell.into_actor(self));
+        }
         if let Some((_, handle)) = self.timer.take() {
             ctx.cancel_future(handle);
         }
