@@ -20,18 +20,25 @@ use redis::Script;
 use super::{Degraded, SharedRedis};
 
 /// Takes up to `ARGV[3]` permits now; answers `{granted, µs until the next permit}`.
+/// Without a stored state (a fresh or restarted Redis), or with `ARGV[4] == 1` (this replica
+/// was on its own while Redis failed, and the upstream's bucket may be spent), it starts with
+/// no burst: one permit now, then the rate.
 const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local emission, tolerance, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local emission, tolerance, want, drain = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local stored = redis.call('GET', KEYS[1])
+local tat = tonumber(stored or '0')
+if stored == false or drain == 1 then
+  if tat < now + tolerance then tat = now + tolerance end
+end
 if tat < now then tat = now end
 local granted = 0
 while granted < want and tat - now <= tolerance do
   tat = tat + emission
   granted = granted + 1
 end
-redis.call('SET', KEYS[1], tostring(tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.floor((tat - now) / 1000) + 60000)
 local wait = 0
 if tat - now > tolerance then wait = tat - tolerance - now end
 return {granted, wait}
@@ -45,7 +52,7 @@ local tolerance, wait = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local target = now + wait + tolerance
 if target > tat then
-  redis.call('SET', KEYS[1], tostring(target), 'PX', math.floor((target - now) / 1000) + 1000)
+  redis.call('SET', KEYS[1], tostring(target), 'PX', math.floor((target - now) / 1000) + 60000)
   return 1
 end
 return 0
@@ -59,7 +66,7 @@ local emission, tolerance, remaining = tonumber(ARGV[1]), tonumber(ARGV[2]), ton
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local target = now + tolerance + emission - remaining * emission
 if target > tat then
-  redis.call('SET', KEYS[1], tostring(target), 'PX', math.floor((target - now) / 1000) + 1000)
+  redis.call('SET', KEYS[1], tostring(target), 'PX', math.floor((target - now) / 1000) + 60000)
   return 1
 end
 return 0
@@ -105,8 +112,9 @@ impl SharedRate {
         &self.redis
     }
 
-    /// Takes up to `want` permits now.
-    pub async fn acquire(&self, want: u32) -> Result<Grant, Degraded> {
+    /// Takes up to `want` permits now; with `drain`, first spends any burst (after this
+    /// replica ran on its own, the upstream's bucket may be empty).
+    pub async fn acquire(&self, want: u32, drain: bool) -> Result<Grant, Degraded> {
         let (granted, wait_us): (u32, u64) = self
             .redis
             .run("budget_acquire", |mut conn| async move {
@@ -115,6 +123,7 @@ impl SharedRate {
                     .arg(self.emission_us)
                     .arg(self.tolerance_us)
                     .arg(want)
+                    .arg(u8::from(drain))
                     .invoke_async(&mut conn)
                     .await
             })

@@ -55,6 +55,7 @@ pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 pub struct Serving {
     pub child: Child,
     pub gateway: String,
+    pub admin: String,
     pub logs: mpsc::Receiver<String>,
 }
 
@@ -74,11 +75,12 @@ impl Serving {
         }
         let mut child = command.spawn().unwrap();
         let logs = lines_of(child.stderr.take().unwrap());
-        let gateway = wait_line(&logs, |line| {
+        let (gateway, admin) = wait_line(&logs, |line| {
             let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            (v["event"] == "listening").then(|| v["gateway"].as_str().unwrap().to_owned())
+            (v["event"] == "listening")
+                .then(|| (v["gateway"].as_str().unwrap().to_owned(), v["admin"].as_str().unwrap().to_owned()))
         });
-        Serving { child, gateway, logs }
+        Serving { child, gateway, admin, logs }
     }
 
     /// `http://<gateway><path>`.

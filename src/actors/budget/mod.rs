@@ -297,6 +297,8 @@ pub struct Budget {
     timer: Option<(Instant, SpawnHandle)>,
     /// A call to the shared budget is under way (one at a time per replica).
     asking: bool,
+    /// Permits were handed out from the local fallback since the last shared grant.
+    ran_alone: bool,
     grants_fast: IntCounter,
     grants_queued: IntCounter,
     wait: Histogram,
@@ -313,6 +315,7 @@ impl Budget {
             queue_max,
             timer: None,
             asking: false,
+            ran_alone: false,
             grants_fast: metrics.budget_grants.with_label_values(&["fast"]),
             grants_queued: metrics.budget_grants.with_label_values(&["queued"]),
             wait: metrics.budget_wait.clone(),
@@ -334,7 +337,11 @@ impl Budget {
         self.queue.retain(|w| !w.tx.is_closed() && w.latest_start > now);
         match &self.shared.shared {
             Some(shared) if shared.rate.redis().should_try() => self.serve_shared(ctx),
-            _ => self.serve_local(ctx, now),
+            Some(_) => {
+                self.ran_alone = true;
+                self.serve_local(ctx, now);
+            }
+            None => self.serve_local(ctx, now),
         }
         self.shared.waiting.store(self.queue.len(), Ordering::Release);
     }
@@ -375,7 +382,8 @@ impl Budget {
         self.asking = true;
         let rate = self.shared.shared.as_ref().expect("shared").rate.clone();
         let want = self.queue.len().min(64) as u32;
-        let ask = async move { rate.acquire(want).await };
+        let drain = self.ran_alone;
+        let ask = async move { rate.acquire(want, drain).await };
         ctx.spawn(ask.into_actor(self).map(|result, act, ctx| {
             act.asking = false;
             let now = Instant::now();
@@ -383,6 +391,10 @@ impl Budget {
             let Some(parts) = shared.shared.as_ref() else { return };
             match result {
                 Ok(grant) => {
+                    act.ran_alone = false;
+                    // Keep the fallback share spent while shared mode works, so that falling
+                    // back starts at the rate, not with a burst on top of what was just sent.
+                    act.shared.gcra.pause_until(now + act.shared.gcra.emission_interval());
                     parts.pool.set_next_free(now + grant.next_in);
                     let mut left = grant.granted;
                     while left > 0 && !act.queue.is_empty() && act.grant_next(now) {
@@ -396,7 +408,10 @@ impl Budget {
                         act.wake_in(again.max(Duration::from_millis(1)), ctx);
                     }
                 }
-                Err(_) => act.serve_local(ctx, now),
+                Err(_) => {
+                    act.ran_alone = true;
+                    act.serve_local(ctx, now);
+                }
             }
             act.shared.waiting.store(act.queue.len(), Ordering::Release);
         }));
