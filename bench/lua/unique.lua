@@ -1,6 +1,7 @@
 -- POST process requests with a distinct input each (fills the cache); ~300-byte answers.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Request-Timeout"] = os.getenv("DEADLINE") or "2"
 local pad = string.rep("p", 200)
 local run = os.getenv("RUN") or "0"
 local n = 0
