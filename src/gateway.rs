@@ -105,6 +105,7 @@ impl Gateway {
                 stale_while_revalidate: config.cache_stale_while_revalidate,
             },
             &metrics,
+            shared_redis.clone(),
         ));
         let jobs = jobs_shared(&config).await?;
         let breaker_cell = Arc::new(BreakerCell::new());

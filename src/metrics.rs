@@ -155,6 +155,9 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Upstream token requests avoided because another replica's token was used.
     pub token_shared_uses: IntCounter,
+    /// Second-level (Redis) cache reads, by result (`hit`, `miss`, `error`: failed, timed out,
+    /// or not tried while shared state is degraded).
+    pub cache_l2_reads: IntCounterVec,
 }
 
 /// Creates metrics in the `courier` namespace and registers each once, noting its name.
@@ -363,6 +366,11 @@ impl Metrics {
             token_shared_uses: r.counter(
                 "token_shared_uses_total",
                 "Upstream token requests avoided because another replica's token was used.",
+            ),
+            cache_l2_reads: r.counter_vec(
+                "cache_l2_reads_total",
+                "Second-level (Redis) cache reads, by result (hit, miss, error: failed, timed out, or not tried while shared state is degraded).",
+                &["result"],
             ),
             registry: r.0.clone(),
             names: Vec::new(),

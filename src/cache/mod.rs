@@ -13,7 +13,15 @@
 //! - stale-if-error (`COURIER_CACHE_STALE_IF_ERROR`): served instead of an error when the
 //!   circuit is open or the upstream failed after retries.
 //!
-//! moka keeps entries for the TTL plus the longer of the two windows; freshness is decided here.
+//! moka keeps each entry until its TTL plus the longer of the two windows have passed since it
+//! was stored; freshness is decided here.
+//!
+//! With Redis (`REDIS_URL`), a second level ([`crate::shared::cache`]) shares answers between
+//! replicas: a first-level miss, or a first-level entry past its TTL, reads Redis within a short
+//! bound, and what it finds joins the first level with its original store time, so its `Age`
+//! and freshness are those of the replica that fetched it. Every answer fetched upstream and
+//! stored here is written to Redis in the background. Why, and what a dead Redis costs, is
+//! argued in that module.
 
 mod key;
 
@@ -26,11 +34,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
+use moka::Expiry;
 use prometheus::IntCounter;
 
 pub use key::{key_of, Key, NotJson};
 
 use crate::metrics::Metrics;
+use crate::shared::cache::{unix_ms_now, Purged, Read, Record, SharedCache};
+use crate::shared::SharedRedis;
 
 /// Cache settings.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +85,28 @@ impl Entry {
         }
     }
 
+    /// The entry of a second-level record, stored when the record says; `None` when that is
+    /// further back than this clock reaches.
+    fn from_record(record: Record) -> Option<Entry> {
+        let age = Duration::from_millis(unix_ms_now().saturating_sub(record.stored_at_ms));
+        Some(Entry {
+            id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed),
+            result: record.result,
+            upstream_request_id: record.upstream_request_id,
+            stored: Instant::now().checked_sub(age)?,
+        })
+    }
+
+    /// The second-level record of this entry, its store time on the wall clock.
+    fn to_record(&self) -> Record {
+        let age = u64::try_from(self.stored.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Record {
+            stored_at_ms: unix_ms_now().saturating_sub(age),
+            upstream_request_id: self.upstream_request_id.clone(),
+            result: self.result.clone(),
+        }
+    }
+
     /// Whole seconds since it was stored (the `Age` header).
     pub fn age(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.stored).as_secs()
@@ -87,6 +121,32 @@ impl Entry {
 
 /// Approximate bytes per entry beyond the answer itself.
 const ENTRY_OVERHEAD: usize = 160;
+
+/// moka's expiry: an entry leaves `keep` after it was stored (on whichever replica), so one
+/// read from the second level does not live longer than it would have where it was fetched.
+struct KeepFor(Duration);
+
+impl KeepFor {
+    fn left(&self, entry: &Entry, at: Instant) -> Duration {
+        self.0.saturating_sub(at.saturating_duration_since(entry.stored)).max(Duration::from_millis(1))
+    }
+}
+
+impl Expiry<Key, Arc<Entry>> for KeepFor {
+    fn expire_after_create(&self, _key: &Key, entry: &Arc<Entry>, created_at: Instant) -> Option<Duration> {
+        Some(self.left(entry, created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Key,
+        entry: &Arc<Entry>,
+        updated_at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.left(entry, updated_at))
+    }
+}
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -153,17 +213,20 @@ pub struct ResponseCache {
     settings: CacheSettings,
     refreshing: Mutex<HashSet<Key>>,
     lookups: Vec<IntCounter>,
+    /// The second level, with Redis.
+    l2: Option<Arc<SharedCache>>,
 }
 
 impl ResponseCache {
-    /// A cache with these settings, counting into `metrics`.
-    pub fn new(settings: CacheSettings, metrics: &Arc<Metrics>) -> ResponseCache {
-        let keep = settings.ttl + settings.stale_if_error.max(settings.stale_while_revalidate);
+    /// A cache with these settings, counting into `metrics`, with a second level in `l2`'s
+    /// Redis when given.
+    pub fn new(settings: CacheSettings, metrics: &Arc<Metrics>, l2: Option<Arc<SharedRedis>>) -> ResponseCache {
+        let keep = keep(&settings);
         let evictions = metrics.cache_evictions.clone();
         let store = Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|_key: &Key, entry: &Arc<Entry>| entry.weight())
-            .time_to_live(keep.max(Duration::from_millis(1)))
+            .expire_after(KeepFor(keep))
             .eviction_listener(move |_key, _entry, cause| {
                 let label = match cause {
                     RemovalCause::Expired => "expired",
@@ -176,7 +239,8 @@ impl ResponseCache {
             .build();
         let lookups = CacheStatus::ALL.iter().map(|s| metrics.cache_lookups.with_label_values(&[s.label()])).collect();
         let loads = Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build();
-        ResponseCache { store, loads, settings, refreshing: Mutex::new(HashSet::new()), lookups }
+        let l2 = l2.map(|redis| Arc::new(SharedCache::new(redis, metrics)));
+        ResponseCache { store, loads, settings, refreshing: Mutex::new(HashSet::new()), lookups, l2 }
     }
 
     /// Whether answers are cached at all.
@@ -194,9 +258,17 @@ impl ResponseCache {
         self.lookups[status as usize].inc();
     }
 
-    /// Looks a key up and says how usable the entry is at `now`.
+    /// Looks a key up and says how usable the entry is at `now`: in the first level, and in the
+    /// second when the first has nothing fresh (a newer answer there replaces an older one here).
     pub async fn lookup(&self, key: &Key, now: Instant) -> Lookup {
-        let Some(entry) = self.store.get(key).await else { return Lookup::Miss };
+        let local = self.store.get(key).await;
+        let entry = match local {
+            Some(entry) if self.fresh(&entry, now) => entry,
+            local => match (self.read_l2(key, local.as_ref()).await, local) {
+                (Some(entry), _) | (None, Some(entry)) => entry,
+                (None, None) => return Lookup::Miss,
+            },
+        };
         let age = now.saturating_duration_since(entry.stored);
         if age <= self.settings.ttl {
             Lookup::Fresh(entry)
@@ -205,6 +277,41 @@ impl ResponseCache {
         } else {
             Lookup::Expired(entry)
         }
+    }
+
+    fn fresh(&self, entry: &Entry, now: Instant) -> bool {
+        now.saturating_duration_since(entry.stored) <= self.settings.ttl
+    }
+
+    /// Reads `key` from the second level and puts what it finds in the first, unless `local`
+    /// is as new, or it is too old to be served at all.
+    async fn read_l2(&self, key: &Key, local: Option<&Arc<Entry>>) -> Option<Arc<Entry>> {
+        let Read::Hit(record) = self.l2.as_ref()?.get(key).await else { return None };
+        let entry = Arc::new(Entry::from_record(record)?);
+        if entry.stored.elapsed() >= keep(&self.settings) || local.is_some_and(|l| l.stored >= entry.stored) {
+            return None;
+        }
+        // Atomic per key: a newer answer stored here meanwhile (a load finishing) is kept.
+        let candidate = entry.clone();
+        let outcome = self
+            .store
+            .entry(*key)
+            .and_compute_with(|current| async move {
+                match current {
+                    Some(current) if current.value().stored >= candidate.stored => Op::Nop,
+                    _ => Op::Put(candidate),
+                }
+            })
+            .await;
+        Some(outcome.into_entry().map_or(entry, |e| e.into_value()))
+    }
+
+    /// Writes an answer just stored here to the second level, in the background, to expire
+    /// when no replica could serve it any more.
+    fn share(&self, key: Key, entry: &Entry) {
+        let Some(l2) = &self.l2 else { return };
+        let keep_for = keep(&self.settings).saturating_sub(entry.stored.elapsed());
+        l2.put(key, entry.to_record(), keep_for);
     }
 
     /// Whether an expired entry may stand in for an error at `now`.
@@ -232,6 +339,7 @@ impl ResponseCache {
             }
             let entry = load.await?;
             self.store.insert(key, entry.clone()).await;
+            self.share(key, &entry);
             loaded_here.set(true);
             Ok(entry)
         };
@@ -242,8 +350,9 @@ impl ResponseCache {
         Ok((entry.into_value(), loaded_here.get()))
     }
 
-    /// Stores an answer (a refresh or a `no-cache` fetch).
+    /// Stores an answer (a refresh or a `no-cache` fetch), here and in the second level.
     pub async fn insert(&self, key: Key, entry: Arc<Entry>) {
+        self.share(key, &entry);
         self.store.insert(key, entry).await;
     }
 
@@ -257,16 +366,29 @@ impl ResponseCache {
         self.refreshing.lock().expect("refresh set").remove(key);
     }
 
-    /// Removes one entry; returns whether there was one.
+    /// Removes one entry, here and in the second level (best effort: skipped while Redis is
+    /// down); returns whether there was one in either. Other replicas keep their first-level
+    /// copy until it expires or they are purged too.
     pub async fn purge(&self, key: &Key) -> bool {
-        self.store.remove(key).await.is_some()
+        // The second level first, so a lookup in between cannot bring the entry back here.
+        let shared = match &self.l2 {
+            Some(l2) => l2.delete(key).await.unwrap_or(false),
+            None => false,
+        };
+        self.store.remove(key).await.is_some() || shared
     }
 
-    /// Removes every entry.
-    pub async fn purge_all(&self) {
+    /// Removes every entry, here and in the second level (best effort, see [`Purged`]);
+    /// returns what was removed from the second level, `None` without one.
+    pub async fn purge_all(&self) -> Option<Purged> {
+        let shared = match &self.l2 {
+            Some(l2) => Some(l2.delete_all().await),
+            None => None,
+        };
         self.store.invalidate_all();
         self.loads.invalidate_all();
         self.store.run_pending_tasks().await;
+        shared
     }
 
     /// Sets the entry and byte gauges (when `/metrics` is scraped), after moka's pending
@@ -276,6 +398,11 @@ impl ResponseCache {
         metrics.cache_entries.set(self.store.entry_count() as i64);
         metrics.cache_bytes.set(self.store.weighted_size() as i64);
     }
+}
+
+/// How long an entry may still be served after it was stored: its TTL plus the longer window.
+fn keep(settings: &CacheSettings) -> Duration {
+    settings.ttl + settings.stale_if_error.max(settings.stale_while_revalidate)
 }
 
 #[cfg(test)]

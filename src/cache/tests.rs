@@ -8,7 +8,7 @@ const MS: Duration = Duration::from_millis(1);
 
 fn cache(ttl: Duration, max_bytes: u64, sie: Duration, swr: Duration) -> ResponseCache {
     let settings = CacheSettings { ttl, max_bytes, stale_if_error: sie, stale_while_revalidate: swr };
-    ResponseCache::new(settings, &Arc::new(Metrics::new()))
+    ResponseCache::new(settings, &Arc::new(Metrics::new()), None)
 }
 
 fn key(n: u8) -> Key {
@@ -88,7 +88,7 @@ async fn the_byte_bound_holds() {
         stale_if_error: Duration::ZERO,
         stale_while_revalidate: Duration::ZERO,
     };
-    let c = ResponseCache::new(settings, &metrics);
+    let c = ResponseCache::new(settings, &metrics, None);
     let body = vec![b'x'; 1000];
     for n in 0..=255u8 {
         c.insert(key(n), Arc::new(Entry::new(&body, None))).await;
@@ -97,4 +97,39 @@ async fn the_byte_bound_holds() {
     assert!(metrics.cache_bytes.get() <= 64 * 1024, "{}", metrics.cache_bytes.get());
     assert!(metrics.cache_entries.get() > 30 && metrics.cache_entries.get() < 64);
     assert!(metrics.cache_evictions.with_label_values(&["size"]).get() > 150);
+}
+
+#[test]
+fn a_record_carries_the_store_time_between_replicas() {
+    let entry = Entry::new(b"[1]", Some("up-7".into()));
+    let record = entry.to_record();
+    assert!(unix_ms_now().abs_diff(record.stored_at_ms) < 1000);
+    let seven_seconds_ago = Record { stored_at_ms: unix_ms_now() - 7_000, ..record };
+    let there = Entry::from_record(seven_seconds_ago).unwrap();
+    assert_eq!((&there.result[..], there.upstream_request_id.as_deref()), (&b"[1]"[..], Some("up-7")));
+    assert_eq!(there.age(Instant::now()), 7);
+    assert_ne!(there.id, entry.id, "a new entry here");
+    // A store time from the future (a clock ahead of ours) counts as now, never negative.
+    let ahead = Record { stored_at_ms: unix_ms_now() + 60_000, ..entry.to_record() };
+    assert_eq!(Entry::from_record(ahead).unwrap().age(Instant::now()), 0);
+}
+
+#[actix_rt::test]
+async fn an_entry_leaves_when_its_windows_have_passed_since_it_was_stored_not_since_it_arrived() {
+    let c = cache(Duration::from_millis(100), 1 << 20, Duration::from_millis(100), Duration::ZERO);
+    let record = Entry::new(b"1", None).to_record();
+    let old = Entry::from_record(Record { stored_at_ms: record.stored_at_ms - 150, ..record }).unwrap();
+    c.insert(key(4), Arc::new(old)).await;
+    assert!(matches!(c.lookup(&key(4), Instant::now()).await, Lookup::Expired(_)));
+    actix_rt::time::sleep(80 * MS).await;
+    assert!(matches!(c.lookup(&key(4), Instant::now()).await, Lookup::Miss), "gone 200 ms after it was stored");
+}
+
+#[actix_rt::test]
+async fn without_a_second_level_purges_are_local() {
+    let c = cache(Duration::from_secs(10), 1 << 20, Duration::ZERO, Duration::ZERO);
+    c.insert(key(5), Arc::new(Entry::new(b"1", None))).await;
+    assert!(c.purge(&key(5)).await);
+    assert!(!c.purge(&key(5)).await);
+    assert_eq!(c.purge_all().await, None);
 }

@@ -10,6 +10,7 @@
 //! `/admin/state` and `courier_shared_state{mode}` say which mode a replica is in.
 
 pub mod budget;
+pub mod cache;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -116,7 +117,8 @@ impl SharedRedis {
         if !self.should_try() {
             return Err(Degraded("degraded; not retried yet"));
         }
-        let outcome = tokio::time::timeout(limit.min(self.timeout), call(self.conn.clone())).await;
+        let limit = limit.min(self.timeout);
+        let outcome = tokio::time::timeout(limit, call(self.conn.clone())).await;
         match outcome {
             Ok(Ok(value)) => {
                 self.mark_up();
@@ -126,6 +128,9 @@ impl SharedRedis {
                 self.mark_down(op, "error");
                 Err(Degraded("redis error"))
             }
+            // Also a call with a short bound (a cache read on the request path): a Redis that
+            // slow is treated as down for a second, which costs nothing but sharing (the local
+            // fallbacks respect the limits) and keeps the request path fast.
             Err(_) => {
                 self.mark_down(op, "timeout");
                 Err(Degraded("redis timed out"))
