@@ -65,10 +65,13 @@ async fn load(
         tasks.push(actix_rt::spawn(async move {
             let request = json!({"data": {"input": format!("replicated {n}")}});
             let sent = http.post(&target).insert_header(("x-request-timeout", "2")).send_json(&request).await;
+            let answer = match sent {
+                Ok(response) => Some(read_answer(response).await),
+                Err(_) => None,
+            };
             let mut tally = tally.borrow_mut();
-            match sent {
-                Ok(response) => {
-                    let answer = read_answer(response).await;
+            match answer {
+                Some(answer) => {
                     let status = answer.status.as_u16();
                     *tally.by_status.entry(status).or_default() += 1;
                     let allowed = status == 200
@@ -78,7 +81,7 @@ async fn load(
                         tally.bad.push(answer.body);
                     }
                 }
-                Err(_) => *tally.by_status.entry(0).or_default() += 1,
+                None => *tally.by_status.entry(0).or_default() += 1,
             }
         }));
     }
