@@ -127,6 +127,7 @@ impl Gateway {
             metrics.clone(),
             &log,
         )
+        .with_shared(shared_redis.clone())
         .start();
         if config.clients.is_none() {
             warn!(log, "open_mode"; "detail" => "COURIER_CLIENTS_FILE is not set: every caller is accepted as client \"open\"");

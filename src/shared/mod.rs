@@ -11,6 +11,7 @@
 
 pub mod budget;
 pub mod cache;
+pub mod token;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

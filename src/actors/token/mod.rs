@@ -10,24 +10,36 @@
 //! Refreshes start shortly before expiry (see [`lifecycle::refresh_at`]). When the token
 //! endpoint fails, refreshes back off exponentially and waiting requests get
 //! [`TokenUnavailable`] with a `Retry-After`, instead of each trying the endpoint itself.
+//!
+//! With Redis ([`TokenManager::with_shared`]) the replicas share one token: a refresh first
+//! looks for a token another replica published, and only one replica at a time asks the
+//! endpoint (see `refresh.rs`, [`adopt`] and [`crate::shared::token`]). N replicas then cost one token
+//! request per lifetime and per revocation. Every replica keeps its own refresh timer; the
+//! first to fire asks, the others find its token when theirs fire. When Redis fails, each
+//! replica asks on its own, as without Redis: requests keep being served.
 
+pub mod adopt;
 mod cell;
 pub mod lifecycle;
+mod refresh;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::http::header::HeaderValue;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use slog::{info, o, warn, Logger};
 use tokio::sync::oneshot;
 
+use adopt::Wanted;
 pub use cell::{Token, TokenCell};
 use lifecycle::Lifecycle;
+use refresh::{Obtained, Refresh};
 
 use crate::metrics::{Metrics, RefreshResult};
-use crate::upstream::{self, Backoff, ClientSettings, FetchedToken, TokenError};
+use crate::shared::token::SharedTokens;
+use crate::shared::SharedRedis;
+use crate::upstream::{self, Backoff, ClientSettings, TokenError};
 
 /// Most requests that may wait for one refresh; more get `TokenUnavailable` at once.
 const MAX_WAITERS: usize = 100_000;
@@ -68,12 +80,23 @@ pub struct TokenSettings {
 
 type Waiter = oneshot::Sender<Result<Arc<Token>, TokenUnavailable>>;
 
+/// The token last obtained, as far as choosing its successor goes.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    generation: u64,
+    expires_at_unix_ms: u64,
+    rejected: bool,
+}
+
 /// The actor.
 pub struct TokenManager {
     settings: TokenSettings,
     client: Option<awc::Client>,
     cell: Arc<TokenCell>,
+    shared: Option<Arc<SharedTokens>>,
+    /// The highest generation seen (obtained or adopted); new ones are counted above it.
     generation: u64,
+    held: Option<Held>,
     refreshing: bool,
     waiters: Vec<Waiter>,
     lifecycle: Lifecycle,
@@ -83,7 +106,8 @@ pub struct TokenManager {
 }
 
 impl TokenManager {
-    /// A TokenManager publishing into `cell`.
+    /// A TokenManager publishing into `cell`, fetching its own token (see
+    /// [`TokenManager::with_shared`] to share one with other replicas).
     pub fn new(settings: TokenSettings, cell: Arc<TokenCell>, metrics: Arc<Metrics>, log: &Logger) -> Self {
         let backoff = Backoff::try_new(Duration::from_millis(250), Duration::from_secs(30), true)
             .expect("constant backoff is valid");
@@ -91,7 +115,9 @@ impl TokenManager {
             settings,
             client: None,
             cell,
+            shared: None,
             generation: 0,
+            held: None,
             refreshing: false,
             waiters: Vec::new(),
             lifecycle: Lifecycle::new(backoff),
@@ -101,8 +127,26 @@ impl TokenManager {
         }
     }
 
+    /// Shares the token with other replicas through `shared` (Redis); `None` keeps this
+    /// replica on its own token, exactly as [`TokenManager::new`] alone.
+    pub fn with_shared(mut self, shared: Option<Arc<SharedRedis>>) -> Self {
+        self.shared = shared.map(|redis| Arc::new(SharedTokens::new(redis)));
+        self
+    }
+
     fn current_valid(&self, now: Instant) -> Option<Arc<Token>> {
         self.cell.load().filter(|t| t.is_valid_at(now))
+    }
+
+    /// Which shared token would do instead of the one held.
+    fn wanted(&self) -> Wanted {
+        match self.held {
+            None => Wanted::Any,
+            Some(held) if held.rejected => Wanted::After { rejected: held.generation },
+            Some(held) => {
+                Wanted::Replacing { generation: held.generation, expires_at_unix_ms: held.expires_at_unix_ms }
+            }
+        }
     }
 
     fn start_refresh(&mut self, ctx: &mut Context<Self>) {
@@ -110,46 +154,48 @@ impl TokenManager {
             return;
         }
         self.refreshing = true;
-        let client = self.client.clone().expect("client built in started()");
-        let settings = self.settings.clone();
-        let requested_at = Instant::now();
-        let fetch = async move {
-            upstream::fetch_token(
-                &client,
-                &settings.url,
-                &settings.client_id,
-                &settings.client_secret,
-                settings.timeout,
-            )
-            .await
+        let refresh = Refresh {
+            client: self.client.clone().expect("client built in started()"),
+            settings: self.settings.clone(),
+            shared: self.shared.clone(),
+            wanted: self.wanted(),
+            floor: self.generation,
+            log: self.log.clone(),
         };
-        ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| act.finish_refresh(result, requested_at, ctx)));
+        ctx.spawn(refresh.run().into_actor(self).map(|result, act, ctx| act.finish_refresh(result, ctx)));
     }
 
-    fn finish_refresh(
-        &mut self,
-        result: Result<FetchedToken, TokenError>,
-        requested_at: Instant,
-        ctx: &mut Context<Self>,
-    ) {
+    fn finish_refresh(&mut self, result: Result<Obtained, TokenError>, ctx: &mut Context<Self>) {
         self.refreshing = false;
         let now = Instant::now();
-        let outcome = result.and_then(|fetched| self.make_token(fetched, requested_at));
-        match outcome {
-            Ok(token) => {
+        match result {
+            Ok(obtained) => {
                 self.lifecycle.on_success();
-                let lifetime = token.expires_at.saturating_duration_since(requested_at);
+                let (token, expires_at_unix_ms, refresh_at) = match obtained {
+                    Obtained::Fetched { token, expires_at_unix_ms, requested_at, shared } => {
+                        let lifetime = token.expires_at.saturating_duration_since(requested_at);
+                        self.metrics.token_refreshes.with_label_values(&[RefreshResult::Success.as_str()]).inc();
+                        info!(self.log, "token_refreshed";
+                            "generation" => token.generation, "expires_in" => lifetime.as_secs_f64(), "shared" => shared);
+                        (token, expires_at_unix_ms, lifecycle::refresh_at(requested_at, lifetime))
+                    }
+                    Obtained::Adopted { token, expires_at_unix_ms } => {
+                        let remaining = token.expires_at.saturating_duration_since(now);
+                        self.metrics.token_shared_uses.inc();
+                        info!(self.log, "token_adopted";
+                            "generation" => token.generation, "expires_in" => remaining.as_secs_f64());
+                        (token, expires_at_unix_ms, lifecycle::refresh_at(now, remaining))
+                    }
+                };
+                self.generation = self.generation.max(token.generation);
+                self.held = Some(Held { generation: token.generation, expires_at_unix_ms, rejected: false });
                 self.cell.publish(token.clone());
-                self.metrics.token_refreshes.with_label_values(&[RefreshResult::Success.as_str()]).inc();
-                self.metrics.token_expiry.set(unix_seconds_in(lifetime));
+                self.metrics.token_expiry.set(expires_at_unix_ms as f64 / 1000.0);
                 self.metrics.ready.set(1);
-                info!(self.log, "token_refreshed";
-                    "generation" => token.generation, "expires_in" => lifetime.as_secs_f64());
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(Ok(token.clone()));
                 }
-                let refresh_in = lifecycle::refresh_at(requested_at, lifetime).saturating_duration_since(now);
-                self.schedule_refresh(refresh_in, ctx);
+                self.schedule_refresh(refresh_at.saturating_duration_since(now), ctx);
             }
             Err(error) => {
                 let wait = self.lifecycle.on_failure(now);
@@ -169,15 +215,6 @@ impl TokenManager {
         }
     }
 
-    fn make_token(&mut self, fetched: FetchedToken, requested_at: Instant) -> Result<Arc<Token>, TokenError> {
-        let header = format!("Bearer {}", fetched.access_token.expose_secret());
-        let mut authorization = HeaderValue::from_str(&header)
-            .map_err(|_| TokenError::Invalid("token has characters not allowed in a header"))?;
-        authorization.set_sensitive(true);
-        self.generation += 1;
-        Ok(Arc::new(Token { generation: self.generation, expires_at: requested_at + fetched.lifetime, authorization }))
-    }
-
     fn schedule_refresh(&mut self, after: Duration, ctx: &mut Context<Self>) {
         if let Some(previous) = self.timer.take() {
             ctx.cancel_future(previous);
@@ -187,11 +224,6 @@ impl TokenManager {
             act.start_refresh(ctx);
         }));
     }
-}
-
-fn unix_seconds_in(lifetime: Duration) -> f64 {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    (now + lifetime).as_secs_f64()
 }
 
 impl Actor for TokenManager {
@@ -217,6 +249,9 @@ impl Handler<GetToken> for TokenManager {
             let current = self.cell.load().map(|t| t.generation);
             if current == Some(rejected) {
                 self.cell.withdraw();
+                if let Some(held) = self.held.as_mut().filter(|held| held.generation == rejected) {
+                    held.rejected = true;
+                }
                 info!(self.log, "token_rejected"; "generation" => rejected);
                 if self.lifecycle.on_rejected(now) {
                     self.start_refresh(ctx);
