@@ -252,3 +252,11 @@ async fn admin_state_is_one_snapshot_of_the_actors() {
     assert_eq!(s["jobs"]["pending"], 0);
     pair.stop().await;
 }
+
+#[test]
+fn the_dashboard_is_what_its_generator_writes() {
+    let output = Command::new("python3").arg("grafana/gen_dashboard.py").output().expect("python3 runs the generator");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let generated: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(generated, dashboard(), "regenerate: python3 grafana/gen_dashboard.py > {DASHBOARD}");
+}

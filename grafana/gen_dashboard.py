@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Generates grafana/provisioning/dashboards/courier.json (the dashboard is code: edit here, then
+run: python3 grafana/gen_dashboard.py > grafana/provisioning/dashboards/courier.json)."""
+import json
+
+DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+I = 'instance=~"$instance"'
+R = '$__rate_interval'
+panels = []
+pid = [0]
+y = [0]
+
+def nid():
+    pid[0] += 1
+    return pid[0]
+
+def row(title):
+    panels.append({"type": "row", "title": title, "id": nid(), "collapsed": False,
+                   "gridPos": {"h": 1, "w": 24, "x": 0, "y": y[0]}, "panels": []})
+    y[0] += 1
+
+x = [0]
+def panel(title, targets, kind="timeseries", unit="short", w=8, h=8, description="", extra=None):
+    if x[0] + w > 24:
+        x[0] = 0
+        y[0] += h
+    p = {
+        "type": kind, "title": title, "id": nid(), "datasource": DS, "description": description,
+        "gridPos": {"h": h, "w": w, "x": x[0], "y": y[0]},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                    "tooltip": {"mode": "multi", "sort": "desc"}},
+        "targets": [{"datasource": DS, "expr": e, "legendFormat": l, "refId": chr(65 + i)}
+                    for i, (e, l) in enumerate(targets)],
+    }
+    if extra:
+        p.update(extra)
+    panels.append(p)
+    x[0] += w
+    if x[0] >= 24:
+        x[0] = 0
+        y[0] += h
+
+def endrow():
+    if x[0] != 0:
+        x[0] = 0
+        y[0] += 8
+
+row("Traffic (RED)")
+panel("Requests per second by route and status",
+      [(f'sum by (route, status) (rate(courier_http_requests_total{{{I}, client=~"$client"}}[{R}]))', "{{route}} {{status}}")],
+      unit="reqps", description="Inbound requests answered, by route and status code.")
+panel("Error ratio (5xx)",
+      [(f'(sum(rate(courier_http_requests_total{{{I}, client=~"$client", status=~"5.."}}[{R}])) or vector(0)) / sum(rate(courier_http_requests_total{{{I}, client=~"$client"}}[{R}]))', "5xx / all")],
+      unit="percentunit", description="Share of inbound answers that were 5xx (upstream failing, circuit open, auth unavailable).")
+panel("Latency p50 / p99 by route",
+      [(f'histogram_quantile(0.5, sum by (le, route) (rate(courier_http_request_duration_seconds_bucket{{{I}, client=~"$client"}}[{R}])))', "p50 {{route}}"),
+       (f'histogram_quantile(0.99, sum by (le, route) (rate(courier_http_request_duration_seconds_bucket{{{I}, client=~"$client"}}[{R}])))', "p99 {{route}}")],
+      unit="s", description="Time to answer, from courier's point of view.")
+panel("Requests per second by client",
+      [(f'sum by (client, status) (rate(courier_http_requests_total{{{I}, client=~"$client"}}[{R}]))', "{{client}} {{status}}")],
+      unit="reqps", w=12, description="Who is calling, and what they get.")
+panel("Latency p99 by status class",
+      [(f'histogram_quantile(0.99, sum by (le, status_class) (rate(courier_http_request_duration_seconds_bucket{{{I}, client=~"$client"}}[{R}])))', "p99 {{status_class}}")],
+      unit="s", w=12, description="Fast failures should stay fast.")
+endrow()
+
+row("Upstream health")
+panel("Upstream attempts by outcome",
+      [(f'sum by (outcome) (rate(courier_upstream_attempts_total{{{I}}}[{R}]))', "{{outcome}}")],
+      unit="reqps", description="Every upstream attempt, retries included, by its classified outcome.")
+panel("Upstream attempt latency",
+      [(f'histogram_quantile(0.5, sum by (le) (rate(courier_upstream_attempt_duration_seconds_bucket{{{I}}}[{R}])))', "p50"),
+       (f'histogram_quantile(0.99, sum by (le) (rate(courier_upstream_attempt_duration_seconds_bucket{{{I}}}[{R}])))', "p99")],
+      unit="s", description="Duration of one upstream attempt, head and body.")
+panel("Retries and retry-budget refusals",
+      [(f'sum by (reason) (rate(courier_upstream_retries_total{{{I}}}[{R}]))', "retry: {{reason}}"),
+       (f'sum(rate(courier_retry_budget_refusals_total{{{I}}}[{R}]))', "refused by the retry budget")],
+      unit="reqps", description="Retries by the outcome that caused them; failures returned instead of retried.")
+endrow()
+
+row("Rate budget")
+panel("Upstream use vs limit",
+      [(f'sum(rate(courier_upstream_attempts_total{{{I}}}[{R}]))', "attempts/s"),
+       (f'sum(courier_budget_limit_requests_per_second{{{I}}})', "limit/s")],
+      unit="reqps", description="Upstream attempts per second against the budget's rate (per instance; with Redis the limit is shared).")
+panel("Permits available and queue depth",
+      [(f'sum(courier_budget_permits_available{{{I}}})', "permits available"),
+       (f'sum(courier_budget_queue_depth{{{I}}})', "waiting")],
+      description="Free permits now, and requests waiting in the fair queue.")
+panel("Budget rejections and learned pauses",
+      [(f'sum by (reason) (rate(courier_budget_rejections_total{{{I}}}[{R}]))', "429 {{reason}}"),
+       (f'sum by (source) (increase(courier_budget_pauses_total{{{I}}}[{R}]))', "pause {{source}}")],
+      unit="short", description="Requests refused a permit (answered 429), and pauses learned from the upstream's 429 / rate headers.")
+panel("Queue wait p50 / p99",
+      [(f'histogram_quantile(0.5, sum by (le) (rate(courier_budget_wait_seconds_bucket{{{I}}}[{R}])))', "p50"),
+       (f'histogram_quantile(0.99, sum by (le) (rate(courier_budget_wait_seconds_bucket{{{I}}}[{R}])))', "p99")],
+      unit="s", w=12, description="Time requests waited for a permit.")
+panel("Permits granted by path",
+      [(f'sum by (path) (rate(courier_budget_grants_total{{{I}}}[{R}]))', "{{path}}")],
+      unit="reqps", w=12, description="fast: free at once, lock-free; queued: after waiting.")
+endrow()
+
+row("Circuit breaker")
+panel("Breaker state",
+      [(f'max by (state) (courier_breaker_state{{{I}}})', "{{state}}")],
+      kind="state-timeline", w=12, description="1 for the current state: closed, open, half_open.",
+      extra={"options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.8,
+                         "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
+             "fieldConfig": {"defaults": {"unit": "short", "mappings": [
+                 {"type": "value", "options": {"0": {"text": "no", "color": "transparent"},
+                                               "1": {"text": "yes", "color": "red"}}}]}, "overrides": []}})
+panel("Transitions, fail-fast and mode",
+      [(f'sum by (to) (increase(courier_breaker_transitions_total{{{I}}}[{R}]))', "to {{to}}"),
+       (f'sum(rate(courier_breaker_rejections_total{{{I}}}[{R}]))', "failed fast /s"),
+       (f'max by (mode) (courier_breaker_mode{{{I}}}) > 0', "mode {{mode}}")],
+      w=12, description="State changes, requests answered 503 circuit_open, and the operator's mode.")
+endrow()
+
+row("Token lifecycle")
+panel("Seconds until the token expires",
+      [(f'min(courier_token_expires_in_seconds{{{I}}})', "expires in"),
+       (f'min(courier_token_expiry_timestamp_seconds{{{I}}}) - time()', "from the expiry timestamp")],
+      unit="s", w=12, description="Refreshes happen shortly before expiry; a falling line that crosses zero means refreshes fail.")
+panel("Token refreshes by result",
+      [(f'sum by (result) (increase(courier_token_refreshes_total{{{I}}}[{R}]))', "{{result}}"),
+       (f'min(courier_ready{{{I}}})', "ready")],
+      w=12, description="Requests to the token endpoint: success, rejected (credentials), failure.")
+endrow()
+
+row("Response cache")
+panel("Hit ratio",
+      [(f'sum(rate(courier_cache_lookups_total{{{I}, result=~"hit|coalesced|stale"}}[{R}])) / sum(rate(courier_cache_lookups_total{{{I}}}[{R}]))', "served without a call of their own")],
+      unit="percentunit", description="Answers that cost no upstream call of their own.")
+panel("Lookups by result",
+      [(f'sum by (result) (rate(courier_cache_lookups_total{{{I}}}[{R}]))', "{{result}}")],
+      unit="reqps", description="hit, miss, coalesced, stale, bypass.")
+panel("Cache memory and evictions",
+      [(f'sum(courier_cache_bytes{{{I}}})', "bytes"),
+       (f'sum(courier_cache_entries{{{I}}})', "entries"),
+       (f'sum by (cause) (increase(courier_cache_evictions_total{{{I}}}[{R}]))', "evicted: {{cause}}")],
+      description="Bytes held (bounded by COURIER_CACHE_MAX_BYTES), entries, evictions by cause.")
+endrow()
+
+row("Async jobs and callbacks")
+panel("Jobs by state",
+      [(f'sum by (state) (courier_jobs{{{I}}})', "{{state}}"),
+       (f'sum by (state) (increase(courier_jobs_finished_total{{{I}}}[{R}]))', "finished: {{state}}"),
+       (f'sum(increase(courier_jobs_accepted_total{{{I}}}[{R}]))', "accepted")],
+      description="Waiting and running jobs; jobs accepted and finished.")
+panel("Job duration p50 / p99",
+      [(f'histogram_quantile(0.5, sum by (le) (rate(courier_job_duration_seconds_bucket{{{I}}}[{R}])))', "p50"),
+       (f'histogram_quantile(0.99, sum by (le) (rate(courier_job_duration_seconds_bucket{{{I}}}[{R}])))', "p99")],
+      unit="s", description="From acceptance to the final state.")
+panel("Callbacks",
+      [(f'sum by (result) (increase(courier_callbacks_total{{{I}}}[{R}]))', "delivery: {{result}}"),
+       (f'sum by (result) (increase(courier_callback_attempts_total{{{I}}}[{R}]))', "attempt: {{result}}")],
+      description="Deliveries by result (delivered, gave_up, refused) and attempts by result.")
+endrow()
+
+row("Process")
+panel("CPU", [(f'rate(process_cpu_seconds_total{{{I}}}[{R}])', "{{instance}}")], unit="percentunit", w=6,
+      description="CPU seconds per second.")
+panel("Resident memory", [(f'process_resident_memory_bytes{{{I}}}', "{{instance}}")], unit="bytes", w=6)
+panel("Open file descriptors", [(f'process_open_fds{{{I}}}', "{{instance}}")], w=6)
+panel("Shared state (Redis)", [(f'max by (instance, mode) (courier_shared_state{{{I}}}) > 0', "{{instance}}: {{mode}}")],
+      kind="stat", w=6, description="off: no REDIS_URL; shared: budget, token, cache and jobs shared; degraded: Redis failing, this replica on its own.",
+      extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                         "textMode": "name", "colorMode": "none", "graphMode": "none"}})
+panel("Version", [(f'count by (version) (courier_build_info{{{I}}})', "{{version}}")], kind="stat", w=6,
+      extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                         "textMode": "name", "colorMode": "none", "graphMode": "none"}})
+endrow()
+
+def var(name, query, label):
+    return {"name": name, "label": label, "type": "query", "datasource": DS,
+            "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
+            "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1}
+
+dashboard = {
+    "__inputs": [{"name": "DS_PROMETHEUS", "label": "Prometheus", "description": "", "type": "datasource",
+                  "pluginId": "prometheus", "pluginName": "Prometheus"}],
+    "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+                   {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
+    "uid": "courier-overview",
+    "title": "courier",
+    "description": "courier: traffic, upstream health, rate budget, circuit breaker, token, cache, async jobs.",
+    "tags": ["courier", "gateway"],
+    "timezone": "utc",
+    "schemaVersion": 39,
+    "version": 1,
+    "editable": True,
+    "graphTooltip": 1,
+    "refresh": "30s",
+    "time": {"from": "now-1h", "to": "now"},
+    "annotations": {"list": []},
+    "links": [],
+    "templating": {"list": [
+        {"name": "DS_PROMETHEUS", "label": "Data source", "type": "datasource", "query": "prometheus",
+         "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
+        var("instance", "label_values(courier_build_info, instance)", "Instance"),
+        var("client", 'label_values(courier_http_requests_total{instance=~"$instance"}, client)', "Client"),
+    ]},
+    "panels": panels,
+}
+print(json.dumps(dashboard, indent=2))
