@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""courier beside nginx and HAProxy on the same work, in one run (called by bench/run).
+
+Targets (all on loopback, one worker each, per-request logging off for all):
+  direct         the simulator itself (the common upstream), with the upstream's credentials
+  courier        courier serve (cache off for pass-through, on for hits)
+  nginx          nginx reverse proxy with upstream keep-alive (and proxy_cache for hits)
+  haproxy        HAProxy with connection reuse
+Each scenario runs every target in turn (A B C D, A B C D, ...) for several rounds; figures are
+medians with min-max. CPU is the target process's own user+system time from /proc.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+COURIER = os.path.join(TARGET_DIR, "release", "courier")
+LOADGEN = os.path.join(TARGET_DIR, "release", "examples", "loadgen")
+SECONDS = float(os.environ.get("SECONDS_PER_RUN", "6"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+CONNS = 64
+TICK = os.sysconf("SC_CLK_TCK")
+BODY = '{"data": {"input": "bench", "format": "text"}}'
+WORK = tempfile.mkdtemp(prefix="courier-bench-")
+PROCS = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start(name, argv, env=None):
+    log = open(os.path.join(WORK, name + ".log"), "w")
+    p = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    PROCS.append(p)
+    return p
+
+
+def wait_http(url, method="GET"):
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=1)
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {url}")
+
+
+def post(url, body, headers=None):
+    req = urllib.request.Request(url, data=body.encode(), method="POST", headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read()
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def peak_rss_mib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def loadgen(url, headers, rate=0, seconds=SECONDS, body=BODY, unique=False):
+    argv = [LOADGEN, url, "--connections", str(CONNS), "--seconds", str(seconds), "--method", "POST", "--body", body]
+    for h in headers:
+        argv += ["--header", h]
+    if rate:
+        argv += ["--rate", str(rate)]
+    if unique:
+        argv.append("--unique")
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    sim_port = free_port()
+    sim = start("sim", [COURIER, "simulate", "--listen", f"127.0.0.1:{sim_port}", "--workers", "1",
+                        "--rate-limit", "10000000", "--rate-burst", "1000000"])
+    sim_base = f"http://127.0.0.1:{sim_port}"
+    wait_http(sim_base + "/_sim/stats")
+    token = json.loads(urllib.request.urlopen(urllib.request.Request(
+        sim_base + "/v2/oauth/token", method="POST",
+        data=b"grant_type=client_credentials&client_id=courier-demo&client_secret=demo-secret")).read())["access_token"]
+    upstream_headers = ["Content-Type: application/json", f"Authorization: Bearer {token}", "X-API-Key: demo-api-key"]
+    json_header = ["Content-Type: application/json"]
+
+    def courier(name, extra):
+        port, admin = free_port(), free_port()
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "EXTERNAL_API_BASE_URL": sim_base + "/v2", "EXTERNAL_API_KEY": "demo-api-key",
+            "EXTERNAL_OAUTH_CLIENT_ID": "courier-demo", "EXTERNAL_OAUTH_CLIENT_SECRET": "demo-secret",
+            "EXTERNAL_API_RATE_LIMIT": "10000000", "EXTERNAL_API_RATE_BURST": "1000000",
+            "EXTERNAL_API_CACHE_TTL": "0", "COURIER_LISTEN": f"127.0.0.1:{port}",
+            "COURIER_ADMIN_LISTEN": f"127.0.0.1:{admin}", "COURIER_WORKERS": "1",
+            "COURIER_LOG_LEVEL": "warning",
+        }
+        env.update(extra)
+        p = start(name, [COURIER, "serve"], env=env)
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+        return p, f"http://127.0.0.1:{port}/api/external/process", f"http://127.0.0.1:{admin}"
+
+    pass_proc, pass_url, pass_admin = courier("courier-pass", {})
+    cache_proc, cache_url, _ = courier("courier-cache", {"EXTERNAL_API_CACHE_TTL": "3600"})
+    tight_proc, tight_url, _ = courier("courier-tight", {"EXTERNAL_API_RATE_LIMIT": "60", "EXTERNAL_API_RATE_BURST": "1"})
+
+    nginx_proxy, nginx_cache = free_port(), free_port()
+    ndir = os.path.join(WORK, "nginx")
+    os.makedirs(os.path.join(ndir, "cache"))
+    os.chmod(WORK, 0o755)
+    for d, _, _ in os.walk(ndir):
+        os.chmod(d, 0o777)
+    proxy_common = f"""
+      proxy_pass http://sim/v2/process;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer {token}";
+      proxy_set_header X-API-Key demo-api-key;"""
+    with open(os.path.join(ndir, "nginx.conf"), "w") as f:
+        f.write(f"""
+worker_processes 1;
+pid {ndir}/nginx.pid;
+error_log {ndir}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  proxy_cache_path {ndir}/cache levels=1:2 keys_zone=api:64m max_size=512m inactive=60m use_temp_path=off;
+  upstream sim {{ server 127.0.0.1:{sim_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{nginx_proxy};
+    location /api/external/process {{ {proxy_common} }}
+  }}
+  server {{
+    listen 127.0.0.1:{nginx_cache};
+    client_body_buffer_size 64k;
+    location /api/external/process {{ {proxy_common}
+      proxy_cache api;
+      proxy_cache_methods POST;
+      proxy_cache_key "$request_uri|$request_body";
+      proxy_cache_valid 200 60m;
+      proxy_ignore_headers Cache-Control Expires Set-Cookie;
+    }}
+  }}
+}}
+""")
+    nginx = start("nginx", ["nginx", "-c", os.path.join(ndir, "nginx.conf"), "-g", "daemon off;"])
+    haproxy_port = free_port()
+    with open(os.path.join(WORK, "haproxy.cfg"), "w") as f:
+        f.write(f"""
+global
+  nbthread 1
+  maxconn 5000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend api
+  bind 127.0.0.1:{haproxy_port}
+  default_backend sim
+backend sim
+  http-request set-path /v2/process
+  http-request set-header Authorization "Bearer {token}"
+  http-request set-header X-API-Key demo-api-key
+  server s1 127.0.0.1:{sim_port} maxconn 64
+""")
+    haproxy = start("haproxy", ["haproxy", "-f", os.path.join(WORK, "haproxy.cfg"), "-db"])
+    nginx_url = f"http://127.0.0.1:{nginx_proxy}/api/external/process"
+    nginx_cache_url = f"http://127.0.0.1:{nginx_cache}/api/external/process"
+    haproxy_url = f"http://127.0.0.1:{haproxy_port}/api/external/process"
+    time.sleep(0.5)
+    nginx_workers = children(nginx.pid)
+
+    targets = {
+        "direct": (sim_base + "/v2/process", upstream_headers, [sim.pid]),
+        "courier": (pass_url, json_header, [pass_proc.pid]),
+        "nginx": (nginx_url, json_header, nginx_workers),
+        "haproxy": (haproxy_url, json_header, [haproxy.pid]),
+        "courier (cache)": (cache_url, json_header, [cache_proc.pid]),
+        "nginx proxy_cache": (nginx_cache_url, json_header, nginx_workers),
+    }
+    for name in ("courier (cache)", "nginx proxy_cache"):
+        for _ in range(2):
+            post(targets[name][0], BODY, {"Content-Type": "application/json"})
+
+    results = {}
+
+    def measure(scenario, name, url, headers, pids, rate=0):
+        before = cpu_seconds(pids)
+        r = loadgen(url, headers, rate=rate)
+        used = cpu_seconds(pids) - before
+        r["cpu_per_10k"] = used / max(r["requests"], 1) * 10000
+        r["peak_rss_mib"] = peak_rss_mib(pids)
+        results.setdefault(scenario, {}).setdefault(name, []).append(r)
+        codes = ",".join(f"{k}:{v}" for k, v in r["statuses"].items())
+        print(f"  {scenario:<22} {name:<18} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f}  p99 {r['p99_ms']:.3f} ms"
+              f"  cpu/10k {r['cpu_per_10k']:.3f} s  [{codes}] errors {r['errors']}", flush=True)
+
+    plan = [
+        ("pass-through", ["direct", "courier", "nginx", "haproxy"], 0),
+        ("cache hit", ["direct", "courier (cache)", "nginx proxy_cache"], 0),
+    ]
+    for rnd in range(1, ROUNDS + 1):
+        print(f"round {rnd}", flush=True)
+        for scenario, names, rate in plan:
+            for name in names:
+                url, headers, pids = targets[name]
+                measure(scenario, name, url, headers, pids, rate)
+        # Upstream with 20 ms latency, at a fixed rate.
+        post(sim_base + "/_sim/faults", '{"latency_ms": 20}', {"Content-Type": "application/json"})
+        for name in ["direct", "courier", "nginx", "haproxy"]:
+            url, headers, pids = targets[name]
+            measure("20 ms upstream, 1000/s", name, url, headers, pids, rate=1000)
+        post(sim_base + "/_sim/faults", '{"reset": true}', {"Content-Type": "application/json"})
+        # Fast answers of courier itself, at a fixed rate.
+        measure("over-budget rejection, 2000/s", "courier", tight_url, json_header + ["X-Request-Timeout: 0.05"],
+                [tight_proc.pid], rate=2000)
+        post(pass_admin + "/admin/breaker", '{"mode": "open"}', {"Content-Type": "application/json"})
+        measure("open-breaker fail-fast, 2000/s", "courier", pass_url, json_header, [pass_proc.pid], rate=2000)
+        post(pass_admin + "/admin/breaker", '{"mode": "auto"}', {"Content-Type": "application/json"})
+
+    # Memory: 10k idle keep-alive connections, then 100k cached answers.
+    base_rss = rss_mib(cache_proc.pid)
+    idle = subprocess.Popen([LOADGEN, cache_url, "--connections", "10000", "--method", "POST", "--body", BODY,
+                             "--header", "Content-Type: application/json", "--idle"],
+                            stdout=subprocess.PIPE, text=True)
+    ready = idle.stdout.readline().split()
+    idle_rss = rss_mib(cache_proc.pid)
+    idle.kill()
+    idle.wait()
+    pad = "p" * 200
+    entries = 0
+    metrics_url = None
+    # courier-cache's admin port: read from /proc is overkill; reuse the log line.
+    with open(os.path.join(WORK, "courier-cache.log")) as f:
+        for line in f:
+            if '"listening"' in line:
+                metrics_url = "http://" + json.loads(line)["admin"] + "/metrics"
+    before_fill = rss_mib(cache_proc.pid)
+    for _ in range(40):
+        loadgen(cache_url, json_header, seconds=3, body='{"data": {"input": "{n}-' + pad + '"}}', unique=True)
+        text = urllib.request.urlopen(metrics_url).read().decode()
+        metrics = {l.split()[0]: float(l.split()[1]) for l in text.splitlines() if l.startswith("courier_cache_")}
+        entries = metrics.get("courier_cache_entries", 0)
+        if entries >= 100000:
+            break
+    answer = json.loads(post(cache_url, '{"data": {"input": "1-' + pad + '"}}', {"Content-Type": "application/json"}))
+    answer_bytes = len(json.dumps(answer["result"], separators=(",", ":")))
+    filled_rss = rss_mib(cache_proc.pid)
+    report(results, {
+        "idle_connections": int(ready[1]) if len(ready) > 1 else 0, "rss_before_idle": base_rss, "rss_idle": idle_rss,
+        "entries": entries, "answer_bytes": answer_bytes, "rss_before_fill": before_fill, "rss_filled": filled_rss,
+        "cache_bytes": metrics.get("courier_cache_bytes", 0),
+    })
+
+
+def med(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def report(results, memory):
+    print()
+    print(f"Machine: {os.cpu_count()} cores, {platform_line()}; {ROUNDS} rounds of {SECONDS:g} s per target, "
+          f"{CONNS} connections, one worker per target, per-request logging off for all.")
+    for scenario, by_target in results.items():
+        direct = by_target.get("direct")
+        print()
+        print(f"### {scenario}")
+        print()
+        print("| target | req/s median (min–max) | × direct | p50 ms | p99 ms | CPU s / 10k req (min–max) | peak RSS MiB |")
+        print("|---|---|---|---|---|---|---|")
+        for name, runs in by_target.items():
+            rps = med([r["rps"] for r in runs])
+            cpu = med([r["cpu_per_10k"] for r in runs])
+            ratio = f"{rps[0] / statistics.median([r['rps'] for r in direct]):.2f}" if direct else "—"
+            p50 = statistics.median([r["p50_ms"] for r in runs])
+            p99 = statistics.median([r["p99_ms"] for r in runs])
+            rss = max(r["peak_rss_mib"] for r in runs)
+            print(f"| {name} | {rps[0]:.0f} ({rps[1]:.0f}–{rps[2]:.0f}) | {ratio} | {p50:.3f} | {p99:.3f} | "
+                  f"{cpu[0]:.3f} ({cpu[1]:.3f}–{cpu[2]:.3f}) | {rss:.1f} |")
+    m = memory
+    answers = m["entries"] * m["answer_bytes"] / 2**20
+    print()
+    print("### memory")
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| idle keep-alive connections held | {m['idle_connections']} |")
+    print(f"| RSS before / with them | {m['rss_before_idle']:.1f} / {m['rss_idle']:.1f} MiB "
+          f"({(m['rss_idle'] - m['rss_before_idle']) * 1024 / max(m['idle_connections'], 1):.1f} KiB each) |")
+    print(f"| cached answers | {m['entries']:.0f} of {m['answer_bytes']} B = {answers:.1f} MiB |")
+    print(f"| RSS before filling / filled | {m['rss_before_fill']:.1f} / {m['rss_filled']:.1f} MiB |")
+    print(f"| RSS / (1.5 × answers + 32 MiB) | {m['rss_filled'] / (1.5 * answers + 32):.2f} |")
+
+
+def platform_line():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for p in PROCS:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(WORK, ignore_errors=True)
