@@ -37,7 +37,8 @@ fn options() -> Options {
     let mut args = std::env::args().skip(1);
     let url = args.next().expect("usage: loadgen URL [options]");
     let rest = url.strip_prefix("http://").expect("http:// URL");
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h.to_owned(), format!("/{p}"))).unwrap_or((rest.to_owned(), "/".into()));
+    let (host, path) =
+        rest.split_once('/').map(|(h, p)| (h.to_owned(), format!("/{p}"))).unwrap_or((rest.to_owned(), "/".into()));
     let mut o = Options {
         addr: host.clone(),
         path,
@@ -115,11 +116,8 @@ async fn response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, boo
     let head = std::str::from_utf8(&buf[..head_end]).ok()?;
     let status: u16 = head.get(9..12)?.parse().ok()?;
     let lower = head.to_ascii_lowercase();
-    let length: usize = lower
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let length: usize =
+        lower.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     let close = lower.contains("connection: close");
     while buf.len() < head_end + length {
         let n = stream.read(&mut chunk).await.ok()?;
