@@ -168,7 +168,12 @@ impl Gateway {
     /// The state of one worker; starts that worker's Dispatcher on the calling thread.
     pub fn worker(&self) -> web::Data<Worker> {
         let dispatcher = Dispatcher::start_here(self.dispatcher.clone());
-        web::Data::new(Worker { shared: self.shared.clone(), dispatcher, log: self.shared.log.new(o!()) })
+        web::Data::new(Worker {
+            shared: self.shared.clone(),
+            dispatcher,
+            request_metrics: Default::default(),
+            log: self.shared.log.new(o!()),
+        })
     }
 
     /// Binds both listeners and starts serving. Signals are not handled here: see

@@ -2,6 +2,7 @@
 //! rate-limited upstream HTTP API. See README.md and ARCHITECTURE.md for the design.
 
 pub mod actors;
+pub mod allocator;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -6,5 +6,6 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    courier::allocator::keep_freed_memory();
     courier::cli::main()
 }

@@ -1,11 +1,12 @@
-//! The Dispatcher actor: one per actix-web worker, on that worker's thread, owning the
-//! worker's pooled awc client and its local copy of the upstream token.
+//! The Dispatcher: one per actix-web worker, on that worker's thread, owning the worker's
+//! pooled awc client and its local copy of the upstream token.
 //!
-//! Why one per worker: a message to an actor on the same thread is nearly free, while a hop
-//! to another thread costs a wake-up per request. Why an actor at all: the awc client and the
-//! token copy are per-thread state with one owner. Each [`Dispatch`] is answered with a
-//! future, so a slow upstream call never holds up the mailbox; the future runs the attempt
-//! loop ([`super::retry`]) on this thread.
+//! Why one per worker: the awc client and the token copy are per-thread state with one owner,
+//! and anything on the same thread is reached without a wake-up. Handlers call the attempt
+//! loop ([`super::retry`]) directly through a [`DispatcherHandle`]: it used to be a message to
+//! the actor, which cost a boxed envelope, a oneshot channel and an extra task poll per
+//! request for nothing, since sender and actor share a thread (bench/README.md). The actor
+//! remains the owner of the state and of its timer (batched breaker reports).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -33,9 +34,7 @@ const REPORT_BATCH: u32 = 64;
 /// …or at least this often.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 
-/// Send one request upstream, with retries, before `deadline`.
-#[derive(Message)]
-#[rtype(result = "Dispatched")]
+/// One request to send upstream, with retries, before `deadline`.
 pub struct Dispatch {
     /// The request's id, sent upstream as `X-Request-Id`.
     pub request_id: RequestId,
@@ -280,10 +279,26 @@ pub struct Dispatcher {
     upstream: Rc<Upstream>,
 }
 
+/// What a handler holds: the attempt loop of this thread's Dispatcher, called in place.
+#[derive(Clone)]
+pub struct DispatcherHandle {
+    upstream: Rc<Upstream>,
+    _actor: Addr<Dispatcher>,
+}
+
+impl DispatcherHandle {
+    /// Sends one request upstream, with retries, before its deadline.
+    pub async fn dispatch(&self, msg: Dispatch) -> Dispatched {
+        retry::run(self.upstream.clone(), msg).await
+    }
+}
+
 impl Dispatcher {
     /// Starts a Dispatcher on the current thread (call from the worker's app factory).
-    pub fn start_here(settings: DispatcherSettings) -> Addr<Dispatcher> {
-        Dispatcher { upstream: Rc::new(Upstream::new(settings)) }.start()
+    pub fn start_here(settings: DispatcherSettings) -> DispatcherHandle {
+        let upstream = Rc::new(Upstream::new(settings));
+        let actor = Dispatcher { upstream: upstream.clone() }.start();
+        DispatcherHandle { upstream, _actor: actor }
     }
 }
 
@@ -291,17 +306,6 @@ impl Actor for Dispatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Messages come only from handlers on this thread, each answered at once with a
-        // future; the mailbox is a hand-off, not a queue, so a generous bound is safe.
-        ctx.set_mailbox_capacity(65_536);
         ctx.run_interval(REPORT_EVERY, |act, _| act.upstream.flush_successes());
-    }
-}
-
-impl Handler<Dispatch> for Dispatcher {
-    type Result = ResponseFuture<Dispatched>;
-
-    fn handle(&mut self, msg: Dispatch, _ctx: &mut Context<Self>) -> Self::Result {
-        Box::pin(retry::run(self.upstream.clone(), msg))
     }
 }

@@ -18,6 +18,6 @@ pub use breaker::{
     Breaker, BreakerCell, BreakerSnapshot, Force, Gate, GetSnapshot, InvalidBreaker, Mode, Outcomes, Permit, ProbeDone,
     Rejected, Ticket,
 };
-pub use dispatcher::{Dispatch, Dispatcher, DispatcherSettings, Patience};
+pub use dispatcher::{Dispatch, Dispatcher, DispatcherHandle, DispatcherSettings, Patience};
 pub use retry::{DispatchError, Dispatched, RetryPolicy};
 pub use token::{GetToken, Token, TokenCell, TokenManager, TokenSettings, TokenUnavailable};

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use actix_web::http::header::HeaderValue;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
@@ -20,6 +21,13 @@ impl Key {
     /// The key as 64 hex digits (the `X-Cache-Key` header).
     pub fn hex(&self) -> String {
         hex::encode(self.0)
+    }
+
+    /// The key as an `X-Cache-Key` header value, without an intermediate string.
+    pub fn header(&self) -> HeaderValue {
+        let mut text = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut text).expect("64 hex digits fit");
+        HeaderValue::from_bytes(&text).expect("hex digits are a valid header")
     }
 
     /// Parses 64 hex digits.
@@ -132,6 +140,7 @@ mod tests {
     fn hex_round_trips() {
         let k = key(r#"{"input":"x"}"#, "{}");
         assert_eq!(Key::from_hex(&k.hex()), Some(k));
+        assert_eq!(k.header().to_str().unwrap(), k.hex());
         assert_eq!(Key::from_hex("zz"), None);
     }
 }

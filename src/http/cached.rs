@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::http::header::{HeaderMap, CACHE_CONTROL};
 use actix_web::web;
@@ -86,7 +86,7 @@ fn upstream_side(error: &DispatchError) -> bool {
     )
 }
 
-/// Sends `ask` upstream through this worker's Dispatcher.
+/// Sends `ask` upstream through this worker's Dispatcher (in place, same thread).
 async fn dispatch(worker: &Worker, ask: &Ask, patience: Patience) -> (Result<Arc<Entry>, DispatchError>, u32) {
     let message = Dispatch {
         request_id: ask.request_id.clone(),
@@ -96,13 +96,9 @@ async fn dispatch(worker: &Worker, ask: &Ask, patience: Patience) -> (Result<Arc
         class: ask.class,
         patience,
     };
-    match worker.dispatcher.send(message).await {
-        Ok(dispatched) => {
-            let entry = dispatched.result.map(|ok| Arc::new(Entry::new(&ok.result, ok.upstream_request_id)));
-            (entry, dispatched.attempts)
-        }
-        Err(_) => (Err(DispatchError::CircuitOpen(Duration::from_secs(1))), 0),
-    }
+    let dispatched = worker.dispatcher.dispatch(message).await;
+    let entry = dispatched.result.map(|ok| Arc::new(Entry::new(&ok.result, ok.upstream_request_id)));
+    (entry, dispatched.attempts)
 }
 
 /// Serves `ask`, from the cache when it can.

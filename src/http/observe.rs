@@ -1,14 +1,55 @@
 //! One event function per inbound request: the JSON log line and the metrics are written
 //! together, from the same values, so they cannot drift apart.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use actix_web::http::{Method, StatusCode};
+use prometheus::{Histogram, IntCounter};
 use slog::info;
 
 use super::state::Worker;
-use crate::metrics::Route;
+use crate::metrics::{Metrics, Route};
 use crate::request_id::RequestId;
+
+type Hasher = foldhash::fast::RandomState;
+/// A client's request counter and duration histogram, by route and status.
+type ByRoute = HashMap<(Route, u16), (IntCounter, Histogram), Hasher>;
+
+/// This worker's handles on the request counter and histogram, by client, route and status:
+/// resolving a labelled child hashes the label values and takes the family's lock, twice per
+/// request, so each worker does it once per label set. Label values are bounded (routes,
+/// statuses, client names), so this map is too.
+#[derive(Default)]
+pub struct RequestMetrics {
+    children: RefCell<HashMap<Box<str>, ByRoute, Hasher>>,
+}
+
+impl RequestMetrics {
+    fn record(&self, metrics: &Metrics, route: Route, status: StatusCode, client: &str, seconds: f64) {
+        let mut children = self.children.borrow_mut();
+        if !children.contains_key(client) {
+            children.insert(client.into(), HashMap::default());
+        }
+        let by_route = children.get_mut(client).expect("inserted above");
+        let (count, duration) = by_route.entry((route, status.as_u16())).or_insert_with(|| {
+            let class = match status.as_u16() {
+                100..=199 => "1xx",
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            };
+            (
+                metrics.http_requests.with_label_values(&[route.as_str(), status.as_str(), client]),
+                metrics.http_duration.with_label_values(&[route.as_str(), class, client]),
+            )
+        });
+        count.inc();
+        duration.observe(seconds);
+    }
+}
 
 /// What is known about an answered inbound request.
 pub struct Inbound<'a> {
@@ -37,16 +78,7 @@ pub struct Inbound<'a> {
 /// Logs and counts one answered inbound request.
 pub fn inbound(worker: &Worker, event: Inbound<'_>) {
     let elapsed = event.started.elapsed().as_secs_f64();
-    let metrics = &worker.shared.metrics;
-    metrics.http_requests.with_label_values(&[event.route.as_str(), event.status.as_str(), event.client]).inc();
-    let class = match event.status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics.http_duration.with_label_values(&[event.route.as_str(), class, event.client]).observe(elapsed);
+    worker.request_metrics.record(&worker.shared.metrics, event.route, event.status, event.client, elapsed);
     info!(worker.log, "gateway_request";
         "request_id" => event.request_id.as_str(),
         "endpoint" => event.endpoint,

@@ -59,7 +59,7 @@ pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<
         worker.shared.cache.count(status);
         headers.insert(HeaderName::from_static("x-cache"), HeaderValue::from_static(status.header()));
         if let Some(key) = key {
-            headers.insert(HeaderName::from_static("x-cache-key"), HeaderValue::from_str(&key.hex()).expect("hex"));
+            headers.insert(HeaderName::from_static("x-cache-key"), key.header());
         }
     }
     let client = caller.map_or(UNKNOWN_CALLER, |c| worker.caller_name(c));

@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
-use actix::Addr;
 use actix_web::HttpRequest;
 use slog::Logger;
 
 use super::errors::ApiError;
 use crate::actors::budget::BudgetShared;
-use crate::actors::{Breaker, Dispatcher, TokenCell};
+use crate::actors::{Breaker, DispatcherHandle, TokenCell};
 use crate::cache::ResponseCache;
 use crate::config::{Clients, Config};
 use crate::metrics::Metrics;
@@ -62,7 +61,9 @@ pub struct Worker {
     /// Shared state.
     pub shared: Arc<Shared>,
     /// This worker's Dispatcher (same thread).
-    pub dispatcher: Addr<Dispatcher>,
+    pub dispatcher: DispatcherHandle,
+    /// This worker's resolved request metrics.
+    pub request_metrics: super::observe::RequestMetrics,
     /// This worker's logger.
     pub log: Logger,
 }

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -19,11 +19,15 @@ use super::{CallbackState, Claim, Job, JobError, JobStatus, JobStore, StoreError
 
 const SHARDS: usize = 16;
 
+/// Every sync request records a status entry, so this map is on the request path: foldhash
+/// (randomly seeded per process) instead of SipHash, and one shared id per entry.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Default)]
 struct Shard {
-    jobs: HashMap<String, Job>,
+    jobs: HashMap<Arc<str>, Job, Hasher>,
     /// Insertion order, for expiry and eviction of the oldest finished entries.
-    order: VecDeque<(Instant, String)>,
+    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl Shard {
@@ -60,7 +64,7 @@ pub struct MemoryStore {
     queue: mpsc::Sender<String>,
     queued: tokio::sync::Mutex<mpsc::Receiver<String>>,
     unfinished: AtomicUsize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: Hasher,
 }
 
 impl MemoryStore {
@@ -74,7 +78,7 @@ impl MemoryStore {
             queue,
             queued: tokio::sync::Mutex::new(queued),
             unfinished: AtomicUsize::new(0),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: Hasher::default(),
         }
     }
 
@@ -98,8 +102,9 @@ impl MemoryStore {
         if shard.jobs.len() >= self.cap_per_shard {
             return Err(StoreError::Full);
         }
-        shard.order.push_back((now, job.id().to_owned()));
-        shard.jobs.insert(job.id().to_owned(), job);
+        let id: Arc<str> = Arc::from(job.id());
+        shard.order.push_back((now, id.clone()));
+        shard.jobs.insert(id, job);
         Ok(())
     }
 }
