@@ -2,7 +2,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/courier"
+BIN="${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/courier}"
 WORK="$(mktemp -d /tmp/courier-bench.XXXXXX)"
 PIDS=()
 

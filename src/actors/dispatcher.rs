@@ -289,7 +289,9 @@ pub struct DispatcherHandle {
 impl DispatcherHandle {
     /// Sends one request upstream, with retries, before its deadline.
     pub async fn dispatch(&self, msg: Dispatch) -> Dispatched {
-        retry::run(self.upstream.clone(), msg).await
+        // Boxed: the attempt loop's state (awc's send future included) is ~10 KB, and inline it
+        // would make every handler future that large, copied whole when actix boxes it.
+        Box::pin(retry::run(self.upstream.clone(), msg)).await
     }
 }
 
