@@ -103,7 +103,8 @@ fn simulate(args: SimArgs) -> ExitCode {
         println!("simulator listening: {}", sim.base_url());
         println!("  token:   POST {}/oauth/token", sim.base_url());
         println!("  process: POST {}/process", sim.base_url());
-        println!("  faults:  POST http://{}/_sim/faults    stats: GET http://{}/_sim/stats", sim.addr(), sim.addr());
+        let origin = sim.origin();
+        println!("  faults:  POST {origin}/_sim/faults    stats: GET {origin}/_sim/stats");
         wait_for_signal().await?;
         sim.stop().await;
         Ok::<_, std::io::Error>(())

@@ -55,7 +55,10 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the TokenManager (inside the running actix System) and prepares the workers.
     pub async fn start(config: Config, metrics: Arc<Metrics>, log: Logger) -> Result<Gateway, StartError> {
-        let tls = upstream::tls_config(None).map_err(StartError::Setting)?;
+        // The CA file was read and checked with the configuration; one TLS configuration
+        // serves the token fetcher and every worker's API client.
+        let tls =
+            upstream::tls_config_with(&config.api_ca).map_err(|e| StartError::Setting(format!("upstream TLS: {e}")))?;
         let process_uri = format!("{}/process", config.base_url)
             .parse()
             .map_err(|e| StartError::Setting(format!("EXTERNAL_API_BASE_URL: cannot form /process URI: {e}")))?;

@@ -157,6 +157,7 @@ impl Upstream {
         let token = self.token_manager.send(GetToken { rejected }).await.map_err(|_| TokenUnavailable {
             retry_after: Duration::from_secs(1),
             reason: "token manager busy".into(),
+            tls: false,
         })??;
         Ok((token.authorization.clone(), token.generation))
     }
@@ -190,10 +191,12 @@ impl Upstream {
 
     /// Tells the breaker how an attempt went: failures at once (with the successes before
     /// them), successes in batches, probes alone. 429s are the budget's business, not the
-    /// circuit's. With no attempt made, a probe's slot is just given back.
+    /// circuit's, and TLS failures are configuration's. With no attempt made, a probe's slot
+    /// is just given back.
     pub(super) fn report(&self, attempt: Option<&Attempt>, probe: Option<u64>) {
         let verdict = match attempt {
-            None | Some(Attempt::RateLimited) => None,
+            // A refused certificate says nothing about the upstream's health either way.
+            None | Some(Attempt::RateLimited | Attempt::Tls(_)) => None,
             Some(attempt) => Some(!attempt.is_upstream_failure()),
         };
         if let Some(id) = probe {

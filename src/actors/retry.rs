@@ -153,7 +153,13 @@ pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
             Ok(found) => found,
             Err(unavailable) => {
                 up.report(None, probe);
-                return Dispatched { attempts, result: Err(DispatchError::AuthUnavailable(unavailable.retry_after)) };
+                // The token endpoint's certificate refused: as final as the API's would be.
+                let error = if unavailable.tls {
+                    DispatchError::Failed(Outcome::TlsError)
+                } else {
+                    DispatchError::AuthUnavailable(unavailable.retry_after)
+                };
+                return Dispatched { attempts, result: Err(error) };
             }
         };
         let started = Instant::now();

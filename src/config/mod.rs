@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
@@ -63,6 +64,10 @@ pub struct Config {
     pub base_url: String,
     /// OAuth2 token endpoint (default: base URL + `/oauth/token`).
     pub token_url: String,
+    /// PEM file of extra CA certificates trusted for the upstream (`EXTERNAL_API_CA_FILE`).
+    pub api_ca_file: Option<PathBuf>,
+    /// The certificates of `api_ca_file`, read and checked at start-up (empty without it).
+    pub api_ca: Vec<CertificateDer<'static>>,
     /// Upstream API key, sent as `X-API-Key`.
     pub api_key: SecretString,
     /// Where the API key came from.
@@ -201,6 +206,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("base_url", &self.base_url)
             .field("token_url", &self.token_url)
+            .field("api_ca_file", &self.api_ca_file)
             .field("api_key", &REDACTED)
             .field("client_id", &self.client_id)
             .field("client_secret", &REDACTED)
@@ -261,6 +267,15 @@ impl Config {
             (_, explicit) => {
                 let default = explicit.unwrap_or_else(|| format!("{base_url}/oauth/token"));
                 r.url("EXTERNAL_OAUTH_TOKEN_URL", Some(default)).unwrap_or_default()
+            }
+        };
+        let api_ca_file = r.optional("EXTERNAL_API_CA_FILE").map(PathBuf::from);
+        let api_ca = match api_ca_file.as_deref().map(crate::upstream::load_ca_file) {
+            None => Vec::new(),
+            Some(Ok(certs)) => certs,
+            Some(Err(problem)) => {
+                r.problem("EXTERNAL_API_CA_FILE", problem, "a readable PEM file of CA certificates");
+                Vec::new()
             }
         };
         let (api_key, api_key_source) = r.secret("EXTERNAL_API_KEY");
@@ -341,6 +356,8 @@ impl Config {
         Config {
             base_url,
             token_url,
+            api_ca_file,
+            api_ca,
             api_key,
             api_key_source,
             client_id,

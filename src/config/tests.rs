@@ -104,3 +104,45 @@ fn the_file_fills_in_and_the_environment_wins() {
     assert!(errors.starts_with("--config: EXTERNAL_API_TIMEOUT has a array value"), "{errors}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_ca_file_is_read_at_start_and_a_bad_one_is_one_line_naming_the_variable() {
+    let dir = std::env::temp_dir().join(format!("courier-config-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&key).unwrap();
+    let good = dir.join("ca.pem");
+    std::fs::write(&good, ca.pem()).unwrap();
+    let mut env = minimal();
+    env.set("EXTERNAL_API_CA_FILE", good.to_str().unwrap());
+    let config = Config::from_sources(&env, None).unwrap();
+    assert_eq!((config.api_ca_file.as_deref(), config.api_ca.len()), (Some(good.as_path()), 1));
+    assert_eq!(&config.api_ca[0], ca.der());
+    assert!(Config::from_sources(&minimal(), None).unwrap().api_ca.is_empty());
+
+    let key_only = dir.join("key.pem");
+    std::fs::write(&key_only, key.serialize_pem()).unwrap();
+    let broken = dir.join("broken.pem");
+    std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").unwrap();
+    let not_a_cert = dir.join("garbage.pem");
+    std::fs::write(&not_a_cert, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let cases = [
+        (dir.join("missing.pem"), "cannot read"),
+        (key_only, "holds no PEM certificate"),
+        (broken, "is not valid PEM"),
+        (not_a_cert, "unusable CA certificate"),
+    ];
+    for (path, problem) in cases {
+        env.set("EXTERNAL_API_CA_FILE", path.to_str().unwrap());
+        let text = Config::from_sources(&env, None).unwrap_err().to_string();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("EXTERNAL_API_CA_FILE: ") && text.contains(path.to_str().unwrap()), "{text}");
+        assert!(
+            text.contains(problem) && text.contains("(expected: a readable PEM file of CA certificates)"),
+            "{text}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -127,6 +127,7 @@ impl ApiError {
             ApiError::UpstreamFailed(Outcome::Timeout) => "upstream_timeout",
             ApiError::UpstreamFailed(Outcome::Forbidden) => "upstream_auth_rejected",
             ApiError::UpstreamFailed(Outcome::InvalidResponse) => "upstream_invalid_response",
+            ApiError::UpstreamFailed(Outcome::TlsError) => "upstream_tls",
             ApiError::UpstreamFailed(_) => "upstream_unavailable",
             ApiError::DeadlineExceeded => "deadline_exceeded",
             ApiError::Overloaded(_) => "overloaded",
@@ -154,6 +155,11 @@ impl ApiError {
             ApiError::UpstreamFailed(Outcome::Timeout) => "the upstream did not answer in time".into(),
             ApiError::UpstreamFailed(Outcome::Forbidden) => "the upstream refused courier's API key".into(),
             ApiError::UpstreamFailed(Outcome::InvalidResponse) => "the upstream's answer was unusable".into(),
+            ApiError::UpstreamFailed(Outcome::TlsError) => {
+                "courier could not open a trusted TLS connection to the upstream (its certificate was refused or \
+                 the handshake failed); not retried, see courier's log for the reason"
+                    .into()
+            }
             ApiError::UpstreamFailed(_) => "the upstream failed after retries".into(),
             ApiError::DeadlineExceeded => "the request's deadline passed before the upstream answered".into(),
             ApiError::Overloaded(_) => "courier is overloaded; retry later".into(),
@@ -167,8 +173,12 @@ impl ApiError {
         }
     }
 
-    /// Whether the same request may succeed later.
+    /// Whether the same request may succeed later. A TLS failure will not, until the
+    /// upstream's certificate or courier's CA file changes.
     pub fn retryable(&self) -> bool {
+        if matches!(self, ApiError::UpstreamFailed(Outcome::TlsError)) {
+            return false;
+        }
         matches!(
             self,
             ApiError::BudgetExhausted(_)
@@ -228,6 +238,7 @@ mod tests {
         let cases = [
             (ApiError::UpstreamFailed(Outcome::ServerError), 502, "upstream_unavailable"),
             (ApiError::UpstreamFailed(Outcome::Timeout), 504, "upstream_timeout"),
+            (ApiError::UpstreamFailed(Outcome::TlsError), 502, "upstream_tls"),
             (ApiError::UpstreamAuthUnavailable(Duration::from_millis(1500)), 503, "upstream_auth_unavailable"),
             (ApiError::BudgetExhausted(Duration::from_secs(3)), 429, "budget_exhausted"),
             (ApiError::PayloadTooLarge(10), 413, "payload_too_large"),
@@ -235,6 +246,8 @@ mod tests {
         for (error, status, code) in cases {
             assert_eq!((error.status().as_u16(), error.code()), (status, code));
         }
+        assert!(!ApiError::UpstreamFailed(Outcome::TlsError).retryable());
+        assert!(ApiError::UpstreamFailed(Outcome::ConnectError).retryable());
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! ([`SimArgs`]) of `courier simulate`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::faults::Faults;
+use super::tls::SimTls;
 
 /// Everything needed to start a [`Simulator`](super::Simulator).
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub struct SimConfig {
     pub workers: usize,
     /// Also send the IETF draft `RateLimit` / `RateLimit-Policy` headers.
     pub ietf_headers: bool,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<SimTls>,
 }
 
 impl Default for SimConfig {
@@ -44,6 +48,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             workers: 1,
             ietf_headers: false,
+            tls: None,
         }
     }
 }
@@ -96,6 +101,12 @@ pub struct SimArgs {
     /// Number of worker threads (defaults to the number of CPUs).
     #[arg(long, default_value_t = default_workers(), value_parser = parse_workers)]
     pub workers: usize,
+    /// Serve HTTPS: PEM file of the server certificate (and intermediates). Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl SimArgs {
@@ -121,6 +132,7 @@ impl SimArgs {
             faults,
             workers: self.workers,
             ietf_headers: self.ietf_headers,
+            tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| SimTls { cert, key }),
         }
     }
 }
@@ -204,6 +216,7 @@ mod tests {
         assert_eq!(cfg.faults, Faults::default());
         assert!(cfg.workers >= 1);
         assert!(!cfg.ietf_headers);
+        assert_eq!(cfg.tls, None);
     }
 
     #[test]
@@ -231,6 +244,8 @@ mod tests {
         assert_eq!(cfg.faults.drop_rate, 1.0);
         assert!(cfg.ietf_headers);
         assert_eq!(cfg.workers, 3);
+        let tls = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap().tls.unwrap();
+        assert_eq!((tls.cert, tls.key), (PathBuf::from("c.pem"), PathBuf::from("k.pem")));
     }
 
     #[test]
@@ -244,6 +259,8 @@ mod tests {
             "--latency-ms=-1",
             "--rate-limit=0",
             "--workers=0",
+            "--tls-cert=cert.pem",
+            "--tls-key=key.pem",
         ] {
             assert!(parse(&[bad]).is_err(), "{bad} should be rejected");
         }

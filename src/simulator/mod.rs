@@ -37,6 +37,7 @@ mod reply;
 mod routes;
 mod state;
 mod stats;
+mod tls;
 mod tokens;
 
 use std::io;
@@ -49,6 +50,7 @@ use actix_web::{web, App, HttpServer};
 pub use config::{SimArgs, SimConfig};
 pub use faults::{Faults, FaultsPatch};
 pub use stats::{ProcessStats, SimStats, TokenStats};
+pub use tls::SimTls;
 
 use state::Shared;
 
@@ -58,6 +60,7 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 /// A running simulator. Dropping it leaves the server running; call [`Simulator::stop`].
 pub struct Simulator {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     handle: ServerHandle,
 }
@@ -69,16 +72,20 @@ impl std::fmt::Debug for Simulator {
 }
 
 impl Simulator {
-    /// Binds `cfg.listen`, spawns the HTTP server on the current actix System
-    /// and returns as soon as it is accepting connections.
+    /// Binds `cfg.listen` (over TLS when `cfg.tls` is set), spawns the HTTP server on the
+    /// current actix System and returns as soon as it is accepting connections.
     pub async fn start(cfg: SimConfig) -> io::Result<Simulator> {
+        let tls = cfg.tls.as_ref().map(SimTls::server_config).transpose()?;
         let shared = Arc::new(Shared::new(&cfg));
         let data = web::Data::from(Arc::clone(&shared));
         let server = HttpServer::new(move || App::new().configure(routes::configure(data.clone())))
             .workers(cfg.workers.max(1))
             .disable_signals()
-            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-            .bind(cfg.listen)?;
+            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+        let server = match tls {
+            Some(tls) => server.bind_rustls_0_23(cfg.listen, tls)?,
+            None => server.bind(cfg.listen)?,
+        };
         let addr = server
             .addrs()
             .first()
@@ -87,7 +94,7 @@ impl Simulator {
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        Ok(Simulator { addr, shared, handle })
+        Ok(Simulator { addr, tls: cfg.tls.is_some(), shared, handle })
     }
 
     /// The bound address (with the real port when `listen` used port 0).
@@ -95,9 +102,15 @@ impl Simulator {
         self.addr
     }
 
+    /// Scheme and authority, e.g. `http://127.0.0.1:8081` (`https://` when serving TLS).
+    pub fn origin(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// Base URL of the upstream API, e.g. `http://127.0.0.1:8081/v2`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v2", self.addr)
+        format!("{}/v2", self.origin())
     }
 
     /// Current counters (the same document as `GET /_sim/stats`).

@@ -8,7 +8,7 @@ use actix_web::http::Uri;
 use awc::error::{PayloadError, SendRequestError};
 use bytes::Bytes;
 
-use super::classify::{Attempt, RateSignal};
+use super::classify::{tls_failure, Attempt, RateSignal};
 use super::wire::upstream_error_message;
 
 /// Error bodies are read only this far: enough for a message, and to keep the connection.
@@ -76,9 +76,10 @@ fn classify_send_error(error: SendRequestError) -> Attempt {
     match error {
         SendRequestError::Timeout => Attempt::Timeout,
         SendRequestError::Connect(awc::error::ConnectError::Timeout) => Attempt::Timeout,
-        SendRequestError::Connect(awc::error::ConnectError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-            Attempt::Connect("tls handshake failed")
-        }
+        SendRequestError::Connect(awc::error::ConnectError::Io(e)) => match tls_failure(&e) {
+            Some(reason) => Attempt::Tls(reason),
+            None => Attempt::Connect("connection failed"),
+        },
         SendRequestError::Connect(_) => Attempt::Connect("connection failed"),
         SendRequestError::Send(_) | SendRequestError::Response(_) => Attempt::Connect("connection broken off"),
         _ => Attempt::Connect("request could not be sent"),

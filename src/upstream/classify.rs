@@ -33,6 +33,9 @@ pub enum Attempt {
     Connect(&'static str),
     /// An answer that cannot be used (body too large or unreadable, not the spec's shape).
     Invalid(&'static str),
+    /// No trusted TLS connection: the upstream's certificate was refused (unknown CA, wrong
+    /// host name, expired) or the handshake failed. A fixed reason from [`tls_failure`].
+    Tls(&'static str),
 }
 
 /// The outcome label of an attempt, for metrics and logs.
@@ -58,11 +61,13 @@ pub enum Outcome {
     ConnectError,
     /// Unusable answer.
     InvalidResponse,
+    /// No trusted TLS connection.
+    TlsError,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering metric children.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Success,
         Outcome::Rejected,
         Outcome::Unauthorized,
@@ -73,6 +78,7 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::ConnectError,
         Outcome::InvalidResponse,
+        Outcome::TlsError,
     ];
 
     /// The label value.
@@ -88,6 +94,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::ConnectError => "connect_error",
             Outcome::InvalidResponse => "invalid_response",
+            Outcome::TlsError => "tls_error",
         }
     }
 }
@@ -106,11 +113,13 @@ impl Attempt {
             Attempt::Timeout => Outcome::Timeout,
             Attempt::Connect(_) => Outcome::ConnectError,
             Attempt::Invalid(_) => Outcome::InvalidResponse,
+            Attempt::Tls(_) => Outcome::TlsError,
         }
     }
 
     /// Whether another attempt may succeed where this one failed: connection errors,
-    /// timeouts, 500/502/503/504 and 429. Never other 4xx.
+    /// timeouts, 500/502/503/504 and 429. Never other 4xx, and never a TLS failure: a refused
+    /// certificate is refused again until someone changes the certificate or the CA file.
     pub fn retryable(&self) -> bool {
         match self {
             Attempt::Timeout | Attempt::Connect(_) | Attempt::RateLimited => true,
@@ -120,7 +129,9 @@ impl Attempt {
     }
 
     /// Whether this attempt says the upstream is unhealthy (for the breaker): 5xx, timeouts,
-    /// connection errors and unusable answers. 4xx, 429 included, are not upstream failures.
+    /// connection errors and unusable answers. 4xx, 429 included, are not upstream failures,
+    /// and neither are TLS failures: like a refused API key they are a configuration fault
+    /// that an open circuit cannot heal, and `circuit_open` would hide the cause.
     pub fn is_upstream_failure(&self) -> bool {
         matches!(self, Attempt::ServerError(_) | Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_))
     }
@@ -134,7 +145,7 @@ impl Attempt {
             Attempt::Forbidden => Some(403),
             Attempt::RateLimited => Some(429),
             Attempt::ServerError(s) | Attempt::OtherStatus(s) => Some(*s),
-            Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_) => None,
+            Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_) | Attempt::Tls(_) => None,
         }
     }
 
@@ -149,9 +160,34 @@ impl Attempt {
             Attempt::ServerError(_) => Some("server error"),
             Attempt::OtherStatus(_) => Some("unexpected status"),
             Attempt::Timeout => Some("timeout"),
-            Attempt::Connect(what) | Attempt::Invalid(what) => Some(what),
+            Attempt::Connect(what) | Attempt::Invalid(what) | Attempt::Tls(what) => Some(what),
         }
     }
+}
+
+/// When a connection error is a TLS failure (rustls refused the peer's certificate or the
+/// handshake), a short, fixed, secret-free reason for logs; `None` for other I/O errors.
+pub fn tls_failure(error: &std::io::Error) -> Option<&'static str> {
+    use rustls::{CertificateError, Error};
+    let tls = error.get_ref()?.downcast_ref::<Error>()?;
+    Some(match tls {
+        Error::InvalidCertificate(cert) => match cert {
+            CertificateError::UnknownIssuer => "tls: certificate signed by an unknown CA",
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "tls: certificate not valid for the upstream's host name"
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "tls: certificate expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "tls: certificate not yet valid"
+            }
+            CertificateError::Revoked => "tls: certificate revoked",
+            _ => "tls: certificate refused",
+        },
+        Error::AlertReceived(_) => "tls: the upstream refused the handshake",
+        Error::NoCertificatesPresented => "tls: the upstream presented no certificate",
+        Error::InvalidMessage(_) => "tls: the upstream did not speak TLS",
+        _ => "tls: handshake failed",
+    })
 }
 
 /// What the upstream said about its rate limit in one answer's headers.
@@ -250,6 +286,28 @@ mod tests {
         }
         let rejected = Attempt::Rejected { status: 400, message: "bad".into() };
         assert!(!rejected.retryable() && !rejected.is_upstream_failure());
+        let tls = Attempt::Tls("tls: certificate signed by an unknown CA");
+        assert!(!tls.retryable() && !tls.is_upstream_failure());
+        assert_eq!((tls.outcome().as_str(), tls.status()), ("tls_error", None));
+    }
+
+    #[test]
+    fn outcomes_index_their_metric_children() {
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn tls_failures_are_told_from_other_io_errors() {
+        use std::io::{Error, ErrorKind};
+        let unknown = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = Error::new(ErrorKind::InvalidData, unknown);
+        assert_eq!(tls_failure(&wrapped), Some("tls: certificate signed by an unknown CA"));
+        let name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        assert_eq!(tls_failure(&Error::other(name)), Some("tls: certificate not valid for the upstream's host name"));
+        assert_eq!(tls_failure(&Error::from(ErrorKind::ConnectionRefused)), None);
+        assert_eq!(tls_failure(&Error::new(ErrorKind::InvalidData, "not tls")), None);
     }
 
     #[test]

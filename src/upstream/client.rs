@@ -1,5 +1,6 @@
 //! The upstream HTTP client: awc with a connection pool, redirects off, no compression,
-//! and rustls with an explicit crypto provider (ring) and the system's root certificates.
+//! and rustls with an explicit crypto provider (ring), the system's root certificates and,
+//! when `EXTERNAL_API_CA_FILE` names one, the CA certificates of a PEM file.
 //!
 //! One client per actix worker thread (awc clients are not `Send`); the TLS configuration
 //! is built once and shared, because loading the system roots reads many files.
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 /// Pool and identity settings of a client.
@@ -25,23 +27,41 @@ impl Default for ClientSettings {
     }
 }
 
+/// Reads the CA certificates of a PEM file (`EXTERNAL_API_CA_FILE`) and checks that each can
+/// serve as a trust anchor. The message names the file and what is wrong, never its content.
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    let mut check = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
+        check.add(cert.clone()).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
 /// Builds the TLS configuration: system roots plus, when given, the CA certificates of a PEM
 /// file. Fails with a message naming the file when it cannot be used.
 pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let extra = match extra_ca {
+        Some(path) => load_ca_file(path)?,
+        None => Vec::new(),
+    };
+    tls_config_with(&extra)
+}
+
+/// Builds the TLS configuration from the system roots plus `extra` CA certificates (already
+/// read by [`load_ca_file`]).
+pub fn tls_config_with(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_ca {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let mut found = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
-            found += 1;
-        }
-        if found == 0 {
-            return Err(format!("{} holds no certificate", path.display()));
-        }
+    for cert in extra {
+        roots.add(cert.clone()).map_err(|e| format!("unusable CA certificate: {e}"))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)

@@ -14,6 +14,6 @@ mod wire;
 
 pub use backoff::{Backoff, InvalidBackoff};
 pub use call::{send_attempt, AttemptRequest};
-pub use classify::{Attempt, Outcome, RateSignal};
-pub use client::{build_client, tls_config, ClientSettings};
+pub use classify::{tls_failure, Attempt, Outcome, RateSignal};
+pub use client::{build_client, load_ca_file, tls_config, tls_config_with, ClientSettings};
 pub use wire::{fetch_token, upstream_error_message, FetchedToken, SuccessBody, TokenError};

@@ -3,10 +3,13 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use awc::error::{ConnectError, SendRequestError};
 use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use super::classify::tls_failure;
 
 /// A token from the token endpoint.
 pub struct FetchedToken {
@@ -22,6 +25,9 @@ pub enum TokenError {
     /// The endpoint could not be reached.
     #[error("token endpoint unreachable: {0}")]
     Unreachable(&'static str),
+    /// No trusted TLS connection to the endpoint (a reason from [`super::tls_failure`]).
+    #[error("token endpoint unreachable: {0}")]
+    Tls(&'static str),
     /// No answer in time.
     #[error("token endpoint timed out")]
     Timeout,
@@ -65,7 +71,11 @@ pub async fn fetch_token(
         let mut response =
             client.post(url).insert_header(("accept", "application/json")).send_form(&form).await.map_err(
                 |e| match e {
-                    awc::error::SendRequestError::Timeout => TokenError::Timeout,
+                    SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => TokenError::Timeout,
+                    SendRequestError::Connect(ConnectError::Io(io)) => match tls_failure(&io) {
+                        Some(reason) => TokenError::Tls(reason),
+                        None => TokenError::Unreachable("connection failed"),
+                    },
                     _ => TokenError::Unreachable("connection failed"),
                 },
             )?;

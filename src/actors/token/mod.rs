@@ -52,6 +52,8 @@ pub struct TokenUnavailable {
     pub retry_after: Duration,
     /// What went wrong, without secrets.
     pub reason: String,
+    /// Whether the last refresh failed for want of a trusted TLS connection (not transient).
+    pub tls: bool,
 }
 
 /// Asks for a valid token. `rejected` names the generation the upstream just refused with
@@ -98,6 +100,8 @@ pub struct TokenManager {
     generation: u64,
     held: Option<Held>,
     refreshing: bool,
+    /// Whether the last refresh failed on TLS (cleared by a success).
+    failed_on_tls: bool,
     waiters: Vec<Waiter>,
     lifecycle: Lifecycle,
     timer: Option<SpawnHandle>,
@@ -119,6 +123,7 @@ impl TokenManager {
             generation: 0,
             held: None,
             refreshing: false,
+            failed_on_tls: false,
             waiters: Vec::new(),
             lifecycle: Lifecycle::new(backoff),
             timer: None,
@@ -171,6 +176,7 @@ impl TokenManager {
         match result {
             Ok(obtained) => {
                 self.lifecycle.on_success();
+                self.failed_on_tls = false;
                 let (token, expires_at_unix_ms, refresh_at) = match obtained {
                     Obtained::Fetched { token, expires_at_unix_ms, requested_at, shared } => {
                         let lifetime = token.expires_at.saturating_duration_since(requested_at);
@@ -206,7 +212,9 @@ impl TokenManager {
                 self.metrics.token_refreshes.with_label_values(&[result.as_str()]).inc();
                 warn!(self.log, "token_refresh_failed";
                     "error" => %error, "retry_in" => wait.as_secs_f64());
-                let unavailable = TokenUnavailable { retry_after: wait, reason: error.to_string() };
+                self.failed_on_tls = matches!(error, TokenError::Tls(_));
+                let unavailable =
+                    TokenUnavailable { retry_after: wait, reason: error.to_string(), tls: self.failed_on_tls };
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(Err(unavailable.clone()));
                 }
@@ -265,13 +273,17 @@ impl Handler<GetToken> for TokenManager {
         }
         if !self.refreshing {
             if let Some(wait) = self.lifecycle.blocked_for(now) {
-                let unavailable = TokenUnavailable { retry_after: wait, reason: "token endpoint backing off".into() };
+                let unavailable = TokenUnavailable {
+                    retry_after: wait,
+                    reason: "token endpoint backing off".into(),
+                    tls: self.failed_on_tls,
+                };
                 return Box::pin(async move { Err(unavailable) });
             }
         }
         if self.waiters.len() >= MAX_WAITERS {
             let unavailable =
-                TokenUnavailable { retry_after: Duration::from_secs(1), reason: "too many waiting".into() };
+                TokenUnavailable { retry_after: Duration::from_secs(1), reason: "too many waiting".into(), tls: false };
             return Box::pin(async move { Err(unavailable) });
         }
         let (tx, rx) = oneshot::channel();
@@ -279,7 +291,11 @@ impl Handler<GetToken> for TokenManager {
         self.start_refresh(ctx);
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
-                Err(TokenUnavailable { retry_after: Duration::from_secs(1), reason: "token manager stopped".into() })
+                Err(TokenUnavailable {
+                    retry_after: Duration::from_secs(1),
+                    reason: "token manager stopped".into(),
+                    tls: false,
+                })
             })
         })
     }

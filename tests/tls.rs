@@ -1,0 +1,242 @@
+//! TLS to the upstream: the simulator serves HTTPS with a certificate issued in the test by a
+//! CA generated in the test (rcgen); courier trusts that CA through `EXTERNAL_API_CA_FILE`.
+//! A trusted certificate carries the token and the request; an untrusted one (another CA, a
+//! wrong host name) ends in a quick, unretried 502 `upstream_tls`; a bad CA file stops
+//! courier at start-up with one line naming the variable.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use courier::simulator::{SimConfig, SimTls, Simulator};
+use courier::upstream::{build_client, tls_config, ClientSettings};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use serde_json::Value;
+use support::process::{lines_of, signal, wait_exit, wait_line, BIN};
+use support::{body, read_answer, Pair, PairBuilder};
+
+/// A directory of PEM files for one test, removed on drop.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(test: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("courier-tls-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Pki { dir }
+    }
+
+    /// A new CA; its certificate is written to `<name>.pem`.
+    fn ca(&self, name: &str) -> (CertifiedIssuer<'static, KeyPair>, PathBuf) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("courier test CA {name}"));
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let path = self.dir.join(format!("{name}.pem"));
+        std::fs::write(&path, ca.pem()).unwrap();
+        (ca, path)
+    }
+
+    /// A server certificate for `names`, issued by `ca`, as the simulator's TLS files.
+    fn server(&self, name: &str, ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> SimTls {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names).unwrap().signed_by(&key, ca).unwrap();
+        let tls = SimTls { cert: self.dir.join(format!("{name}.crt")), key: self.dir.join(format!("{name}.key")) };
+        std::fs::write(&tls.cert, cert.pem()).unwrap();
+        std::fs::write(&tls.key, key.serialize_pem()).unwrap();
+        tls
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const LOOPBACK: &[&str] = &["localhost", "127.0.0.1"];
+
+async fn upstream_attempts(pair: &Pair, outcome: &str) -> f64 {
+    pair.metric("courier_upstream_attempts_total", &[("outcome", outcome)]).await
+}
+
+#[actix_rt::test]
+async fn a_trusted_ca_file_carries_the_token_and_the_request_over_tls() {
+    let pki = Pki::new("trusted");
+    let (ca, ca_file) = pki.ca("ca");
+    let tls = pki.server("sim", &ca, LOOPBACK);
+    let pair = PairBuilder::default()
+        .sim(|s| s.tls = Some(tls))
+        .env("EXTERNAL_API_CA_FILE", ca_file.to_str().unwrap())
+        .start()
+        .await;
+    assert!(pair.sim.base_url().starts_with("https://127.0.0.1:"), "{}", pair.sim.base_url());
+
+    let answer = pair.process(&body("over tls")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["result"]["processed_data"], "OVER TLS");
+    let stats = pair.sim.stats();
+    assert_eq!((stats.token.ok, stats.process.ok), (1, 1), "token and request both went over TLS: {stats:?}");
+    assert_eq!(upstream_attempts(&pair, "success").await, 1.0);
+    assert_eq!(upstream_attempts(&pair, "tls_error").await, 0.0);
+    pair.stop().await;
+}
+
+/// The API's certificate comes from a CA courier does not trust (its CA file names another
+/// one); the token comes from a plain-http endpoint, so only the API call meets TLS.
+#[actix_rt::test]
+async fn a_certificate_from_another_ca_fails_fast_with_upstream_tls_and_no_retry() {
+    let pki = Pki::new("other-ca");
+    let (_trusted, trusted_file) = pki.ca("trusted");
+    let (other, _) = pki.ca("other");
+    let tls = pki.server("sim", &other, LOOPBACK);
+    let builder = PairBuilder::default();
+    let token_sim = Simulator::start(builder.sim.clone()).await.unwrap();
+    let pair = builder
+        .sim(|s| s.tls = Some(tls))
+        .env("EXTERNAL_API_CA_FILE", trusted_file.to_str().unwrap())
+        .env("EXTERNAL_OAUTH_TOKEN_URL", format!("{}/oauth/token", token_sim.base_url()))
+        .env("EXTERNAL_API_MAX_RETRIES", "3")
+        .env("COURIER_BREAKER_FAILURES", "2")
+        .start()
+        .await;
+
+    for i in 0..3 {
+        let started = Instant::now();
+        let answer = pair.process(&body(&format!("untrusted {i}"))).await;
+        let took = started.elapsed();
+        assert_eq!((answer.status.as_u16(), answer.error_code()), (502, "upstream_tls"), "{answer:?}");
+        assert_eq!(answer.body["error"]["retryable"], false, "{answer:?}");
+        assert!(answer.body["error"]["message"].as_str().unwrap().contains("TLS"), "{answer:?}");
+        assert!(took < Duration::from_secs(1), "answered at once, not after backoff: {took:?}");
+    }
+    // One attempt per request, none retried, and the circuit stayed closed although more
+    // requests failed than COURIER_BREAKER_FAILURES: the third answer above was not 503.
+    assert_eq!(upstream_attempts(&pair, "tls_error").await, 3.0);
+    assert_eq!(pair.metric("courier_upstream_retries_total", &[]).await, 0.0);
+    assert_eq!(pair.metric("courier_breaker_state", &[("state", "closed")]).await, 1.0);
+    let stats = pair.sim.stats();
+    assert_eq!((stats.process.total, stats.token.total), (0, 0), "no request reached the untrusted upstream");
+    assert_eq!(token_sim.stats().token.ok, 1);
+
+    let logs = pair.stop().await;
+    token_sim.stop().await;
+    let failed: Vec<Value> = logs.lines().into_iter().filter(|l| l["event"] == "external_api_request").collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed
+        .iter()
+        .all(|l| l["outcome"] == "tls_error" && l["error"] == "tls: certificate signed by an unknown CA"));
+    assert!(!logs.text().contains(support::CLIENT_SECRET) && !logs.text().contains(support::API_KEY));
+}
+
+/// Token endpoint and API on one host whose certificate, from the trusted CA, names another
+/// host: the token cannot be fetched, and the answer says why instead of "auth unavailable".
+#[actix_rt::test]
+async fn a_token_endpoint_with_the_wrong_host_name_answers_upstream_tls() {
+    let pki = Pki::new("wrong-name");
+    let (ca, ca_file) = pki.ca("ca");
+    let tls = pki.server("sim", &ca, &["upstream.example"]);
+    let pair = PairBuilder::default()
+        .sim(|s| s.tls = Some(tls))
+        .env("EXTERNAL_API_CA_FILE", ca_file.to_str().unwrap())
+        .start_unready()
+        .await;
+
+    let answer = pair.process(&body("no token")).await;
+    assert_eq!((answer.status.as_u16(), answer.error_code()), (502, "upstream_tls"), "{answer:?}");
+    assert_eq!(answer.body["error"]["retryable"], false);
+    assert_eq!(pair.metric("courier_ready", &[]).await, 0.0);
+    assert!(pair.metric("courier_token_refreshes_total", &[("result", "failure")]).await >= 1.0);
+    let stats = pair.sim.stats();
+    assert_eq!((stats.token.total, stats.process.total), (0, 0));
+
+    let logs = pair.stop().await;
+    let refresh = logs.lines().into_iter().find(|l| l["event"] == "token_refresh_failed").expect("a failed refresh");
+    let error = refresh["error"].as_str().unwrap();
+    assert_eq!(error, "token endpoint unreachable: tls: certificate not valid for the upstream's host name");
+    assert!(!logs.text().contains(support::CLIENT_SECRET));
+}
+
+#[test]
+fn a_bad_ca_file_stops_courier_with_one_line_naming_the_variable() {
+    let pki = Pki::new("bad-file");
+    let not_pem = pki.dir.join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    for (path, problem) in [(not_pem, "holds no PEM certificate"), (pki.dir.join("missing.pem"), "cannot read")] {
+        let output = Command::new(BIN)
+            .arg("serve")
+            .env_clear()
+            .env("EXTERNAL_API_BASE_URL", "https://127.0.0.1:1/v2")
+            .env("EXTERNAL_API_KEY", "very-secret-key")
+            .env("EXTERNAL_OAUTH_CLIENT_ID", "client")
+            .env("EXTERNAL_OAUTH_CLIENT_SECRET", "very-secret-secret")
+            .env("EXTERNAL_API_CA_FILE", &path)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("courier: EXTERNAL_API_CA_FILE: "), "{stderr}");
+        assert!(stderr.contains(path.to_str().unwrap()) && stderr.contains(problem), "{stderr}");
+        assert!(!stderr.contains("very-secret"), "{stderr}");
+    }
+}
+
+/// `courier simulate --tls-cert --tls-key` serves HTTPS that a client trusting the CA can use.
+#[actix_rt::test]
+async fn the_simulate_command_serves_https_with_the_given_certificate() {
+    let pki = Pki::new("simulate");
+    let (ca, ca_file) = pki.ca("ca");
+    let tls = pki.server("sim", &ca, LOOPBACK);
+    let mut child = Command::new(BIN)
+        .args(["simulate", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&tls.key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = lines_of(child.stdout.take().unwrap());
+    let base = wait_line(&out, |line| line.strip_prefix("simulator listening: ").map(str::to_owned));
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let origin = base.trim_end_matches("/v2");
+
+    let trusting = build_client(tls_config(Some(&ca_file)).unwrap(), &ClientSettings::default());
+    let response = trusting.get(format!("{origin}/_sim/stats")).send().await.unwrap();
+    let stats = read_answer(response).await;
+    assert_eq!(stats.status, 200, "{stats:?}");
+    assert_eq!(stats.body["process"]["total"], 0);
+    let untrusting = build_client(tls_config(None).unwrap(), &ClientSettings::default());
+    let refused = untrusting.get(format!("{origin}/_sim/stats")).send().await;
+    assert!(refused.is_err(), "a client without the CA is refused: {refused:?}");
+
+    signal(&child, libc::SIGINT);
+    let status = actix_rt::task::spawn_blocking(move || wait_exit(&mut child)).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let bad = Command::new(BIN)
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&ca_file)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8(bad.stderr).unwrap();
+    assert!(stderr.contains("--tls-key") && stderr.contains("holds no PEM private key"), "{stderr}");
+}
+
+/// `SimConfig::tls` left unset keeps the simulator (and `courier demo`) on plain http.
+#[actix_rt::test]
+async fn without_tls_settings_the_simulator_stays_plain_http() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    assert!(sim.base_url().starts_with("http://127.0.0.1:"), "{}", sim.base_url());
+    sim.stop().await;
+}
