@@ -457,7 +457,7 @@ impl Handler<Acquire> for Budget {
             let drain = next_free + interval * self.queue.len() as u32;
             return MessageResult(self.refuse(RefusalReason::QueueFull, drain));
         }
-        let client = msg.client.min(self.shared.weights.len() - 1);
+        let client = self.queue.lane(msg.client);
         let served_at = now + next_free + interval.mul_f64(self.queue.expected_intervals(client, msg.class));
         let latest_start = msg.deadline.checked_sub(msg.reserve).unwrap_or(now);
         // The estimate is exact only if timers fire on time; keep a little slack.
