@@ -104,3 +104,14 @@ fn the_file_fills_in_and_the_environment_wins() {
     assert!(errors.starts_with("--config: EXTERNAL_API_TIMEOUT has a array value"), "{errors}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_secret_poll_interval_defaults_to_five_seconds_and_zero_turns_it_off() {
+    assert_eq!(Config::from_sources(&minimal(), None).unwrap().secret_poll_interval, Duration::from_secs(5));
+    let mut env = minimal();
+    env.set("COURIER_SECRET_POLL_INTERVAL", "0");
+    assert_eq!(Config::from_sources(&env, None).unwrap().secret_poll_interval, Duration::ZERO);
+    env.set("COURIER_SECRET_POLL_INTERVAL", "-1");
+    let errors = Config::from_sources(&env, None).unwrap_err();
+    assert_eq!(errors.0[0].var, "COURIER_SECRET_POLL_INTERVAL");
+}

@@ -85,10 +85,8 @@ fn present(slots: &[Slot], given: &[u8]) -> bool {
 impl Credentials {
     /// Accepts exactly `client_secret` and `api_key`.
     pub(crate) fn new(client_secret: &str, api_key: &str) -> Self {
-        let accepted = Accepted {
-            client_secrets: slots(&[client_secret.to_owned()]),
-            api_keys: slots(&[api_key.to_owned()]),
-        };
+        let accepted =
+            Accepted { client_secrets: slots(&[client_secret.to_owned()]), api_keys: slots(&[api_key.to_owned()]) };
         Credentials(ArcSwap::from_pointee(accepted))
     }
 
