@@ -20,7 +20,7 @@
 //! old secret valid at the upstream until a refresh with the new one has succeeded.
 //!
 //! The reloader is a task that owns the current values and the file stamps, fed by a
-//! channel (SIGHUP, [`ReloadHandle::reload`]) and a poll timer, so reloads never overlap.
+//! channel (SIGHUP, [`ReloadHandle::request`]) and a poll timer, so reloads never overlap.
 //! File reads and `stat`s run on the blocking pool, never on an arbiter thread.
 
 mod published;
@@ -33,7 +33,7 @@ use actix::Addr;
 use actix_web::http::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use slog::{info, o, warn, Logger};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 pub use published::Published;
 pub use sources::{Problem, Read, Sources, Stamps};
@@ -86,7 +86,6 @@ struct Current {
 
 struct Request {
     trigger: ReloadTrigger,
-    done: Option<oneshot::Sender<ReloadResult>>,
 }
 
 /// Asks the reloader for a reload. Cheap to clone.
@@ -99,14 +98,7 @@ impl ReloadHandle {
     /// Asks for a reload and returns at once. Requests that arrive while one is waiting
     /// are folded into it (two SIGHUPs in a row reload once more, not twice).
     pub fn request(&self, trigger: ReloadTrigger) {
-        let _ = self.tx.try_send(Request { trigger, done: None });
-    }
-
-    /// Reloads and returns how it ended (`None` when the reloader has stopped).
-    pub async fn reload(&self, trigger: ReloadTrigger) -> Option<ReloadResult> {
-        let (done, result) = oneshot::channel();
-        self.tx.send(Request { trigger, done: Some(done) }).await.ok()?;
-        result.await.ok()
+        let _ = self.tx.try_send(Request { trigger });
     }
 }
 
@@ -181,13 +173,10 @@ impl Reloader {
                     if stamps == self.stamps {
                         continue;
                     }
-                    Request { trigger: ReloadTrigger::FileChange, done: None }
+                    Request { trigger: ReloadTrigger::FileChange }
                 }
             };
-            let result = self.reload(request.trigger).await;
-            if let Some(done) = request.done {
-                let _ = done.send(result);
-            }
+            self.reload(request.trigger).await;
         }
     }
 

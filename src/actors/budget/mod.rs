@@ -228,7 +228,12 @@ impl BudgetShared {
         let remaining = available * u64::from(weight) / u64::from(self.total_weight);
         let reset = self.gcra.until_full(now).as_secs_f64().ceil() as u64;
         let value = format!("limit={limit}, remaining={remaining}, reset={reset}");
-        let policy = self.policies.get(client).cloned().unwrap_or_else(|| HeaderValue::from_static("0;w=60"));
+        // A client added by a reload after start has no precomputed policy: weight 1.
+        let policy = self
+            .policies
+            .get(client)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_str(&format!("{limit};w=60")).expect("digits are a valid header"));
         [("ratelimit-policy", policy), ("ratelimit", HeaderValue::from_str(&value).expect("ascii"))]
     }
 
