@@ -210,6 +210,7 @@ async fn sighup_puts_new_credentials_in_use_and_a_request_in_flight_finishes() {
     files.write("callback_secret", NEW_HOOK);
     signal(&courier.serving.child, libc::SIGHUP);
     courier.wait_metric("courier_config_reloads_total", &[("result", "ok"), ("trigger", "signal")], 1.0).await;
+    assert_eq!(sim.stats().in_flight, 1, "the request was still in flight when the reload was done");
     let reloaded = courier.wait_event("credentials_reloaded", 1).await;
     assert_eq!(reloaded["changed"], "client_secret,api_key,callback_secret", "{reloaded}");
     assert_eq!(reloaded["trigger"], "signal");
