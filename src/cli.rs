@@ -87,7 +87,10 @@ fn serve(config: Result<Config, ConfigErrors>) -> ExitCode {
     let logging = Logging::start(config.log_level, LogTarget::Stderr, metrics.log_dropped.clone());
     let log = logging.logger.clone();
     let outcome = actix_rt::System::new().block_on(async move {
+        // Caught from before the first log line, so an early SIGHUP never ends the process.
+        let hangups = hangups().map_err(|e| StartError::Setting(format!("signal handling: {e}")))?;
         let running = Gateway::start(config, metrics, log).await?.serve()?;
+        running.reload_on_sighup(hangups);
         running.stop_on_signal().await.map_err(|e| StartError::Setting(format!("signal handling: {e}")))
     });
     drop(logging);
@@ -95,6 +98,11 @@ fn serve(config: Result<Config, ConfigErrors>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => report_start(&error),
     }
+}
+
+/// SIGHUP, caught from now on (it would otherwise end the process): reloads credentials.
+fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
 fn simulate(args: SimArgs) -> ExitCode {
@@ -132,10 +140,12 @@ fn demo(args: DemoArgs) -> ExitCode {
         let config = Config::from_sources(&Layered(&wiring, &ProcessEnv), None).map_err(|e| e.to_string())?;
         let metrics = Arc::new(Metrics::new());
         let logging = Logging::start(config.log_level, LogTarget::Stderr, metrics.log_dropped.clone());
+        let hangups = hangups().map_err(|e| e.to_string())?;
         let running = Gateway::start(config, metrics, logging.logger.clone())
             .await
             .and_then(Gateway::serve)
             .map_err(|e| e.to_string())?;
+        running.reload_on_sighup(hangups);
         print_demo_banner(&sim, running.addr, running.admin_addr);
         let waited = wait_for_signal().await;
         running.stop().await;

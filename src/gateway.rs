@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use actix::Actor;
 use actix_web::dev::ServerHandle;
-use actix_web::http::header::HeaderValue;
 use actix_web::{web, App, HttpServer};
-use secrecy::ExposeSecret;
 use slog::{info, o, warn, Logger};
 
 use crate::actors::budget::{Budget, BudgetHandle, BudgetShared};
@@ -25,7 +23,8 @@ use crate::jobs::memory::MemoryStore;
 use crate::jobs::redis::{RedisSettings, RedisStore};
 use crate::jobs::runner::{self, RunnerHandle, RunnerSettings};
 use crate::jobs::JobStore;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadTrigger};
+use crate::reload::{Credentials, ReloadHandle, Reloader, SecretCell, Targets};
 use crate::shared::budget::SharedRate;
 use crate::shared::{self, SharedRedis};
 use crate::upstream::{self, Backoff};
@@ -62,9 +61,7 @@ impl Gateway {
         let process_uri = format!("{}/process", config.base_url)
             .parse()
             .map_err(|e| StartError::Setting(format!("EXTERNAL_API_BASE_URL: cannot form /process URI: {e}")))?;
-        let mut api_key = HeaderValue::from_str(config.api_key.expose_secret())
-            .map_err(|_| StartError::Setting("EXTERNAL_API_KEY: has characters not allowed in a header".into()))?;
-        api_key.set_sensitive(true);
+        let credentials = Arc::new(Credentials::from_config(&config).map_err(StartError::Setting)?);
         let backoff =
             Backoff::try_new(config.retry_delay, config.retry_max_delay.max(config.retry_delay), config.retry_jitter)
                 .map_err(|e| StartError::Setting(e.to_string()))?;
@@ -137,6 +134,7 @@ impl Gateway {
         }
         let shared = Arc::new(Shared {
             config: Arc::new(config),
+            credentials: credentials.clone(),
             metrics: metrics.clone(),
             token_cell: token_cell.clone(),
             budget: budget_shared,
@@ -148,7 +146,7 @@ impl Gateway {
         });
         let dispatcher = DispatcherSettings {
             process_uri,
-            api_key,
+            api_key: credentials.api_key.clone(),
             policy,
             budget,
             breaker_cell,
@@ -171,12 +169,7 @@ impl Gateway {
     /// The state of one worker; starts that worker's Dispatcher on the calling thread.
     pub fn worker(&self) -> web::Data<Worker> {
         let dispatcher = Dispatcher::start_here(self.dispatcher.clone());
-        web::Data::new(Worker {
-            shared: self.shared.clone(),
-            dispatcher,
-            request_metrics: Default::default(),
-            log: self.shared.log.new(o!()),
-        })
+        web::Data::new(Worker::new(self.shared.clone(), dispatcher, self.shared.log.new(o!())))
     }
 
     /// Binds both listeners and starts serving. Signals are not handled here: see
@@ -210,13 +203,21 @@ impl Gateway {
         let admin_addr = admin.addrs()[0];
         let admin = admin.run();
 
-        let runner = start_runner(&gateway)?;
+        let (runner, callback_secret) = start_runner(&gateway)?;
+        let targets = Targets {
+            credentials: gateway.shared.credentials.clone(),
+            token_manager: gateway.dispatcher.token_manager.clone(),
+            callback_secret,
+        };
+        let poll = Some(config.secret_poll_interval).filter(|p| !p.is_zero());
+        let reload = Reloader::new(&config, targets, gateway.shared.metrics.clone(), &gateway.shared.log).start(poll);
         let running = Running {
             addr,
             admin_addr,
             server: server.handle(),
             admin: admin.handle(),
             runner,
+            reload,
             log: gateway.shared.log.clone(),
             grace,
         };
@@ -236,6 +237,7 @@ pub struct Running {
     server: ServerHandle,
     admin: ServerHandle,
     runner: RunnerHandle,
+    reload: ReloadHandle,
     log: Logger,
     grace: Duration,
 }
@@ -248,6 +250,23 @@ impl Running {
         futures_util::future::join(self.server.stop(true), self.runner.shutdown(self.grace)).await;
         self.admin.stop(true).await;
         info!(self.log, "stopped");
+    }
+
+    /// Asks for credential reloads (see [`crate::reload`]).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
+    /// Reloads credentials on every SIGHUP received by `hangups`. Create the stream before
+    /// the gateway starts (`tokio::signal::unix::signal(SignalKind::hangup())`), so that a
+    /// SIGHUP arriving early is caught rather than ending the process.
+    pub fn reload_on_sighup(&self, mut hangups: tokio::signal::unix::Signal) {
+        let reload = self.reload.clone();
+        actix_rt::spawn(async move {
+            while hangups.recv().await.is_some() {
+                reload.request(ReloadTrigger::Signal);
+            }
+        });
     }
 
     /// Waits for SIGTERM or SIGINT, then stops gracefully.
@@ -301,8 +320,9 @@ async fn jobs_shared(config: &Config) -> Result<JobsShared, StartError> {
 /// Bound of every Redis call.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Starts the job runner on the current (main) arbiter, with a Dispatcher of its own.
-fn start_runner(gateway: &Gateway) -> Result<RunnerHandle, StartError> {
+/// Starts the job runner on the current (main) arbiter, with a Dispatcher of its own. Returns
+/// the callback signing secret's cell too, when callbacks are on, for reloads to replace it.
+fn start_runner(gateway: &Gateway) -> Result<(RunnerHandle, Option<SecretCell>), StartError> {
     let shared = &gateway.shared;
     let jobs = &shared.config.jobs;
     let delivery = match &jobs.callback_secret {
@@ -326,12 +346,14 @@ fn start_runner(gateway: &Gateway) -> Result<RunnerHandle, StartError> {
         None => None,
     };
     let settings = RunnerSettings { concurrency: jobs.concurrency, lease: jobs.lease };
-    Ok(runner::start(
+    let callback_secret = delivery.as_ref().map(|d| d.secret_cell());
+    let runner = runner::start(
         shared.jobs.store.clone(),
         gateway.worker(),
         delivery,
         settings,
         shared.metrics.clone(),
         &shared.log,
-    ))
+    );
+    Ok((runner, callback_secret))
 }

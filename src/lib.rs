@@ -11,6 +11,7 @@ pub mod http;
 pub mod jobs;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod request_id;
 pub mod shared;
 pub mod simulator;

@@ -65,6 +65,44 @@ impl RefreshResult {
     }
 }
 
+/// What started a credential reload, the `trigger` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    /// SIGHUP.
+    Signal,
+    /// A watched file changed (seen by the poll).
+    FileChange,
+}
+
+impl ReloadTrigger {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadTrigger::Signal => "signal",
+            ReloadTrigger::FileChange => "file_change",
+        }
+    }
+}
+
+/// How a credential reload ended, the `result` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// Everything read validated and is in use.
+    Ok,
+    /// Something did not validate; every previous value is kept.
+    Failed,
+}
+
+impl ReloadResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Ok => "ok",
+            ReloadResult::Failed => "failed",
+        }
+    }
+}
+
 /// courier's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -158,6 +196,13 @@ pub struct Metrics {
     /// Second-level (Redis) cache reads, by result (`hit`, `miss`, `error`: failed, timed out,
     /// or not tried while shared state is degraded).
     pub cache_l2_reads: IntCounterVec,
+    /// Credential reloads (secrets from *_FILE variables and the clients file), by result
+    /// (`ok`, `failed`: every previous value kept) and trigger (`signal`, `file_change`).
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last credential reload succeeded (or none was tried yet), 0 when it failed.
+    pub config_last_reload_successful: IntGauge,
+    /// Unix time of the last successful credential reload (0 until one succeeds).
+    pub config_last_reload_success: Gauge,
 }
 
 /// Creates metrics in the `courier` namespace and registers each once, noting its name.
@@ -372,10 +417,24 @@ impl Metrics {
                 "Second-level (Redis) cache reads, by result (hit, miss, error: failed, timed out, or not tried while shared state is degraded).",
                 &["result"],
             ),
+            config_reloads: r.counter_vec(
+                "config_reloads_total",
+                "Credential reloads (secrets from *_FILE variables and the clients file), by result (ok, failed: every previous value kept) and trigger (signal, file_change).",
+                &["result", "trigger"],
+            ),
+            config_last_reload_successful: r.int_gauge(
+                "config_last_reload_successful",
+                "1 when the last credential reload succeeded (or none was tried yet), 0 when it failed.",
+            ),
+            config_last_reload_success: r.gauge(
+                "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful credential reload (0 until one succeeds).",
+            ),
             registry: r.0.clone(),
             names: Vec::new(),
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        metrics.config_last_reload_successful.set(1);
         r.add(ProcessMetrics(std::sync::Arc::new(prometheus::process_collector::ProcessCollector::for_self())));
         let mut metrics = metrics;
         metrics.names = r.1.into_inner();

@@ -548,6 +548,45 @@ async fn control_plane() {
 }
 
 #[actix_rt::test]
+async fn credentials_rotate_at_run_time_with_uses_counted_by_position() {
+    let h = Harness::default().await;
+    let url = format!("{}/_sim/credentials", h.root);
+    let token = h.token().await;
+    h.ok(&token).await;
+    let initial = read(h.client.get(&url).send().await.unwrap()).await;
+    assert_eq!(initial.body, json!({"client_secrets": [1], "api_keys": [1]}));
+
+    // Overlap: old and new accepted side by side.
+    let both = json!({"client_secrets": ["demo-secret", "next-secret"], "api_keys": ["demo-api-key", "next-key"]});
+    let applied = read(h.client.post(&url).send_json(&both).await.unwrap()).await;
+    assert_eq!(applied.status, StatusCode::OK);
+    assert_eq!(applied.body, json!({"client_secrets": [0, 0], "api_keys": [0, 0]}), "never the values");
+    let form =
+        |secret| vec![("grant_type", "client_credentials"), ("client_id", "courier-demo"), ("client_secret", secret)];
+    assert_eq!(h.token_request(&form("next-secret")).await.status, StatusCode::OK);
+    let with_next_key = h.client.post(format!("{}/process", h.sim.base_url())).insert_header(("X-API-Key", "next-key"));
+    let reply =
+        read(with_next_key.bearer_auth(&token).send_json(&json!({"data": {"input": "x"}})).await.unwrap()).await;
+    assert_eq!(reply.status, StatusCode::OK, "tokens issued before the rotation stay valid");
+    h.ok(&token).await;
+    let counted = read(h.client.get(&url).send().await.unwrap()).await;
+    assert_eq!(counted.body, json!({"client_secrets": [0, 1], "api_keys": [1, 1]}));
+
+    // The old ones retired: refused as before.
+    let only_next = json!({"client_secrets": ["next-secret"], "api_keys": ["next-key"]});
+    assert_eq!(read(h.client.post(&url).send_json(&only_next).await.unwrap()).await.status, StatusCode::OK);
+    assert_eq!(h.token_request(&form("demo-secret")).await.status, StatusCode::UNAUTHORIZED);
+    let old_key = h.process(&token, &json!({"data": {"input": "x"}})).await;
+    assert_eq!((old_key.status, old_key.error_code()), (StatusCode::FORBIDDEN, "forbidden"));
+
+    for bad in [json!({"api_keys": []}), json!({"client_secrets": [""]}), json!({"keys": ["x"]})] {
+        let refused = read(h.client.post(&url).send_json(&bad).await.unwrap()).await;
+        assert_eq!((refused.status, refused.error_code()), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}");
+    }
+    h.finish().await;
+}
+
+#[actix_rt::test]
 async fn start_and_stop() {
     let h = Harness::default().await;
     let addr = h.sim.addr();

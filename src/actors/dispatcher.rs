@@ -26,6 +26,7 @@ use super::retry::{self, Dispatched, RetryPolicy};
 use super::retry_budget::RetryBudget;
 use super::token::{GetToken, Token, TokenCell, TokenManager, TokenUnavailable};
 use crate::metrics::Metrics;
+use crate::reload::Published;
 use crate::request_id::RequestId;
 use crate::upstream::{self, Attempt, Outcome};
 
@@ -64,8 +65,8 @@ pub enum Patience {
 pub struct DispatcherSettings {
     /// The upstream's `/process` URI.
     pub process_uri: Uri,
-    /// `X-API-Key` value, marked sensitive.
-    pub api_key: HeaderValue,
+    /// `X-API-Key` value, marked sensitive; replaced by a reload.
+    pub api_key: Arc<Published<HeaderValue>>,
     /// Retry and timeout policy.
     pub policy: RetryPolicy,
     /// TLS configuration.
@@ -92,7 +93,9 @@ pub struct DispatcherSettings {
 pub struct Upstream {
     pub(super) client: awc::Client,
     pub(super) process_uri: Uri,
-    pub(super) api_key: HeaderValue,
+    api_key_cell: Arc<Published<HeaderValue>>,
+    /// This thread's copy of the API key and the version it was published under.
+    api_key: RefCell<(u64, Rc<HeaderValue>)>,
     pub(super) policy: RetryPolicy,
     pub(super) budget: BudgetHandle,
     breaker_cell: Arc<BreakerCell>,
@@ -117,15 +120,12 @@ impl Upstream {
         let counters = |vec: &prometheus::IntCounterVec| {
             Outcome::ALL.iter().map(|o| vec.with_label_values(&[o.as_str()])).collect()
         };
-        let local_api_key = {
-            let mut key = HeaderValue::from_bytes(settings.api_key.as_bytes()).expect("valid header stays valid");
-            key.set_sensitive(true);
-            key
-        };
+        let local_api_key = (settings.api_key.version(), local_copy(&settings.api_key.load()));
         Upstream {
             client: upstream::build_client(settings.tls.clone(), &upstream::ClientSettings::default()),
             process_uri: settings.process_uri.to_string().parse().expect("a valid URI stays valid"),
-            api_key: local_api_key,
+            api_key_cell: settings.api_key,
+            api_key: RefCell::new(local_api_key),
             policy: settings.policy,
             budget: settings.budget,
             breaker_cell: settings.breaker_cell,
@@ -160,6 +160,17 @@ impl Upstream {
             tls: false,
         })??;
         Ok((token.authorization.clone(), token.generation))
+    }
+
+    /// The `X-API-Key` value: this thread's copy, renewed only after a reload (one atomic
+    /// load per attempt to notice one). An attempt keeps the key it was sent with.
+    pub(super) fn api_key(&self) -> Rc<HeaderValue> {
+        let mut local = self.api_key.borrow_mut();
+        let version = self.api_key_cell.version();
+        if local.0 != version {
+            *local = (version, local_copy(&self.api_key_cell.load()));
+        }
+        local.1.clone()
     }
 
     fn local_token(&self, now: Instant) -> Option<(HeaderValue, u64)> {
@@ -275,6 +286,14 @@ impl Upstream {
     pub(super) fn count_retry(&self, reason: Outcome) {
         self.retry_counters[reason as usize].inc();
     }
+}
+
+/// A copy of a sensitive header whose bytes belong to this thread, so cloning it per request
+/// touches no reference count that other threads also touch.
+fn local_copy(value: &HeaderValue) -> Rc<HeaderValue> {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("a valid header stays valid");
+    copy.set_sensitive(true);
+    Rc::new(copy)
 }
 
 /// The actor.

@@ -20,4 +20,4 @@ pub use breaker::{
 };
 pub use dispatcher::{Dispatch, Dispatcher, DispatcherHandle, DispatcherSettings, Patience};
 pub use retry::{DispatchError, Dispatched, RetryPolicy};
-pub use token::{GetToken, Token, TokenCell, TokenManager, TokenSettings, TokenUnavailable};
+pub use token::{GetToken, SetClientSecret, Token, TokenCell, TokenManager, TokenSettings, TokenUnavailable};

@@ -171,10 +171,11 @@ pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
         if attempts == 1 {
             up.record_first_attempt(started);
         }
+        let api_key = up.api_key();
         let request = AttemptRequest {
             uri: &up.process_uri,
             authorization: &authorization,
-            api_key: &up.api_key,
+            api_key: &api_key,
             request_id: request_id.header(),
             body: body.clone(),
             timeout: up.policy.attempt_timeout.min(time_left),

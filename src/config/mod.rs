@@ -100,6 +100,9 @@ pub struct Config {
     pub clients: Option<Clients>,
     /// Path of the clients file, when set.
     pub clients_file: Option<PathBuf>,
+    /// How often the `*_FILE` secrets and the clients file are checked for changes (zero:
+    /// only on SIGHUP).
+    pub secret_poll_interval: Duration,
     /// Minimum log level.
     pub log_level: slog::Level,
     /// Largest accepted request body.
@@ -220,6 +223,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("clients", &self.clients)
+            .field("secret_poll_interval", &self.secret_poll_interval)
             .field("log_level", &self.log_level)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("upstream_max_body_bytes", &self.upstream_max_body_bytes)
@@ -298,6 +302,7 @@ impl Config {
                 None
             }
         });
+        let secret_poll_interval = r.seconds_or_zero("COURIER_SECRET_POLL_INTERVAL", 5.0);
         let log_level = r.parsed(
             "COURIER_LOG_LEVEL",
             slog::Level::Info,
@@ -374,6 +379,7 @@ impl Config {
             admin_listen,
             clients,
             clients_file,
+            secret_poll_interval,
             log_level,
             max_body_bytes,
             upstream_max_body_bytes,

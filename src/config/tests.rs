@@ -146,3 +146,14 @@ fn a_ca_file_is_read_at_start_and_a_bad_one_is_one_line_naming_the_variable() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_secret_poll_interval_defaults_to_five_seconds_and_zero_turns_it_off() {
+    assert_eq!(Config::from_sources(&minimal(), None).unwrap().secret_poll_interval, Duration::from_secs(5));
+    let mut env = minimal();
+    env.set("COURIER_SECRET_POLL_INTERVAL", "0");
+    assert_eq!(Config::from_sources(&env, None).unwrap().secret_poll_interval, Duration::ZERO);
+    env.set("COURIER_SECRET_POLL_INTERVAL", "-1");
+    let errors = Config::from_sources(&env, None).unwrap_err();
+    assert_eq!(errors.0[0].var, "COURIER_SECRET_POLL_INTERVAL");
+}

@@ -1,5 +1,6 @@
 //! The state handlers run with: [`Shared`] by every thread, [`Worker`] per actix worker.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use actix_web::HttpRequest;
@@ -11,11 +12,15 @@ use crate::actors::{Breaker, DispatcherHandle, TokenCell};
 use crate::cache::ResponseCache;
 use crate::config::{Clients, Config};
 use crate::metrics::Metrics;
+use crate::reload::Credentials;
 
 /// State shared by all threads; read-only or internally synchronised.
 pub struct Shared {
-    /// The configuration.
+    /// The configuration as read at start. The credentials a reload replaces are read from
+    /// `credentials`, never from here.
     pub config: Arc<Config>,
+    /// The credentials a reload replaces (API key, client list), published lock-free.
+    pub credentials: Arc<Credentials>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// The published upstream token (readiness reads it).
@@ -39,8 +44,8 @@ pub struct Shared {
 pub enum Caller {
     /// No clients file: all traffic is one client.
     Open,
-    /// The client at this index of the clients file.
-    Known(usize),
+    /// A client of the clients file: its position (kept across reloads) and its name.
+    Known(usize, &'static str),
 }
 
 impl Caller {
@@ -48,7 +53,7 @@ impl Caller {
     pub fn index(self) -> usize {
         match self {
             Caller::Open => 0,
-            Caller::Known(i) => i,
+            Caller::Known(i, _) => i,
         }
     }
 }
@@ -66,6 +71,8 @@ pub struct Worker {
     pub request_metrics: super::observe::RequestMetrics,
     /// This worker's logger.
     pub log: Logger,
+    /// This thread's copy of the client list and the version it was published under.
+    clients: RefCell<(u64, Arc<Option<Clients>>)>,
 }
 
 impl Shared {
@@ -80,13 +87,24 @@ impl Shared {
 }
 
 impl Worker {
-    fn clients(&self) -> Option<&Clients> {
-        self.shared.config.clients.as_ref()
+    /// The state of one worker, reading shared state from `shared`.
+    pub fn new(shared: Arc<Shared>, dispatcher: DispatcherHandle, log: Logger) -> Worker {
+        let cell = &shared.credentials.clients;
+        let clients = RefCell::new((cell.version(), cell.load()));
+        Worker { shared, dispatcher, request_metrics: Default::default(), log, clients }
     }
 
     /// Identifies the caller by `Authorization: Bearer <key>` when clients are configured.
+    /// Reads this thread's copy of the client list, renewed only after a reload (one atomic
+    /// load per request to notice one).
     pub fn identify(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
-        let Some(clients) = self.clients() else {
+        let cell = &self.shared.credentials.clients;
+        let mut local = self.clients.borrow_mut();
+        let version = cell.version();
+        if local.0 != version {
+            *local = (version, cell.load());
+        }
+        let Some(clients) = local.1.as_ref() else {
             return Ok(Caller::Open);
         };
         let key = req
@@ -94,23 +112,22 @@ impl Worker {
             .get("authorization")
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        clients.authenticate(key).map(Caller::Known).ok_or(ApiError::Unauthorized)
+        clients.authenticate(key).map(|(i, name)| Caller::Known(i, name)).ok_or(ApiError::Unauthorized)
     }
 
     /// The name a job is owned by: the client's, or none in open mode.
     pub fn owner_name(&self, caller: Caller) -> Option<&str> {
         match caller {
             Caller::Open => None,
-            Caller::Known(_) => Some(self.caller_name(caller)),
+            Caller::Known(_, name) => Some(name),
         }
     }
 
     /// The caller's name, for logs and metrics.
     pub fn caller_name(&self, caller: Caller) -> &str {
-        match (caller, self.clients()) {
-            (Caller::Open, _) => "open",
-            (Caller::Known(i), Some(clients)) => &clients.entries()[i].name,
-            (Caller::Known(_), None) => UNKNOWN_CALLER,
+        match caller {
+            Caller::Open => "open",
+            Caller::Known(_, name) => name,
         }
     }
 }

@@ -6,8 +6,8 @@
 //! credentials at `POST /v2/oauth/token`, the authenticated, rate-limited
 //! `POST /v2/process`) and adds an unauthenticated control plane under
 //! `/_sim` to inject faults (errors, latency, outages, dropped connections,
-//! token failures and revocation, foreign rate-limit consumption) and to read
-//! request counters.
+//! token failures and revocation, foreign rate-limit consumption), to replace
+//! the accepted credentials (a rotation) and to read request counters.
 //!
 //! Because it is the upstream of benchmarks, the simulator must never be the
 //! bottleneck. The request path therefore takes no locks: tokens validate
@@ -30,6 +30,7 @@
 //! ```
 
 mod config;
+mod credentials;
 mod faults;
 mod process;
 mod ratelimit;
@@ -48,6 +49,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 
 pub use config::{SimArgs, SimConfig};
+pub use credentials::{CredentialUses, CredentialsPatch};
 pub use faults::{Faults, FaultsPatch};
 pub use stats::{ProcessStats, SimStats, TokenStats};
 pub use tls::SimTls;
@@ -122,6 +124,21 @@ impl Simulator {
     /// Out-of-range values are clamped here (the HTTP endpoint rejects them with 400).
     pub fn set_faults(&self, patch: FaultsPatch) -> Faults {
         self.shared.apply_patch(&patch)
+    }
+
+    /// Replaces the accepted client secrets and/or API keys, like `POST /_sim/credentials`
+    /// (to rehearse a rotation: accept old and new, then only the new).
+    ///
+    /// # Panics
+    /// When the patch would lock every client out (an empty list or value).
+    pub fn set_credentials(&self, patch: CredentialsPatch) {
+        patch.validate().expect("a valid credentials patch");
+        self.shared.credentials.apply(&patch);
+    }
+
+    /// How often each accepted client secret and API key was presented, by position.
+    pub fn credential_uses(&self) -> CredentialUses {
+        self.shared.credentials.uses()
     }
 
     /// Handle to the underlying actix-web server.

@@ -12,7 +12,7 @@ use super::ratelimit::Decision;
 use super::reply::{dropped_connection, json_response, ApiError, RETRY_AFTER_ONE};
 use super::state::{header_value, Shared};
 use super::stats::ProcessOutcome;
-use super::tokens::{constant_time_eq, unix_ms, TokenError};
+use super::tokens::{unix_ms, TokenError};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -129,7 +129,7 @@ fn with_retry_after(mut resp: HttpResponse, secs: HeaderValue) -> HttpResponse {
 fn check_api_key(req: &HttpRequest, sim: &Shared) -> Result<(), ApiError> {
     let forbidden = |message| ApiError::new(StatusCode::FORBIDDEN, "forbidden", message);
     match req.headers().get(X_API_KEY) {
-        Some(key) if constant_time_eq(key.as_bytes(), sim.api_key.as_bytes()) => Ok(()),
+        Some(key) if sim.credentials.api_key(key.as_bytes()) => Ok(()),
         Some(_) => Err(forbidden("invalid API key")),
         None => Err(forbidden("missing X-API-Key header")),
     }

@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
+use super::credentials::CredentialsPatch;
 use super::faults::FaultsPatch;
 use super::process::process;
 use super::reply::{api_error, json_response, raw_json};
@@ -33,6 +34,12 @@ pub(crate) fn configure(sim: web::Data<Shared>) -> impl FnOnce(&mut web::Service
                         web::resource("/faults")
                             .route(web::get().to(get_faults))
                             .route(web::post().to(post_faults))
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/credentials")
+                            .route(web::get().to(get_credentials))
+                            .route(web::post().to(post_credentials))
                             .default_service(web::to(method_not_allowed)),
                     )
                     .service(endpoint("/stats", web::get().to(get_stats)))
@@ -85,8 +92,8 @@ fn issue_token(body: Result<web::Bytes, actix_web::Error>, sim: &Shared) -> (Tok
         given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()))
     };
     let id_ok = matches(form.client_id.as_deref(), &sim.client_id);
-    let secret_ok = matches(form.client_secret.as_deref(), &sim.client_secret);
-    if !(id_ok && secret_ok) {
+    let secret_ok = id_ok && form.client_secret.is_some_and(|given| sim.credentials.client_secret(given.as_bytes()));
+    if !secret_ok {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     if sim.faults.token_failure() {
@@ -114,6 +121,27 @@ async fn post_faults(body: web::Bytes, sim: web::Data<Shared>) -> HttpResponse {
         return api_error(StatusCode::BAD_REQUEST, "invalid_request", &message);
     }
     json_response(StatusCode::OK, &sim.apply_patch(&patch))
+}
+
+async fn get_credentials(sim: web::Data<Shared>) -> HttpResponse {
+    json_response(StatusCode::OK, &sim.credentials.uses())
+}
+
+/// Replaces the accepted client secrets and/or API keys; answers with the uses (all zero for
+/// a replaced list), never the values.
+async fn post_credentials(body: web::Bytes, sim: web::Data<Shared>) -> HttpResponse {
+    let patch: CredentialsPatch = match serde_json::from_slice(&body) {
+        Ok(patch) => patch,
+        Err(err) => {
+            let message = format!("invalid credentials patch: {err}");
+            return api_error(StatusCode::BAD_REQUEST, "invalid_request", &message);
+        }
+    };
+    if let Err(message) = patch.validate() {
+        return api_error(StatusCode::BAD_REQUEST, "invalid_request", &message);
+    }
+    sim.credentials.apply(&patch);
+    json_response(StatusCode::OK, &sim.credentials.uses())
 }
 
 async fn get_stats(sim: web::Data<Shared>) -> HttpResponse {

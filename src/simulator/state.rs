@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use actix_web::http::header::HeaderValue;
 
 use super::config::SimConfig;
+use super::credentials::Credentials;
 use super::faults::{FaultState, Faults, FaultsPatch};
 use super::ratelimit::{Clock, Gcra};
 use super::stats::Counters;
@@ -28,10 +29,8 @@ pub(crate) struct Precomputed {
 pub(crate) struct Shared {
     /// Accepted OAuth client id.
     pub(crate) client_id: String,
-    /// Accepted OAuth client secret.
-    pub(crate) client_secret: String,
-    /// Required `X-API-Key` value.
-    pub(crate) api_key: String,
+    /// Accepted OAuth client secrets and `X-API-Key` values (replaceable at run time).
+    pub(crate) credentials: Credentials,
     /// Configured per-minute limit, as advertised in the headers.
     pub(crate) rate_limit_per_minute: u32,
     /// Header values computed once.
@@ -64,8 +63,7 @@ impl Shared {
         };
         Self {
             client_id: cfg.client_id.clone(),
-            client_secret: cfg.client_secret.clone(),
-            api_key: cfg.api_key.clone(),
+            credentials: Credentials::new(&cfg.client_secret, &cfg.api_key),
             rate_limit_per_minute: limit,
             headers: Precomputed {
                 limit: HeaderValue::from(limit),

@@ -10,6 +10,9 @@
 
 use std::collections::VecDeque;
 
+/// Most lanes (clients) the queue keeps apart.
+pub const MAX_LANES: usize = 1024;
+
 /// Priority class of a waiter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
@@ -67,6 +70,21 @@ impl<T> FairQueue<T> {
         let weights: Vec<f64> = weights.iter().map(|&w| f64::from(w.max(1))).collect();
         let n = weights.len();
         FairQueue { weights, classes: [ClassQueues::new(n), ClassQueues::new(n)], seq: 0 }
+    }
+
+    /// The lane of `client`, added with weight 1 when the client is newer than the weights
+    /// (a reload of the clients file added it). Positions from [`MAX_LANES`] on share the
+    /// last lane, so a stray position cannot grow the queue without bound.
+    pub fn lane(&mut self, client: usize) -> usize {
+        let client = client.min(MAX_LANES - 1);
+        while self.weights.len() <= client {
+            self.weights.push(1.0);
+            for queues in &mut self.classes {
+                queues.finish.push(0.0);
+                queues.queues.push(VecDeque::new());
+            }
+        }
+        client
     }
 
     /// Waiters in the queue.
@@ -191,6 +209,18 @@ mod tests {
         let order = served(&mut q, 10);
         assert_eq!(order.iter().filter(|&&c| c == 1).count(), 5);
         assert_eq!(&order[..4], &[1, 0, 1, 0][..], "{order:?}");
+    }
+
+    #[test]
+    fn a_client_added_after_start_gets_a_lane_of_its_own() {
+        let mut q = FairQueue::new(&[1]);
+        assert_eq!(q.lane(2), 2);
+        for i in 0..4 {
+            q.push(0, Class::Interactive, i);
+            q.push(2, Class::Interactive, i);
+        }
+        assert_eq!(served(&mut q, 4), vec![0, 2, 0, 2]);
+        assert_eq!(q.lane(usize::MAX), MAX_LANES - 1);
     }
 
     #[test]

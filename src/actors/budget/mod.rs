@@ -236,7 +236,12 @@ impl BudgetShared {
             value[len..len + part.len()].copy_from_slice(part.as_bytes());
             len += part.len();
         }
-        let policy = self.policies.get(client).cloned().unwrap_or_else(|| HeaderValue::from_static("0;w=60"));
+        // A client added by a reload after start has no precomputed policy: weight 1.
+        let policy = self
+            .policies
+            .get(client)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_str(&format!("{limit};w=60")).expect("digits are a valid header"));
         [("ratelimit-policy", policy), ("ratelimit", HeaderValue::from_bytes(&value[..len]).expect("ascii"))]
     }
 
@@ -465,7 +470,7 @@ impl Handler<Acquire> for Budget {
             let drain = next_free + interval * self.queue.len() as u32;
             return MessageResult(self.refuse(RefusalReason::QueueFull, drain));
         }
-        let client = msg.client.min(self.shared.weights.len() - 1);
+        let client = self.queue.lane(msg.client);
         let served_at = now + next_free + interval.mul_f64(self.queue.expected_intervals(client, msg.class));
         let latest_start = msg.deadline.checked_sub(msg.reserve).unwrap_or(now);
         // The estimate is exact only if timers fire on time; keep a little slack.

@@ -65,6 +65,14 @@ pub struct GetToken {
     pub rejected: Option<u64>,
 }
 
+/// A reload replaced the OAuth client secret. The token held stays in use while it is valid
+/// (the upstream issued it; a new secret does not make it wrong); the next token is fetched
+/// with the new secret. Without a valid token (the old secret was already refused), a fetch
+/// with the new secret starts at once instead of waiting out the failure backoff.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetClientSecret(pub SecretString);
+
 /// What the TokenManager needs to reach the token endpoint.
 #[derive(Clone)]
 pub struct TokenSettings {
@@ -102,6 +110,9 @@ pub struct TokenManager {
     refreshing: bool,
     /// Whether the last refresh failed on TLS (cleared by a success).
     failed_on_tls: bool,
+    /// Bumped by every [`SetClientSecret`]; the refresh in flight started under `refresh_secret`.
+    secret_version: u64,
+    refresh_secret: u64,
     waiters: Vec<Waiter>,
     lifecycle: Lifecycle,
     timer: Option<SpawnHandle>,
@@ -124,6 +135,8 @@ impl TokenManager {
             held: None,
             refreshing: false,
             failed_on_tls: false,
+            secret_version: 0,
+            refresh_secret: 0,
             waiters: Vec::new(),
             lifecycle: Lifecycle::new(backoff),
             timer: None,
@@ -159,6 +172,7 @@ impl TokenManager {
             return;
         }
         self.refreshing = true;
+        self.refresh_secret = self.secret_version;
         let refresh = Refresh {
             client: self.client.clone().expect("client built in started()"),
             settings: self.settings.clone(),
@@ -204,12 +218,19 @@ impl TokenManager {
                 self.schedule_refresh(refresh_at.saturating_duration_since(now), ctx);
             }
             Err(error) => {
-                let wait = self.lifecycle.on_failure(now);
                 let result = match error {
                     TokenError::Rejected(_) => RefreshResult::Rejected,
                     _ => RefreshResult::Failure,
                 };
                 self.metrics.token_refreshes.with_label_values(&[result.as_str()]).inc();
+                if self.refresh_secret != self.secret_version {
+                    // The secret was replaced while this refresh was out: the waiters wait
+                    // for a fetch with the new one, which starts now.
+                    warn!(self.log, "token_refresh_failed"; "error" => %error, "retry_in" => 0.0);
+                    self.start_refresh(ctx);
+                    return;
+                }
+                let wait = self.lifecycle.on_failure(now);
                 warn!(self.log, "token_refresh_failed";
                     "error" => %error, "retry_in" => wait.as_secs_f64());
                 self.failed_on_tls = matches!(error, TokenError::Tls(_));
@@ -245,6 +266,22 @@ impl Actor for TokenManager {
         ));
         // Fetch eagerly, so the gateway is ready before the first request needs a token.
         self.start_refresh(ctx);
+    }
+}
+
+impl Handler<SetClientSecret> for TokenManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetClientSecret, ctx: &mut Context<Self>) {
+        self.settings.client_secret = msg.0;
+        self.secret_version += 1;
+        let has_valid = self.current_valid(Instant::now()).is_some();
+        info!(self.log, "client_secret_replaced";
+            "token_kept" => has_valid, "refreshing" => self.refreshing, "next_fetch" => "uses the new secret");
+        if !has_valid && !self.refreshing {
+            self.lifecycle.on_success();
+            self.start_refresh(ctx);
+        }
     }
 }
 

@@ -37,6 +37,7 @@ use slog::{info, o, warn, Logger};
 use super::policy::{CallbackPolicy, RefusalKind, Refused, Target};
 use super::sign::{sign, SIGNATURE_HEADER};
 use crate::jobs::{CallbackState, DeliveryState, Timestamp};
+use crate::reload::Published;
 use crate::upstream::Backoff;
 
 /// The `User-Agent` of callback requests.
@@ -80,7 +81,8 @@ pub enum InvalidDelivery {
 
 /// Delivers callbacks: the signing secret, the URL policy, and the retry settings.
 pub struct Delivery {
-    secret: SecretString,
+    /// Replaced by a reload; each attempt signs with the secret current when it starts.
+    secret: Arc<Published<SecretString>>,
     policy: Arc<CallbackPolicy>,
     max_attempts: u32,
     backoff: Backoff,
@@ -116,6 +118,7 @@ impl Delivery {
             return Err(InvalidDelivery::ZeroTimeout);
         }
         let log = Logger::root(slog::Discard, o!());
+        let secret = Arc::new(Published::new(secret));
         Ok(Delivery { secret, policy, max_attempts, backoff, timeout, log })
     }
 
@@ -124,6 +127,11 @@ impl Delivery {
     pub fn with_logger(mut self, log: Logger) -> Delivery {
         self.log = log;
         self
+    }
+
+    /// The signing secret's cell, for a reload to replace the secret.
+    pub fn secret_cell(&self) -> Arc<Published<SecretString>> {
+        self.secret.clone()
     }
 
     /// The URL policy, for the check at submit time.
@@ -214,7 +222,7 @@ impl Delivery {
     /// One POST to `target`, bounded by the attempt timeout.
     async fn attempt(&self, client: &awc::Client, target: &Target, body: &Bytes, attempt: u32) -> Attempt {
         let Some((uri, host)) = request_url(target, attempt) else { return Attempt::NoAnswer("bad_url") };
-        let signature = sign(self.secret.expose_secret().as_bytes(), unix_now(), body);
+        let signature = sign(self.secret.load().expose_secret().as_bytes(), unix_now(), body);
         let mut request = client
             .post(uri.as_str())
             .insert_header((CONTENT_TYPE, "application/json"))
