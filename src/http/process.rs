@@ -168,7 +168,8 @@ fn deadline_of(headers: &HeaderMap, default: Duration) -> Result<Duration, ApiEr
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|secs| secs.is_finite() && *secs > 0.0)
-        .map(|secs| Duration::from_secs_f64(secs).min(MAX_CLIENT_DEADLINE))
+        // Capped before converting: `from_secs_f64` panics on values beyond `Duration::MAX`.
+        .map(|secs| Duration::from_secs_f64(secs.min(MAX_CLIENT_DEADLINE.as_secs_f64())))
         .ok_or(ApiError::InvalidRequest("X-Request-Timeout must be a number of seconds > 0".into()))
 }
 
