@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix_web::http::header::LOCATION;
+use actix_web::http::header::{HeaderName, LOCATION};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
@@ -51,8 +51,10 @@ pub struct NewJob {
     pub callback_url: Option<String>,
 }
 
+/// The status route of a request id; a `/` in the id is percent-encoded, so the URL names
+/// one path segment.
 fn status_url(id: &str) -> String {
-    format!("/api/external/status/{id}")
+    format!("/api/external/status/{}", id.replace('/', "%2F"))
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -184,10 +186,11 @@ pub async fn status(req: HttpRequest, id: web::Path<String>, worker: web::Data<W
         Ok(caller) => lookup(&worker, *caller, &id).await,
         Err(error) => Err(error.clone()),
     };
-    let (response, error) = match result {
+    let (mut response, error) = match result {
         Ok(response) => (response, None),
         Err(error) => (error.response(&request_id), Some(error.code())),
     };
+    response.headers_mut().insert(HeaderName::from_static("x-request-id"), request_id.header().clone());
     observe::inbound(
         &worker,
         Inbound {
