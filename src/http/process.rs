@@ -36,7 +36,10 @@ impl Outcome {
     }
 }
 
-/// The handler.
+/// Processes a request through the upstream: answered at once, or accepted as a job (202) with
+/// `"options": {"async": true}`.
+#[utoipa::path(post, path = PATH, operation_id = "process", tag = "process", params(super::openapi::ProcessHeaders),
+    request_body = super::openapi::ProcessRequest, responses(super::openapi::ProcessResponses))]
 pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
     let request_id = RequestId::from_client(req.headers().get("x-request-id"));
