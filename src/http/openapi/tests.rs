@@ -200,3 +200,19 @@ fn client_keys_are_required_only_when_configured() {
     // The description itself needs no key.
     assert_eq!(keyed["paths"]["/openapi.json"]["get"]["security"], json!([{}]));
 }
+
+#[test]
+fn request_id_patterns_follow_the_request_id_rules() {
+    use crate::request_id::{RequestId, MAX_LEN};
+    assert!(schemas::REQUEST_ID_PATTERN.contains(&format!("{{1,{MAX_LEN}}}")));
+    let doc = served(false);
+    let path = &doc["paths"]["/api/external/status/{request_id}"]["get"]["parameters"][0];
+    assert_eq!(path["name"], "request_id");
+    assert_eq!(path["schema"]["pattern"], schemas::REQUEST_ID_PATTERN);
+    // Every character the pattern admits is one RequestId accepts, and no other.
+    for byte in 0x21u8..0x7f {
+        let text = (byte as char).to_string();
+        let admitted = byte.is_ascii_alphanumeric() || b"._:/-".contains(&byte);
+        assert_eq!(RequestId::parse(&text).is_some(), admitted, "{text:?}");
+    }
+}
