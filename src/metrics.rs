@@ -28,6 +28,8 @@ pub enum Route {
     Process,
     /// `GET /api/external/status/{id}`.
     Status,
+    /// `GET /openapi.json`.
+    OpenApi,
     /// Anything else (answered 404/405).
     Other,
 }
@@ -38,6 +40,7 @@ impl Route {
         match self {
             Route::Process => "process",
             Route::Status => "status",
+            Route::OpenApi => "openapi",
             Route::Other => "other",
         }
     }

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::header::{HeaderValue, ALLOW, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde::Serialize;
@@ -31,8 +31,8 @@ pub enum ApiError {
     Unauthorized,
     /// No such route or request id.
     NotFound,
-    /// The route exists, the method does not.
-    MethodNotAllowed,
+    /// The route exists, the method does not; the methods it has (the `Allow` header).
+    MethodNotAllowed(HeaderValue),
     /// The body exceeds the limit (bytes).
     PayloadTooLarge(usize),
     /// The body is not `application/json`.
@@ -72,17 +72,28 @@ impl From<DispatchError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// Always `false`.
+    #[schema(schema_with = super::openapi::always_false)]
     success: bool,
-    error: Detail<'a>,
+    /// What went wrong.
+    error: ErrorDetail<'a>,
+    /// The request's id, as in the `X-Request-Id` header.
     request_id: &'a str,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
+/// What went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Machine-readable; one of the codes listed with each status.
+    #[schema(schema_with = super::openapi::error_code)]
     code: &'static str,
+    /// For humans; may change between versions.
     message: &'a str,
+    /// Whether the same request may succeed later (with `Retry-After` when there is a wait to honour).
     retryable: bool,
 }
 
@@ -99,7 +110,7 @@ impl ApiError {
             ApiError::JobStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -119,7 +130,7 @@ impl ApiError {
             ApiError::UpstreamRejected(_) => "upstream_rejected",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::BudgetExhausted(_) => "budget_exhausted",
@@ -147,7 +158,7 @@ impl ApiError {
             ApiError::UpstreamRejected(message) => Cow::Borrowed(message),
             ApiError::Unauthorized => "missing or unknown client key (send Authorization: Bearer <key>)".into(),
             ApiError::NotFound => "not found".into(),
-            ApiError::MethodNotAllowed => "method not allowed on this route".into(),
+            ApiError::MethodNotAllowed(_) => "method not allowed on this route".into(),
             ApiError::PayloadTooLarge(limit) => format!("the body is larger than {limit} bytes").into(),
             ApiError::UnsupportedMediaType => "the body must be sent as Content-Type: application/json".into(),
             ApiError::BudgetExhausted(_) => "the upstream rate budget is exhausted; retry later".into(),
@@ -206,9 +217,9 @@ impl ApiError {
     /// The full answer, carrying the request id in the body and `X-Request-Id`.
     pub fn response(&self, request_id: &RequestId) -> HttpResponse {
         let message = self.message();
-        let body = Body {
+        let body = ErrorBody {
             success: false,
-            error: Detail { code: self.code(), message: &message, retryable: self.retryable() },
+            error: ErrorDetail { code: self.code(), message: &message, retryable: self.retryable() },
             request_id: request_id.as_str(),
         };
         let mut response = HttpResponse::build(self.status());
@@ -216,10 +227,69 @@ impl ApiError {
         if let Some(wait) = self.retry_after() {
             response.insert_header((RETRY_AFTER, retry_after_value(wait)));
         }
-        if matches!(self, ApiError::Unauthorized) {
-            response.insert_header(("www-authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header(("www-authenticate", "Bearer"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                response.insert_header((ALLOW, allow.clone()));
+            }
+            _ => {}
         }
         response.body(serde_json::to_vec(&body).expect("error bodies serialise"))
+    }
+}
+
+impl ApiError {
+    /// One error of every `code`, for the API description (`http::openapi`).
+    pub fn every() -> Vec<ApiError> {
+        let wait = Duration::from_secs(1);
+        let mut every = vec![
+            ApiError::InvalidJson(String::new()),
+            ApiError::InvalidRequest(Cow::Borrowed("")),
+            ApiError::UpstreamRejected(String::new()),
+            ApiError::Unauthorized,
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed(HeaderValue::from_static("GET")),
+            ApiError::PayloadTooLarge(0),
+            ApiError::UnsupportedMediaType,
+            ApiError::BudgetExhausted(wait),
+            ApiError::UpstreamAuthUnavailable(wait),
+            ApiError::DeadlineExceeded,
+            ApiError::Overloaded(wait),
+            ApiError::CircuitOpen(wait),
+            ApiError::InvalidCallbackUrl(String::new()),
+            ApiError::CallbacksUnavailable,
+            ApiError::RequestIdInUse,
+            ApiError::JobStoreUnavailable,
+        ];
+        every.extend(Outcome::ALL.into_iter().map(ApiError::UpstreamFailed));
+        let mut seen = std::collections::HashSet::new();
+        every.retain(|error| seen.insert(error.code()));
+        // A new variant fails to compile here: add it to the list above, then describe it.
+        for error in &every {
+            match error {
+                ApiError::InvalidJson(_)
+                | ApiError::InvalidRequest(_)
+                | ApiError::UpstreamRejected(_)
+                | ApiError::Unauthorized
+                | ApiError::NotFound
+                | ApiError::MethodNotAllowed(_)
+                | ApiError::PayloadTooLarge(_)
+                | ApiError::UnsupportedMediaType
+                | ApiError::BudgetExhausted(_)
+                | ApiError::UpstreamAuthUnavailable(_)
+                | ApiError::UpstreamFailed(_)
+                | ApiError::DeadlineExceeded
+                | ApiError::Overloaded(_)
+                | ApiError::CircuitOpen(_)
+                | ApiError::InvalidCallbackUrl(_)
+                | ApiError::CallbacksUnavailable
+                | ApiError::RequestIdInUse
+                | ApiError::JobStoreUnavailable => {}
+            }
+        }
+        every
     }
 }
 

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix_web::http::header::LOCATION;
+use actix_web::http::header::{HeaderName, LOCATION};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
 
 use super::cached::Served;
 use super::errors::ApiError;
@@ -51,12 +51,28 @@ pub struct NewJob {
     pub callback_url: Option<String>,
 }
 
+/// The status route of a request id; a `/` in the id is percent-encoded, so the URL names
+/// one path segment.
 fn status_url(id: &str) -> String {
-    format!("/api/external/status/{id}")
+    format!("/api/external/status/{}", id.replace('/', "%2F"))
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// The answer to an accepted async request (202).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Accepted<'a> {
+    /// Always `true`.
+    #[schema(schema_with = super::openapi::always_true)]
+    success: bool,
+    /// The job's id: the client's `X-Request-Id` when acceptable, else courier's own.
+    request_id: &'a str,
+    /// Where the job is now.
+    status: JobStatus,
+    /// Where to look the job up (also the `Location` header).
+    status_url: String,
 }
 
 fn accepted(job: &Job) -> HttpResponse {
@@ -64,7 +80,7 @@ fn accepted(job: &Job) -> HttpResponse {
     HttpResponse::Accepted()
         .insert_header((LOCATION, url.clone()))
         .insert_header(("x-request-id", job.id().to_owned()))
-        .json(json!({"success": true, "request_id": job.id(), "status": job.doc.status, "status_url": url}))
+        .json(Accepted { success: true, request_id: job.id(), status: job.doc.status, status_url: url })
 }
 
 /// Accepts an async job: validates its callback, stores it durably, answers 202. Nothing is
@@ -175,7 +191,9 @@ fn record(
     });
 }
 
-/// `GET /api/external/status/{request_id}`.
+/// Looks up a request by its id: any id courier returned, sync or async.
+#[utoipa::path(get, path = STATUS_PATH, operation_id = "status", tag = "status",
+    params(super::openapi::StatusPath, super::openapi::RequestIdHeader), responses(super::openapi::StatusResponses))]
 pub async fn status(req: HttpRequest, id: web::Path<String>, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
     let request_id = RequestId::from_client(req.headers().get("x-request-id"));
@@ -184,10 +202,11 @@ pub async fn status(req: HttpRequest, id: web::Path<String>, worker: web::Data<W
         Ok(caller) => lookup(&worker, *caller, &id).await,
         Err(error) => Err(error.clone()),
     };
-    let (response, error) = match result {
+    let (mut response, error) = match result {
         Ok(response) => (response, None),
         Err(error) => (error.response(&request_id), Some(error.code())),
     };
+    response.headers_mut().insert(HeaderName::from_static("x-request-id"), request_id.header().clone());
     observe::inbound(
         &worker,
         Inbound {

@@ -7,40 +7,64 @@ pub mod cached;
 pub mod errors;
 pub mod jobs;
 pub mod observe;
+pub mod openapi;
 pub mod process;
 pub mod state;
 
 use std::time::Instant;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::header::HeaderValue;
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse, Route};
 
 pub use errors::ApiError;
 pub use state::{Caller, Shared, Worker};
 
-use crate::metrics::Route;
+use crate::metrics::Route as RouteLabel;
 use crate::request_id::RequestId;
+
+/// Every route of the gateway listener: method, path pattern, handler. [`configure`] registers
+/// exactly these, and the OpenAPI document (`GET /openapi.json`) must describe each one (tested).
+fn gateway_routes() -> Vec<(Method, &'static str, Route)> {
+    vec![
+        (Method::POST, process::PATH, web::to(process::process)),
+        (Method::GET, jobs::STATUS_PATH, web::to(jobs::status)),
+        (Method::GET, openapi::PATH, web::to(openapi::serve)),
+    ]
+}
+
+/// The gateway routes as (method, path pattern), for checking them against the API description.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    gateway_routes().into_iter().map(|(method, path, _)| (method, path)).collect()
+}
 
 /// Registers the gateway routes. The app must carry a `web::Data<Worker>`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource(process::PATH)
-            .route(web::post().to(process::process))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource(jobs::STATUS_PATH)
-            .route(web::get().to(jobs::status))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .default_service(web::to(not_found));
+    let mut resources: Vec<(&'static str, Vec<(Method, Route)>)> = Vec::new();
+    for (method, path, route) in gateway_routes() {
+        match resources.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, routes)) => routes.push((method, route)),
+            None => resources.push((path, vec![(method, route)])),
+        }
+    }
+    for (path, routes) in resources {
+        let allow = routes.iter().map(|(method, _)| method.as_str()).collect::<Vec<_>>().join(", ");
+        let allow = HeaderValue::from_str(&allow).expect("method names are valid header text");
+        let mut resource = web::resource(path);
+        for (method, route) in routes {
+            resource = resource.route(route.method(method));
+        }
+        let refuse = move |req: HttpRequest, worker: web::Data<Worker>| {
+            let allow = allow.clone();
+            async move { fallback(req, worker, ApiError::MethodNotAllowed(allow)) }
+        };
+        cfg.service(resource.default_service(web::to(refuse)));
+    }
+    cfg.default_service(web::to(not_found));
 }
 
 async fn not_found(req: HttpRequest, worker: web::Data<Worker>) -> HttpResponse {
     fallback(req, worker, ApiError::NotFound)
-}
-
-async fn method_not_allowed(req: HttpRequest, worker: web::Data<Worker>) -> HttpResponse {
-    fallback(req, worker, ApiError::MethodNotAllowed)
 }
 
 fn fallback(req: HttpRequest, worker: web::Data<Worker>, error: ApiError) -> HttpResponse {
@@ -50,7 +74,7 @@ fn fallback(req: HttpRequest, worker: web::Data<Worker>, error: ApiError) -> Htt
     observe::inbound(
         &worker,
         observe::Inbound {
-            route: Route::Other,
+            route: RouteLabel::Other,
             endpoint: "unmatched",
             method: req.method(),
             status: response.status(),

@@ -36,7 +36,10 @@ impl Outcome {
     }
 }
 
-/// The handler.
+/// Processes a request through the upstream: answered at once, or accepted as a job (202) with
+/// `"options": {"async": true}`.
+#[utoipa::path(post, path = PATH, operation_id = "process", tag = "process", params(super::openapi::ProcessHeaders),
+    request_body = super::openapi::ProcessRequest, responses(super::openapi::ProcessResponses))]
 pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
     let request_id = RequestId::from_client(req.headers().get("x-request-id"));
@@ -168,7 +171,8 @@ fn deadline_of(headers: &HeaderMap, default: Duration) -> Result<Duration, ApiEr
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|secs| secs.is_finite() && *secs > 0.0)
-        .map(|secs| Duration::from_secs_f64(secs).min(MAX_CLIENT_DEADLINE))
+        // Capped before converting: `from_secs_f64` panics on values beyond `Duration::MAX`.
+        .map(|secs| Duration::from_secs_f64(secs.min(MAX_CLIENT_DEADLINE.as_secs_f64())))
         .ok_or(ApiError::InvalidRequest("X-Request-Timeout must be a number of seconds > 0".into()))
 }
 

@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 pub use time::Timestamp;
 
 /// Where a job is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Accepted, not started.
@@ -61,9 +61,10 @@ impl JobStatus {
 }
 
 /// The error of a failed job, in the API's error shape.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     /// Machine-readable code, as in error answers (`upstream_unavailable`, `shutdown`, ...).
+    #[schema(schema_with = crate::http::openapi::job_error_code)]
     pub code: String,
     /// Human-readable message.
     pub message: String,
@@ -72,7 +73,7 @@ pub struct JobError {
 }
 
 /// Where the delivery of a job's callback stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Not attempted yet.
@@ -86,15 +87,17 @@ pub enum DeliveryState {
 }
 
 /// The callback part of the status document.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallbackState {
     /// Delivery state.
     pub state: DeliveryState,
     /// Attempts made.
     pub attempts: u32,
     /// The receiver's status code on the last attempt, if it answered.
+    #[schema(required = true)]
     pub last_status_code: Option<u16>,
     /// When the last attempt was made.
+    #[schema(required = true)]
     pub last_attempt_at: Option<Timestamp>,
 }
 
@@ -138,7 +141,7 @@ impl<'de> Deserialize<'de> for RawJson {
 
 /// The status document: what `GET /api/external/status/{id}` answers and what a callback
 /// carries. Nothing in it is secret.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusDoc {
     /// The request id.
     pub request_id: String,
@@ -146,16 +149,20 @@ pub struct StatusDoc {
     pub status: JobStatus,
     /// The upstream's `result`, once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub result: Option<RawJson>,
     /// The upstream's request id, once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub upstream_request_id: Option<String>,
     /// The error, once failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub error: Option<JobError>,
     /// When courier accepted it.
     pub created_at: Timestamp,
     /// When it reached its final status.
+    #[schema(required = true)]
     pub completed_at: Option<Timestamp>,
     /// Upstream attempts made for it.
     pub attempts: u32,
@@ -165,6 +172,7 @@ pub struct StatusDoc {
     pub takeovers: u32,
     /// The callback's delivery, when a `callback_url` was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub callback: Option<CallbackState>,
 }
 
