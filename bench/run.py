@@ -23,7 +23,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-COURIER = os.path.join(TARGET_DIR, "release", "courier")
+COURIER = os.environ.get("COURIER_BIN", os.path.join(TARGET_DIR, "release", "courier"))
 LOADGEN = os.path.join(TARGET_DIR, "release", "examples", "loadgen")
 SECONDS = float(os.environ.get("SECONDS_PER_RUN", "6"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))

@@ -67,8 +67,10 @@ fn the_alert_rules_pass_promtool() {
     let output = Command::new(promtool).args(["check", "rules", RULES]).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 7 rules found"), "{text}");
     let rules = std::fs::read_to_string(RULES).unwrap();
+    let count = rules.lines().filter(|l| l.trim().starts_with("- alert: ")).count();
+    assert!(count >= 8, "the alert rules lost some: {count}");
+    assert!(text.contains(&format!("SUCCESS: {count} rules found")), "{text}");
     let readme = std::fs::read_to_string("README.md").unwrap();
     for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
         assert!(readme.contains(&format!("### Runbook: {alert}")), "README has no runbook for {alert}");
