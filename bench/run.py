@@ -92,9 +92,19 @@ def rss_mib(pid):
     return 0
 
 
-def children(pid):
+def nginx_workers(pid):
+    """nginx's worker and cache manager (not the cache loader, which exits after a minute)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
+    keep = []
+    for child in out:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"worker process" in cmdline or b"cache manager" in cmdline:
+            keep.append(int(child))
+    return keep
 
 
 def loadgen(url, headers, rate=0, seconds=SECONDS, body=BODY, unique=False):
@@ -207,15 +217,15 @@ backend sim
     nginx_cache_url = f"http://127.0.0.1:{nginx_cache}/api/external/process"
     haproxy_url = f"http://127.0.0.1:{haproxy_port}/api/external/process"
     time.sleep(0.5)
-    nginx_workers = children(nginx.pid)
+    workers = nginx_workers(nginx.pid)
 
     targets = {
         "direct": (sim_base + "/v2/process", upstream_headers, [sim.pid]),
         "courier": (pass_url, json_header, [pass_proc.pid]),
-        "nginx": (nginx_url, json_header, nginx_workers),
+        "nginx": (nginx_url, json_header, workers),
         "haproxy": (haproxy_url, json_header, [haproxy.pid]),
         "courier (cache)": (cache_url, json_header, [cache_proc.pid]),
-        "nginx proxy_cache": (nginx_cache_url, json_header, nginx_workers),
+        "nginx proxy_cache": (nginx_cache_url, json_header, workers),
     }
     for name in ("courier (cache)", "nginx proxy_cache"):
         for _ in range(2):
