@@ -158,6 +158,9 @@ pub struct Metrics {
     /// Second-level (Redis) cache reads, by result (`hit`, `miss`, `error`: failed, timed out,
     /// or not tried while shared state is degraded).
     pub cache_l2_reads: IntCounterVec,
+    /// Inbound requests refused by a limit of the gateway listener, by limit
+    /// (`client_in_flight`, `header_size`, `body_timeout`).
+    pub limit_rejections: IntCounterVec,
 }
 
 /// Creates metrics in the `courier` namespace and registers each once, noting its name.
@@ -371,6 +374,11 @@ impl Metrics {
                 "cache_l2_reads_total",
                 "Second-level (Redis) cache reads, by result (hit, miss, error: failed, timed out, or not tried while shared state is degraded).",
                 &["result"],
+            ),
+            limit_rejections: r.counter_vec(
+                "limit_rejections_total",
+                "Inbound requests refused by a limit of the gateway listener, by limit (client_in_flight, header_size, body_timeout).",
+                &["limit"],
             ),
             registry: r.0.clone(),
             names: Vec::new(),

@@ -6,6 +6,7 @@ pub mod body;
 pub mod cached;
 pub mod errors;
 pub mod jobs;
+pub mod limits;
 pub mod observe;
 pub mod process;
 pub mod state;
@@ -46,6 +47,7 @@ async fn method_not_allowed(req: HttpRequest, worker: web::Data<Worker>) -> Http
 fn fallback(req: HttpRequest, worker: web::Data<Worker>, error: ApiError) -> HttpResponse {
     let started = Instant::now();
     let request_id = RequestId::from_client(req.headers().get("x-request-id"));
+    let error = worker.check_head(&req).err().unwrap_or(error);
     let response = error.response(&request_id);
     observe::inbound(
         &worker,

@@ -31,8 +31,10 @@ pub enum Attempt {
     Timeout,
     /// The connection could not be made or broke before an answer.
     Connect(&'static str),
-    /// An answer that cannot be used (body too large or unreadable, not the spec's shape).
+    /// An answer that cannot be used (body unreadable, not the spec's shape).
     Invalid(&'static str),
+    /// A 2xx whose body is larger than `COURIER_UPSTREAM_MAX_BODY_BYTES`.
+    TooLarge,
 }
 
 /// The outcome label of an attempt, for metrics and logs.
@@ -58,11 +60,13 @@ pub enum Outcome {
     ConnectError,
     /// Unusable answer.
     InvalidResponse,
+    /// An answer over the size limit.
+    TooLarge,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering metric children.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Success,
         Outcome::Rejected,
         Outcome::Unauthorized,
@@ -73,6 +77,7 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::ConnectError,
         Outcome::InvalidResponse,
+        Outcome::TooLarge,
     ];
 
     /// The label value.
@@ -88,6 +93,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::ConnectError => "connect_error",
             Outcome::InvalidResponse => "invalid_response",
+            Outcome::TooLarge => "too_large",
         }
     }
 }
@@ -106,6 +112,7 @@ impl Attempt {
             Attempt::Timeout => Outcome::Timeout,
             Attempt::Connect(_) => Outcome::ConnectError,
             Attempt::Invalid(_) => Outcome::InvalidResponse,
+            Attempt::TooLarge => Outcome::TooLarge,
         }
     }
 
@@ -122,7 +129,10 @@ impl Attempt {
     /// Whether this attempt says the upstream is unhealthy (for the breaker): 5xx, timeouts,
     /// connection errors and unusable answers. 4xx, 429 included, are not upstream failures.
     pub fn is_upstream_failure(&self) -> bool {
-        matches!(self, Attempt::ServerError(_) | Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_))
+        matches!(
+            self,
+            Attempt::ServerError(_) | Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_) | Attempt::TooLarge
+        )
     }
 
     /// The upstream status code, when an answer arrived.
@@ -134,7 +144,7 @@ impl Attempt {
             Attempt::Forbidden => Some(403),
             Attempt::RateLimited => Some(429),
             Attempt::ServerError(s) | Attempt::OtherStatus(s) => Some(*s),
-            Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_) => None,
+            Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_) | Attempt::TooLarge => None,
         }
     }
 
@@ -150,6 +160,7 @@ impl Attempt {
             Attempt::OtherStatus(_) => Some("unexpected status"),
             Attempt::Timeout => Some("timeout"),
             Attempt::Connect(what) | Attempt::Invalid(what) => Some(what),
+            Attempt::TooLarge => Some("answer body too large"),
         }
     }
 }
