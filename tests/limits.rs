@@ -353,3 +353,15 @@ async fn a_hostile_request_id_is_replaced_and_never_echoed_or_logged() {
         assert!(id.starts_with("req_") && id.len() == 20, "{line}");
     }
 }
+
+/// Found by the `request` fuzz target: a huge `X-Request-Timeout` used to panic the handler
+/// (a float too large for a `Duration`) and take the worker's connections down with it.
+#[actix_rt::test]
+async fn a_huge_request_timeout_is_capped_not_a_crash() {
+    let pair = PairBuilder::default().start().await;
+    for huge in ["1e30", "49999999999999999999999999", "18446744073709551616"] {
+        let answer = pair.process_with(body("patient"), &[("x-request-timeout", huge)]).await;
+        assert_eq!(answer.status, 200, "{huge}: {answer:?}");
+    }
+    pair.stop().await;
+}

@@ -166,7 +166,8 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The client's `X-Request-Timeout` (seconds) or the configured default.
+/// The client's `X-Request-Timeout` (seconds) or the configured default (public for the fuzz
+/// target).
 pub fn deadline_of(headers: &HeaderMap, default: Duration) -> Result<Duration, ApiError> {
     let Some(value) = headers.get("x-request-timeout") else {
         return Ok(default);
@@ -176,7 +177,8 @@ pub fn deadline_of(headers: &HeaderMap, default: Duration) -> Result<Duration, A
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|secs| secs.is_finite() && *secs > 0.0)
-        .map(|secs| Duration::from_secs_f64(secs).min(MAX_CLIENT_DEADLINE))
+        // Capped before the conversion: a float past u64 seconds would panic in it.
+        .map(|secs| Duration::from_secs_f64(secs.min(MAX_CLIENT_DEADLINE.as_secs_f64())))
         .ok_or(ApiError::InvalidRequest("X-Request-Timeout must be a number of seconds > 0".into()))
 }
 
