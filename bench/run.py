@@ -148,7 +148,7 @@ def main():
         return p, f"http://127.0.0.1:{port}/api/external/process", f"http://127.0.0.1:{admin}"
 
     pass_proc, pass_url, pass_admin = courier("courier-pass", {})
-    cache_proc, cache_url, _ = courier("courier-cache", {"EXTERNAL_API_CACHE_TTL": "3600"})
+    cache_proc, cache_url, cache_admin = courier("courier-cache", {"EXTERNAL_API_CACHE_TTL": "3600"})
     tight_proc, tight_url, _ = courier("courier-tight", {"EXTERNAL_API_RATE_LIMIT": "60", "EXTERNAL_API_RATE_BURST": "1"})
 
     nginx_proxy, nginx_cache = free_port(), free_port()
@@ -278,12 +278,7 @@ backend sim
     idle.wait()
     pad = "p" * 200
     entries = 0
-    metrics_url = None
-    # courier-cache's admin port: read from /proc is overkill; reuse the log line.
-    with open(os.path.join(WORK, "courier-cache.log")) as f:
-        for line in f:
-            if '"listening"' in line:
-                metrics_url = "http://" + json.loads(line)["admin"] + "/metrics"
+    metrics_url = cache_admin + "/metrics"
     before_fill = rss_mib(cache_proc.pid)
     for _ in range(40):
         loadgen(cache_url, json_header, seconds=3, body='{"data": {"input": "{n}-' + pad + '"}}', unique=True)

@@ -17,6 +17,7 @@ use crate::actors::{Dispatcher, DispatcherSettings, RetryPolicy, TokenCell, Toke
 use crate::cache::{CacheSettings, ResponseCache};
 use crate::config::Config;
 use crate::http::jobs::JobsShared;
+use crate::http::limits::InFlight;
 use crate::http::{self, Shared, Worker};
 use crate::jobs::callback::{CallbackPolicy, Delivery};
 use crate::jobs::memory::MemoryStore;
@@ -132,7 +133,10 @@ impl Gateway {
         if config.clients.is_none() {
             warn!(log, "open_mode"; "detail" => "COURIER_CLIENTS_FILE is not set: every caller is accepted as client \"open\"");
         }
+        let in_flight =
+            InFlight::new(config.clients.as_ref().map_or(1, |c| c.entries().len()), config.limits.client_max_in_flight);
         let shared = Arc::new(Shared {
+            in_flight,
             config: Arc::new(config),
             credentials: credentials.clone(),
             metrics: metrics.clone(),
@@ -183,8 +187,12 @@ impl Gateway {
             let gateway = gateway.clone();
             move || App::new().app_data(gateway.worker()).configure(http::configure)
         };
+        let limits = &config.limits;
         let server = HttpServer::new(factory)
             .workers(config.workers)
+            .max_connections(limits.max_connections_per_worker)
+            .client_request_timeout(limits.client_header_timeout)
+            .client_disconnect_timeout(limits.client_disconnect_timeout)
             .shutdown_timeout(grace_secs)
             .disable_signals()
             .bind(config.listen)
@@ -223,7 +231,9 @@ impl Gateway {
         };
         actix_rt::spawn(server);
         actix_rt::spawn(admin);
-        info!(running.log, "listening"; "gateway" => %addr, "admin" => %admin_addr, "upstream" => &config.base_url);
+        info!(running.log, "listening"; "gateway" => %addr, "admin" => %admin_addr, "upstream" => &config.base_url,
+            "max_connections" => limits.max_connections_per_worker.saturating_mul(config.workers),
+            "client_max_in_flight" => limits.client_max_in_flight);
         Ok(running)
     }
 }

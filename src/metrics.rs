@@ -206,6 +206,9 @@ pub struct Metrics {
     pub config_last_reload_successful: IntGauge,
     /// Unix time of the last successful credential reload (0 until one succeeds).
     pub config_last_reload_success: Gauge,
+    /// Inbound requests refused by a limit of the gateway listener, by limit
+    /// (`client_in_flight`, `header_size`, `body_timeout`).
+    pub limit_rejections: IntCounterVec,
 }
 
 /// Creates metrics in the `courier` namespace and registers each once, noting its name.
@@ -432,6 +435,11 @@ impl Metrics {
             config_last_reload_success: r.gauge(
                 "config_last_reload_success_timestamp_seconds",
                 "Unix time of the last successful credential reload (0 until one succeeds).",
+            ),
+            limit_rejections: r.counter_vec(
+                "limit_rejections_total",
+                "Inbound requests refused by a limit of the gateway listener, by limit (client_in_flight, header_size, body_timeout).",
+                &["limit"],
             ),
             registry: r.0.clone(),
             names: Vec::new(),

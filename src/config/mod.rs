@@ -9,6 +9,7 @@
 //! `Debug` of [`Config`] shows `[REDACTED]` in their place.
 
 mod clients;
+mod limits;
 mod reader;
 
 use std::fmt;
@@ -20,6 +21,7 @@ use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
+pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
 
@@ -138,6 +140,8 @@ pub struct Config {
     /// Replicas sharing the upstream budget; each falls back to this share of it while Redis
     /// fails.
     pub replicas: u32,
+    /// Limits of the gateway listener.
+    pub limits: LimitsConfig,
 }
 
 /// Async job and callback settings.
@@ -241,6 +245,7 @@ impl fmt::Debug for Config {
             .field("cache_stale_while_revalidate", &self.cache_stale_while_revalidate)
             .field("jobs", &self.jobs)
             .field("replicas", &self.replicas)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -351,6 +356,7 @@ impl Config {
             callback_allow: r.optional("COURIER_CALLBACK_ALLOW").unwrap_or_default(),
         };
         let replicas = r.count("COURIER_REPLICAS", 1, 1..=10_000) as u32;
+        let limits = LimitsConfig::read(r);
         let retry_budget_ratio = r.fraction("COURIER_RETRY_BUDGET_RATIO", 0.2, true);
         let retry_budget_min_per_second = r.parsed(
             "COURIER_RETRY_BUDGET_MIN_PER_SECOND",
@@ -397,6 +403,7 @@ impl Config {
             cache_stale_while_revalidate,
             jobs,
             replicas,
+            limits,
         }
     }
 }

@@ -157,3 +157,36 @@ fn the_secret_poll_interval_defaults_to_five_seconds_and_zero_turns_it_off() {
     let errors = Config::from_sources(&env, None).unwrap_err();
     assert_eq!(errors.0[0].var, "COURIER_SECRET_POLL_INTERVAL");
 }
+
+#[test]
+fn limits_have_defaults_and_are_range_checked() {
+    let config = Config::from_sources(&minimal(), None).unwrap();
+    assert_eq!(
+        config.limits,
+        LimitsConfig {
+            max_header_bytes: 16 * 1024,
+            max_connections_per_worker: 25_000,
+            client_max_in_flight: 1024,
+            client_header_timeout: Duration::from_secs(5),
+            client_body_timeout: Duration::from_secs(10),
+            client_disconnect_timeout: Duration::from_secs(1),
+        }
+    );
+    let mut env = minimal();
+    env.set("COURIER_MAX_HEADER_BYTES", "200000")
+        .set("COURIER_CLIENT_MAX_IN_FLIGHT", "0")
+        .set("COURIER_CLIENT_BODY_TIMEOUT", "0")
+        .set("COURIER_MAX_CONNECTIONS_PER_WORKER", "many");
+    let errors = Config::from_sources(&env, None).unwrap_err();
+    let vars: Vec<&str> = errors.0.iter().map(|e| e.var.as_str()).collect();
+    assert_eq!(
+        vars,
+        [
+            "COURIER_MAX_HEADER_BYTES",
+            "COURIER_MAX_CONNECTIONS_PER_WORKER",
+            "COURIER_CLIENT_MAX_IN_FLIGHT",
+            "COURIER_CLIENT_BODY_TIMEOUT"
+        ]
+    );
+    assert!(errors.to_string().contains("COURIER_MAX_HEADER_BYTES: 200000 is out of range 1024..=131072"), "{errors}");
+}

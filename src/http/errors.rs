@@ -57,6 +57,12 @@ pub enum ApiError {
     RequestIdInUse,
     /// The job store cannot take the job now; nothing was accepted.
     JobStoreUnavailable,
+    /// The request head is larger than the limit (bytes).
+    HeadersTooLarge(usize),
+    /// The client already has this many requests in flight.
+    ClientConcurrencyExceeded(u32),
+    /// The body did not arrive within this long after the head.
+    RequestBodyTimeout(Duration),
 }
 
 impl From<DispatchError> for ApiError {
@@ -108,6 +114,9 @@ impl ApiError {
             | ApiError::CallbacksUnavailable => StatusCode::BAD_REQUEST,
             ApiError::RequestIdInUse => StatusCode::CONFLICT,
             ApiError::JobStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::ClientConcurrencyExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -139,6 +148,7 @@ impl ApiError {
             ApiError::UpstreamFailed(Outcome::Forbidden) => "upstream_auth_rejected",
             ApiError::UpstreamFailed(Outcome::InvalidResponse) => "upstream_invalid_response",
             ApiError::UpstreamFailed(Outcome::TlsError) => "upstream_tls",
+            ApiError::UpstreamFailed(Outcome::TooLarge) => "upstream_response_too_large",
             ApiError::UpstreamFailed(_) => "upstream_unavailable",
             ApiError::DeadlineExceeded => "deadline_exceeded",
             ApiError::Overloaded(_) => "overloaded",
@@ -147,6 +157,9 @@ impl ApiError {
             ApiError::CallbacksUnavailable => "callbacks_unavailable",
             ApiError::RequestIdInUse => "request_id_in_use",
             ApiError::JobStoreUnavailable => "job_store_unavailable",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
+            ApiError::ClientConcurrencyExceeded(_) => "client_concurrency_exceeded",
+            ApiError::RequestBodyTimeout(_) => "request_body_timeout",
         }
     }
 
@@ -171,6 +184,9 @@ impl ApiError {
                  the handshake failed); not retried, see courier's log for the reason"
                     .into()
             }
+            ApiError::UpstreamFailed(Outcome::TooLarge) => {
+                "the upstream's answer is larger than courier accepts (COURIER_UPSTREAM_MAX_BODY_BYTES)".into()
+            }
             ApiError::UpstreamFailed(_) => "the upstream failed after retries".into(),
             ApiError::DeadlineExceeded => "the request's deadline passed before the upstream answered".into(),
             ApiError::Overloaded(_) => "courier is overloaded; retry later".into(),
@@ -181,20 +197,29 @@ impl ApiError {
             }
             ApiError::RequestIdInUse => "this X-Request-Id names another client's job; send a new one".into(),
             ApiError::JobStoreUnavailable => "the job store cannot take the job now; nothing was accepted".into(),
+            ApiError::HeadersTooLarge(limit) => format!("the request head is larger than {limit} bytes").into(),
+            ApiError::ClientConcurrencyExceeded(limit) => {
+                format!("this client already has {limit} requests in flight; retry when one has finished").into()
+            }
+            ApiError::RequestBodyTimeout(limit) => {
+                format!("the request body did not arrive within {} s", limit.as_secs_f64()).into()
+            }
         }
     }
 
     /// Whether the same request may succeed later. A TLS failure will not, until the
     /// upstream's certificate or courier's CA file changes.
     pub fn retryable(&self) -> bool {
-        if matches!(self, ApiError::UpstreamFailed(Outcome::TlsError)) {
-            return false;
+        if matches!(self, ApiError::UpstreamFailed(Outcome::TlsError | Outcome::TooLarge)) {
+            return false; // the same request gets the same answer
         }
         matches!(
             self,
             ApiError::BudgetExhausted(_)
                 | ApiError::UpstreamAuthUnavailable(_)
                 | ApiError::UpstreamFailed(_)
+                | ApiError::ClientConcurrencyExceeded(_)
+                | ApiError::RequestBodyTimeout(_)
                 | ApiError::DeadlineExceeded
                 | ApiError::Overloaded(_)
                 | ApiError::CircuitOpen(_)
@@ -209,7 +234,7 @@ impl ApiError {
             | ApiError::UpstreamAuthUnavailable(d)
             | ApiError::Overloaded(d)
             | ApiError::CircuitOpen(d) => Some(*d),
-            ApiError::JobStoreUnavailable => Some(Duration::from_secs(1)),
+            ApiError::JobStoreUnavailable | ApiError::ClientConcurrencyExceeded(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -235,6 +260,10 @@ impl ApiError {
                 response.insert_header((ALLOW, allow.clone()));
             }
             _ => {}
+        }
+        if matches!(self, ApiError::RequestBodyTimeout(_)) {
+            // The rest of the body may still come; the connection is not worth keeping.
+            response.force_close();
         }
         response.body(serde_json::to_vec(&body).expect("error bodies serialise"))
     }
@@ -262,6 +291,9 @@ impl ApiError {
             ApiError::CallbacksUnavailable,
             ApiError::RequestIdInUse,
             ApiError::JobStoreUnavailable,
+            ApiError::HeadersTooLarge(0),
+            ApiError::ClientConcurrencyExceeded(0),
+            ApiError::RequestBodyTimeout(wait),
         ];
         every.extend(Outcome::ALL.into_iter().map(ApiError::UpstreamFailed));
         let mut seen = std::collections::HashSet::new();
@@ -286,7 +318,10 @@ impl ApiError {
                 | ApiError::InvalidCallbackUrl(_)
                 | ApiError::CallbacksUnavailable
                 | ApiError::RequestIdInUse
-                | ApiError::JobStoreUnavailable => {}
+                | ApiError::JobStoreUnavailable
+                | ApiError::HeadersTooLarge(_)
+                | ApiError::ClientConcurrencyExceeded(_)
+                | ApiError::RequestBodyTimeout(_) => {}
             }
         }
         every
@@ -312,6 +347,10 @@ mod tests {
             (ApiError::UpstreamAuthUnavailable(Duration::from_millis(1500)), 503, "upstream_auth_unavailable"),
             (ApiError::BudgetExhausted(Duration::from_secs(3)), 429, "budget_exhausted"),
             (ApiError::PayloadTooLarge(10), 413, "payload_too_large"),
+            (ApiError::HeadersTooLarge(10), 431, "headers_too_large"),
+            (ApiError::ClientConcurrencyExceeded(4), 429, "client_concurrency_exceeded"),
+            (ApiError::RequestBodyTimeout(Duration::from_secs(1)), 408, "request_body_timeout"),
+            (ApiError::UpstreamFailed(Outcome::TooLarge), 502, "upstream_response_too_large"),
         ];
         for (error, status, code) in cases {
             assert_eq!((error.status().as_u16(), error.code()), (status, code));

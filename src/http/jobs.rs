@@ -197,7 +197,7 @@ fn record(
 pub async fn status(req: HttpRequest, id: web::Path<String>, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
     let request_id = RequestId::from_client(req.headers().get("x-request-id"));
-    let caller = worker.identify(&req);
+    let caller = worker.check_head(&req).and_then(|()| worker.identify(&req));
     let result = match &caller {
         Ok(caller) => lookup(&worker, *caller, &id).await,
         Err(error) => Err(error.clone()),

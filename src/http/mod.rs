@@ -6,6 +6,7 @@ pub mod body;
 pub mod cached;
 pub mod errors;
 pub mod jobs;
+pub mod limits;
 pub mod observe;
 pub mod openapi;
 pub mod process;
@@ -70,6 +71,7 @@ async fn not_found(req: HttpRequest, worker: web::Data<Worker>) -> HttpResponse 
 fn fallback(req: HttpRequest, worker: web::Data<Worker>, error: ApiError) -> HttpResponse {
     let started = Instant::now();
     let request_id = RequestId::from_client(req.headers().get("x-request-id"));
+    let error = worker.check_head(&req).err().unwrap_or(error);
     let response = error.response(&request_id);
     observe::inbound(
         &worker,

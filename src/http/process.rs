@@ -11,6 +11,7 @@ use super::body;
 use super::cached::{self, Ask, Directives};
 use super::errors::ApiError;
 use super::jobs::{self, NewJob};
+use super::limits;
 use super::observe::{self, Inbound};
 use super::state::{Caller, Worker, UNKNOWN_CALLER};
 use crate::actors::budget::Class;
@@ -43,9 +44,13 @@ impl Outcome {
 pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
     let request_id = RequestId::from_client(req.headers().get("x-request-id"));
-    let caller = worker.identify(&req);
+    let caller = worker.check_head(&req).and_then(|()| worker.identify(&req));
     let outcome = match &caller {
-        Ok(caller) => answer(&req, payload, &worker, &request_id, *caller, started).await,
+        // Counted in flight from here until the answer is built, sync or async alike.
+        Ok(caller) => match worker.admit(*caller) {
+            Ok(_in_flight) => answer(&req, payload, &worker, &request_id, *caller, started).await,
+            Err(error) => Outcome::early(error),
+        },
         Err(error) => Outcome::early(error.clone()),
     };
     let (mut response, error) = match outcome.result {
@@ -98,7 +103,10 @@ async fn answer(
     let prepared = async {
         require_json(req.headers())?;
         let deadline = started + deadline_of(req.headers(), config.request_deadline)?;
-        let bytes = read_body(payload, req.headers(), config.max_body_bytes).await?;
+        let body_timeout = config.limits.client_body_timeout;
+        let bytes = limits::before(started + body_timeout, read_body(payload, req.headers(), config.max_body_bytes))
+            .await
+            .ok_or_else(|| worker.refused(ApiError::RequestBodyTimeout(body_timeout)))??;
         let request = body::parse(&bytes, worker.shared.cache.enabled())?;
         Ok::<_, ApiError>((request, deadline))
     };
@@ -161,8 +169,9 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The client's `X-Request-Timeout` (seconds) or the configured default.
-fn deadline_of(headers: &HeaderMap, default: Duration) -> Result<Duration, ApiError> {
+/// The client's `X-Request-Timeout` (seconds) or the configured default (public for the fuzz
+/// target).
+pub fn deadline_of(headers: &HeaderMap, default: Duration) -> Result<Duration, ApiError> {
     let Some(value) = headers.get("x-request-timeout") else {
         return Ok(default);
     };

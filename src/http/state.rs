@@ -7,6 +7,7 @@ use actix_web::HttpRequest;
 use slog::Logger;
 
 use super::errors::ApiError;
+use super::limits::InFlight;
 use crate::actors::budget::BudgetShared;
 use crate::actors::{Breaker, DispatcherHandle, TokenCell};
 use crate::cache::ResponseCache;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub breaker: actix::Addr<Breaker>,
     /// The root logger.
     pub log: Logger,
+    /// Process requests in flight per client.
+    pub in_flight: InFlight,
 }
 
 /// Who is calling: a client of the clients file, or anyone when courier runs open.

@@ -49,7 +49,7 @@ pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Att
         let attempt = if response.status().is_success() {
             match response.body().limit(req.max_body).await {
                 Ok(body) => Attempt::Success(body),
-                Err(PayloadError::Overflow) => Attempt::Invalid("answer body too large"),
+                Err(PayloadError::Overflow) => Attempt::TooLarge,
                 Err(_) => Attempt::Connect("answer body broken off"),
             }
         } else {

@@ -31,11 +31,13 @@ pub enum Attempt {
     Timeout,
     /// The connection could not be made or broke before an answer.
     Connect(&'static str),
-    /// An answer that cannot be used (body too large or unreadable, not the spec's shape).
+    /// An answer that cannot be used (body unreadable, not the spec's shape).
     Invalid(&'static str),
     /// No trusted TLS connection: the upstream's certificate was refused (unknown CA, wrong
     /// host name, expired) or the handshake failed. A fixed reason from [`tls_failure`].
     Tls(&'static str),
+    /// A 2xx whose body is larger than `COURIER_UPSTREAM_MAX_BODY_BYTES`.
+    TooLarge,
 }
 
 /// The outcome label of an attempt, for metrics and logs.
@@ -63,11 +65,13 @@ pub enum Outcome {
     InvalidResponse,
     /// No trusted TLS connection.
     TlsError,
+    /// An answer over the size limit.
+    TooLarge,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering metric children.
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Success,
         Outcome::Rejected,
         Outcome::Unauthorized,
@@ -79,6 +83,7 @@ impl Outcome {
         Outcome::ConnectError,
         Outcome::InvalidResponse,
         Outcome::TlsError,
+        Outcome::TooLarge,
     ];
 
     /// The label value.
@@ -95,6 +100,7 @@ impl Outcome {
             Outcome::ConnectError => "connect_error",
             Outcome::InvalidResponse => "invalid_response",
             Outcome::TlsError => "tls_error",
+            Outcome::TooLarge => "too_large",
         }
     }
 }
@@ -114,6 +120,7 @@ impl Attempt {
             Attempt::Connect(_) => Outcome::ConnectError,
             Attempt::Invalid(_) => Outcome::InvalidResponse,
             Attempt::Tls(_) => Outcome::TlsError,
+            Attempt::TooLarge => Outcome::TooLarge,
         }
     }
 
@@ -133,7 +140,10 @@ impl Attempt {
     /// and neither are TLS failures: like a refused API key they are a configuration fault
     /// that an open circuit cannot heal, and `circuit_open` would hide the cause.
     pub fn is_upstream_failure(&self) -> bool {
-        matches!(self, Attempt::ServerError(_) | Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_))
+        matches!(
+            self,
+            Attempt::ServerError(_) | Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_) | Attempt::TooLarge
+        )
     }
 
     /// The upstream status code, when an answer arrived.
@@ -145,7 +155,7 @@ impl Attempt {
             Attempt::Forbidden => Some(403),
             Attempt::RateLimited => Some(429),
             Attempt::ServerError(s) | Attempt::OtherStatus(s) => Some(*s),
-            Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_) | Attempt::Tls(_) => None,
+            Attempt::Timeout | Attempt::Connect(_) | Attempt::Invalid(_) | Attempt::Tls(_) | Attempt::TooLarge => None,
         }
     }
 
@@ -161,6 +171,7 @@ impl Attempt {
             Attempt::OtherStatus(_) => Some("unexpected status"),
             Attempt::Timeout => Some("timeout"),
             Attempt::Connect(what) | Attempt::Invalid(what) | Attempt::Tls(what) => Some(what),
+            Attempt::TooLarge => Some("answer body too large"),
         }
     }
 }

@@ -37,6 +37,9 @@ pub fn process_errors() -> Vec<ApiError> {
         ApiError::CircuitOpen(wait),
         ApiError::JobStoreUnavailable,
         ApiError::DeadlineExceeded,
+        ApiError::HeadersTooLarge(0),
+        ApiError::ClientConcurrencyExceeded(0),
+        ApiError::RequestBodyTimeout(wait),
     ];
     errors.extend(Outcome::ALL.into_iter().map(ApiError::UpstreamFailed));
     errors
@@ -44,7 +47,13 @@ pub fn process_errors() -> Vec<ApiError> {
 
 /// The errors `GET /api/external/status/{request_id}` answers.
 pub fn status_errors() -> Vec<ApiError> {
-    vec![ApiError::InvalidRequest("".into()), ApiError::Unauthorized, ApiError::NotFound, ApiError::JobStoreUnavailable]
+    vec![
+        ApiError::InvalidRequest("".into()),
+        ApiError::Unauthorized,
+        ApiError::NotFound,
+        ApiError::JobStoreUnavailable,
+        ApiError::HeadersTooLarge(0),
+    ]
 }
 
 fn string_header(description: &str) -> Header {

@@ -191,7 +191,19 @@ fn parse_entry(entry: &str) -> Result<Entry, String> {
     // The URL host parser normalises exactly as callback URLs are normalised (case, IDNA,
     // numeric IPv4 forms such as 0x7f.1), so an entry matches the URLs it names.
     match Host::parse(entry) {
-        Ok(Host::Domain(name)) => Ok(Entry::Host(name.trim_end_matches('.').to_owned())),
+        Ok(Host::Domain(name)) => {
+            // One trailing dot (the root) is fine; an empty label (`a..b`, `127..`) is not a
+            // host name, and trimming it away would name another host (`127` is an address).
+            let name = name.strip_suffix('.').unwrap_or(&name);
+            if name.contains('*') {
+                // Spelled with percent escapes (`%2A.internal`) it passed the check above.
+                return Err(format!("`{entry}`: wildcards are not supported, list each host"));
+            }
+            if name.split('.').any(str::is_empty) {
+                return Err(format!("`{entry}` is not a host name, IP address or CIDR"));
+            }
+            Ok(Entry::Host(name.to_owned()))
+        }
         Ok(Host::Ipv4(ip)) => Ok(Entry::Block(Cidr::host(IpAddr::V4(ip)))),
         Ok(Host::Ipv6(ip)) => Ok(Entry::Block(Cidr::host(IpAddr::V6(ip)))),
         Err(_) => Err(format!("`{entry}` is not a host name, IP address or CIDR")),
