@@ -259,11 +259,12 @@ mod tests {
 
     #[actix_rt::test]
     async fn records_never_overwrite_jobs_and_finished_entries_make_room() {
-        let store = MemoryStore::new(SHARDS, Duration::from_secs(60)); // one entry per shard
+        // Two entries per shard: whichever shard "a" lands in still has room for one more.
+        let store = MemoryStore::new(2 * SHARDS, Duration::from_secs(60));
         store.submit(&job("a", JobStatus::Pending, true)).await.unwrap();
         store.record(job("a", JobStatus::Completed, false));
         assert_eq!(store.get("a").await.unwrap().unwrap().doc.status, JobStatus::Pending);
-        // Fill every shard with finished entries; each new one replaces the old in its shard.
+        // Fill every shard with finished entries; each new one replaces the oldest finished one.
         for i in 0..200 {
             store.record(job(&format!("sync-{i}"), JobStatus::Completed, false));
         }
