@@ -248,7 +248,7 @@ backend sim
         ("pass-through", ["direct", "courier", "nginx", "haproxy"], 0),
         ("cache hit", ["direct", "courier (cache)", "nginx proxy_cache"], 0),
     ]
-    for rnd in range(1, ROUNDS + 1):
+    for rnd in range(1, ROUNDS + 1 if os.environ.get("PHASES", "all") == "all" else 1):
         print(f"round {rnd}", flush=True)
         for scenario, names, rate in plan:
             for name in names:
@@ -267,31 +267,42 @@ backend sim
         measure("open-breaker fail-fast, 2000/s", "courier", pass_url, json_header, [pass_proc.pid], rate=2000)
         post(pass_admin + "/admin/breaker", '{"mode": "auto"}', {"Content-Type": "application/json"})
 
-    # Memory: 10k idle keep-alive connections, then 100k cached answers.
-    base_rss = rss_mib(cache_proc.pid)
-    idle = subprocess.Popen([LOADGEN, cache_url, "--connections", "10000", "--method", "POST", "--body", BODY,
-                             "--header", "Content-Type: application/json", "--idle"],
-                            stdout=subprocess.PIPE, text=True)
-    ready = idle.stdout.readline().split()
-    idle_rss = rss_mib(cache_proc.pid)
-    idle.kill()
-    idle.wait()
+    # Memory, each on a fresh process so earlier load does not count: 10k idle keep-alive
+    # connections (courier and nginx), then 100k cached answers. The filled courier keeps at most
+    # 1000 sync status entries (COURIER_JOB_MAX), so what grows is the cache, not the status store.
+    def idle_rss(pid_of, url):
+        before = sum(rss_mib(p) for p in pid_of())
+        idle = subprocess.Popen([LOADGEN, url, "--connections", "10000", "--method", "POST", "--body", BODY,
+                                 "--header", "Content-Type: application/json", "--idle"],
+                                stdout=subprocess.PIPE, text=True)
+        ready = idle.stdout.readline().split()
+        held = sum(rss_mib(p) for p in pid_of())
+        idle.kill()
+        idle.wait()
+        return int(ready[1]) if len(ready) > 1 else 0, before, held
+
+    idle_proc, idle_url, _ = courier("courier-idle", {"EXTERNAL_API_CACHE_TTL": "3600"})
+    post(idle_url, BODY, {"Content-Type": "application/json"})
+    idle_courier = idle_rss(lambda: [idle_proc.pid], idle_url)
+    idle_nginx = idle_rss(lambda: nginx_workers(nginx.pid), nginx_cache_url)
+    fill_proc, fill_url, fill_admin = courier("courier-fill", {"EXTERNAL_API_CACHE_TTL": "3600", "COURIER_JOB_MAX": "1000"})
     pad = "p" * 200
     entries = 0
-    metrics_url = cache_admin + "/metrics"
-    before_fill = rss_mib(cache_proc.pid)
+    metrics = {}
+    post(fill_url, BODY, {"Content-Type": "application/json"})
+    before_fill = rss_mib(fill_proc.pid)
     for _ in range(40):
-        loadgen(cache_url, json_header, seconds=3, body='{"data": {"input": "{n}-' + pad + '"}}', unique=True)
-        text = urllib.request.urlopen(metrics_url).read().decode()
+        loadgen(fill_url, json_header, seconds=3, body='{"data": {"input": "{n}-' + pad + '"}}', unique=True)
+        text = urllib.request.urlopen(fill_admin + "/metrics").read().decode()
         metrics = {l.split()[0]: float(l.split()[1]) for l in text.splitlines() if l.startswith("courier_cache_")}
         entries = metrics.get("courier_cache_entries", 0)
         if entries >= 100000:
             break
-    answer = json.loads(post(cache_url, '{"data": {"input": "1-' + pad + '"}}', {"Content-Type": "application/json"}))
+    answer = json.loads(post(fill_url, '{"data": {"input": "1-' + pad + '"}}', {"Content-Type": "application/json"}))
     answer_bytes = len(json.dumps(answer["result"], separators=(",", ":")))
-    filled_rss = rss_mib(cache_proc.pid)
+    filled_rss = rss_mib(fill_proc.pid)
     report(results, {
-        "idle_connections": int(ready[1]) if len(ready) > 1 else 0, "rss_before_idle": base_rss, "rss_idle": idle_rss,
+        "idle_courier": idle_courier, "idle_nginx": idle_nginx,
         "entries": entries, "answer_bytes": answer_bytes, "rss_before_fill": before_fill, "rss_filled": filled_rss,
         "cache_bytes": metrics.get("courier_cache_bytes", 0),
     })
@@ -328,9 +339,9 @@ def report(results, memory):
     print()
     print("| measure | value |")
     print("|---|---|")
-    print(f"| idle keep-alive connections held | {m['idle_connections']} |")
-    print(f"| RSS before / with them | {m['rss_before_idle']:.1f} / {m['rss_idle']:.1f} MiB "
-          f"({(m['rss_idle'] - m['rss_before_idle']) * 1024 / max(m['idle_connections'], 1):.1f} KiB each) |")
+    for name, (held, before, with_them) in (("courier", m["idle_courier"]), ("nginx", m["idle_nginx"])):
+        print(f"| {name}: RSS before / with {held} idle keep-alive connections | {before:.1f} / {with_them:.1f} MiB "
+              f"({(with_them - before) * 1024 / max(held, 1):.1f} KiB each) |")
     print(f"| cached answers | {m['entries']:.0f} of {m['answer_bytes']} B = {answers:.1f} MiB |")
     print(f"| RSS before filling / filled | {m['rss_before_fill']:.1f} / {m['rss_filled']:.1f} MiB |")
     print(f"| RSS / (1.5 × answers + 32 MiB) | {m['rss_filled'] / (1.5 * answers + 32):.2f} |")
