@@ -285,20 +285,23 @@ backend sim
     post(idle_url, BODY, {"Content-Type": "application/json"})
     idle_courier = idle_rss(lambda: [idle_proc.pid], idle_url)
     idle_nginx = idle_rss(lambda: nginx_workers(nginx.pid), nginx_cache_url)
-    fill_proc, fill_url, fill_admin = courier("courier-fill", {"EXTERNAL_API_CACHE_TTL": "3600", "COURIER_JOB_MAX": "1000"})
+    fill_proc, fill_url, fill_admin = courier("courier-fill", {"EXTERNAL_API_CACHE_TTL": "3600", "COURIER_JOB_MAX": "1000",
+                                                           "COURIER_CACHE_MAX_BYTES": str(512 << 20)})
     pad = "p" * 200
     entries = 0
     metrics = {}
     post(fill_url, BODY, {"Content-Type": "application/json"})
     before_fill = rss_mib(fill_proc.pid)
-    for _ in range(40):
-        loadgen(fill_url, json_header, seconds=3, body='{"data": {"input": "{n}-' + pad + '"}}', unique=True)
+    for round_no in range(40):
+        # `{n}` counts from 0 in every run: the round number keeps the runs' bodies apart.
+        body = '{"data": {"input": "' + str(round_no) + '-{n}-' + pad + '"}}'
+        loadgen(fill_url, json_header, seconds=3, body=body, unique=True)
         text = urllib.request.urlopen(fill_admin + "/metrics").read().decode()
         metrics = {l.split()[0]: float(l.split()[1]) for l in text.splitlines() if l.startswith("courier_cache_")}
         entries = metrics.get("courier_cache_entries", 0)
         if entries >= 100000:
             break
-    answer = json.loads(post(fill_url, '{"data": {"input": "1-' + pad + '"}}', {"Content-Type": "application/json"}))
+    answer = json.loads(post(fill_url, '{"data": {"input": "0-1-' + pad + '"}}', {"Content-Type": "application/json"}))
     answer_bytes = len(json.dumps(answer["result"], separators=(",", ":")))
     filled_rss = rss_mib(fill_proc.pid)
     report(results, {
