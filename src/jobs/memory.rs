@@ -218,25 +218,9 @@ impl JobStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{JobWork, StatusDoc};
 
     fn job(id: &str, status: JobStatus, work: bool) -> Job {
-        Job {
-            doc: StatusDoc {
-                request_id: id.into(),
-                status,
-                result: None,
-                upstream_request_id: None,
-                error: None,
-                created_at: Timestamp::now(),
-                completed_at: None,
-                attempts: 0,
-                takeovers: 0,
-                callback: None,
-            },
-            owner: None,
-            work: work.then(JobWork::default),
-        }
+        Job::for_test(id, status, work)
     }
 
     #[actix_rt::test]

@@ -206,6 +206,29 @@ pub struct Job {
     pub work: Option<JobWork>,
 }
 
+#[cfg(test)]
+impl Job {
+    /// A fresh job with `id` and `status`, with work when `work` (a status entry without), for tests.
+    pub(crate) fn for_test(id: &str, status: JobStatus, work: bool) -> Job {
+        Job {
+            doc: StatusDoc {
+                request_id: id.into(),
+                status,
+                result: None,
+                upstream_request_id: None,
+                error: None,
+                created_at: Timestamp::now(),
+                completed_at: None,
+                attempts: 0,
+                takeovers: 0,
+                callback: None,
+            },
+            owner: None,
+            work: work.then(JobWork::default),
+        }
+    }
+}
+
 impl Job {
     /// The request id.
     pub fn id(&self) -> &str {

@@ -113,25 +113,9 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{StatusDoc, Timestamp};
 
     fn job(status: JobStatus) -> Job {
-        Job {
-            doc: StatusDoc {
-                request_id: "r-1".into(),
-                status,
-                result: None,
-                upstream_request_id: None,
-                error: None,
-                created_at: Timestamp::now(),
-                completed_at: None,
-                attempts: 0,
-                takeovers: 0,
-                callback: None,
-            },
-            owner: None,
-            work: None,
-        }
+        Job::for_test("r-1", status, false)
     }
 
     #[test]
