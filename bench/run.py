@@ -27,6 +27,10 @@ COURIER = os.environ.get("COURIER_BIN", os.path.join(TARGET_DIR, "release", "cou
 LOADGEN = os.path.join(TARGET_DIR, "release", "examples", "loadgen")
 SECONDS = float(os.environ.get("SECONDS_PER_RUN", "6"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
+# Which parts to run (all by default): pass, cache, latency, reject, breaker, memory.
+PARTS = set(os.environ.get("PARTS", "pass,cache,latency,reject,breaker,memory").split(","))
+if os.environ.get("PHASES") == "memory":
+    PARTS = {"memory"}
 CONNS = 64
 TICK = os.sysconf("SC_CLK_TCK")
 BODY = '{"data": {"input": "bench", "format": "text"}}'
@@ -151,7 +155,7 @@ def main():
     cache_proc, cache_url, cache_admin = courier("courier-cache", {"EXTERNAL_API_CACHE_TTL": "3600"})
     tight_proc, tight_url, _ = courier("courier-tight", {"EXTERNAL_API_RATE_LIMIT": "60", "EXTERNAL_API_RATE_BURST": "1"})
 
-    nginx_proxy, nginx_cache = free_port(), free_port()
+    nginx_proxy, nginx_cache, nginx_fixed = free_port(), free_port(), free_port()
     ndir = os.path.join(WORK, "nginx")
     os.makedirs(os.path.join(ndir, "cache"))
     os.chmod(WORK, 0o755)
@@ -176,6 +180,13 @@ http {{
   server {{
     listen 127.0.0.1:{nginx_proxy};
     location /api/external/process {{ {proxy_common} }}
+  }}
+  server {{
+    listen 127.0.0.1:{nginx_fixed};
+    location /api/external/process {{
+      default_type application/json;
+      return 429 '{{"success":false,"error":{{"code":"budget_exhausted","message":"reference","retryable":true}}}}';
+    }}
   }}
   server {{
     listen 127.0.0.1:{nginx_cache};
@@ -226,6 +237,7 @@ backend sim
         "haproxy": (haproxy_url, json_header, [haproxy.pid]),
         "courier (cache)": (cache_url, json_header, [cache_proc.pid]),
         "nginx proxy_cache": (nginx_cache_url, json_header, workers),
+        "nginx fixed 429 (reference)": (f"http://127.0.0.1:{nginx_fixed}/api/external/process", json_header, workers),
     }
     for name in ("courier (cache)", "nginx proxy_cache"):
         for _ in range(2):
@@ -245,31 +257,44 @@ backend sim
               f"  cpu/10k {r['cpu_per_10k']:.3f} s  [{codes}] errors {r['errors']}", flush=True)
 
     plan = [
-        ("pass-through", ["direct", "courier", "nginx", "haproxy"], 0),
-        ("cache hit", ["direct", "courier (cache)", "nginx proxy_cache"], 0),
+        ("pass", "pass-through", ["direct", "courier", "nginx", "haproxy"], 0),
+        ("cache", "cache hit", ["direct", "courier (cache)", "nginx proxy_cache"], 0),
     ]
-    for rnd in range(1, ROUNDS + 1 if os.environ.get("PHASES", "all") == "all" else 1):
+    for rnd in range(1, ROUNDS + 1 if PARTS - {"memory"} else 1):
         print(f"round {rnd}", flush=True)
-        for scenario, names, rate in plan:
-            for name in names:
+        for part, scenario, names, rate in plan:
+            if part in PARTS:
+                for name in names:
+                    url, headers, pids = targets[name]
+                    measure(scenario, name, url, headers, pids, rate)
+        if "latency" in PARTS:
+            # Upstream with 20 ms latency, at a fixed rate.
+            post(sim_base + "/_sim/faults", '{"latency_ms": 20}', {"Content-Type": "application/json"})
+            for name in ["direct", "courier", "nginx", "haproxy"]:
                 url, headers, pids = targets[name]
-                measure(scenario, name, url, headers, pids, rate)
-        # Upstream with 20 ms latency, at a fixed rate.
-        post(sim_base + "/_sim/faults", '{"latency_ms": 20}', {"Content-Type": "application/json"})
-        for name in ["direct", "courier", "nginx", "haproxy"]:
-            url, headers, pids = targets[name]
-            measure("20 ms upstream, 1000/s", name, url, headers, pids, rate=1000)
-        post(sim_base + "/_sim/faults", '{"reset": true}', {"Content-Type": "application/json"})
-        # Fast answers of courier itself, at a fixed rate.
-        measure("over-budget rejection, 2000/s", "courier", tight_url, json_header + ["X-Request-Timeout: 0.05"],
-                [tight_proc.pid], rate=2000)
-        post(pass_admin + "/admin/breaker", '{"mode": "open"}', {"Content-Type": "application/json"})
-        measure("open-breaker fail-fast, 2000/s", "courier", pass_url, json_header, [pass_proc.pid], rate=2000)
-        post(pass_admin + "/admin/breaker", '{"mode": "auto"}', {"Content-Type": "application/json"})
+                measure("20 ms upstream, 1000/s", name, url, headers, pids, rate=1000)
+            post(sim_base + "/_sim/faults", '{"reset": true}', {"Content-Type": "application/json"})
+        # Fast answers of courier itself, at a fixed rate, beside nginx answering a fixed 429
+        # (the machine's floor for a trivial answer at this rate).
+        fixed_url, _, _ = targets["nginx fixed 429 (reference)"]
+        if "reject" in PARTS:
+            scenario = "over-budget rejection, 2000/s"
+            measure(scenario, "courier", tight_url, json_header + ["X-Request-Timeout: 0.05"], [tight_proc.pid], rate=2000)
+            measure(scenario, "nginx fixed 429 (reference)", fixed_url, json_header, workers, rate=2000)
+        if "breaker" in PARTS:
+            scenario = "open-breaker fail-fast, 2000/s"
+            post(pass_admin + "/admin/breaker", '{"mode": "open"}', {"Content-Type": "application/json"})
+            measure(scenario, "courier", pass_url, json_header, [pass_proc.pid], rate=2000)
+            post(pass_admin + "/admin/breaker", '{"mode": "auto"}', {"Content-Type": "application/json"})
+            measure(scenario, "nginx fixed 429 (reference)", fixed_url, json_header, workers, rate=2000)
 
     # Memory, each on a fresh process so earlier load does not count: 10k idle keep-alive
     # connections (courier and nginx), then 100k cached answers. The filled courier keeps at most
     # 1000 sync status entries (COURIER_JOB_MAX), so what grows is the cache, not the status store.
+    if "memory" not in PARTS:
+        report(results, None)
+        return
+
     def idle_rss(pid_of, url):
         before = sum(rss_mib(p) for p in pid_of())
         idle = subprocess.Popen([LOADGEN, url, "--connections", "10000", "--method", "POST", "--body", BODY,
@@ -336,6 +361,8 @@ def report(results, memory):
             print(f"| {name} | {rps[0]:.0f} ({rps[1]:.0f}–{rps[2]:.0f}) | {ratio} | {p50:.3f} | {p99:.3f} | "
                   f"{cpu[0]:.3f} ({cpu[1]:.3f}–{cpu[2]:.3f}) | {rss:.1f} |")
     m = memory
+    if m is None:
+        return
     answers = m["entries"] * m["answer_bytes"] / 2**20
     print()
     print("### memory")

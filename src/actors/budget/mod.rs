@@ -258,6 +258,17 @@ fn share(per_minute: u32, weight: u32, total: u32) -> u64 {
     (u64::from(per_minute) * u64::from(weight) / u64::from(total.max(1))).max(1)
 }
 
+/// The latest useful start of an attempt that needs `reserve` before `deadline`.
+fn latest_start(now: Instant, deadline: Instant, reserve: Duration) -> Instant {
+    deadline.checked_sub(reserve).unwrap_or(now)
+}
+
+/// Whether a permit `wait` from `now` comes after `latest_start`. The estimate is exact only
+/// if timers fire on time, so a little slack is kept.
+fn too_late(now: Instant, wait: Duration, latest_start: Instant) -> bool {
+    now + wait + ADMISSION_SLACK + wait / 50 > latest_start
+}
+
 /// The answer to [`Acquire`].
 #[derive(Debug)]
 pub enum Admission {
@@ -471,12 +482,10 @@ impl Handler<Acquire> for Budget {
             return MessageResult(self.refuse(RefusalReason::QueueFull, drain));
         }
         let client = self.queue.lane(msg.client);
-        let served_at = now + next_free + interval.mul_f64(self.queue.expected_intervals(client, msg.class));
-        let latest_start = msg.deadline.checked_sub(msg.reserve).unwrap_or(now);
-        // The estimate is exact only if timers fire on time; keep a little slack.
-        let slack = ADMISSION_SLACK + (served_at - now) / 50;
-        if served_at + slack > latest_start {
-            return MessageResult(self.refuse(RefusalReason::Deadline, served_at - now));
+        let wait = next_free + interval.mul_f64(self.queue.expected_intervals(client, msg.class));
+        let latest_start = latest_start(now, msg.deadline, msg.reserve);
+        if too_late(now, wait, latest_start) {
+            return MessageResult(self.refuse(RefusalReason::Deadline, wait));
         }
         let (tx, rx) = oneshot::channel();
         self.queue.push(client, msg.class, Waiter { tx, latest_start, enqueued: now });
@@ -555,6 +564,14 @@ impl BudgetHandle {
             reason: RefusalReason::Deadline,
             retry_after: shared.queue_wait(Instant::now()).max(Duration::from_secs(1)),
         };
+        // The next free permit is the earliest any place in the queue can be served: when even
+        // that comes too late, the actor would refuse too, so refuse here, on this thread,
+        // without the round trip (the over-budget answer stays as fast as the fast path).
+        let next_free = self.shared.next_free(now);
+        if too_late(now, next_free, latest_start(now, deadline, reserve)) {
+            self.deadline_refusals.inc();
+            return Err(Refusal { reason: RefusalReason::Deadline, retry_after: self.shared.queue_wait(now) });
+        }
         let admission = match self.addr.send(Acquire { client, class, deadline, reserve }).await {
             Ok(admission) => admission,
             Err(_) => return Err(Refusal { reason: RefusalReason::QueueFull, retry_after: Duration::from_secs(1) }),

@@ -43,6 +43,24 @@ async fn a_request_that_cannot_be_served_in_time_is_refused_at_once() {
 }
 
 #[actix_rt::test]
+async fn a_hopeless_deadline_is_refused_on_the_worker_without_asking_the_actor() {
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(BudgetShared::try_new(60, 1, vec![1]).unwrap());
+    // An actor that never runs: any question to it fails (and would be a queue_full refusal).
+    let addr = actix::Context::<Budget>::new().address();
+    let budget = BudgetHandle::new(shared, addr, &metrics);
+    let t0 = Instant::now();
+    budget.acquire(0, Class::Interactive, t0 + Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    let refusal = budget.acquire(0, Class::Interactive, t0 + 300 * MS, Duration::ZERO).await.unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::Deadline);
+    assert!(refusal.retry_after > 500 * MS && refusal.retry_after <= Duration::from_secs(1), "{refusal:?}");
+    assert_eq!(metrics.budget_rejections.with_label_values(&["deadline"]).get(), 1);
+    // A deadline the next permit can meet does go to the actor (which cannot answer here).
+    let refusal = budget.acquire(0, Class::Interactive, t0 + Duration::from_secs(5), Duration::ZERO).await;
+    assert_eq!(refusal.unwrap_err().reason, RefusalReason::QueueFull);
+}
+
+#[actix_rt::test]
 async fn a_full_queue_refuses_with_the_time_to_drain_it() {
     let (budget, metrics) = start(60, 1, 1, vec![1]);
     let far = Instant::now() + Duration::from_secs(30);
