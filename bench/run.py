@@ -24,6 +24,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 COURIER = os.environ.get("COURIER_BIN", os.path.join(TARGET_DIR, "release", "courier"))
+# A second build measured beside the first in the same run ("courier B"), for before/after.
+COURIER_B = os.environ.get("COURIER_BIN_B")
 LOADGEN = os.path.join(TARGET_DIR, "release", "examples", "loadgen")
 SECONDS = float(os.environ.get("SECONDS_PER_RUN", "6"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -135,7 +137,7 @@ def main():
     upstream_headers = ["Content-Type: application/json", f"Authorization: Bearer {token}", "X-API-Key: demo-api-key"]
     json_header = ["Content-Type: application/json"]
 
-    def courier(name, extra):
+    def courier(name, extra, binary=COURIER):
         port, admin = free_port(), free_port()
         env = {
             "PATH": os.environ.get("PATH", ""),
@@ -147,7 +149,7 @@ def main():
             "COURIER_LOG_LEVEL": "warning",
         }
         env.update(extra)
-        p = start(name, [COURIER, "serve"], env=env)
+        p = start(name, [binary, "serve"], env=env)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         return p, f"http://127.0.0.1:{port}/api/external/process", f"http://127.0.0.1:{admin}"
 
@@ -260,6 +262,15 @@ backend sim
         ("pass", "pass-through", ["direct", "courier", "nginx", "haproxy"], 0),
         ("cache", "cache hit", ["direct", "courier (cache)", "nginx proxy_cache"], 0),
     ]
+    if COURIER_B:
+        b_pass, b_pass_url, _ = courier("courier-b-pass", {}, COURIER_B)
+        b_cache, b_cache_url, _ = courier("courier-b-cache", {"EXTERNAL_API_CACHE_TTL": "3600"}, COURIER_B)
+        targets["courier B"] = (b_pass_url, json_header, [b_pass.pid])
+        targets["courier B (cache)"] = (b_cache_url, json_header, [b_cache.pid])
+        for _ in range(2):
+            post(b_cache_url, BODY, {"Content-Type": "application/json"})
+        plan[0][2].insert(2, "courier B")
+        plan[1][2].insert(2, "courier B (cache)")
     for rnd in range(1, ROUNDS + 1 if PARTS - {"memory"} else 1):
         print(f"round {rnd}", flush=True)
         for part, scenario, names, rate in plan:
