@@ -67,8 +67,9 @@ pub struct Entry {
     pub id: u64,
     /// The upstream's `result`, raw JSON.
     pub result: Bytes,
-    /// The upstream's request id of the call that produced it.
-    pub upstream_request_id: Option<Box<str>>,
+    /// The upstream's request id of the call that produced it (shared with the status
+    /// entries of the requests it answers).
+    pub upstream_request_id: Option<Arc<str>>,
     /// When it was stored.
     pub stored: Instant,
 }
@@ -76,13 +77,19 @@ pub struct Entry {
 impl Entry {
     /// A new entry holding its own copy of `result` (not a slice of a larger buffer, so the
     /// weigher's count is what the entry really keeps alive).
-    pub fn new(result: &[u8], upstream_request_id: Option<Box<str>>) -> Entry {
+    pub fn new(result: &[u8], upstream_request_id: Option<Arc<str>>) -> Entry {
         Entry {
             id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed),
             result: Bytes::copy_from_slice(result),
             upstream_request_id,
             stored: Instant::now(),
         }
+    }
+
+    /// An entry that is only passed on, never cached: it shares `result` (a slice of the
+    /// upstream's body) instead of copying it.
+    pub fn passing(result: Bytes, upstream_request_id: Option<Arc<str>>) -> Entry {
+        Entry { id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed), result, upstream_request_id, stored: Instant::now() }
     }
 
     /// The entry of a second-level record, stored when the record says; `None` when that is
@@ -92,7 +99,7 @@ impl Entry {
         Some(Entry {
             id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed),
             result: record.result,
-            upstream_request_id: record.upstream_request_id,
+            upstream_request_id: record.upstream_request_id.map(Arc::from),
             stored: Instant::now().checked_sub(age)?,
         })
     }
@@ -102,7 +109,7 @@ impl Entry {
         let age = u64::try_from(self.stored.elapsed().as_millis()).unwrap_or(u64::MAX);
         Record {
             stored_at_ms: unix_ms_now().saturating_sub(age),
-            upstream_request_id: self.upstream_request_id.clone(),
+            upstream_request_id: self.upstream_request_id.as_deref().map(Box::from),
             result: self.result.clone(),
         }
     }

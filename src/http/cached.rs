@@ -86,8 +86,15 @@ fn upstream_side(error: &DispatchError) -> bool {
     )
 }
 
-/// Sends `ask` upstream through this worker's Dispatcher (in place, same thread).
-async fn dispatch(worker: &Worker, ask: &Ask, patience: Patience) -> (Result<Arc<Entry>, DispatchError>, u32) {
+/// Sends `ask` upstream through this worker's Dispatcher (in place, same thread). An answer
+/// that may be `cached` gets its own copy of the bytes; one that is only passed on shares the
+/// upstream's body.
+async fn dispatch(
+    worker: &Worker,
+    ask: &Ask,
+    patience: Patience,
+    cached: bool,
+) -> (Result<Arc<Entry>, DispatchError>, u32) {
     let message = Dispatch {
         request_id: ask.request_id.clone(),
         body: ask.body.clone(),
@@ -97,7 +104,12 @@ async fn dispatch(worker: &Worker, ask: &Ask, patience: Patience) -> (Result<Arc
         patience,
     };
     let dispatched = worker.dispatcher.dispatch(message).await;
-    let entry = dispatched.result.map(|ok| Arc::new(Entry::new(&ok.result, ok.upstream_request_id)));
+    let entry = dispatched.result.map(|ok| {
+        Arc::new(match cached {
+            true => Entry::new(&ok.result, ok.upstream_request_id),
+            false => Entry::passing(ok.result, ok.upstream_request_id),
+        })
+    });
     (entry, dispatched.attempts)
 }
 
@@ -106,11 +118,11 @@ pub async fn serve(worker: &web::Data<Worker>, ask: Ask) -> Served {
     let cache = &worker.shared.cache;
     let key = match ask.key {
         Some(key) if cache.enabled() && !(ask.directives.no_cache && ask.directives.no_store) => key,
-        _ => return direct(worker, &ask, None).await,
+        _ => return direct(worker, &ask, None, false).await,
     };
     let now = Instant::now();
     if ask.directives.no_cache {
-        let served = direct(worker, &ask, None).await;
+        let served = direct(worker, &ask, None, !ask.directives.no_store).await;
         if let (Ok(entry), false) = (&served.result, ask.directives.no_store) {
             cache.insert(key, entry.clone()).await;
         }
@@ -127,10 +139,11 @@ pub async fn serve(worker: &web::Data<Worker>, ask: Ask) -> Served {
     }
 }
 
-/// Fetches without storing (cache off, or `no-store`); an expired entry may still stand in
+/// Fetches without the cache (off, `no-cache` or `no-store`; `cached` when the caller stores the
+/// answer afterwards); an expired entry may still stand in
 /// for an upstream failure.
-async fn direct(worker: &Worker, ask: &Ask, stale: Option<Arc<Entry>>) -> Served {
-    let (result, attempts) = dispatch(worker, ask, Patience::Queue).await;
+async fn direct(worker: &Worker, ask: &Ask, stale: Option<Arc<Entry>>, cached: bool) -> Served {
+    let (result, attempts) = dispatch(worker, ask, Patience::Queue, cached).await;
     match result {
         Ok(entry) => Served { result: Ok(entry), status: CacheStatus::Bypass, attempts },
         Err(error) => fall_back(worker, stale, error, attempts, CacheStatus::Bypass),
@@ -140,13 +153,13 @@ async fn direct(worker: &Worker, ask: &Ask, stale: Option<Arc<Entry>>) -> Served
 /// A miss: one coalesced upstream call per key, stored on success.
 async fn fetch(worker: &web::Data<Worker>, ask: &Ask, key: Key, stale: Option<Arc<Entry>>) -> Served {
     if ask.directives.no_store {
-        return direct(worker, ask, stale).await;
+        return direct(worker, ask, stale, false).await;
     }
     let attempts = Rc::new(Cell::new(0));
     let load = {
         let (worker, ask, attempts) = (worker.clone(), ask.clone(), attempts.clone());
         async move {
-            let (result, made) = dispatch(&worker, &ask, Patience::Queue).await;
+            let (result, made) = dispatch(&worker, &ask, Patience::Queue, true).await;
             attempts.set(made);
             result.map_err(|error| LoadFailure { error })
         }
@@ -207,7 +220,7 @@ fn revalidate(worker: &web::Data<Worker>, ask: &Ask, key: Key) {
     ask.class = Class::Background;
     ask.deadline = Instant::now() + worker.shared.config.request_deadline;
     actix_rt::spawn(async move {
-        let (result, _) = dispatch(&worker, &ask, Patience::NoWait).await;
+        let (result, _) = dispatch(&worker, &ask, Patience::NoWait, true).await;
         if let Ok(entry) = result {
             cache.insert(key, entry).await;
         }

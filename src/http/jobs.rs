@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{HeaderName, LOCATION};
 use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::cached::Served;
@@ -15,7 +16,7 @@ use super::state::{Caller, Worker, UNKNOWN_CALLER};
 use crate::cache::Key;
 use crate::jobs::callback::CallbackPolicy;
 use crate::jobs::{
-    CallbackState, Job, JobError, JobStatus, JobStore, JobWork, RawJson, StatusDoc, StoreError, Timestamp,
+    CallbackState, Job, JobError, JobStatus, JobStore, JobWork, StatusDoc, StoreError, SyncEntry, Timestamp,
 };
 use crate::metrics::Route;
 use crate::request_id::RequestId;
@@ -135,12 +136,7 @@ pub async fn accept(worker: &Worker, new: NewJob) -> Result<HttpResponse, ApiErr
 /// Records the status entry of an answered sync request (best effort, never blocking).
 pub fn record_sync(worker: &Worker, request_id: &RequestId, owner: Option<&str>, created: SystemTime, served: &Served) {
     let (status, result, upstream_request_id, error) = match &served.result {
-        Ok(entry) => (
-            JobStatus::Completed,
-            Some(RawJson(entry.result.clone())),
-            entry.upstream_request_id.as_deref().map(str::to_owned),
-            None,
-        ),
+        Ok(entry) => (JobStatus::Completed, Some(entry.result.clone()), entry.upstream_request_id.clone(), None),
         Err(error) => (JobStatus::Failed, None, None, Some(job_error(error))),
     };
     record(worker, request_id, owner, created, status, result, upstream_request_id, error, served.attempts);
@@ -157,8 +153,12 @@ pub fn record_refused(
     record(worker, request_id, owner, created, JobStatus::Failed, None, None, Some(job_error(error)), 0);
 }
 
-fn job_error(error: &ApiError) -> JobError {
-    JobError { code: error.code().into(), message: error.message().into_owned(), retryable: error.retryable() }
+fn job_error(error: &ApiError) -> Box<JobError> {
+    Box::new(JobError {
+        code: error.code().into(),
+        message: error.message().into_owned(),
+        retryable: error.retryable(),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -168,27 +168,24 @@ fn record(
     owner: Option<&str>,
     created: SystemTime,
     status: JobStatus,
-    result: Option<RawJson>,
-    upstream_request_id: Option<String>,
-    error: Option<JobError>,
+    result: Option<Bytes>,
+    upstream_request_id: Option<Arc<str>>,
+    error: Option<Box<JobError>>,
     attempts: u32,
 ) {
-    worker.shared.jobs.store.record(Job {
-        doc: StatusDoc {
-            request_id: request_id.as_str().to_owned(),
+    worker.shared.jobs.store.record_sync(
+        request_id.as_str(),
+        SyncEntry {
             status,
             result,
             upstream_request_id,
             error,
             created_at: Timestamp(created),
-            completed_at: Some(Timestamp::now()),
+            completed_at: Timestamp::now(),
             attempts,
-            takeovers: 0,
-            callback: None,
+            owner: owner.map(Box::from),
         },
-        owner: owner.map(str::to_owned),
-        work: None,
-    });
+    );
 }
 
 /// Looks up a request by its id: any id courier returned, sync or async.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{CallbackState, Claim, Job, JobError, JobStatus, JobStore, StoreError, StoreFuture, Timestamp};
+use super::{CallbackState, Claim, Job, JobError, JobStatus, JobStore, StoreError, StoreFuture, SyncEntry, Timestamp};
 
 const SHARDS: usize = 16;
 
@@ -26,33 +26,65 @@ type Hasher = foldhash::fast::RandomState;
 #[derive(Default)]
 struct Shard {
     jobs: HashMap<Arc<str>, Job, Hasher>,
+    /// Status entries of sync requests: always final, and a third of a job's size.
+    synced: HashMap<Arc<str>, SyncEntry, Hasher>,
     /// Insertion order, for expiry and eviction of the oldest finished entries.
     order: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl Shard {
+    fn len(&self) -> usize {
+        self.jobs.len() + self.synced.len()
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.synced.contains_key(id) || self.jobs.contains_key(id)
+    }
+
+    /// Whether the entry `id` is final (or gone).
+    fn finished(&self, id: &str) -> bool {
+        self.jobs.get(id).is_none_or(|job| job.doc.status.is_final())
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        self.synced.remove(id).is_some() || self.jobs.remove(id).is_some()
+    }
+
     /// Drops expired entries from the front, and finished ones while over `cap`.
     fn make_room(&mut self, cap: usize, ttl: Duration, now: Instant) -> usize {
         let mut removed = 0;
         while let Some((at, id)) = self.order.front() {
             let expired = now.duration_since(*at) > ttl;
-            let finished = self.jobs.get(id).is_none_or(|job| job.doc.status.is_final());
-            if !(expired || (self.jobs.len() >= cap && finished)) {
+            if !(expired || (self.len() >= cap && self.finished(id))) {
                 break;
             }
             let (_, id) = self.order.pop_front().expect("front exists");
-            removed += usize::from(self.jobs.remove(&id).is_some());
+            removed += usize::from(self.remove(&id));
         }
-        if self.jobs.len() >= cap {
+        if self.len() >= cap {
             // Unfinished entries at the front: look further back for a finished one.
-            if let Some(pos) =
-                self.order.iter().position(|(_, id)| self.jobs.get(id).is_some_and(|j| j.doc.status.is_final()))
-            {
+            if let Some(pos) = self.order.iter().position(|(_, id)| {
+                self.synced.contains_key(id) || self.jobs.get(id).is_some_and(|j| j.doc.status.is_final())
+            }) {
                 let (_, id) = self.order.remove(pos).expect("position exists");
-                removed += usize::from(self.jobs.remove(&id).is_some());
+                removed += usize::from(self.remove(&id));
             }
         }
         removed
+    }
+
+    /// Makes room for one entry `id`; `Err` when it exists or there is none.
+    fn admit(&mut self, id: &str, cap: usize, ttl: Duration, now: Instant) -> Result<Arc<str>, StoreError> {
+        if self.contains(id) {
+            return Err(StoreError::Exists);
+        }
+        self.make_room(cap, ttl, now);
+        if self.len() >= cap {
+            return Err(StoreError::Full);
+        }
+        let id: Arc<str> = Arc::from(id);
+        self.order.push_back((now, id.clone()));
+        Ok(id)
     }
 }
 
@@ -93,17 +125,8 @@ impl MemoryStore {
 
     /// Inserts if absent and there is room; `Err` says why not.
     fn insert(&self, job: Job) -> Result<(), StoreError> {
-        let now = Instant::now();
         let mut shard = self.shard(job.id()).lock().expect("shard lock");
-        if shard.jobs.contains_key(job.id()) {
-            return Err(StoreError::Exists);
-        }
-        shard.make_room(self.cap_per_shard, self.ttl, now);
-        if shard.jobs.len() >= self.cap_per_shard {
-            return Err(StoreError::Full);
-        }
-        let id: Arc<str> = Arc::from(job.id());
-        shard.order.push_back((now, id.clone()));
+        let id = shard.admit(job.id(), self.cap_per_shard, self.ttl, Instant::now())?;
         shard.jobs.insert(id, job);
         Ok(())
     }
@@ -132,8 +155,20 @@ impl JobStore for MemoryStore {
         let _ = self.insert(job);
     }
 
+    fn record_sync(&self, id: &str, entry: SyncEntry) {
+        let mut shard = self.shard(id).lock().expect("shard lock");
+        if let Ok(id) = shard.admit(id, self.cap_per_shard, self.ttl, Instant::now()) {
+            shard.synced.insert(id, entry);
+        }
+    }
+
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>> {
-        ready(Ok(self.with_job(id, |job| job.clone())))
+        let shard = self.shard(id).lock().expect("shard lock");
+        let job = match shard.synced.get(id) {
+            Some(entry) => Some(entry.to_job(id)),
+            None => shard.jobs.get(id).cloned(),
+        };
+        ready(Ok(job))
     }
 
     fn next<'a>(&'a self, max: usize, wait: Duration) -> StoreFuture<'a, Vec<Claim>> {
@@ -241,19 +276,40 @@ mod tests {
         assert_eq!(store.backlog().await.unwrap(), 0);
     }
 
+    fn synced(status: JobStatus) -> SyncEntry {
+        SyncEntry {
+            status,
+            result: Some(bytes::Bytes::from_static(br#"{"x":1}"#)),
+            upstream_request_id: Some("up_1".into()),
+            error: None,
+            created_at: Timestamp::now(),
+            completed_at: Timestamp::now(),
+            attempts: 2,
+            owner: Some("billing".into()),
+        }
+    }
+
     #[actix_rt::test]
     async fn records_never_overwrite_jobs_and_finished_entries_make_room() {
         // Two entries per shard: whichever shard "a" lands in still has room for one more.
         let store = MemoryStore::new(2 * SHARDS, Duration::from_secs(60));
         store.submit(&job("a", JobStatus::Pending, true)).await.unwrap();
+        store.record_sync("a", synced(JobStatus::Completed));
         store.record(job("a", JobStatus::Completed, false));
         assert_eq!(store.get("a").await.unwrap().unwrap().doc.status, JobStatus::Pending);
         // Fill every shard with finished entries; each new one replaces the oldest finished one.
         for i in 0..200 {
-            store.record(job(&format!("sync-{i}"), JobStatus::Completed, false));
+            store.record_sync(&format!("sync-{i}"), synced(JobStatus::Completed));
         }
-        assert!(store.get("sync-199").await.unwrap().is_some());
+        let read = store.get("sync-199").await.unwrap().expect("the newest entry is kept");
+        assert_eq!(read.doc.request_id, "sync-199");
+        assert_eq!(read.doc.result.map(|r| r.0), Some(bytes::Bytes::from_static(br#"{"x":1}"#)));
+        assert_eq!(read.doc.upstream_request_id.as_deref(), Some("up_1"));
+        assert_eq!((read.doc.attempts, read.owner.as_deref(), read.work.is_none()), (2, Some("billing"), true));
+        assert!(store.get("sync-0").await.unwrap().is_none(), "the oldest finished entries made room");
         assert!(store.get("a").await.unwrap().is_some(), "an unfinished job is never evicted");
+        // A sync entry holds its id: a job cannot take it.
+        assert_eq!(store.submit(&job("sync-199", JobStatus::Pending, true)).await, Err(StoreError::Exists));
     }
 
     #[actix_rt::test]

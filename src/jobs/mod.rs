@@ -206,6 +206,52 @@ pub struct Job {
     pub work: Option<JobWork>,
 }
 
+/// The status entry of a finished sync request, as [`JobStore::record_sync`] takes it. Every
+/// sync request records one, so it is compact: the answer is shared (a slice of the upstream's
+/// body, or the cache entry's bytes), the id is the store's key, and the rest is small.
+#[derive(Clone, Debug)]
+pub struct SyncEntry {
+    /// `completed` or `failed`.
+    pub status: JobStatus,
+    /// The upstream's `result`, when completed.
+    pub result: Option<Bytes>,
+    /// The upstream's request id, when completed.
+    pub upstream_request_id: Option<std::sync::Arc<str>>,
+    /// The error, when failed.
+    pub error: Option<Box<JobError>>,
+    /// When courier accepted the request.
+    pub created_at: Timestamp,
+    /// When it was answered.
+    pub completed_at: Timestamp,
+    /// Upstream attempts made for it.
+    pub attempts: u32,
+    /// The client that sent it (`None` in open mode).
+    pub owner: Option<Box<str>>,
+}
+
+impl SyncEntry {
+    /// The entry as a job (without work) with request id `id`, for reading and for stores that
+    /// keep jobs only.
+    pub fn to_job(&self, id: &str) -> Job {
+        Job {
+            doc: StatusDoc {
+                request_id: id.to_owned(),
+                status: self.status,
+                result: self.result.clone().map(RawJson),
+                upstream_request_id: self.upstream_request_id.as_deref().map(str::to_owned),
+                error: self.error.as_deref().cloned(),
+                created_at: self.created_at,
+                completed_at: Some(self.completed_at),
+                attempts: self.attempts,
+                takeovers: 0,
+                callback: None,
+            },
+            owner: self.owner.as_deref().map(str::to_owned),
+            work: None,
+        }
+    }
+}
+
 #[cfg(test)]
 impl Job {
     /// A fresh job with `id` and `status`, with work when `work` (a status entry without), for tests.
@@ -286,6 +332,12 @@ pub trait JobStore: Send + Sync + 'static {
     /// Records the status entry of a finished sync request, best effort (never blocks the
     /// answer; never overwrites an existing job).
     fn record(&self, job: Job);
+
+    /// Records the status entry of the finished sync request `id` (as [`JobStore::record`]).
+    /// Stores that can keep it compact do; the default keeps it as a job.
+    fn record_sync(&self, id: &str, entry: SyncEntry) {
+        self.record(entry.to_job(id));
+    }
 
     /// Reads a job.
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>>;

@@ -1,6 +1,7 @@
 //! The upstream's wire formats, as the integration spec defines them.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use awc::error::{ConnectError, SendRequestError};
@@ -120,7 +121,7 @@ pub struct SuccessBody {
     /// The raw JSON of `result`, a slice of the upstream's body (no copy).
     pub result: Bytes,
     /// The upstream's request id, when it sent one.
-    pub upstream_request_id: Option<Box<str>>,
+    pub upstream_request_id: Option<Arc<str>>,
 }
 
 #[derive(Deserialize)]
@@ -143,7 +144,7 @@ impl SuccessBody {
         }
         Some(SuccessBody {
             result: body.slice_ref(shape.result.get().as_bytes()),
-            upstream_request_id: shape.request_id.map(|id| id.into()),
+            upstream_request_id: shape.request_id.map(|id| Arc::from(id.as_ref())),
         })
     }
 }
