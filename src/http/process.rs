@@ -155,14 +155,17 @@ async fn answer(
     Outcome { result, attempts: served.attempts, cache: Some((served.status, request.cache_key)) }
 }
 
-/// `application/json` or `application/<something>+json`, parameters ignored.
+/// `application/json` or `application/<something>+json`, parameters ignored, in any case
+/// (compared in place: this runs on every request).
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let essence = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        .ok_or(ApiError::UnsupportedMediaType)?;
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+    let value = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes).ok_or(ApiError::UnsupportedMediaType)?;
+    let essence = value.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+    let starts = |prefix: &[u8]| essence.len() >= prefix.len() && essence[..prefix.len()].eq_ignore_ascii_case(prefix);
+    let ends = |suffix: &[u8]| {
+        essence.len() >= suffix.len() && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    let json = essence.eq_ignore_ascii_case(b"application/json") || (starts(b"application/") && ends(b"+json"));
+    if json && essence.is_ascii() {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType)
@@ -200,4 +203,44 @@ async fn read_body(mut payload: web::Payload, headers: &HeaderMap, limit: usize)
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+
+    use super::require_json;
+
+    fn accepts(content_type: Option<&[u8]>) -> bool {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = content_type {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_bytes(value).unwrap());
+        }
+        require_json(&headers).is_ok()
+    }
+
+    #[test]
+    fn json_media_types_are_accepted_in_any_case_with_parameters() {
+        for ok in [
+            &b"application/json"[..],
+            b"Application/JSON; charset=utf-8",
+            b" application/json ;q=1",
+            b"application/vnd.api+json",
+            b"APPLICATION/PROBLEM+JSON",
+        ] {
+            assert!(accepts(Some(ok)), "{}", String::from_utf8_lossy(ok));
+        }
+        for refused in [
+            &b"text/plain"[..],
+            b"application/jsonx",
+            b"text/json",
+            b"application/json+xml",
+            b"+json",
+            b"",
+            b"application/\xff+json",
+        ] {
+            assert!(!accepts(Some(refused)), "{}", String::from_utf8_lossy(refused));
+        }
+        assert!(!accepts(None));
+    }
 }
