@@ -6,11 +6,11 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use courier::cache::key_of;
+use courier::cache::{key_of, Members};
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 
-type Options<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
+type Options<'a> = Members<'a>;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

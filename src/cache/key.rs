@@ -5,11 +5,12 @@
 //! one standard way (so `"A"` and `"\u0041"` are the same string). Numbers are kept as
 //! written, so `1` and `1.0` are different keys, as they may be different inputs upstream.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
-use std::fmt;
+use std::{fmt, io};
 
 use actix_web::http::header::HeaderValue;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
@@ -44,13 +45,28 @@ impl fmt::Debug for Key {
     }
 }
 
+/// A JSON string, borrowed from the input unless it holds escapes (serde's plain `Cow<str>`
+/// always copies): object keys and string values are read without an allocation each.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct JsonStr<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+impl Borrow<str> for JsonStr<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A JSON object's members by name, sorted.
+pub type Members<'a> = BTreeMap<JsonStr<'a>, &'a RawValue>;
+
 /// A value that is not valid JSON (cannot happen for a body that already parsed).
 #[derive(Debug)]
 pub struct NotJson;
 
 /// The key of a request: its `data`, and its upstream `options` (courier's own options
 /// already removed), both canonicalised.
-pub fn key_of(data: &RawValue, options: &BTreeMap<Cow<'_, str>, &RawValue>) -> Result<Key, NotJson> {
+pub fn key_of(data: &RawValue, options: &Members<'_>) -> Result<Key, NotJson> {
     let mut hasher = Sha256::new();
     hasher.update(b"data:");
     write_canonical(data, &mut hasher)?;
@@ -59,7 +75,7 @@ pub fn key_of(data: &RawValue, options: &BTreeMap<Cow<'_, str>, &RawValue>) -> R
         if i > 0 {
             hasher.update(b",");
         }
-        write_string(name, &mut hasher);
+        write_string(&name.0, &mut hasher);
         hasher.update(b":");
         write_canonical(value, &mut hasher)?;
     }
@@ -67,9 +83,23 @@ pub fn key_of(data: &RawValue, options: &BTreeMap<Cow<'_, str>, &RawValue>) -> R
     Ok(Key(hasher.finalize().into()))
 }
 
+/// Writes `text` quoted and escaped the standard way, straight into the hasher.
 fn write_string(text: &str, out: &mut Sha256) {
-    let quoted = serde_json::to_string(text).expect("a str serialises");
-    out.update(quoted.as_bytes());
+    serde_json::to_writer(Hashing(out), text).expect("a str serialises");
+}
+
+/// `io::Write` into a hasher, so serde_json writes a string into it without a buffer.
+struct Hashing<'a>(&'a mut Sha256);
+
+impl io::Write for Hashing<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes the canonical form of `value` into the hasher.
@@ -77,13 +107,13 @@ fn write_canonical(value: &RawValue, out: &mut Sha256) -> Result<(), NotJson> {
     let raw = value.get().trim();
     match raw.as_bytes().first() {
         Some(b'{') => {
-            let object: BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_str(raw).map_err(|_| NotJson)?;
+            let object: Members<'_> = serde_json::from_str(raw).map_err(|_| NotJson)?;
             out.update(b"{");
             for (i, (name, inner)) in object.iter().enumerate() {
                 if i > 0 {
                     out.update(b",");
                 }
-                write_string(name, out);
+                write_string(&name.0, out);
                 out.update(b":");
                 write_canonical(inner, out)?;
             }
@@ -101,8 +131,8 @@ fn write_canonical(value: &RawValue, out: &mut Sha256) -> Result<(), NotJson> {
             out.update(b"]");
         }
         Some(b'"') => {
-            let text: Cow<'_, str> = serde_json::from_str(raw).map_err(|_| NotJson)?;
-            write_string(&text, out);
+            let text: JsonStr<'_> = serde_json::from_str(raw).map_err(|_| NotJson)?;
+            write_string(&text.0, out);
         }
         Some(_) => out.update(raw.as_bytes()),
         None => return Err(NotJson),
@@ -116,7 +146,7 @@ mod tests {
 
     fn key(data: &str, options: &str) -> Key {
         let data: &RawValue = serde_json::from_str(data).unwrap();
-        let options: BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_str(options).unwrap();
+        let options: Members<'_> = serde_json::from_str(options).unwrap();
         key_of(data, &options).unwrap()
     }
 
@@ -134,6 +164,17 @@ mod tests {
         assert_ne!(base, key(r#"{"input":"x"}"#, r#"{"priority":1}"#));
         assert_ne!(key(r#"{"input":[1,2]}"#, "{}"), key(r#"{"input":[2,1]}"#, "{}"), "array order matters");
         assert_ne!(key(r#"{"input":"x","k":null}"#, "{}"), base);
+    }
+
+    #[test]
+    fn keys_are_pinned_across_versions() {
+        // Replicas of different versions share answers through Redis by these keys: the
+        // canonical form and its hash must not drift (values from an independent SHA-256 of
+        // the canonical text, e.g. `data:{"format":"text","input":"bench"}\noptions:{}`).
+        let bench = key(r#"{"input": "bench", "format": "text"}"#, "{}");
+        assert_eq!(bench.hex(), "d70c25e72a8e78e864126c08a171fd0d9885611e7ba5c6b04a3d01dc1d8a1d26");
+        let escaped = key(r#"{"input": "\u0041\n \u00e9"}"#, r#"{"x": [1, "y"]}"#);
+        assert_eq!(escaped.hex(), "abc045d317803a50b4409e210208d496d2e5d846bbd0a9c04f8efc63bb287432");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use moka::ops::compute::Op;
 use moka::Expiry;
 use prometheus::IntCounter;
 
-pub use key::{key_of, Key, NotJson};
+pub use key::{key_of, JsonStr, Key, Members, NotJson};
 
 use crate::metrics::Metrics;
 use crate::shared::cache::{unix_ms_now, Purged, Read, Record, SharedCache};

@@ -2,14 +2,13 @@
 //! body by copying the client's raw `data` bytes (serde borrows them as `RawValue`).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::errors::ApiError;
-use crate::cache::{key_of, Key};
+use crate::cache::{key_of, Key, Members};
 
 /// Option keys that are courier's, not the upstream's; they are not forwarded.
 const COURIER_OPTIONS: [&str; 2] = ["async", "callback_url"];
@@ -74,9 +73,9 @@ pub fn parse(body: &[u8], want_key: bool) -> Result<ProcessRequest, ApiError> {
         return Err(invalid("data.format must be a string"));
     }
 
-    let mut options: BTreeMap<Cow<'_, str>, &RawValue> = match top.options {
-        None => BTreeMap::new(),
-        Some(raw) if raw.get() == "null" => BTreeMap::new(),
+    let mut options: Members<'_> = match top.options {
+        None => Members::new(),
+        Some(raw) if raw.get() == "null" => Members::new(),
         Some(raw) if is_object(raw.get()) => {
             serde_json::from_str(raw.get()).map_err(|e| ApiError::InvalidJson(e.to_string()))?
         }
