@@ -2,8 +2,12 @@
 //! courier's own (`req_` and 16 hex digits). The id goes upstream, into every log line of
 //! the request, and back to the client.
 
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use rand::RngExt;
+
+/// The `X-Request-Id` header's name, built once: a name given as text is copied into a new
+/// allocation on every use.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest client-supplied id accepted as is.
 pub const MAX_LEN: usize = 128;

@@ -249,7 +249,7 @@ impl ApiError {
         };
         let mut response = HttpResponse::build(self.status());
         response
-            .insert_header(("x-request-id", request_id.header().clone()))
+            .insert_header((crate::request_id::HEADER, request_id.header().clone()))
             .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
         if let Some(wait) = self.retry_after() {
             response.insert_header((RETRY_AFTER, retry_after_value(wait)));

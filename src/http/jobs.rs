@@ -80,7 +80,7 @@ fn accepted(job: &Job) -> HttpResponse {
     let url = status_url(job.id());
     HttpResponse::Accepted()
         .insert_header((LOCATION, url.clone()))
-        .insert_header(("x-request-id", job.id().to_owned()))
+        .insert_header((crate::request_id::HEADER, job.id().to_owned()))
         .json(Accepted { success: true, request_id: job.id(), status: job.doc.status, status_url: url })
 }
 

@@ -147,7 +147,7 @@ async fn answer(
         let body = body::success_body(&entry.result, request_id.as_str(), entry.upstream_request_id.as_deref());
         let mut response = HttpResponse::Ok();
         response
-            .insert_header(("x-request-id", request_id.header().clone()))
+            .insert_header((crate::request_id::HEADER, request_id.header().clone()))
             .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
         if matches!(served.status, CacheStatus::Hit | CacheStatus::Stale) {
             response.insert_header((AGE, entry.age(Instant::now())));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use actix_web::http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use actix_web::http::Uri;
 use awc::error::{PayloadError, SendRequestError};
 use bytes::Bytes;
@@ -13,6 +13,8 @@ use super::wire::upstream_error_message;
 
 /// Error bodies are read only this far: enough for a message, and to keep the connection.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
+/// The upstream's API key header, built once (a name given as text is copied on every use).
+const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Everything one attempt sends.
 pub struct AttemptRequest<'a> {
@@ -38,8 +40,8 @@ pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Att
         let mut response = client
             .post(req.uri.clone())
             .insert_header((AUTHORIZATION, req.authorization.clone()))
-            .insert_header(("x-api-key", req.api_key.clone()))
-            .insert_header(("x-request-id", req.request_id.clone()))
+            .insert_header((API_KEY, req.api_key.clone()))
+            .insert_header((crate::request_id::HEADER, req.request_id.clone()))
             .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
             .send_body(req.body)
             .await
