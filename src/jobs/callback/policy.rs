@@ -199,7 +199,9 @@ fn parse_entry(entry: &str) -> Result<Entry, String> {
                 // Spelled with percent escapes (`%2A.internal`) it passed the check above.
                 return Err(format!("`{entry}`: wildcards are not supported, list each host"));
             }
-            if name.split('.').any(str::is_empty) {
+            // An empty label, or a comma spelled `%2C` (the list's separator: the entry would not
+            // read back as itself from the printed list).
+            if name.split('.').any(str::is_empty) || name.contains(',') {
                 return Err(format!("`{entry}` is not a host name, IP address or CIDR"));
             }
             Ok(Entry::Host(name.to_owned()))

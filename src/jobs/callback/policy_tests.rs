@@ -129,11 +129,12 @@ fn the_allow_list_parses_hosts_addresses_and_blocks() {
 
 #[test]
 fn bad_allow_entries_are_all_reported() {
-    let err =
-        CallbackPolicy::parse("10.0.0.1/8, 10.0.0.0/33, nope/8, *.internal, a b, ok.internal, a..b, 127.., %2A.x")
-            .unwrap_err();
+    let err = CallbackPolicy::parse(
+        "10.0.0.1/8, 10.0.0.0/33, nope/8, *.internal, a b, ok.internal, a..b, 127.., %2A.x, %2cccr",
+    )
+    .unwrap_err();
     let parts: Vec<&str> = err.split("; ").collect();
-    assert_eq!(parts.len(), 8, "{err}");
+    assert_eq!(parts.len(), 9, "{err}");
     assert!(parts[0].contains("did you mean 10.0.0.0/8"), "{err}");
     assert!(parts[1].contains("0 to 32"), "{err}");
     assert!(parts[2].contains("not an IP address"), "{err}");
@@ -144,6 +145,9 @@ fn bad_allow_entries_are_all_reported() {
     assert!(parts[5].contains("`a..b` is not a host name"), "{err}");
     assert!(parts[6].contains("`127..` is not a host name"), "{err}");
     assert!(parts[7].contains("`%2A.x`: wildcards"), "{err}");
+    // A comma spelled `%2c` decodes into the list separator (found by the fuzz target): the
+    // printed list would read back as another host.
+    assert!(parts[8].contains("`%2cccr` is not a host name"), "{err}");
 }
 
 #[test]
