@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use actix_web::http::header::HeaderValue;
 use actix_web::http::Method;
-use actix_web::{web, HttpRequest, HttpResponse, Route};
+use actix_web::{guard, web, HttpRequest, HttpResponse, Route};
 
 pub use errors::ApiError;
 pub use state::{Caller, Shared, Worker};
@@ -53,7 +53,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         let allow = HeaderValue::from_str(&allow).expect("method names are valid header text");
         let mut resource = web::resource(path);
         for (method, route) in routes {
-            resource = resource.route(route.method(method));
+            // A plain method comparison: actix's `Route::method` guard also records the allowed
+            // methods in the request's data (a map and a list per request) for a 405 that
+            // `refuse` below answers anyway.
+            resource = resource.route(route.guard(guard::fn_guard(move |ctx| ctx.head().method == method)));
         }
         let refuse = move |req: HttpRequest, worker: web::Data<Worker>| {
             let allow = allow.clone();
