@@ -78,12 +78,7 @@ impl Entry {
     /// A new entry holding its own copy of `result` (not a slice of a larger buffer, so the
     /// weigher's count is what the entry really keeps alive).
     pub fn new(result: &[u8], upstream_request_id: Option<Arc<str>>) -> Entry {
-        Entry {
-            id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed),
-            result: Bytes::copy_from_slice(result),
-            upstream_request_id,
-            stored: Instant::now(),
-        }
+        Entry::passing(Bytes::copy_from_slice(result), upstream_request_id)
     }
 
     /// An entry that is only passed on, never cached: it shares `result` (a slice of the

@@ -7,8 +7,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, HttpResponseBuilder};
+
 use super::errors::ApiError;
 use crate::cache::{key_of, Key, Members};
+use crate::request_id::{self, RequestId};
 
 /// Option keys that are courier's, not the upstream's; they are not forwarded.
 const COURIER_OPTIONS: [&str; 2] = ["async", "callback_url"];
@@ -109,6 +114,15 @@ pub fn parse(body: &[u8], want_key: bool) -> Result<ProcessRequest, ApiError> {
     let mut out = writer.into_inner();
     out.put_u8(b'}');
     Ok(ProcessRequest { upstream_body: out.freeze(), is_async, callback_url, cache_key })
+}
+
+/// The head every JSON answer of the gateway carries: `status`, `X-Request-Id` and a
+/// `Content-Type` built from a static value (no copy per answer).
+pub fn json_head(status: StatusCode, request_id: &RequestId) -> HttpResponseBuilder {
+    let mut head = HttpResponse::build(status);
+    head.insert_header((request_id::HEADER, request_id.header().clone()))
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+    head
 }
 
 /// The success answer: `{"success":true,"result":..,"request_id":..,"upstream_request_id":..}`,

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use actix_web::http::header::{HeaderValue, ALLOW, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde::Serialize;
@@ -247,10 +247,7 @@ impl ApiError {
             error: ErrorDetail { code: self.code(), message: &message, retryable: self.retryable() },
             request_id: request_id.as_str(),
         };
-        let mut response = HttpResponse::build(self.status());
-        response
-            .insert_header((crate::request_id::HEADER, request_id.header().clone()))
-            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        let mut response = super::body::json_head(self.status(), request_id);
         if let Some(wait) = self.retry_after() {
             response.insert_header((RETRY_AFTER, retry_after_value(wait)));
         }

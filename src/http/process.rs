@@ -145,10 +145,7 @@ async fn answer(
     jobs::record_sync(worker, request_id, owner, created, &served);
     let result = served.result.map(|entry| {
         let body = body::success_body(&entry.result, request_id.as_str(), entry.upstream_request_id.as_deref());
-        let mut response = HttpResponse::Ok();
-        response
-            .insert_header((crate::request_id::HEADER, request_id.header().clone()))
-            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        let mut response = body::json_head(actix_web::http::StatusCode::OK, request_id);
         if matches!(served.status, CacheStatus::Hit | CacheStatus::Stale) {
             response.insert_header((AGE, entry.age(Instant::now())));
         }
@@ -162,9 +159,9 @@ async fn answer(
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let value = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes).ok_or(ApiError::UnsupportedMediaType)?;
     let essence = value.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
-    let starts = |prefix: &[u8]| essence.len() >= prefix.len() && essence[..prefix.len()].eq_ignore_ascii_case(prefix);
+    let starts = |prefix: &[u8]| essence.get(..prefix.len()).is_some_and(|s| s.eq_ignore_ascii_case(prefix));
     let ends = |suffix: &[u8]| {
-        essence.len() >= suffix.len() && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        essence.len().checked_sub(suffix.len()).is_some_and(|at| essence[at..].eq_ignore_ascii_case(suffix))
     };
     let json = essence.eq_ignore_ascii_case(b"application/json") || (starts(b"application/") && ends(b"+json"));
     if json && essence.is_ascii() {
