@@ -6,6 +6,8 @@ Targets (all on loopback, one worker each, per-request logging off for all):
   courier        courier serve (cache off for pass-through, on for hits)
   nginx          nginx reverse proxy with upstream keep-alive (and proxy_cache for hits)
   haproxy        HAProxy with connection reuse
+  floor          examples/floor.rs: bare actix-web (+ awc for pass-through) with none of courier's
+                 work, the floor of courier's own stack (a reference, like nginx's fixed 429)
 Each scenario runs every target in turn (A B C D, A B C D, ...) for several rounds; figures are
 medians with min-max. CPU is the target process's own user+system time from /proc.
 """
@@ -27,6 +29,7 @@ COURIER = os.environ.get("COURIER_BIN", os.path.join(TARGET_DIR, "release", "cou
 # A second build measured beside the first in the same run ("courier B"), for before/after.
 COURIER_B = os.environ.get("COURIER_BIN_B")
 LOADGEN = os.path.join(TARGET_DIR, "release", "examples", "loadgen")
+FLOOR = os.path.join(TARGET_DIR, "release", "examples", "floor")
 SECONDS = float(os.environ.get("SECONDS_PER_RUN", "6"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 # Which parts to run (all by default): pass, cache, latency, reject, breaker, memory.
@@ -243,7 +246,17 @@ backend sim
     }
     for name in ("courier (cache)", "nginx proxy_cache"):
         for _ in range(2):
-            post(targets[name][0], BODY, {"Content-Type": "application/json"})
+            answer = post(targets[name][0], BODY, {"Content-Type": "application/json"})
+            if name == "courier (cache)":
+                with open(os.path.join(WORK, "answer.json"), "wb") as f:
+                    f.write(answer)
+    # The floor answers from memory with courier's own cache-hit answer, byte for byte.
+    floor_port = free_port()
+    floor = start("floor", [FLOOR, f"127.0.0.1:{floor_port}", sim_base + "/v2/process", token, "demo-api-key",
+                            os.path.join(WORK, "answer.json")])
+    wait_http(f"http://127.0.0.1:{floor_port}/answer", method="POST")
+    targets["actix-web + awc floor"] = (f"http://127.0.0.1:{floor_port}/pass", json_header, [floor.pid])
+    targets["actix-web answer floor"] = (f"http://127.0.0.1:{floor_port}/answer", json_header, [floor.pid])
 
     results = {}
 
@@ -259,8 +272,8 @@ backend sim
               f"  cpu/10k {r['cpu_per_10k']:.3f} s  [{codes}] errors {r['errors']}", flush=True)
 
     plan = [
-        ("pass", "pass-through", ["direct", "courier", "nginx", "haproxy"], 0),
-        ("cache", "cache hit", ["direct", "courier (cache)", "nginx proxy_cache"], 0),
+        ("pass", "pass-through", ["direct", "courier", "nginx", "haproxy", "actix-web + awc floor"], 0),
+        ("cache", "cache hit", ["direct", "courier (cache)", "nginx proxy_cache", "actix-web answer floor"], 0),
     ]
     if COURIER_B:
         b_pass, b_pass_url, _ = courier("courier-b-pass", {}, COURIER_B)

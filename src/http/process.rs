@@ -23,6 +23,9 @@ use crate::request_id::RequestId;
 pub const PATH: &str = "/api/external/process";
 /// Longest deadline a client may ask for with `X-Request-Timeout`.
 const MAX_CLIENT_DEADLINE: Duration = Duration::from_secs(3600);
+/// Header names built at compile time (`from_static` at run time checks every byte again).
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const X_CACHE_KEY: HeaderName = HeaderName::from_static("x-cache-key");
 
 /// What answering a request came to, before the common headers are added.
 struct Outcome {
@@ -60,14 +63,14 @@ pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<
     let headers = response.headers_mut();
     if let Ok(caller) = &caller {
         for (name, value) in worker.shared.budget.client_headers(caller.index(), Instant::now()) {
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(name, value);
         }
     }
     if let Some((status, key)) = outcome.cache {
         worker.shared.cache.count(status);
-        headers.insert(HeaderName::from_static("x-cache"), HeaderValue::from_static(status.header()));
+        headers.insert(X_CACHE, HeaderValue::from_static(status.header()));
         if let Some(key) = key {
-            headers.insert(HeaderName::from_static("x-cache-key"), key.header());
+            headers.insert(X_CACHE_KEY, key.header());
         }
     }
     let client = caller.map_or(UNKNOWN_CALLER, |c| worker.caller_name(c));

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use actix_web::http::header::{HeaderMap, HeaderName, HttpDate};
+use actix_web::http::header::{HeaderMap, HeaderName, HttpDate, RETRY_AFTER};
 use bytes::Bytes;
 
 /// The classified result of one upstream attempt.
@@ -220,15 +220,21 @@ const EPOCH_THRESHOLD: u64 = 1_000_000_000;
 impl RateSignal {
     /// Reads the rate headers of an answer; absent or malformed headers stay `None`.
     pub fn from_headers(headers: &HeaderMap) -> RateSignal {
-        let text = |name: &'static str| headers.get(HeaderName::from_static(name)).and_then(|v| v.to_str().ok());
-        let number = |name: &'static str| text(name).and_then(|v| v.trim().parse::<u64>().ok());
+        // Names built at compile time: this runs on every upstream answer, and `from_static` at
+        // run time checks every byte again.
+        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+        const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+        let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let number = |name: &HeaderName| text(name).and_then(|v| v.trim().parse::<u64>().ok());
         let mut signal = RateSignal {
-            retry_after: text("retry-after").and_then(parse_retry_after),
-            limit: number("x-ratelimit-limit"),
-            remaining: number("x-ratelimit-remaining"),
-            reset: number("x-ratelimit-reset").map(reset_delay),
+            retry_after: text(&RETRY_AFTER).and_then(parse_retry_after),
+            limit: number(&LIMIT),
+            remaining: number(&REMAINING),
+            reset: number(&RESET).map(reset_delay),
         };
-        if let Some(ietf) = text("ratelimit") {
+        if let Some(ietf) = text(&RATELIMIT) {
             for item in ietf.split(',') {
                 let Some((key, value)) = item.trim().split_once('=') else {
                     continue;

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use prometheus::{Histogram, IntCounter};
 use slog::{info, o, Logger};
 use tokio::sync::oneshot;
@@ -221,7 +221,10 @@ impl BudgetShared {
     /// The `RateLimit-Policy` and `RateLimit` headers for `client`: its weighted share of the
     /// upstream budget per minute, that share of the permits free now, and the seconds until
     /// the budget is full again.
-    pub fn client_headers(&self, client: usize, now: Instant) -> [(&'static str, HeaderValue); 2] {
+    pub fn client_headers(&self, client: usize, now: Instant) -> [(HeaderName, HeaderValue); 2] {
+        // Names built at compile time: `from_static` at run time checks every byte again.
+        const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+        const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
         let weight = self.weights.get(client).copied().unwrap_or(1);
         let limit = share(self.per_minute, weight, self.total_weight);
         let available = u64::from(self.available(now));
@@ -242,7 +245,7 @@ impl BudgetShared {
             .get(client)
             .cloned()
             .unwrap_or_else(|| HeaderValue::from_str(&format!("{limit};w=60")).expect("digits are a valid header"));
-        [("ratelimit-policy", policy), ("ratelimit", HeaderValue::from_bytes(&value[..len]).expect("ascii"))]
+        [(POLICY, policy), (RATELIMIT, HeaderValue::from_bytes(&value[..len]).expect("ascii"))]
     }
 
     /// Sets the gauges that describe the budget now (called when /metrics is scraped).
