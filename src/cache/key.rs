@@ -83,9 +83,16 @@ pub fn key_of(data: &RawValue, options: &Members<'_>) -> Result<Key, NotJson> {
     Ok(Key(hasher.finalize().into()))
 }
 
-/// Writes `text` quoted and escaped the standard way, straight into the hasher.
+/// Writes `text` quoted and escaped the standard way (serde_json's), straight into the hasher.
 fn write_string(text: &str, out: &mut Sha256) {
-    serde_json::to_writer(Hashing(out), text).expect("a str serialises");
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // Nothing to escape (the usual case): serde_json would write it as is between quotes.
+        out.update(b"\"");
+        out.update(text.as_bytes());
+        out.update(b"\"");
+    } else {
+        serde_json::to_writer(Hashing(out), text).expect("a str serialises");
+    }
 }
 
 /// `io::Write` into a hasher, so serde_json writes a string into it without a buffer.
@@ -130,6 +137,9 @@ fn write_canonical(value: &RawValue, out: &mut Sha256) -> Result<(), NotJson> {
             }
             out.update(b"]");
         }
+        // Without escapes a string is already canonical: JSON allows no raw `"` or control
+        // character inside one, so decoding and re-escaping it would give the same bytes.
+        Some(b'"') if !raw.contains('\\') => out.update(raw.as_bytes()),
         Some(b'"') => {
             let text: JsonStr<'_> = serde_json::from_str(raw).map_err(|_| NotJson)?;
             write_string(&text.0, out);
@@ -155,6 +165,11 @@ mod tests {
         let a = key(r#"{"a":1,"b":{"y":[1,2],"x":"A"}}"#, "{}");
         let b = key("{ \"b\" : { \"x\" : \"\\u0041\", \"y\" : [ 1 , 2 ] } ,\n \"a\" : 1 }", "{}");
         assert_eq!(a, b);
+        // Names and strings that need escaping take serde_json's way, the others are written as
+        // they came: both must give the same key for the same string.
+        assert_eq!(key(r#"{"a\"b":"q\"\t"}"#, "{}"), key(r#"{"a\u0022b":"q\u0022\u0009"}"#, "{}"));
+        assert_ne!(key(r#"{"a\"b":1}"#, "{}"), key(r#"{"ab":1}"#, "{}"));
+        assert_eq!(key("{\"\u{e9}\":\"\u{e9}\u{7f}\"}", "{}"), key(r#"{"\u00e9":"\u00e9\u007f"}"#, "{}"));
     }
 
     #[test]

@@ -196,13 +196,27 @@ async fn read_body(mut payload: web::Payload, headers: &HeaderMap, limit: usize)
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::InvalidRequest("the body could not be read".into()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
+    let unreadable = |_| ApiError::InvalidRequest("the body could not be read".into());
+    let too_large = |len: usize| (len > limit).then_some(ApiError::PayloadTooLarge(limit));
+    // A body that comes in one chunk (the usual case) is taken as it is, without a copy.
+    let first = match payload.next().await {
+        None => return Ok(Bytes::new()),
+        Some(chunk) => chunk.map_err(unreadable)?,
+    };
+    if let Some(error) = too_large(first.len()) {
+        return Err(error);
+    }
+    let Some(second) = payload.next().await else { return Ok(first) };
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).max(first.len()));
+    body.extend_from_slice(&first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
+        let chunk = chunk.map_err(unreadable)?;
+        if let Some(error) = too_large(body.len() + chunk.len()) {
+            return Err(error);
         }
         body.extend_from_slice(&chunk);
+        next = payload.next().await;
     }
     Ok(body.freeze())
 }
