@@ -10,9 +10,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use smol_str::SmolStr;
 use tokio::sync::mpsc;
 
 use super::{CallbackState, Claim, Job, JobError, JobStatus, JobStore, StoreError, StoreFuture, SyncEntry, Timestamp};
@@ -20,16 +21,18 @@ use super::{CallbackState, Claim, Job, JobError, JobStatus, JobStore, StoreError
 const SHARDS: usize = 16;
 
 /// Every sync request records a status entry, so this map is on the request path: foldhash
-/// (randomly seeded per process) instead of SipHash, and one shared id per entry.
+/// (randomly seeded per process) instead of SipHash. Ids are `SmolStr`: up to 23 bytes (courier's
+/// own ids are 20) they live inside the map and the order queue, with no allocation of their own,
+/// so evicting the oldest entry does not reach into a cold allocation to compare and free its id.
 type Hasher = foldhash::fast::RandomState;
 
 #[derive(Default)]
 struct Shard {
-    jobs: HashMap<Arc<str>, Job, Hasher>,
+    jobs: HashMap<SmolStr, Job, Hasher>,
     /// Status entries of sync requests: always final, and a third of a job's size.
-    synced: HashMap<Arc<str>, SyncEntry, Hasher>,
+    synced: HashMap<SmolStr, SyncEntry, Hasher>,
     /// Insertion order, for expiry and eviction of the oldest finished entries.
-    order: VecDeque<(Instant, Arc<str>)>,
+    order: VecDeque<(Instant, SmolStr)>,
 }
 
 impl Shard {
@@ -74,7 +77,7 @@ impl Shard {
     }
 
     /// Makes room for one entry `id`; `Err` when it exists or there is none.
-    fn admit(&mut self, id: &str, cap: usize, ttl: Duration, now: Instant) -> Result<Arc<str>, StoreError> {
+    fn admit(&mut self, id: &str, cap: usize, ttl: Duration, now: Instant) -> Result<SmolStr, StoreError> {
         if self.contains(id) {
             return Err(StoreError::Exists);
         }
@@ -82,7 +85,7 @@ impl Shard {
         if self.len() >= cap {
             return Err(StoreError::Full);
         }
-        let id: Arc<str> = Arc::from(id);
+        let id = SmolStr::new(id);
         self.order.push_back((now, id.clone()));
         Ok(id)
     }
