@@ -286,6 +286,42 @@ async fn a_slow_body_gets_408_request_body_timeout() {
     pair.stop().await;
 }
 
+/// A chunked request whose HTTP chunks are `pieces`: each chunk reaches the handler as a piece of
+/// its own, however the bytes travel.
+fn chunked(pieces: &[&str]) -> String {
+    let mut text = String::from(
+        "POST /api/external/process HTTP/1.1\r\nHost: courier\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+    );
+    for piece in pieces {
+        text += &format!("{:x}\r\n{piece}\r\n", piece.len());
+    }
+    text + "0\r\n\r\n"
+}
+
+#[actix_rt::test]
+async fn a_body_in_several_chunks_is_read_whole_and_held_to_the_size_limit() {
+    let pair = PairBuilder::default().env("COURIER_MAX_BODY_BYTES", "64").start().await;
+
+    let mut stream = connect(&pair).await;
+    stream.write_all(chunked(&[r#"{"data": {"inp"#, r#"ut": "in thr"#, r#"ee pieces"}}"#]).as_bytes()).await.unwrap();
+    let raw = read_response(&mut stream, Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(raw.status, 200, "{raw:?}");
+    assert_eq!(raw.json()["result"]["processed_data"], "IN THREE PIECES");
+
+    // Each piece within the limit, together over it: refused, and nothing goes upstream.
+    let first = format!(r#"{{"data": {{"input": "{}"#, "x".repeat(20));
+    let second = format!(r#"{}"}}}}"#, "x".repeat(30));
+    assert!(first.len() <= 64 && second.len() <= 64 && first.len() + second.len() > 64);
+    let mut stream = connect(&pair).await;
+    stream.write_all(chunked(&[&first, &second]).as_bytes()).await.unwrap();
+    let raw = read_response(&mut stream, Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(raw.status, 413, "{raw:?}");
+    assert_eq!(raw.json()["error"]["code"], "payload_too_large");
+    assert_eq!(count(&pair.sim_stats().await, &["process", "total"]), 1);
+    pair.stop().await;
+}
+
 #[actix_rt::test]
 async fn an_upstream_answer_over_the_size_limit_is_a_502_and_not_retried() {
     let pair = PairBuilder::default().env("COURIER_UPSTREAM_MAX_BODY_BYTES", "4096").start().await;
