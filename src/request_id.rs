@@ -2,7 +2,7 @@
 //! courier's own (`req_` and 16 hex digits). The id goes upstream, into every log line of
 //! the request, and back to the client.
 
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngExt;
 
 /// The `X-Request-Id` header's name, built once: a name given as text is copied into a new
@@ -20,6 +20,11 @@ impl RequestId {
     /// The client's id if acceptable (1..=128 chars of `A-Z a-z 0-9 - _ . : /`), else a new one.
     pub fn from_client(header: Option<&HeaderValue>) -> RequestId {
         header.and_then(Self::accept).unwrap_or_else(Self::generate)
+    }
+
+    /// The id of a request with these headers: its `X-Request-Id` if acceptable, else a new one.
+    pub fn of(headers: &HeaderMap) -> RequestId {
+        Self::from_client(headers.get(&HEADER))
     }
 
     /// An id given as text (a status lookup, a stored job), if acceptable.

@@ -193,7 +193,7 @@ fn record(
     params(super::openapi::StatusPath, super::openapi::RequestIdHeader), responses(super::openapi::StatusResponses))]
 pub async fn status(req: HttpRequest, id: web::Path<String>, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
-    let request_id = RequestId::from_client(req.headers().get("x-request-id"));
+    let request_id = RequestId::of(req.headers());
     let caller = worker.check_head(&req).and_then(|()| worker.identify(&req));
     let result = match &caller {
         Ok(caller) => lookup(&worker, *caller, &id).await,

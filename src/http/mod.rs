@@ -73,7 +73,7 @@ async fn not_found(req: HttpRequest, worker: web::Data<Worker>) -> HttpResponse 
 
 fn fallback(req: HttpRequest, worker: web::Data<Worker>, error: ApiError) -> HttpResponse {
     let started = Instant::now();
-    let request_id = RequestId::from_client(req.headers().get("x-request-id"));
+    let request_id = RequestId::of(req.headers());
     let error = worker.check_head(&req).err().unwrap_or(error);
     let response = error.response(&request_id);
     observe::inbound(

@@ -46,7 +46,7 @@ impl Outcome {
     request_body = super::openapi::ProcessRequest, responses(super::openapi::ProcessResponses))]
 pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
-    let request_id = RequestId::from_client(req.headers().get("x-request-id"));
+    let request_id = RequestId::of(req.headers());
     let caller = worker.check_head(&req).and_then(|()| worker.identify(&req));
     let outcome = match &caller {
         // Counted in flight from here until the answer is built, sync or async alike.
@@ -196,29 +196,28 @@ async fn read_body(mut payload: web::Payload, headers: &HeaderMap, limit: usize)
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let unreadable = |_| ApiError::InvalidRequest("the body could not be read".into());
-    let too_large = |len: usize| (len > limit).then_some(ApiError::PayloadTooLarge(limit));
-    // A body that comes in one chunk (the usual case) is taken as it is, without a copy.
-    let first = match payload.next().await {
-        None => return Ok(Bytes::new()),
-        Some(chunk) => chunk.map_err(unreadable)?,
-    };
-    if let Some(error) = too_large(first.len()) {
-        return Err(error);
-    }
-    let Some(second) = payload.next().await else { return Ok(first) };
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).max(first.len()));
-    body.extend_from_slice(&first);
-    let mut next = Some(second);
-    while let Some(chunk) = next {
-        let chunk = chunk.map_err(unreadable)?;
-        if let Some(error) = too_large(body.len() + chunk.len()) {
-            return Err(error);
+    // A body that comes in one chunk (the usual case) is taken as it is, without a copy; only
+    // a second chunk starts a buffer.
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::InvalidRequest("the body could not be read".into()))?;
+        let so_far = joined.as_ref().map_or(first.len(), BytesMut::len);
+        if so_far + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
         }
-        body.extend_from_slice(&chunk);
-        next = payload.next().await;
+        match &mut joined {
+            Some(body) => body.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).max(so_far + chunk.len()));
+                body.extend_from_slice(&first);
+                body.extend_from_slice(&chunk);
+                joined = Some(body);
+            }
+        }
     }
-    Ok(body.freeze())
+    Ok(joined.map_or(first, BytesMut::freeze))
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ fn camel_case_links(value: &mut Value) {
     responses(OpenApiResponses), security(()))]
 pub async fn serve(req: HttpRequest, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
-    let request_id = RequestId::from_client(req.headers().get("x-request-id"));
+    let request_id = RequestId::of(req.headers());
     let response = crate::http::body::json_head(actix_web::http::StatusCode::OK, &request_id)
         .body(document_json(worker.shared.config.clients.is_some()));
     let client = worker.identify(&req).map_or(UNKNOWN_CALLER, |caller| worker.caller_name(caller));
