@@ -1,10 +1,11 @@
 //! The response cache: answers of the upstream kept by request key, so the upstream's budget
 //! is spent once per answer, and identical requests in flight coalesced into one upstream call.
 //!
-//! It is a moka cache (lock-free reads, bounded by bytes with a weigher and by time), shared by
-//! every worker; it is not an actor, because it needs no single owner. Identical requests that
-//! miss together are coalesced by moka's `or_try_insert_with`: one caller runs the upstream
-//! call, the others wait for it, and a failure reaches all of them and is not stored.
+//! The answers are held in a sharded store bounded by bytes and by time ([`store`], which says
+//! why it is not moka), shared by every worker; it is not an actor, because it needs no single
+//! owner. Identical requests that miss together are coalesced by moka's `or_try_insert_with`:
+//! one caller runs the upstream call, the others wait for it, and a failure reaches all of them
+//! and is not stored.
 //!
 //! Entries live `EXTERNAL_API_CACHE_TTL` fresh, then may still be served for a while:
 //! - stale-while-revalidate (`COURIER_CACHE_SWR`): served at once while one background refresh
@@ -13,8 +14,8 @@
 //! - stale-if-error (`COURIER_CACHE_STALE_IF_ERROR`): served instead of an error when the
 //!   circuit is open or the upstream failed after retries.
 //!
-//! moka keeps each entry until its TTL plus the longer of the two windows have passed since it
-//! was stored; freshness is decided here.
+//! The store keeps each entry until its TTL plus the longer of the two windows have passed
+//! since it was stored; freshness is decided here.
 //!
 //! With Redis (`REDIS_URL`), a second level ([`crate::shared::cache`]) shares answers between
 //! replicas: a first-level miss, or a first-level entry past its TTL, reads Redis within a short
@@ -24,6 +25,7 @@
 //! argued in that module.
 
 mod key;
+mod store;
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -33,16 +35,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moka::future::Cache;
-use moka::notification::RemovalCause;
-use moka::ops::compute::Op;
-use moka::Expiry;
 use prometheus::IntCounter;
+use smol_str::SmolStr;
 
 pub use key::{key_of, JsonStr, Key, Members, NotJson};
 
 use crate::metrics::Metrics;
 use crate::shared::cache::{unix_ms_now, Purged, Read, Record, SharedCache};
 use crate::shared::SharedRedis;
+use store::Store;
 
 /// Cache settings.
 #[derive(Clone, Copy, Debug)]
@@ -67,9 +68,9 @@ pub struct Entry {
     pub id: u64,
     /// The upstream's `result`, raw JSON.
     pub result: Bytes,
-    /// The upstream's request id of the call that produced it (shared with the status
-    /// entries of the requests it answers).
-    pub upstream_request_id: Option<Arc<str>>,
+    /// The upstream's request id of the call that produced it (inline: no allocation of its
+    /// own for ids up to 23 bytes).
+    pub upstream_request_id: Option<SmolStr>,
     /// When it was stored.
     pub stored: Instant,
 }
@@ -77,13 +78,13 @@ pub struct Entry {
 impl Entry {
     /// A new entry holding its own copy of `result` (not a slice of a larger buffer, so the
     /// weigher's count is what the entry really keeps alive).
-    pub fn new(result: &[u8], upstream_request_id: Option<Arc<str>>) -> Entry {
+    pub fn new(result: &[u8], upstream_request_id: Option<SmolStr>) -> Entry {
         Entry::passing(Bytes::copy_from_slice(result), upstream_request_id)
     }
 
     /// An entry that is only passed on, never cached: it shares `result` (a slice of the
     /// upstream's body) instead of copying it.
-    pub fn passing(result: Bytes, upstream_request_id: Option<Arc<str>>) -> Entry {
+    pub fn passing(result: Bytes, upstream_request_id: Option<SmolStr>) -> Entry {
         Entry { id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed), result, upstream_request_id, stored: Instant::now() }
     }
 
@@ -94,7 +95,7 @@ impl Entry {
         Some(Entry {
             id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed),
             result: record.result,
-            upstream_request_id: record.upstream_request_id.map(Arc::from),
+            upstream_request_id: record.upstream_request_id.as_deref().map(SmolStr::new),
             stored: Instant::now().checked_sub(age)?,
         })
     }
@@ -116,39 +117,13 @@ impl Entry {
 
     fn weight(&self) -> u32 {
         let id = self.upstream_request_id.as_ref().map_or(0, |id| id.len());
-        // Bytes of the answer plus what the entry, its key and moka's node cost.
+        // Bytes of the answer plus what the entry, its slot and its index cost.
         u32::try_from(self.result.len() + id + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
     }
 }
 
 /// Approximate bytes per entry beyond the answer itself.
 const ENTRY_OVERHEAD: usize = 160;
-
-/// moka's expiry: an entry leaves `keep` after it was stored (on whichever replica), so one
-/// read from the second level does not live longer than it would have where it was fetched.
-struct KeepFor(Duration);
-
-impl KeepFor {
-    fn left(&self, entry: &Entry, at: Instant) -> Duration {
-        self.0.saturating_sub(at.saturating_duration_since(entry.stored)).max(Duration::from_millis(1))
-    }
-}
-
-impl Expiry<Key, Arc<Entry>> for KeepFor {
-    fn expire_after_create(&self, _key: &Key, entry: &Arc<Entry>, created_at: Instant) -> Option<Duration> {
-        Some(self.left(entry, created_at))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Key,
-        entry: &Arc<Entry>,
-        updated_at: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.left(entry, updated_at))
-    }
-}
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -208,7 +183,7 @@ impl CacheStatus {
 
 /// The response cache.
 pub struct ResponseCache {
-    store: Cache<Key, Arc<Entry>>,
+    store: Store,
     /// Loads in flight, by key and the id of the expired entry they replace (0: none). Only
     /// for coalescing: an entry leaves as soon as its load is done.
     loads: Cache<(Key, u64), Arc<Entry>>,
@@ -223,22 +198,7 @@ impl ResponseCache {
     /// A cache with these settings, counting into `metrics`, with a second level in `l2`'s
     /// Redis when given.
     pub fn new(settings: CacheSettings, metrics: &Arc<Metrics>, l2: Option<Arc<SharedRedis>>) -> ResponseCache {
-        let keep = keep(&settings);
-        let evictions = metrics.cache_evictions.clone();
-        let store = Cache::builder()
-            .max_capacity(settings.max_bytes)
-            .weigher(|_key: &Key, entry: &Arc<Entry>| entry.weight())
-            .expire_after(KeepFor(keep))
-            .eviction_listener(move |_key, _entry, cause| {
-                let label = match cause {
-                    RemovalCause::Expired => "expired",
-                    RemovalCause::Explicit => "explicit",
-                    RemovalCause::Replaced => "replaced",
-                    RemovalCause::Size => "size",
-                };
-                evictions.with_label_values(&[label]).inc();
-            })
-            .build();
+        let store = Store::new(settings.max_bytes, keep(&settings), &metrics.cache_evictions);
         let lookups = CacheStatus::ALL.iter().map(|s| metrics.cache_lookups.with_label_values(&[s.label()])).collect();
         let loads = Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build();
         let l2 = l2.map(|redis| Arc::new(SharedCache::new(redis, metrics)));
@@ -263,7 +223,7 @@ impl ResponseCache {
     /// Looks a key up and says how usable the entry is at `now`: in the first level, and in the
     /// second when the first has nothing fresh (a newer answer there replaces an older one here).
     pub async fn lookup(&self, key: &Key, now: Instant) -> Lookup {
-        let local = self.store.get(key).await;
+        let local = self.store.get(key, now);
         let entry = match local {
             Some(entry) if self.fresh(&entry, now) => entry,
             local => match (self.read_l2(key, local.as_ref()).await, local) {
@@ -294,18 +254,7 @@ impl ResponseCache {
             return None;
         }
         // Atomic per key: a newer answer stored here meanwhile (a load finishing) is kept.
-        let candidate = entry.clone();
-        let outcome = self
-            .store
-            .entry(*key)
-            .and_compute_with(|current| async move {
-                match current {
-                    Some(current) if current.value().stored >= candidate.stored => Op::Nop,
-                    _ => Op::Put(candidate),
-                }
-            })
-            .await;
-        Some(outcome.into_entry().map_or(entry, |e| e.into_value()))
+        Some(self.store.insert_unless_newer(*key, entry, Instant::now()))
     }
 
     /// Writes an answer just stored here to the second level, in the background, to expire
@@ -334,13 +283,13 @@ impl ResponseCache {
         let loaded_here = Cell::new(false);
         let init = async {
             // A load of the same key may have finished between the caller's lookup and now.
-            if let Some(current) = self.store.get(&key).await {
+            if let Some(current) = self.store.get(&key, Instant::now()) {
                 if current.id != replaces && current.stored.elapsed() <= self.settings.ttl {
                     return Ok(current);
                 }
             }
             let entry = load.await?;
-            self.store.insert(key, entry.clone()).await;
+            self.store.insert(key, entry.clone());
             self.share(key, &entry);
             loaded_here.set(true);
             Ok(entry)
@@ -355,7 +304,7 @@ impl ResponseCache {
     /// Stores an answer (a refresh or a `no-cache` fetch), here and in the second level.
     pub async fn insert(&self, key: Key, entry: Arc<Entry>) {
         self.share(key, &entry);
-        self.store.insert(key, entry).await;
+        self.store.insert(key, entry);
     }
 
     /// Marks a background refresh of `key` as running; false when one already is.
@@ -377,7 +326,7 @@ impl ResponseCache {
             Some(l2) => l2.delete(key).await.unwrap_or(false),
             None => false,
         };
-        self.store.remove(key).await.is_some() || shared
+        self.store.remove(key) || shared
     }
 
     /// Removes every entry, here and in the second level (best effort, see [`Purged`]);
@@ -387,18 +336,18 @@ impl ResponseCache {
             Some(l2) => Some(l2.delete_all().await),
             None => None,
         };
-        self.store.invalidate_all();
+        self.store.clear();
         self.loads.invalidate_all();
-        self.store.run_pending_tasks().await;
         shared
     }
 
-    /// Sets the entry and byte gauges (when `/metrics` is scraped), after moka's pending
-    /// housekeeping, so the figures are exact.
+    /// Removes the expired entries and sets the entry and byte gauges (when `/metrics` is
+    /// scraped).
     pub async fn export(&self, metrics: &Metrics) {
-        self.store.run_pending_tasks().await;
-        metrics.cache_entries.set(self.store.entry_count() as i64);
-        metrics.cache_bytes.set(self.store.weighted_size() as i64);
+        self.store.sweep(Instant::now());
+        let (entries, bytes) = self.store.size();
+        metrics.cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+        metrics.cache_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 }
 
