@@ -56,6 +56,7 @@ async fn answer(_body: Bytes, stored: web::Data<Bytes>) -> HttpResponse {
 }
 
 fn main() -> std::io::Result<()> {
+    courier::allocator::small_pages();
     courier::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [listen, url, token, api_key, answer_file] = args.as_slice() else {

@@ -6,6 +6,7 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    courier::allocator::small_pages();
     courier::allocator::keep_freed_memory();
     courier::cli::main()
 }

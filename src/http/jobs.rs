@@ -6,14 +6,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{HeaderName, LOCATION};
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
 use serde::Serialize;
 
 use super::cached::Served;
 use super::errors::ApiError;
 use super::observe::{self, Inbound};
 use super::state::{Caller, Worker, UNKNOWN_CALLER};
-use crate::cache::Key;
+use crate::cache::{Entry, Key};
 use crate::jobs::callback::CallbackPolicy;
 use crate::jobs::{
     CallbackState, Job, JobError, JobStatus, JobStore, JobWork, StatusDoc, StoreError, SyncEntry, Timestamp,
@@ -135,11 +134,11 @@ pub async fn accept(worker: &Worker, new: NewJob) -> Result<HttpResponse, ApiErr
 
 /// Records the status entry of an answered sync request (best effort, never blocking).
 pub fn record_sync(worker: &Worker, request_id: &RequestId, owner: Option<&str>, created: SystemTime, served: &Served) {
-    let (status, result, upstream_request_id, error) = match &served.result {
-        Ok(entry) => (JobStatus::Completed, Some(entry.result.clone()), entry.upstream_request_id.clone(), None),
-        Err(error) => (JobStatus::Failed, None, None, Some(job_error(error))),
+    let (status, answer, error) = match &served.result {
+        Ok(entry) => (JobStatus::Completed, Some(entry.clone()), None),
+        Err(error) => (JobStatus::Failed, None, Some(job_error(error))),
     };
-    record(worker, request_id, owner, created, status, result, upstream_request_id, error, served.attempts);
+    record(worker, request_id, owner, created, status, answer, error, served.attempts);
 }
 
 /// Records the status entry of a sync request refused before reaching the upstream.
@@ -150,7 +149,7 @@ pub fn record_refused(
     created: SystemTime,
     error: &ApiError,
 ) {
-    record(worker, request_id, owner, created, JobStatus::Failed, None, None, Some(job_error(error)), 0);
+    record(worker, request_id, owner, created, JobStatus::Failed, None, Some(job_error(error)), 0);
 }
 
 fn job_error(error: &ApiError) -> Box<JobError> {
@@ -168,8 +167,7 @@ fn record(
     owner: Option<&str>,
     created: SystemTime,
     status: JobStatus,
-    result: Option<Bytes>,
-    upstream_request_id: Option<Arc<str>>,
+    answer: Option<Arc<Entry>>,
     error: Option<Box<JobError>>,
     attempts: u32,
 ) {
@@ -177,8 +175,7 @@ fn record(
         request_id.as_str(),
         SyncEntry {
             status,
-            result,
-            upstream_request_id,
+            answer,
             error,
             created_at: Timestamp(created),
             completed_at: Timestamp::now(),

@@ -282,8 +282,10 @@ mod tests {
     fn synced(status: JobStatus) -> SyncEntry {
         SyncEntry {
             status,
-            result: Some(bytes::Bytes::from_static(br#"{"x":1}"#)),
-            upstream_request_id: Some("up_1".into()),
+            answer: Some(std::sync::Arc::new(crate::cache::Entry::passing(
+                bytes::Bytes::from_static(br#"{"x":1}"#),
+                Some("up_1".into()),
+            ))),
             error: None,
             created_at: Timestamp::now(),
             completed_at: Timestamp::now(),

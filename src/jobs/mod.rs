@@ -207,16 +207,15 @@ pub struct Job {
 }
 
 /// The status entry of a finished sync request, as [`JobStore::record_sync`] takes it. Every
-/// sync request records one, so it is compact: the answer is shared (a slice of the upstream's
-/// body, or the cache entry's bytes), the id is the store's key, and the rest is small.
+/// sync request records one, so it is compact: the answer is shared (the cache entry, or the
+/// entry of an answer passed on, a slice of the upstream's body), the id is the store's key,
+/// and the rest is small.
 #[derive(Clone, Debug)]
 pub struct SyncEntry {
     /// `completed` or `failed`.
     pub status: JobStatus,
-    /// The upstream's `result`, when completed.
-    pub result: Option<Bytes>,
-    /// The upstream's request id, when completed.
-    pub upstream_request_id: Option<std::sync::Arc<str>>,
+    /// The upstream's answer (`result` and its request id), when completed.
+    pub answer: Option<std::sync::Arc<crate::cache::Entry>>,
     /// The error, when failed.
     pub error: Option<Box<JobError>>,
     /// When courier accepted the request.
@@ -237,8 +236,12 @@ impl SyncEntry {
             doc: StatusDoc {
                 request_id: id.to_owned(),
                 status: self.status,
-                result: self.result.clone().map(RawJson),
-                upstream_request_id: self.upstream_request_id.as_deref().map(str::to_owned),
+                result: self.answer.as_ref().map(|a| RawJson(a.result.clone())),
+                upstream_request_id: self
+                    .answer
+                    .as_ref()
+                    .and_then(|a| a.upstream_request_id.as_deref())
+                    .map(str::to_owned),
                 error: self.error.as_deref().cloned(),
                 created_at: self.created_at,
                 completed_at: Some(self.completed_at),

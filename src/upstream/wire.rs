@@ -1,7 +1,6 @@
 //! The upstream's wire formats, as the integration spec defines them.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::Duration;
 
 use awc::error::{ConnectError, SendRequestError};
@@ -9,8 +8,10 @@ use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use smol_str::SmolStr;
 
 use super::classify::tls_failure;
+use crate::cache::JsonStr;
 
 /// A token from the token endpoint.
 pub struct FetchedToken {
@@ -121,7 +122,7 @@ pub struct SuccessBody {
     /// The raw JSON of `result`, a slice of the upstream's body (no copy).
     pub result: Bytes,
     /// The upstream's request id, when it sent one.
-    pub upstream_request_id: Option<Arc<str>>,
+    pub upstream_request_id: Option<SmolStr>,
 }
 
 #[derive(Deserialize)]
@@ -131,7 +132,7 @@ struct SuccessShape<'a> {
     #[serde(borrow)]
     result: &'a RawValue,
     #[serde(default, borrow)]
-    request_id: Option<Cow<'a, str>>,
+    request_id: Option<JsonStr<'a>>,
 }
 
 impl SuccessBody {
@@ -144,7 +145,7 @@ impl SuccessBody {
         }
         Some(SuccessBody {
             result: body.slice_ref(shape.result.get().as_bytes()),
-            upstream_request_id: shape.request_id.map(|id| Arc::from(id.as_ref())),
+            upstream_request_id: shape.request_id.map(|id| SmolStr::new(&*id.0)),
         })
     }
 }
