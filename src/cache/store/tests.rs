@@ -142,3 +142,24 @@ fn removing_and_clearing_count_as_explicit() {
     s.insert(key(1), entry(100, now));
     assert!(s.get(&key(1), now).is_some(), "usable after a clear");
 }
+
+#[test]
+fn slots_past_the_first_chunk_are_found_and_reused() {
+    let metrics = Metrics::new();
+    let s = Store::new(1 << 20, KEEP, &metrics.cache_evictions);
+    let now = Instant::now();
+    let n = (super::CHUNK * 2 + 10) as u16;
+    for i in 0..n {
+        s.insert(key(i), entry(10, now));
+    }
+    assert!((0..n).all(|i| s.get(&key(i), now).is_some()));
+    for i in 0..n / 2 {
+        assert!(s.remove(&key(i)));
+    }
+    for i in n..n + n / 2 {
+        s.insert(key(i), entry(10, now));
+    }
+    assert_eq!(s.size().0, u64::from(n));
+    assert!((n / 2..n + n / 2).all(|i| s.get(&key(i), now).is_some()));
+    assert_eq!(s.shards[0].lock().unwrap().slots.len(), usize::from(n), "freed slots were filled first");
+}
