@@ -77,6 +77,8 @@ pub(super) struct Store {
     shard_bytes: u64,
     /// How long after it was stored an entry leaves.
     keep: Duration,
+    /// What slots count their expiry from.
+    epoch: Instant,
     hasher: foldhash::fast::RandomState,
     evictions: [IntCounter; 4],
 }
@@ -137,6 +139,9 @@ impl IndexMut<usize> for Slab {
 struct Slot {
     key: Key,
     entry: Option<Arc<Entry>>,
+    /// The whole second (of [`Store::epoch`]) by which the entry has expired, rounded up: sweeps
+    /// and the hand tell expired entries from the slab alone, without reaching into each entry.
+    expires: u32,
     /// Read since the hand last passed.
     referenced: bool,
 }
@@ -152,6 +157,7 @@ impl Store {
             shards: (0..count).map(|_| Mutex::default()).collect(),
             shard_bytes: max_bytes / count,
             keep,
+            epoch: Instant::now(),
             hasher: foldhash::fast::RandomState::default(),
             evictions: Cause::ALL.map(|cause| evictions.with_label_values(&[cause.label()])),
         }
@@ -170,6 +176,20 @@ impl Store {
 
     fn expired(&self, entry: &Entry, now: Instant) -> bool {
         now.saturating_duration_since(entry.stored) >= self.keep
+    }
+
+    /// The second by which `entry` has expired (rounded up; `u32::MAX`: not in this store's life).
+    fn expires(&self, entry: &Entry) -> u32 {
+        let Some(end) = entry.stored.checked_add(self.keep) else { return u32::MAX };
+        let after = end.saturating_duration_since(self.epoch);
+        let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        u32::try_from(seconds).unwrap_or(u32::MAX)
+    }
+
+    /// Whole seconds since the epoch at `now` (rounded down): a slot whose `expires` is at most
+    /// this has expired.
+    fn second(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
     fn count(&self, cause: Cause, n: u64) {
@@ -229,11 +249,12 @@ impl Store {
             // Larger than a shard may hold: it would only push everything else out.
             left[Cause::Size as usize] += 1;
         } else {
-            let n = shard.add(hash, key, entry, weight, |slot: &Slot| self.hash(&slot.key));
+            let expires = self.expires(&entry);
+            let n = shard.add(hash, key, entry, weight, expires, |slot: &Slot| self.hash(&slot.key));
             if shard.bytes > self.shard_bytes {
-                let now = Instant::now();
+                let second = self.second(Instant::now());
                 while shard.bytes > self.shard_bytes {
-                    let cause = shard.evict(n, |e| self.expired(e, now), |slot| self.hash(&slot.key));
+                    let cause = shard.evict(n, second, |slot| self.hash(&slot.key));
                     left[cause as usize] += 1;
                 }
             }
@@ -268,13 +289,16 @@ impl Store {
         }
     }
 
-    /// Removes every entry expired at `now`.
+    /// Removes the entries expired by the last whole second before `now` (one expired since
+    /// then goes at the next sweep, or at its next read). Reads only the slab, shard by shard.
     pub(super) fn sweep(&self, now: Instant) {
+        let second = self.second(now);
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut expired = 0;
             for n in 0..shard.slots.len() {
-                if shard.slots[n].entry.as_ref().is_some_and(|e| self.expired(e, now)) {
+                let slot = &shard.slots[n];
+                if slot.entry.is_some() && slot.expires <= second {
                     let hash = self.hash(&shard.slots[n].key);
                     shard.remove(hash, n);
                     expired += 1;
@@ -301,8 +325,16 @@ impl Shard {
     }
 
     /// Puts an entry in a free slot (growing the slab when there is none); returns the slot.
-    fn add(&mut self, hash: u64, key: Key, entry: Arc<Entry>, weight: u64, rehash: impl Fn(&Slot) -> u64) -> usize {
-        let slot = Slot { key, entry: Some(entry), referenced: false };
+    fn add(
+        &mut self,
+        hash: u64,
+        key: Key,
+        entry: Arc<Entry>,
+        weight: u64,
+        expires: u32,
+        rehash: impl Fn(&Slot) -> u64,
+    ) -> usize {
+        let slot = Slot { key, entry: Some(entry), expires, referenced: false };
         let n = match self.free.pop() {
             Some(n) => {
                 self.slots[n as usize] = slot;
@@ -330,9 +362,9 @@ impl Shard {
     }
 
     /// Removes one entry other than the one in slot `keep` (the hand spares a slot read since it
-    /// last passed once); says why it left. The caller holds more than that entry's bytes, so
-    /// there is another.
-    fn evict(&mut self, keep: usize, expired: impl Fn(&Entry) -> bool, hash: impl Fn(&Slot) -> u64) -> Cause {
+    /// last passed once, unless it expired by `second`); says why it left. The caller holds more
+    /// than that entry's bytes, so there is another.
+    fn evict(&mut self, keep: usize, second: u32, hash: impl Fn(&Slot) -> u64) -> Cause {
         loop {
             if self.hand >= self.slots.len() {
                 self.hand = 0;
@@ -340,11 +372,10 @@ impl Shard {
             let n = self.hand;
             self.hand += 1;
             let slot = &mut self.slots[n];
-            let Some(entry) = &slot.entry else { continue };
-            if n == keep {
+            if slot.entry.is_none() || n == keep {
                 continue;
             }
-            let cause = if expired(entry) { Cause::Expired } else { Cause::Size };
+            let cause = if slot.expires <= second { Cause::Expired } else { Cause::Size };
             if slot.referenced && cause == Cause::Size {
                 slot.referenced = false;
                 continue;

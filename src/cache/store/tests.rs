@@ -94,10 +94,26 @@ fn a_sweep_removes_the_expired_entries_and_only_those() {
     s.insert(key(1), entry(100, now - KEEP));
     s.insert(key(2), entry(100, now - KEEP / 2));
     s.insert(key(3), entry(100, now - KEEP - KEEP));
-    s.sweep(now);
+    // Sweeps go by whole seconds: what expired in the last one waits for the next sweep.
+    s.sweep(now + Duration::from_secs(1));
     assert_eq!(s.size().0, 1);
     assert_eq!(evicted(&metrics, "expired"), 2);
     assert!(s.get(&key(2), now).is_some());
+}
+
+#[test]
+fn the_hand_takes_an_expired_entry_as_expired_even_if_it_was_read() {
+    let metrics = Metrics::new();
+    let s = store(3, &metrics);
+    let now = Instant::now();
+    let stale = entry(100, now - KEEP - Duration::from_secs(5));
+    s.insert(key(1), stale);
+    s.insert(key(2), entry(100, now));
+    s.insert(key(3), entry(100, now));
+    s.get(&key(1), now - Duration::from_secs(10));
+    s.insert(key(4), entry(100, now));
+    assert_eq!((evicted(&metrics, "expired"), evicted(&metrics, "size")), (1, 0));
+    assert!([2, 3, 4].iter().all(|&n| s.get(&key(n), now).is_some()));
 }
 
 #[test]
