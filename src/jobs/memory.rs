@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
 use smol_str::SmolStr;
 use tokio::sync::mpsc;
 
@@ -20,60 +21,143 @@ use super::{CallbackState, Claim, Job, JobError, JobStatus, JobStore, StoreError
 
 const SHARDS: usize = 16;
 
-/// Every sync request records a status entry, so this map is on the request path: foldhash
+/// Every sync request records a status entry, so the maps are on the request path: foldhash
 /// (randomly seeded per process) instead of SipHash. Ids are `SmolStr`: up to 23 bytes (courier's
-/// own ids are 20) they live inside the map and the order queue, with no allocation of their own,
-/// so evicting the oldest entry does not reach into a cold allocation to compare and free its id.
+/// own ids are 20) they live inside the map and the queues, with no allocation of their own.
 type Hasher = foldhash::fast::RandomState;
 
-#[derive(Default)]
 struct Shard {
     jobs: HashMap<SmolStr, Job, Hasher>,
-    /// Status entries of sync requests: always final, and a third of a job's size.
-    synced: HashMap<SmolStr, SyncEntry, Hasher>,
-    /// Insertion order, for expiry and eviction of the oldest finished entries.
+    /// Insertion order of the jobs, for expiry and eviction of the oldest finished ones.
     order: VecDeque<(Instant, SmolStr)>,
+    /// Status entries of sync requests: always final.
+    synced: SyncRing,
+}
+
+/// The status entries of sync requests, in the order they came, with an index by id.
+///
+/// With the default 100k entries, a map holding the entries themselves (~100 bytes each) is
+/// ~10 MiB touched at random: recording one entry and evicting the oldest each missed the CPU's
+/// caches, and the map pushed the rest of the request path out of them (with 1000 entries
+/// instead of 100k, cache hits cost 7% less CPU in the same run). Here the entries are written
+/// and evicted in order (memory the CPU streams through), and the index holds 8-byte sequence
+/// numbers, ~1.5 MiB for 100k entries.
+#[derive(Default)]
+struct SyncRing {
+    entries: VecDeque<Synced>,
+    /// The sequence number of `entries[0]`.
+    base: u64,
+    /// Sequence numbers of `entries`, hashed by id.
+    index: HashTable<u64>,
+    hasher: Hasher,
+}
+
+struct Synced {
+    at: Instant,
+    id: SmolStr,
+    entry: SyncEntry,
+}
+
+impl SyncRing {
+    fn with_hasher(hasher: Hasher) -> SyncRing {
+        SyncRing { hasher, ..SyncRing::default() }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn get(&self, id: &str) -> Option<&SyncEntry> {
+        let n = self.index.find(self.hasher.hash_one(id), |&seq| self.at(seq).id == id)?;
+        Some(&self.at(*n).entry)
+    }
+
+    fn at(&self, seq: u64) -> &Synced {
+        &self.entries[(seq - self.base) as usize]
+    }
+
+    fn front_at(&self) -> Option<Instant> {
+        self.entries.front().map(|s| s.at)
+    }
+
+    fn push(&mut self, at: Instant, id: SmolStr, entry: SyncEntry) {
+        let seq = self.base + self.entries.len() as u64;
+        let hash = self.hasher.hash_one(id.as_str());
+        self.entries.push_back(Synced { at, id, entry });
+        let (entries, base, hasher) = (&self.entries, self.base, &self.hasher);
+        self.index.insert_unique(hash, seq, |&s| hasher.hash_one(entries[(s - base) as usize].id.as_str()));
+    }
+
+    /// Removes the oldest entry.
+    fn pop_front(&mut self) -> bool {
+        let Some(oldest) = self.entries.pop_front() else { return false };
+        let seq = self.base;
+        self.base += 1;
+        if let Ok(found) = self.index.find_entry(self.hasher.hash_one(oldest.id.as_str()), |&s| s == seq) {
+            found.remove();
+        }
+        true
+    }
 }
 
 impl Shard {
+    fn new(hasher: Hasher) -> Shard {
+        Shard {
+            jobs: HashMap::with_hasher(hasher.clone()),
+            order: VecDeque::new(),
+            synced: SyncRing::with_hasher(hasher),
+        }
+    }
+
     fn len(&self) -> usize {
         self.jobs.len() + self.synced.len()
     }
 
     fn contains(&self, id: &str) -> bool {
-        self.synced.contains_key(id) || self.jobs.contains_key(id)
+        self.synced.get(id).is_some() || self.jobs.contains_key(id)
     }
 
-    /// Whether the entry `id` is final (or gone).
+    /// Whether the job `id` is final (or gone).
     fn finished(&self, id: &str) -> bool {
         self.jobs.get(id).is_none_or(|job| job.doc.status.is_final())
     }
 
-    fn remove(&mut self, id: &str) -> bool {
-        self.synced.remove(id).is_some() || self.jobs.remove(id).is_some()
-    }
-
-    /// Drops expired entries from the front, and finished ones while over `cap`.
-    fn make_room(&mut self, cap: usize, ttl: Duration, now: Instant) -> usize {
-        let mut removed = 0;
-        while let Some((at, id)) = self.order.front() {
-            let expired = now.duration_since(*at) > ttl;
-            if !(expired || (self.len() >= cap && self.finished(id))) {
-                break;
+    /// Drops expired entries, oldest first, and finished ones while over `cap`.
+    fn make_room(&mut self, cap: usize, ttl: Duration, now: Instant) {
+        loop {
+            let sync_front = self.synced.front_at();
+            let job_front = self.order.front().map(|(at, id)| (*at, id));
+            match (sync_front, job_front) {
+                (Some(at), job) if job.is_none_or(|(job_at, _)| at <= job_at) => {
+                    if !(now.duration_since(at) > ttl || self.len() >= cap) {
+                        break;
+                    }
+                    self.synced.pop_front();
+                }
+                (_, Some((at, id))) => {
+                    if !(now.duration_since(at) > ttl || (self.len() >= cap && self.finished(id))) {
+                        break;
+                    }
+                    let (_, id) = self.order.pop_front().expect("front exists");
+                    self.jobs.remove(&id);
+                }
+                _ => break,
             }
-            let (_, id) = self.order.pop_front().expect("front exists");
-            removed += usize::from(self.remove(&id));
         }
         if self.len() >= cap {
-            // Unfinished entries at the front: look further back for a finished one.
-            if let Some(pos) = self.order.iter().position(|(_, id)| {
-                self.synced.contains_key(id) || self.jobs.get(id).is_some_and(|j| j.doc.status.is_final())
-            }) {
-                let (_, id) = self.order.remove(pos).expect("position exists");
-                removed += usize::from(self.remove(&id));
+            // An unfinished job at the front: the oldest finished entry further back goes.
+            let job = self.order.iter().position(|(_, id)| self.jobs.get(id).is_some_and(|j| j.doc.status.is_final()));
+            let older_job = match (job, self.synced.front_at()) {
+                (Some(pos), Some(sync_at)) => self.order[pos].0 < sync_at,
+                (job, _) => job.is_some(),
+            };
+            if older_job {
+                let (_, id) = self.order.remove(job.expect("a finished job")).expect("position exists");
+                self.jobs.remove(&id);
+            } else {
+                self.synced.pop_front();
             }
         }
-        removed
     }
 
     /// Makes room for one entry `id`; `Err` when it exists or there is none.
@@ -85,9 +169,7 @@ impl Shard {
         if self.len() >= cap {
             return Err(StoreError::Full);
         }
-        let id = SmolStr::new(id);
-        self.order.push_back((now, id.clone()));
-        Ok(id)
+        Ok(SmolStr::new(id))
     }
 }
 
@@ -106,19 +188,21 @@ impl MemoryStore {
     /// A store of at most `max` entries, each kept `ttl`.
     pub fn new(max: usize, ttl: Duration) -> MemoryStore {
         let (queue, queued) = mpsc::channel(max.max(1));
+        let hasher = Hasher::default();
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new(hasher.clone()))).collect(),
             cap_per_shard: max.div_ceil(SHARDS).max(1),
             ttl,
             queue,
             queued: tokio::sync::Mutex::new(queued),
             unfinished: AtomicUsize::new(0),
-            hasher: Hasher::default(),
+            hasher,
         }
     }
 
     fn shard(&self, id: &str) -> &Mutex<Shard> {
-        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+        // Bits the shards' own tables do not use for buckets or tags.
+        &self.shards[(self.hasher.hash_one(id) >> 32) as usize % SHARDS]
     }
 
     fn with_job<T>(&self, id: &str, f: impl FnOnce(&mut Job) -> T) -> Option<T> {
@@ -129,7 +213,9 @@ impl MemoryStore {
     /// Inserts if absent and there is room; `Err` says why not.
     fn insert(&self, job: Job) -> Result<(), StoreError> {
         let mut shard = self.shard(job.id()).lock().expect("shard lock");
-        let id = shard.admit(job.id(), self.cap_per_shard, self.ttl, Instant::now())?;
+        let now = Instant::now();
+        let id = shard.admit(job.id(), self.cap_per_shard, self.ttl, now)?;
+        shard.order.push_back((now, id.clone()));
         shard.jobs.insert(id, job);
         Ok(())
     }
@@ -160,8 +246,9 @@ impl JobStore for MemoryStore {
 
     fn record_sync(&self, id: &str, entry: SyncEntry) {
         let mut shard = self.shard(id).lock().expect("shard lock");
-        if let Ok(id) = shard.admit(id, self.cap_per_shard, self.ttl, Instant::now()) {
-            shard.synced.insert(id, entry);
+        let now = Instant::now();
+        if let Ok(id) = shard.admit(id, self.cap_per_shard, self.ttl, now) {
+            shard.synced.push(now, id, entry);
         }
     }
 
@@ -333,5 +420,54 @@ mod tests {
             .unwrap();
         assert_eq!(failed.len(), 100 - refused);
         assert!(failed.iter().all(|j| j.doc.status == JobStatus::Failed && j.doc.completed_at.is_some()));
+    }
+
+    /// Records sync entry `id` in `shard` at `at`, as `record_sync` does.
+    fn sync_at(shard: &mut Shard, id: &str, cap: usize, at: Instant) -> Result<(), StoreError> {
+        let id = shard.admit(id, cap, Duration::from_secs(60), at)?;
+        shard.synced.push(at, id, synced(JobStatus::Completed));
+        Ok(())
+    }
+
+    #[test]
+    fn sync_entries_leave_oldest_first_and_the_index_follows() {
+        let mut shard = Shard::new(Hasher::default());
+        let t0 = Instant::now();
+        for i in 0..500u64 {
+            sync_at(&mut shard, &format!("s-{i}"), 100, t0 + Duration::from_millis(i)).unwrap();
+        }
+        assert_eq!(shard.len(), 100);
+        assert!((0..400).all(|i| shard.synced.get(&format!("s-{i}")).is_none()), "the oldest 400 left");
+        assert!((400..500).all(|i| shard.synced.get(&format!("s-{i}")).is_some()), "the newest 100 stay");
+        assert_eq!(sync_at(&mut shard, "s-450", 100, t0), Err(StoreError::Exists));
+        // Past the TTL, all of them go at the next record, however much room there is.
+        let later = t0 + Duration::from_secs(61);
+        sync_at(&mut shard, "late", 1000, later).unwrap();
+        assert_eq!(shard.len(), 1);
+        assert!(shard.synced.get("late").is_some() && shard.synced.get("s-499").is_none());
+    }
+
+    #[test]
+    fn a_full_shard_evicts_the_oldest_finished_entry_of_either_kind() {
+        let mut shard = Shard::new(Hasher::default());
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let add_job = |shard: &mut Shard, id: &str, status: JobStatus, ms: u64| {
+            let id = shard.admit(id, 3, Duration::from_secs(60), at(ms)).unwrap();
+            shard.order.push_back((at(ms), id.clone()));
+            shard.jobs.insert(id.clone(), job(&id, status, status == JobStatus::Pending));
+        };
+        add_job(&mut shard, "running", JobStatus::Pending, 0);
+        sync_at(&mut shard, "sync-old", 3, at(1)).unwrap();
+        add_job(&mut shard, "done", JobStatus::Completed, 2);
+        // Full: the unfinished job stays; the oldest finished entry (the sync one) goes.
+        sync_at(&mut shard, "sync-new", 3, at(3)).unwrap();
+        assert!(shard.synced.get("sync-old").is_none());
+        assert!(shard.jobs.contains_key("running") && shard.jobs.contains_key("done"));
+        // Then the finished job, older than the remaining sync entry.
+        sync_at(&mut shard, "sync-newer", 3, at(4)).unwrap();
+        assert!(!shard.jobs.contains_key("done"));
+        assert!(shard.synced.get("sync-new").is_some() && shard.synced.get("sync-newer").is_some());
+        assert!(shard.jobs.contains_key("running"), "an unfinished job is never evicted");
     }
 }
