@@ -171,7 +171,7 @@ impl Store {
         // The top bits: hashbrown picks buckets with the low ones and tags with the top seven,
         // which within one shard are then all alike; bits 48.. leave those free.
         let n = (hash >> 48) as usize & (self.shards.len() - 1);
-        self.shards[n].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        locked(&self.shards[n])
     }
 
     fn expired(&self, entry: &Entry, now: Instant) -> bool {
@@ -282,7 +282,7 @@ impl Store {
     pub(super) fn clear(&self) {
         for shard in self.shards.iter() {
             let removed = {
-                let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut shard = locked(shard);
                 std::mem::take(&mut *shard)
             };
             self.count(Cause::Explicit, removed.index.len() as u64);
@@ -294,7 +294,7 @@ impl Store {
     pub(super) fn sweep(&self, now: Instant) {
         let second = self.second(now);
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut shard = locked(shard);
             let mut expired = 0;
             for n in 0..shard.slots.len() {
                 let slot = &shard.slots[n];
@@ -312,10 +312,16 @@ impl Store {
     /// Entries held, and their bytes.
     pub(super) fn size(&self) -> (u64, u64) {
         self.shards.iter().fold((0, 0), |(entries, bytes), shard| {
-            let shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let shard = locked(shard);
             (entries + shard.index.len() as u64, bytes + shard.bytes)
         })
     }
+}
+
+/// A shard, locked. A panic while one was held left it consistent (no method panics between
+/// two changes that belong together), so a poisoned lock is taken as it is.
+fn locked(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shard {

@@ -45,7 +45,6 @@ struct Shard {
 /// instead of 100k, cache hits cost 7% less CPU in the same run). Here the entries are written
 /// and evicted in order (memory the CPU streams through), and the index holds 8-byte sequence
 /// numbers, ~1.5 MiB for 100k entries.
-#[derive(Default)]
 struct SyncRing {
     entries: VecDeque<Synced>,
     /// The sequence number of `entries[0]`.
@@ -67,12 +66,7 @@ impl SyncRing {
     /// 100k hits, the ring and index held ~270 bytes per entry. Pages become resident only as
     /// entries are written.
     fn with_room(hasher: Hasher, room: usize) -> SyncRing {
-        SyncRing {
-            entries: VecDeque::with_capacity(room),
-            index: HashTable::with_capacity(room),
-            hasher,
-            ..SyncRing::default()
-        }
+        SyncRing { entries: VecDeque::with_capacity(room), base: 0, index: HashTable::with_capacity(room), hasher }
     }
 
     fn len(&self) -> usize {
@@ -202,12 +196,13 @@ impl MemoryStore {
     pub fn new(max: usize, ttl: Duration) -> MemoryStore {
         let (queue, queued) = mpsc::channel(max.max(1));
         let hasher = Hasher::default();
+        let cap_per_shard = max.div_ceil(SHARDS).max(1);
         // The index's control bytes are written when it is allocated (1 byte per entry), so up
         // to PREALLOCATED entries per shard are allocated at once, more only by growing.
-        let room = max.div_ceil(SHARDS).clamp(1, PREALLOCATED);
+        let room = cap_per_shard.min(PREALLOCATED);
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::new(hasher.clone(), room))).collect(),
-            cap_per_shard: max.div_ceil(SHARDS).max(1),
+            cap_per_shard,
             ttl,
             queue,
             queued: tokio::sync::Mutex::new(queued),
