@@ -14,7 +14,11 @@ pub const MAX_LEN: usize = 128;
 
 /// A request id that is safe in a header and a log line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(HeaderValue);
+pub struct RequestId {
+    value: HeaderValue,
+    /// Made here just now, from 64 random bits: no status entry can have it yet.
+    generated: bool,
+}
 
 impl RequestId {
     /// The client's id if acceptable (1..=128 chars of `A-Z a-z 0-9 - _ . : /`), else a new one.
@@ -37,7 +41,7 @@ impl RequestId {
         let ok = !bytes.is_empty()
             && bytes.len() <= MAX_LEN
             && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b));
-        ok.then(|| RequestId(value.clone()))
+        ok.then(|| RequestId { value: value.clone(), generated: false })
     }
 
     /// A fresh id.
@@ -45,17 +49,24 @@ impl RequestId {
         let n: u64 = rand::rng().random();
         let mut text = *b"req_0000000000000000";
         hex::encode_to_slice(n.to_be_bytes(), &mut text[4..]).expect("16 hex digits fit");
-        RequestId(HeaderValue::from_bytes(&text).expect("ascii is a valid header"))
+        RequestId { value: HeaderValue::from_bytes(&text).expect("ascii is a valid header"), generated: true }
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        self.0.to_str().expect("only printable ascii is accepted")
+        self.value.to_str().expect("only printable ascii is accepted")
     }
 
     /// The id as a header value.
     pub fn header(&self) -> &HeaderValue {
-        &self.0
+        &self.value
+    }
+
+    /// Whether courier generated it for this request (rather than the client sending it): the
+    /// status store then need not look for an entry of the same id, since 64 random bits do not
+    /// repeat among the entries it keeps (~1 in 10^14 for 100k of them).
+    pub fn generated(&self) -> bool {
+        self.generated
     }
 }
 

@@ -115,7 +115,7 @@ async fn an_answer_loaded_on_one_replica_is_a_fresh_hit_on_another() {
     let Lookup::Fresh(there) = b.lookup(&key(1), Instant::now()).await else { panic!("not a fresh hit on B") };
     assert_eq!(&there.result[..], br#"{"answer":42}"#);
     assert_eq!(there.upstream_request_id.as_deref(), Some("up-1"));
-    let skew = there.stored.max(stored.stored) - there.stored.min(stored.stored);
+    let skew = there.stored().max(stored.stored()) - there.stored().min(stored.stored());
     assert!(skew < Duration::from_millis(50), "B dates the answer from A's store ({skew:?} apart)");
     assert_eq!(fleet.reads("hit"), 1);
 

@@ -29,8 +29,7 @@ mod store;
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,21 +57,26 @@ pub struct CacheSettings {
     pub stale_while_revalidate: Duration,
 }
 
-/// Numbers entries, so a load can name the expired entry it replaces.
-static NEXT_ENTRY: AtomicU64 = AtomicU64::new(1);
-
-/// One cached answer.
+/// One cached answer: 64 bytes (80 with its `Arc`, one of mimalloc's size classes), since
+/// 100k of them sit beside their answers.
 #[derive(Debug)]
 pub struct Entry {
-    /// Unique among entries (never 0).
-    pub id: u64,
     /// The upstream's `result`, raw JSON.
     pub result: Bytes,
     /// The upstream's request id of the call that produced it (inline: no allocation of its
     /// own for ids up to 23 bytes).
     pub upstream_request_id: Option<SmolStr>,
-    /// When it was stored.
-    pub stored: Instant,
+    /// When it was stored: nanoseconds from [`origin`] on the monotonic clock (negative for an
+    /// answer another replica stored before this process started). An `Instant` takes 16 bytes.
+    stored_ns: i64,
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+
+/// The point of the monotonic clock entries' store times count from: the first use.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
 }
 
 impl Entry {
@@ -85,24 +89,47 @@ impl Entry {
     /// An entry that is only passed on, never cached: it shares `result` (a slice of the
     /// upstream's body) instead of copying it.
     pub fn passing(result: Bytes, upstream_request_id: Option<SmolStr>) -> Entry {
-        Entry { id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed), result, upstream_request_id, stored: Instant::now() }
+        Entry::stored_at(result, upstream_request_id, Instant::now())
+    }
+
+    /// An entry stored at `stored`.
+    pub fn stored_at(result: Bytes, upstream_request_id: Option<SmolStr>, stored: Instant) -> Entry {
+        let origin = origin();
+        let stored_ns = match stored.checked_duration_since(origin) {
+            Some(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+            None => i64::try_from(origin.duration_since(stored).as_nanos()).map_or(i64::MIN, |before| -before),
+        };
+        Entry { result, upstream_request_id, stored_ns }
+    }
+
+    /// When it was stored.
+    pub fn stored(&self) -> Instant {
+        let origin = origin();
+        let ns = Duration::from_nanos(self.stored_ns.unsigned_abs());
+        if self.stored_ns >= 0 {
+            origin + ns
+        } else {
+            origin.checked_sub(ns).unwrap_or(origin)
+        }
+    }
+
+    /// Names the entry while the caller holds it: a load names the expired entry it replaces
+    /// by this (its address, which no other entry can have while it is held).
+    fn tag(entry: &Arc<Entry>) -> u64 {
+        Arc::as_ptr(entry) as usize as u64
     }
 
     /// The entry of a second-level record, stored when the record says; `None` when that is
     /// further back than this clock reaches.
     fn from_record(record: Record) -> Option<Entry> {
         let age = Duration::from_millis(unix_ms_now().saturating_sub(record.stored_at_ms));
-        Some(Entry {
-            id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed),
-            result: record.result,
-            upstream_request_id: record.upstream_request_id.as_deref().map(SmolStr::new),
-            stored: Instant::now().checked_sub(age)?,
-        })
+        let stored = Instant::now().checked_sub(age)?;
+        Some(Entry::stored_at(record.result, record.upstream_request_id.as_deref().map(SmolStr::new), stored))
     }
 
     /// The second-level record of this entry, its store time on the wall clock.
     fn to_record(&self) -> Record {
-        let age = u64::try_from(self.stored.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let age = u64::try_from(self.stored().elapsed().as_millis()).unwrap_or(u64::MAX);
         Record {
             stored_at_ms: unix_ms_now().saturating_sub(age),
             upstream_request_id: self.upstream_request_id.as_deref().map(Box::from),
@@ -112,7 +139,7 @@ impl Entry {
 
     /// Whole seconds since it was stored (the `Age` header).
     pub fn age(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.stored).as_secs()
+        now.saturating_duration_since(self.stored()).as_secs()
     }
 
     fn weight(&self) -> u32 {
@@ -231,7 +258,7 @@ impl ResponseCache {
                 (None, None) => return Lookup::Miss,
             },
         };
-        let age = now.saturating_duration_since(entry.stored);
+        let age = now.saturating_duration_since(entry.stored());
         if age <= self.settings.ttl {
             Lookup::Fresh(entry)
         } else if age <= self.settings.ttl + self.settings.stale_while_revalidate {
@@ -242,7 +269,7 @@ impl ResponseCache {
     }
 
     fn fresh(&self, entry: &Entry, now: Instant) -> bool {
-        now.saturating_duration_since(entry.stored) <= self.settings.ttl
+        now.saturating_duration_since(entry.stored()) <= self.settings.ttl
     }
 
     /// Reads `key` from the second level and puts what it finds in the first, unless `local`
@@ -250,7 +277,7 @@ impl ResponseCache {
     async fn read_l2(&self, key: &Key, local: Option<&Arc<Entry>>) -> Option<Arc<Entry>> {
         let Read::Hit(record) = self.l2.as_ref()?.get(key).await else { return None };
         let entry = Arc::new(Entry::from_record(record)?);
-        if entry.stored.elapsed() >= keep(&self.settings) || local.is_some_and(|l| l.stored >= entry.stored) {
+        if entry.stored().elapsed() >= keep(&self.settings) || local.is_some_and(|l| l.stored_ns >= entry.stored_ns) {
             return None;
         }
         // Atomic per key: a newer answer stored here meanwhile (a load finishing) is kept.
@@ -261,13 +288,13 @@ impl ResponseCache {
     /// when no replica could serve it any more.
     fn share(&self, key: Key, entry: &Entry) {
         let Some(l2) = &self.l2 else { return };
-        let keep_for = keep(&self.settings).saturating_sub(entry.stored.elapsed());
+        let keep_for = keep(&self.settings).saturating_sub(entry.stored().elapsed());
         l2.put(key, entry.to_record(), keep_for);
     }
 
     /// Whether an expired entry may stand in for an error at `now`.
     pub fn usable_if_error(&self, entry: &Entry, now: Instant) -> bool {
-        now.saturating_duration_since(entry.stored) <= self.settings.ttl + self.settings.stale_if_error
+        now.saturating_duration_since(entry.stored()) <= self.settings.ttl + self.settings.stale_if_error
     }
 
     /// Fetches with `load` and stores the answer, coalescing identical loads in flight. `stale`
@@ -279,12 +306,12 @@ impl ResponseCache {
         F: std::future::Future<Output = Result<Arc<Entry>, E>>,
         E: Send + Sync + 'static,
     {
-        let replaces = stale.map_or(0, |e| e.id);
+        let replaces = stale.map_or(0, Entry::tag);
         let loaded_here = Cell::new(false);
         let init = async {
             // A load of the same key may have finished between the caller's lookup and now.
             if let Some(current) = self.store.get(&key, Instant::now()) {
-                if current.id != replaces && current.stored.elapsed() <= self.settings.ttl {
+                if Entry::tag(&current) != replaces && current.stored().elapsed() <= self.settings.ttl {
                     return Ok(current);
                 }
             }

@@ -175,12 +175,12 @@ impl Store {
     }
 
     fn expired(&self, entry: &Entry, now: Instant) -> bool {
-        now.saturating_duration_since(entry.stored) >= self.keep
+        now.saturating_duration_since(entry.stored()) >= self.keep
     }
 
     /// The second by which `entry` has expired (rounded up; `u32::MAX`: not in this store's life).
     fn expires(&self, entry: &Entry) -> u32 {
-        let Some(end) = entry.stored.checked_add(self.keep) else { return u32::MAX };
+        let Some(end) = entry.stored().checked_add(self.keep) else { return u32::MAX };
         let after = end.saturating_duration_since(self.epoch);
         let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
         u32::try_from(seconds).unwrap_or(u32::MAX)
@@ -223,7 +223,7 @@ impl Store {
     pub(super) fn insert_unless_newer(&self, key: Key, candidate: Arc<Entry>, now: Instant) -> Arc<Entry> {
         let mut kept = None;
         self.put(key, candidate.clone(), |current| {
-            let newer = current.stored >= candidate.stored && !self.expired(current, now);
+            let newer = current.stored() >= candidate.stored() && !self.expired(current, now);
             if newer {
                 kept = Some(current.clone());
             }

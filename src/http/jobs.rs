@@ -133,7 +133,13 @@ pub async fn accept(worker: &Worker, new: NewJob) -> Result<HttpResponse, ApiErr
 }
 
 /// Records the status entry of an answered sync request (best effort, never blocking).
-pub fn record_sync(worker: &Worker, request_id: &RequestId, owner: Option<&str>, created: SystemTime, served: &Served) {
+pub fn record_sync(
+    worker: &Worker,
+    request_id: &RequestId,
+    owner: Option<&'static str>,
+    created: SystemTime,
+    served: &Served,
+) {
     let (status, answer, error) = match &served.result {
         Ok(entry) => (JobStatus::Completed, Some(entry.clone()), None),
         Err(error) => (JobStatus::Failed, None, Some(job_error(error))),
@@ -145,7 +151,7 @@ pub fn record_sync(worker: &Worker, request_id: &RequestId, owner: Option<&str>,
 pub fn record_refused(
     worker: &Worker,
     request_id: &RequestId,
-    owner: Option<&str>,
+    owner: Option<&'static str>,
     created: SystemTime,
     error: &ApiError,
 ) {
@@ -164,7 +170,7 @@ fn job_error(error: &ApiError) -> Box<JobError> {
 fn record(
     worker: &Worker,
     request_id: &RequestId,
-    owner: Option<&str>,
+    owner: Option<&'static str>,
     created: SystemTime,
     status: JobStatus,
     answer: Option<Arc<Entry>>,
@@ -180,7 +186,8 @@ fn record(
             created_at: Timestamp(created),
             completed_at: Timestamp::now(),
             attempts,
-            owner: owner.map(Box::from),
+            owner,
+            new_id: request_id.generated(),
         },
     );
 }

@@ -119,7 +119,7 @@ impl Worker {
     }
 
     /// The name a job is owned by: the client's, or none in open mode.
-    pub fn owner_name(&self, caller: Caller) -> Option<&str> {
+    pub fn owner_name(&self, caller: Caller) -> Option<&'static str> {
         match caller {
             Caller::Open => None,
             Caller::Known(_, name) => Some(name),

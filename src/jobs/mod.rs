@@ -224,8 +224,12 @@ pub struct SyncEntry {
     pub completed_at: Timestamp,
     /// Upstream attempts made for it.
     pub attempts: u32,
-    /// The client that sent it (`None` in open mode).
-    pub owner: Option<Box<str>>,
+    /// The client that sent it (`None` in open mode): client names are interned, so this is
+    /// no allocation per request.
+    pub owner: Option<&'static str>,
+    /// The id is one courier generated for this request (see `RequestId::generated`): no entry
+    /// has it, so the store may skip looking.
+    pub new_id: bool,
 }
 
 impl SyncEntry {
@@ -249,7 +253,7 @@ impl SyncEntry {
                 takeovers: 0,
                 callback: None,
             },
-            owner: self.owner.as_deref().map(str::to_owned),
+            owner: self.owner.map(str::to_owned),
             work: None,
         }
     }

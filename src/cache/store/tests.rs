@@ -14,7 +14,7 @@ fn key(n: u16) -> Key {
 
 /// An entry stored at `stored` whose weight is `size` bytes of answer plus the fixed overhead.
 fn entry(size: usize, stored: Instant) -> Arc<Entry> {
-    Arc::new(Entry { id: 1, result: Bytes::from(vec![b'1'; size]), upstream_request_id: None, stored })
+    Arc::new(Entry::stored_at(Bytes::from(vec![b'1'; size]), None, stored))
 }
 
 fn evicted(metrics: &Metrics, cause: &str) -> u64 {
