@@ -139,7 +139,9 @@ async fn age_and_freshness_count_from_the_original_store() {
         let l2 = &l2;
         async move { l2.write(&key(n), &record_from(ago, b"\"x\""), Duration::from_secs(10)).await.unwrap() }
     };
-    write(1, Duration::from_secs(7)).await;
+    // 7.5 s: the record's store time is in whole milliseconds, so an age of exactly 7 s could
+    // read as 6.999 s and show as 6.
+    write(1, Duration::from_millis(7_500)).await;
     write(2, TTL + Duration::from_secs(10)).await;
     write(3, TTL + Duration::from_secs(40)).await;
     write(4, KEEP + Duration::from_secs(10)).await;

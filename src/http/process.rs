@@ -110,7 +110,7 @@ async fn answer(
         let bytes = limits::before(started + body_timeout, read_body(payload, req.headers(), config.max_body_bytes))
             .await
             .ok_or_else(|| worker.refused(ApiError::RequestBodyTimeout(body_timeout)))??;
-        let request = body::parse(&bytes, worker.shared.cache.enabled())?;
+        let request = worker.recent.borrow_mut().parse(&bytes, worker.shared.cache.enabled())?;
         Ok::<_, ApiError>((request, deadline))
     };
     let (request, deadline) = match prepared.await {
