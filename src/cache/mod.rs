@@ -137,9 +137,14 @@ impl Entry {
         }
     }
 
+    /// How long it has been stored at `now` (zero for a store time ahead of `now`).
+    pub fn age_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored())
+    }
+
     /// Whole seconds since it was stored (the `Age` header).
     pub fn age(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.stored()).as_secs()
+        self.age_at(now).as_secs()
     }
 
     fn weight(&self) -> u32 {
@@ -258,7 +263,7 @@ impl ResponseCache {
                 (None, None) => return Lookup::Miss,
             },
         };
-        let age = now.saturating_duration_since(entry.stored());
+        let age = entry.age_at(now);
         if age <= self.settings.ttl {
             Lookup::Fresh(entry)
         } else if age <= self.settings.ttl + self.settings.stale_while_revalidate {
@@ -269,7 +274,7 @@ impl ResponseCache {
     }
 
     fn fresh(&self, entry: &Entry, now: Instant) -> bool {
-        now.saturating_duration_since(entry.stored()) <= self.settings.ttl
+        entry.age_at(now) <= self.settings.ttl
     }
 
     /// Reads `key` from the second level and puts what it finds in the first, unless `local`
@@ -294,7 +299,7 @@ impl ResponseCache {
 
     /// Whether an expired entry may stand in for an error at `now`.
     pub fn usable_if_error(&self, entry: &Entry, now: Instant) -> bool {
-        now.saturating_duration_since(entry.stored()) <= self.settings.ttl + self.settings.stale_if_error
+        entry.age_at(now) <= self.settings.ttl + self.settings.stale_if_error
     }
 
     /// Fetches with `load` and stores the answer, coalescing identical loads in flight. `stale`

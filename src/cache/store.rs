@@ -175,7 +175,7 @@ impl Store {
     }
 
     fn expired(&self, entry: &Entry, now: Instant) -> bool {
-        now.saturating_duration_since(entry.stored()) >= self.keep
+        entry.age_at(now) >= self.keep
     }
 
     /// The second by which `entry` has expired (rounded up; `u32::MAX`: not in this store's life).

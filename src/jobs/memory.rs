@@ -241,6 +241,11 @@ impl Shard {
         if self.contains(id) {
             return Err(StoreError::Exists);
         }
+        self.admit_new(id, cap, ttl, now)
+    }
+
+    /// As [`Shard::admit`], for an id known to be new (one courier generated): no lookup.
+    fn admit_new(&mut self, id: &str, cap: usize, ttl: Duration, now: Instant) -> Result<SmolStr, StoreError> {
         self.make_room(cap, ttl, now);
         if self.len() >= cap {
             return Err(StoreError::Full);
@@ -327,13 +332,11 @@ impl JobStore for MemoryStore {
     fn record_sync(&self, id: &str, entry: SyncEntry) {
         let mut shard = self.shard(id).lock().expect("shard lock");
         let now = Instant::now();
-        if entry.new_id {
-            // Nothing to look for: only room to make.
-            shard.make_room(self.cap_per_shard, self.ttl, now);
-            if shard.len() < self.cap_per_shard {
-                shard.synced.push(now, SmolStr::new(id), entry);
-            }
-        } else if let Ok(id) = shard.admit(id, self.cap_per_shard, self.ttl, now) {
+        let admitted = match entry.new_id {
+            true => shard.admit_new(id, self.cap_per_shard, self.ttl, now),
+            false => shard.admit(id, self.cap_per_shard, self.ttl, now),
+        };
+        if let Ok(id) = admitted {
             shard.synced.push(now, id, entry);
         }
     }
