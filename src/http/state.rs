@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use actix_web::http::header::AUTHORIZATION;
 use actix_web::HttpRequest;
 use slog::Logger;
 
@@ -114,7 +115,7 @@ impl Worker {
         };
         let key = req
             .headers()
-            .get("authorization")
+            .get(AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .ok_or(ApiError::Unauthorized)?;
         clients.authenticate(key).map(|(i, name)| Caller::Known(i, name)).ok_or(ApiError::Unauthorized)

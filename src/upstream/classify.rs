@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use actix_web::http::header::{HeaderMap, HeaderName, HttpDate, RETRY_AFTER};
+use actix_web::http::header::{HeaderMap, HeaderValue, HttpDate};
 use bytes::Bytes;
 
 /// The classified result of one upstream attempt.
@@ -218,23 +218,36 @@ pub struct RateSignal {
 const EPOCH_THRESHOLD: u64 = 1_000_000_000;
 
 impl RateSignal {
-    /// Reads the rate headers of an answer; absent or malformed headers stay `None`.
+    /// Reads the rate headers of an answer; absent or malformed headers stay `None`. A header sent
+    /// more than once counts by its first value.
     pub fn from_headers(headers: &HeaderMap) -> RateSignal {
-        // Names built at compile time: this runs on every upstream answer, and `from_static` at
-        // run time checks every byte again.
-        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-        const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-        let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-        let number = |name: &HeaderName| text(name).and_then(|v| v.trim().parse::<u64>().ok());
+        // One pass over the answer's few headers: each `HeaderMap::get` hashes the name with
+        // SipHash, and five of them cost more than reading every header once.
+        let (mut retry_after, mut limit, mut remaining, mut reset, mut ratelimit) = (None, None, None, None, None);
+        for (name, value) in headers.iter() {
+            let slot = match name.as_str() {
+                "retry-after" => &mut retry_after,
+                "x-ratelimit-limit" => &mut limit,
+                "x-ratelimit-remaining" => &mut remaining,
+                "x-ratelimit-reset" => &mut reset,
+                "ratelimit" => &mut ratelimit,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        fn text(value: Option<&HeaderValue>) -> Option<&str> {
+            value.and_then(|v| v.to_str().ok())
+        }
+        fn number(value: Option<&HeaderValue>) -> Option<u64> {
+            text(value).and_then(|v| v.trim().parse::<u64>().ok())
+        }
         let mut signal = RateSignal {
-            retry_after: text(&RETRY_AFTER).and_then(parse_retry_after),
-            limit: number(&LIMIT),
-            remaining: number(&REMAINING),
-            reset: number(&RESET).map(reset_delay),
+            retry_after: text(retry_after).and_then(parse_retry_after),
+            limit: number(limit),
+            remaining: number(remaining),
+            reset: number(reset).map(reset_delay),
         };
-        if let Some(ietf) = text(&RATELIMIT) {
+        if let Some(ietf) = text(ratelimit) {
             for item in ietf.split(',') {
                 let Some((key, value)) = item.trim().split_once('=') else {
                     continue;
@@ -282,7 +295,7 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::HeaderValue;
+    use actix_web::http::header::HeaderName;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -340,6 +353,20 @@ mod tests {
         let ietf = RateSignal::from_headers(&headers(&[("ratelimit", "limit=60, remaining=7, reset=4")]));
         assert_eq!((ietf.limit, ietf.remaining, ietf.reset), (Some(60), Some(7), Some(Duration::from_secs(4))));
         assert!(RateSignal::from_headers(&headers(&[("x-ratelimit-remaining", "many")])).is_empty());
+    }
+
+    #[test]
+    fn rate_headers_are_found_among_others_and_a_repeated_one_counts_by_its_first_value() {
+        let mut map = headers(&[("content-type", "application/json"), ("x-request-id", "r1"), ("retry-after", "2")]);
+        map.append(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from_static("5"));
+        map.append(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from_static("9"));
+        map.append(HeaderName::from_static("ratelimit"), HeaderValue::from_static("limit=60, remaining=7"));
+        let s = RateSignal::from_headers(&map);
+        assert_eq!(s.retry_after, Some(Duration::from_secs(2)));
+        // X-RateLimit-Remaining wins over the IETF header's; the IETF header fills the limit.
+        assert_eq!((s.limit, s.remaining, s.reset), (Some(60), Some(5), None));
+        let plain = headers(&[("content-type", "application/json"), ("content-length", "12")]);
+        assert!(RateSignal::from_headers(&plain).is_empty());
     }
 
     #[test]
