@@ -413,7 +413,7 @@ def report(results, memory):
         answers = entries * answer_bytes / 2**20
         print(f"| {label}: cached answers | {entries:.0f} of {answer_bytes} B = {answers:.1f} MiB |")
         print(f"| {label}: RSS before filling / filled | {before:.1f} / {filled:.1f} MiB |")
-        print(f"| {label}: RSS / (1.5 × answers + 32 MiB) | {filled / (1.5 * answers + 32):.2f} |")
+        print(f"| {label}: RSS / (1.5 × answers + 32 MiB) | {filled / (1.5 * answers + 32):.3f} |")
 
 
 def platform_line():
