@@ -26,7 +26,6 @@ const MAX_CLIENT_DEADLINE: Duration = Duration::from_secs(3600);
 /// Header names built at compile time (`from_static` at run time checks every byte again).
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 const X_CACHE_KEY: HeaderName = HeaderName::from_static("x-cache-key");
-/// Built once: a name given as text is parsed into a `HeaderName` on every lookup.
 const X_REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-request-timeout");
 
 /// What answering a request came to, before the common headers are added.

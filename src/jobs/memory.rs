@@ -116,6 +116,12 @@ impl Synced {
     }
 }
 
+/// Where the entry of index sequence number `seq` sits in a ring whose front has `base` (the
+/// index keeps the low 32 bits, so the difference wraps).
+fn offset(seq: u32, base: u64) -> usize {
+    seq.wrapping_sub(base as u32) as usize
+}
+
 impl SyncRing {
     /// A ring with room for `room` entries before it grows. Growing doubles the ring and the
     /// index, and mimalloc keeps the outgrown buffers (`src/allocator.rs`): grown from empty to
@@ -146,7 +152,7 @@ impl SyncRing {
     }
 
     fn at(&self, seq: u32) -> &Synced {
-        &self.entries[seq.wrapping_sub(self.base as u32) as usize]
+        &self.entries[offset(seq, self.base)]
     }
 
     /// When the oldest entry was recorded, in [`SyncRing::ms`].
@@ -158,8 +164,8 @@ impl SyncRing {
         let seq = (self.base + self.entries.len() as u64) as u32;
         let hash = self.hasher.hash_one(id.as_str());
         self.entries.push_back(Synced::new(self.ms(at), id, entry));
-        let (entries, base, hasher) = (&self.entries, self.base as u32, &self.hasher);
-        self.index.insert_unique(hash, seq, |&s| hasher.hash_one(entries[s.wrapping_sub(base) as usize].id.as_str()));
+        let (entries, base, hasher) = (&self.entries, self.base, &self.hasher);
+        self.index.insert_unique(hash, seq, |&s| hasher.hash_one(entries[offset(s, base)].id.as_str()));
     }
 
     /// Removes the oldest entry.
