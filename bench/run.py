@@ -32,8 +32,11 @@ LOADGEN = os.path.join(TARGET_DIR, "release", "examples", "loadgen")
 FLOOR = os.path.join(TARGET_DIR, "release", "examples", "floor")
 SECONDS = float(os.environ.get("SECONDS_PER_RUN", "6"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
-# Which parts to run (all by default): pass, cache, latency, reject, breaker, memory.
-PARTS = set(os.environ.get("PARTS", "pass,cache,latency,reject,breaker,memory").split(","))
+# Which parts to run (all by default): pass, steady, cache, latency, reject, breaker, memory.
+PARTS = set(os.environ.get("PARTS", "pass,steady,cache,latency,reject,breaker,memory").split(","))
+# The fixed rate of the "steady" pass-through: a quarter of what courier serves in a closed loop
+# here, so that the two cores are not saturated and latency is not queueing.
+STEADY_RATE = 4000
 if os.environ.get("PHASES") == "memory":
     PARTS = {"memory"}
 CONNS = 64
@@ -75,12 +78,14 @@ def post(url, body, headers=None):
 
 
 def cpu_seconds(pids):
-    total = 0
+    """User and system CPU seconds of these processes so far."""
+    user = system = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICK, system / TICK
 
 
 def peak_rss_mib(pids):
@@ -261,19 +266,28 @@ backend sim
     results = {}
 
     def measure(scenario, name, url, headers, pids, rate=0):
-        before = cpu_seconds(pids)
+        user_before, system_before = cpu_seconds(pids)
         r = loadgen(url, headers, rate=rate)
-        used = cpu_seconds(pids) - before
-        r["cpu_per_10k"] = used / max(r["requests"], 1) * 10000
+        user_after, system_after = cpu_seconds(pids)
+        per_10k = 10000 / max(r["requests"], 1)
+        r["user_per_10k"] = (user_after - user_before) * per_10k
+        r["system_per_10k"] = (system_after - system_before) * per_10k
+        r["cpu_per_10k"] = r["user_per_10k"] + r["system_per_10k"]
         r["peak_rss_mib"] = peak_rss_mib(pids)
         results.setdefault(scenario, {}).setdefault(name, []).append(r)
         codes = ",".join(f"{k}:{v}" for k, v in r["statuses"].items())
         print(f"  {scenario:<22} {name:<18} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f}  p99 {r['p99_ms']:.3f} ms"
-              f"  cpu/10k {r['cpu_per_10k']:.3f} s  [{codes}] errors {r['errors']}", flush=True)
+              f"  cpu/10k {r['cpu_per_10k']:.3f} s (user {r['user_per_10k']:.3f})  [{codes}] errors {r['errors']}",
+              flush=True)
 
     plan = [
         ("pass", "pass-through", ["direct", "courier", "nginx", "haproxy", "actix-web + awc floor"], 0),
         ("cache", "cache hit", ["direct", "courier (cache)", "nginx proxy_cache", "actix-web answer floor"], 0),
+        # The same pass-through at a fixed rate every target sustains: latency at equal load (the
+        # closed loop's p99 mostly shows how fast each target runs), and CPU without the closed
+        # loop's batching, which grows with a target's own speed.
+        ("steady", f"pass-through, {STEADY_RATE}/s",
+         ["direct", "courier", "nginx", "haproxy", "actix-web + awc floor"], STEADY_RATE),
     ]
     if COURIER_B:
         b_pass, b_pass_url, _ = courier("courier-b-pass", {}, COURIER_B)
@@ -284,6 +298,7 @@ backend sim
             post(b_cache_url, BODY, {"Content-Type": "application/json"})
         plan[0][2].insert(2, "courier B")
         plan[1][2].insert(2, "courier B (cache)")
+        plan[2][2].insert(2, "courier B")
     for rnd in range(1, ROUNDS + 1 if PARTS - {"memory"} else 1):
         print(f"round {rnd}", flush=True)
         for part, scenario, names, rate in plan:
@@ -385,17 +400,20 @@ def report(results, memory):
         print()
         print(f"### {scenario}")
         print()
-        print("| target | req/s median (min–max) | × direct | p50 ms | p99 ms | CPU s / 10k req (min–max) | peak RSS MiB |")
-        print("|---|---|---|---|---|---|---|")
+        print("| target | req/s median (min–max) | × direct | p50 ms | p99 ms | CPU s / 10k req (min–max) "
+              "| of it user / system | peak RSS MiB |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, runs in by_target.items():
             rps = med([r["rps"] for r in runs])
             cpu = med([r["cpu_per_10k"] for r in runs])
             ratio = f"{rps[0] / statistics.median([r['rps'] for r in direct]):.2f}" if direct else "—"
             p50 = statistics.median([r["p50_ms"] for r in runs])
             p99 = statistics.median([r["p99_ms"] for r in runs])
+            user = statistics.median([r["user_per_10k"] for r in runs])
+            system = statistics.median([r["system_per_10k"] for r in runs])
             rss = max(r["peak_rss_mib"] for r in runs)
             print(f"| {name} | {rps[0]:.0f} ({rps[1]:.0f}–{rps[2]:.0f}) | {ratio} | {p50:.3f} | {p99:.3f} | "
-                  f"{cpu[0]:.3f} ({cpu[1]:.3f}–{cpu[2]:.3f}) | {rss:.1f} |")
+                  f"{cpu[0]:.3f} ({cpu[1]:.3f}–{cpu[2]:.3f}) | {user:.3f} / {system:.3f} | {rss:.1f} |")
     m = memory
     if m is None:
         return
