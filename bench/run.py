@@ -309,7 +309,8 @@ backend sim
         if "latency" in PARTS:
             # Upstream with 20 ms latency, at a fixed rate.
             post(sim_base + "/_sim/faults", '{"latency_ms": 20}', {"Content-Type": "application/json"})
-            for name in ["direct", "courier", "nginx", "haproxy", "actix-web + awc floor"]:
+            for name in ["direct", "courier"] + ["courier B"] * bool(COURIER_B) + ["nginx", "haproxy",
+                                                                                "actix-web + awc floor"]:
                 url, headers, pids = targets[name]
                 measure("20 ms upstream, 1000/s", name, url, headers, pids, rate=1000)
             post(sim_base + "/_sim/faults", '{"reset": true}', {"Content-Type": "application/json"})
