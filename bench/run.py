@@ -280,14 +280,17 @@ backend sim
               f"  cpu/10k {r['cpu_per_10k']:.3f} s (user {r['user_per_10k']:.3f})  [{codes}] errors {r['errors']}",
               flush=True)
 
+    # The targets of every pass-through scenario (closed loop, fixed rate, 20 ms upstream).
+    passing = ["direct", "courier", "nginx", "haproxy", "actix-web + awc floor"]
+    if COURIER_B:
+        passing.insert(2, "courier B")
     plan = [
-        ("pass", "pass-through", ["direct", "courier", "nginx", "haproxy", "actix-web + awc floor"], 0),
+        ("pass", "pass-through", passing, 0),
         ("cache", "cache hit", ["direct", "courier (cache)", "nginx proxy_cache", "actix-web answer floor"], 0),
         # The same pass-through at a fixed rate every target sustains: latency at equal load (the
         # closed loop's p99 mostly shows how fast each target runs), and CPU without the closed
         # loop's batching, which grows with a target's own speed.
-        ("steady", f"pass-through, {STEADY_RATE}/s",
-         ["direct", "courier", "nginx", "haproxy", "actix-web + awc floor"], STEADY_RATE),
+        ("steady", f"pass-through, {STEADY_RATE}/s", passing, STEADY_RATE),
     ]
     if COURIER_B:
         b_pass, b_pass_url, _ = courier("courier-b-pass", {}, COURIER_B)
@@ -296,9 +299,7 @@ backend sim
         targets["courier B (cache)"] = (b_cache_url, json_header, [b_cache.pid])
         for _ in range(2):
             post(b_cache_url, BODY, {"Content-Type": "application/json"})
-        plan[0][2].insert(2, "courier B")
         plan[1][2].insert(2, "courier B (cache)")
-        plan[2][2].insert(2, "courier B")
     for rnd in range(1, ROUNDS + 1 if PARTS - {"memory"} else 1):
         print(f"round {rnd}", flush=True)
         for part, scenario, names, rate in plan:
@@ -309,8 +310,7 @@ backend sim
         if "latency" in PARTS:
             # Upstream with 20 ms latency, at a fixed rate.
             post(sim_base + "/_sim/faults", '{"latency_ms": 20}', {"Content-Type": "application/json"})
-            for name in ["direct", "courier"] + ["courier B"] * bool(COURIER_B) + ["nginx", "haproxy",
-                                                                                "actix-web + awc floor"]:
+            for name in passing:
                 url, headers, pids = targets[name]
                 measure("20 ms upstream, 1000/s", name, url, headers, pids, rate=1000)
             post(sim_base + "/_sim/faults", '{"reset": true}', {"Content-Type": "application/json"})
