@@ -71,6 +71,7 @@ impl Gateway {
             backoff,
             attempt_timeout: config.attempt_timeout,
             max_body: config.upstream_max_body_bytes,
+            max_depth: config.limits.max_json_depth + crate::json::WRAPPING_DEPTH,
         };
         let weights = match &config.clients {
             Some(clients) => clients.entries().iter().map(|c| c.weight).collect(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod jobs;
+pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

@@ -25,6 +25,8 @@ pub struct RetryPolicy {
     pub attempt_timeout: Duration,
     /// Largest accepted upstream success body.
     pub max_body: usize,
+    /// Deepest nesting accepted in an upstream answer.
+    pub max_depth: usize,
 }
 
 /// Why a dispatched request got no upstream result.
@@ -180,6 +182,7 @@ pub async fn run(up: Rc<Upstream>, msg: Dispatch) -> Dispatched {
             body: body.clone(),
             timeout: up.policy.attempt_timeout.min(time_left),
             max_body: up.policy.max_body,
+            max_depth: up.policy.max_depth,
         };
         let (attempt, signal) = send_attempt(&up.client, request).await;
         let finished = Instant::now();
@@ -244,6 +247,7 @@ mod tests {
             backoff: Backoff::try_new(100 * MS, 1000 * MS, true).unwrap(),
             attempt_timeout: Duration::from_secs(1),
             max_body: 1024,
+            max_depth: 64,
         }
     }
 

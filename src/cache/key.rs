@@ -60,9 +60,51 @@ impl Borrow<str> for JsonStr<'_> {
 /// A JSON object's members by name, sorted.
 pub type Members<'a> = BTreeMap<JsonStr<'a>, &'a RawValue>;
 
-/// A value that is not valid JSON (cannot happen for a body that already parsed).
-#[derive(Debug)]
-pub struct NotJson;
+/// Why a value has no cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotJson {
+    /// Not valid JSON (cannot happen for a body that already parsed).
+    #[error("a value is not valid JSON")]
+    Invalid,
+    /// An object names a member twice. Refused rather than keyed: the key could keep only
+    /// one of the two, while the upstream may read the other, and one client's request could
+    /// then fill the cache entry of another's.
+    #[error("an object in the body names the same member twice")]
+    DuplicateName,
+}
+
+/// An object's members in the order written, read without building their values.
+struct Written<'a>(Vec<(JsonStr<'a>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Written<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Written<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Written<'a>, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Written(members))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The members of the object `raw`, sorted by name; refuses a name written twice.
+fn sorted_members(raw: &str) -> Result<Vec<(JsonStr<'_>, &RawValue)>, NotJson> {
+    let Written(mut members) = serde_json::from_str(raw).map_err(|_| NotJson::Invalid)?;
+    members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if members.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+        return Err(NotJson::DuplicateName);
+    }
+    Ok(members)
+}
 
 /// The key of a request: its `data`, and its upstream `options` (courier's own options
 /// already removed), both canonicalised.
@@ -109,45 +151,79 @@ impl io::Write for Hashing<'_> {
     }
 }
 
+/// An array or object whose members are being written, innermost last, with whether one
+/// has been written already (the next needs a comma).
+enum Open<'a> {
+    Array(std::vec::IntoIter<&'a RawValue>, bool),
+    Object(std::vec::IntoIter<(JsonStr<'a>, &'a RawValue)>, bool),
+}
+
 /// Writes the canonical form of `value` into the hasher.
-fn write_canonical(value: &RawValue, out: &mut Sha256) -> Result<(), NotJson> {
-    let raw = value.get().trim();
-    match raw.as_bytes().first() {
-        Some(b'{') => {
-            let object: Members<'_> = serde_json::from_str(raw).map_err(|_| NotJson)?;
-            out.update(b"{");
-            for (i, (name, inner)) in object.iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
+///
+/// Iterative: the arrays and objects still open are kept on a heap stack, not the thread's,
+/// so no input can overflow a worker's stack. Each level parses its own members once (serde
+/// skips over what they hold without recursing), so the work grows with size times depth;
+/// bodies are depth-checked before this runs ([`crate::json::check_depth`]).
+fn write_canonical<'a>(value: &'a RawValue, out: &mut Sha256) -> Result<(), NotJson> {
+    let mut open: Vec<Open<'a>> = Vec::new();
+    let mut next = Some(value);
+    loop {
+        if let Some(value) = next.take() {
+            let raw = value.get().trim();
+            match raw.as_bytes().first() {
+                Some(b'{') => {
+                    let members = sorted_members(raw)?;
+                    out.update(b"{");
+                    open.push(Open::Object(members.into_iter(), false));
                 }
-                write_string(&name.0, out);
-                out.update(b":");
-                write_canonical(inner, out)?;
-            }
-            out.update(b"}");
-        }
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| NotJson)?;
-            out.update(b"[");
-            for (i, inner) in items.iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
+                Some(b'[') => {
+                    let items: Vec<&'a RawValue> = serde_json::from_str(raw).map_err(|_| NotJson::Invalid)?;
+                    out.update(b"[");
+                    open.push(Open::Array(items.into_iter(), false));
                 }
-                write_canonical(inner, out)?;
+                // Without escapes a string is already canonical: JSON allows no raw `"` or
+                // control character inside one, so decoding and re-escaping it would give the
+                // same bytes.
+                Some(b'"') if !raw.contains('\\') => out.update(raw.as_bytes()),
+                Some(b'"') => {
+                    let text: JsonStr<'_> = serde_json::from_str(raw).map_err(|_| NotJson::Invalid)?;
+                    write_string(&text.0, out);
+                }
+                Some(_) => out.update(raw.as_bytes()),
+                None => return Err(NotJson::Invalid),
             }
-            out.update(b"]");
         }
-        // Without escapes a string is already canonical: JSON allows no raw `"` or control
-        // character inside one, so decoding and re-escaping it would give the same bytes.
-        Some(b'"') if !raw.contains('\\') => out.update(raw.as_bytes()),
-        Some(b'"') => {
-            let text: JsonStr<'_> = serde_json::from_str(raw).map_err(|_| NotJson)?;
-            write_string(&text.0, out);
+        // The next member of the innermost open array or object, or its end.
+        let Some(innermost) = open.last_mut() else { return Ok(()) };
+        match innermost {
+            Open::Array(items, started) => match items.next() {
+                Some(item) => {
+                    if std::mem::replace(started, true) {
+                        out.update(b",");
+                    }
+                    next = Some(item);
+                }
+                None => {
+                    out.update(b"]");
+                    open.pop();
+                }
+            },
+            Open::Object(members, started) => match members.next() {
+                Some((name, inner)) => {
+                    if std::mem::replace(started, true) {
+                        out.update(b",");
+                    }
+                    write_string(&name.0, out);
+                    out.update(b":");
+                    next = Some(inner);
+                }
+                None => {
+                    out.update(b"}");
+                    open.pop();
+                }
+            },
         }
-        Some(_) => out.update(raw.as_bytes()),
-        None => return Err(NotJson),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub struct LimitsConfig {
     pub client_body_timeout: Duration,
     /// Time a client has to acknowledge the close of a connection before it is dropped.
     pub client_disconnect_timeout: Duration,
+    /// Levels of arrays and objects a request body may nest (`COURIER_MAX_JSON_DEPTH`);
+    /// upstream answers and stored records may nest [`crate::json::WRAPPING_DEPTH`] more.
+    pub max_json_depth: usize,
 }
 
 impl LimitsConfig {
@@ -38,6 +41,11 @@ impl LimitsConfig {
             client_header_timeout: r.seconds("COURIER_CLIENT_HEADER_TIMEOUT", 5.0),
             client_body_timeout: r.seconds("COURIER_CLIENT_BODY_TIMEOUT", 10.0),
             client_disconnect_timeout: r.seconds("COURIER_CLIENT_DISCONNECT_TIMEOUT", 1.0),
+            max_json_depth: r.count(
+                "COURIER_MAX_JSON_DEPTH",
+                crate::json::DEFAULT_MAX_DEPTH as u64,
+                2..=crate::json::MAX_DEPTH_SETTING as u64,
+            ) as usize,
         }
     }
 }

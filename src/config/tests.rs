@@ -170,13 +170,15 @@ fn limits_have_defaults_and_are_range_checked() {
             client_header_timeout: Duration::from_secs(5),
             client_body_timeout: Duration::from_secs(10),
             client_disconnect_timeout: Duration::from_secs(1),
+            max_json_depth: 64,
         }
     );
     let mut env = minimal();
     env.set("COURIER_MAX_HEADER_BYTES", "200000")
         .set("COURIER_CLIENT_MAX_IN_FLIGHT", "0")
         .set("COURIER_CLIENT_BODY_TIMEOUT", "0")
-        .set("COURIER_MAX_CONNECTIONS_PER_WORKER", "many");
+        .set("COURIER_MAX_CONNECTIONS_PER_WORKER", "many")
+        .set("COURIER_MAX_JSON_DEPTH", "100000");
     let errors = Config::from_sources(&env, None).unwrap_err();
     let vars: Vec<&str> = errors.0.iter().map(|e| e.var.as_str()).collect();
     assert_eq!(
@@ -185,7 +187,8 @@ fn limits_have_defaults_and_are_range_checked() {
             "COURIER_MAX_HEADER_BYTES",
             "COURIER_MAX_CONNECTIONS_PER_WORKER",
             "COURIER_CLIENT_MAX_IN_FLIGHT",
-            "COURIER_CLIENT_BODY_TIMEOUT"
+            "COURIER_CLIENT_BODY_TIMEOUT",
+            "COURIER_MAX_JSON_DEPTH"
         ]
     );
     assert!(errors.to_string().contains("COURIER_MAX_HEADER_BYTES: 200000 is out of range 1024..=131072"), "{errors}");

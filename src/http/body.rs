@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, HttpResponseBuilder};
 
 use super::errors::ApiError;
-use crate::cache::{key_of, Key, Members};
+use crate::cache::{key_of, Key, Members, NotJson};
 use crate::request_id::{self, RequestId};
 
 /// Option keys that are courier's, not the upstream's; they are not forwarded.
@@ -55,10 +55,33 @@ fn invalid(message: &'static str) -> ApiError {
     ApiError::InvalidRequest(Cow::Borrowed(message))
 }
 
+/// How a body is read: whether its cache key is wanted, and how deep its JSON may nest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// Compute the cache key (the cache is on).
+    pub want_key: bool,
+    /// `COURIER_MAX_JSON_DEPTH`.
+    pub max_depth: usize,
+}
+
+impl Rules {
+    /// The rules with the default depth bound.
+    pub fn new(want_key: bool) -> Rules {
+        Rules { want_key, max_depth: crate::json::DEFAULT_MAX_DEPTH }
+    }
+}
+
 /// Validates a process request body: a JSON object whose `data` is an object with `input`,
 /// and whose optional `options` is an object (`async` a boolean, `callback_url` a string).
 /// With `want_key`, also computes the cache key (courier's own options are not part of it).
-pub fn parse(body: &[u8], want_key: bool) -> Result<ProcessRequest, ApiError> {
+///
+/// The nesting depth is checked first, in one pass without recursion, so nothing after it
+/// (serde, the cache key's walk) ever sees a document deeper than `max_depth`.
+pub fn parse(body: &[u8], rules: Rules) -> Result<ProcessRequest, ApiError> {
+    let Rules { want_key, max_depth } = rules;
+    crate::json::check_depth(body, max_depth).map_err(|too_deep| {
+        ApiError::InvalidRequest(format!("{too_deep} (COURIER_MAX_JSON_DEPTH); send a flatter document").into())
+    })?;
     let text = std::str::from_utf8(body).map_err(|_| ApiError::InvalidJson("not UTF-8".into()))?;
     if !is_object(text) {
         // serde would accept an array for a struct; the API takes only an object.
@@ -101,7 +124,10 @@ pub fn parse(body: &[u8], want_key: bool) -> Result<ProcessRequest, ApiError> {
         options.remove(key);
     }
     let cache_key = match want_key {
-        true => Some(key_of(data, &options).map_err(|_| ApiError::InvalidJson("unreadable value".into()))?),
+        true => Some(key_of(data, &options).map_err(|why| match why {
+            NotJson::Invalid => ApiError::InvalidJson("unreadable value".into()),
+            NotJson::DuplicateName => ApiError::InvalidRequest(why.to_string().into()),
+        })?),
         false => None,
     };
 
@@ -150,17 +176,18 @@ impl Default for Recent {
 }
 
 impl Recent {
-    /// [`parse`], from memory when this exact body was parsed lately with `want_key`.
-    pub fn parse(&mut self, body: &[u8], want_key: bool) -> Result<ProcessRequest, ApiError> {
-        if !want_key || body.len() > RECENT_MAX_BODY {
-            return parse(body, want_key);
+    /// [`parse`], from memory when this exact body was parsed lately with `want_key` (and the
+    /// same rules: they are fixed for a worker's life).
+    pub fn parse(&mut self, body: &[u8], rules: Rules) -> Result<ProcessRequest, ApiError> {
+        if !rules.want_key || body.len() > RECENT_MAX_BODY {
+            return parse(body, rules);
         }
         let hash = std::hash::BuildHasher::hash_one(&self.hasher, body);
         let slot = &mut self.slots[hash as usize % RECENT_SLOTS];
         if let Some(seen) = slot.as_ref().filter(|seen| seen.hash == hash && *seen.body == *body) {
             return Ok(seen.request.clone());
         }
-        let request = parse(body, want_key)?;
+        let request = parse(body, rules)?;
         *slot = Some(Remembered { hash, body: body.into(), request: request.clone() });
         Ok(request)
     }
@@ -208,23 +235,23 @@ mod tests {
     fn a_body_sent_again_is_not_parsed_again_and_comes_back_the_same() {
         let mut recent = Recent::default();
         let body = br#"{"data": {"input": "x", "b": [1, 2]}, "options": {"p": "q", "callback_url": "http://h/c"}}"#;
-        let first = recent.parse(body, true).unwrap();
-        let again = recent.parse(body, true).unwrap();
-        assert!(same(&first, &parse(body, true).unwrap()) && same(&again, &first));
+        let first = recent.parse(body, Rules::new(true)).unwrap();
+        let again = recent.parse(body, Rules::new(true)).unwrap();
+        assert!(same(&first, &parse(body, Rules::new(true)).unwrap()) && same(&again, &first));
         assert_eq!(again.upstream_body.as_ptr(), first.upstream_body.as_ptr(), "the same upstream body: remembered");
         // The same request written differently is parsed, and keyed the same.
         let spaced = br#"{"options": {"callback_url": "http://h/c", "p": "q"}, "data": {"b": [1,2], "input": "x"}}"#;
-        let other = recent.parse(spaced, true).unwrap();
+        let other = recent.parse(spaced, Rules::new(true)).unwrap();
         assert_ne!(other.upstream_body.as_ptr(), first.upstream_body.as_ptr());
         assert_eq!(other.cache_key.map(|k| k.hex()), first.cache_key.map(|k| k.hex()));
         // Without the cache, or too long, a body is parsed every time.
-        let plain = recent.parse(body, false).unwrap();
+        let plain = recent.parse(body, Rules::new(false)).unwrap();
         assert!(plain.cache_key.is_none());
-        assert_ne!(recent.parse(body, false).unwrap().upstream_body.as_ptr(), plain.upstream_body.as_ptr());
+        assert_ne!(recent.parse(body, Rules::new(false)).unwrap().upstream_body.as_ptr(), plain.upstream_body.as_ptr());
         let long = format!(r#"{{"data": {{"input": "{}"}}}}"#, "x".repeat(RECENT_MAX_BODY));
-        let long_first = recent.parse(long.as_bytes(), true).unwrap();
+        let long_first = recent.parse(long.as_bytes(), Rules::new(true)).unwrap();
         assert_ne!(
-            recent.parse(long.as_bytes(), true).unwrap().upstream_body.as_ptr(),
+            recent.parse(long.as_bytes(), Rules::new(true)).unwrap().upstream_body.as_ptr(),
             long_first.upstream_body.as_ptr()
         );
     }
@@ -236,28 +263,29 @@ mod tests {
         let bodies: Vec<String> = (0..3 * RECENT_SLOTS).map(|i| format!(r#"{{"data": {{"input": {i}}}}}"#)).collect();
         for _ in 0..2 {
             for body in &bodies {
-                let got = recent.parse(body.as_bytes(), true).unwrap();
-                assert!(same(&got, &parse(body.as_bytes(), true).unwrap()), "{body}");
+                let got = recent.parse(body.as_bytes(), Rules::new(true)).unwrap();
+                assert!(same(&got, &parse(body.as_bytes(), Rules::new(true)).unwrap()), "{body}");
             }
         }
         for _ in 0..2 {
-            assert!(recent.parse(br#"{"data": {}}"#, true).is_err(), "a bad body fails every time");
+            assert!(recent.parse(br#"{"data": {}}"#, Rules::new(true)).is_err(), "a bad body fails every time");
         }
     }
 
     fn parse_plain(body: &[u8]) -> Result<ProcessRequest, ApiError> {
-        parse(body, false)
+        parse(body, Rules::new(false))
     }
 
     #[test]
     fn the_cache_key_ignores_courier_options_and_key_order() {
-        let a = parse(br#"{"data": {"a": 1, "input": "x"}, "options": {"async": true, "p": 1}}"#, true).unwrap();
-        let b = parse(br#"{"options": {"p": 1}, "data": {"input": "x", "a": 1}}"#, true).unwrap();
+        let a = parse(br#"{"data": {"a": 1, "input": "x"}, "options": {"async": true, "p": 1}}"#, Rules::new(true))
+            .unwrap();
+        let b = parse(br#"{"options": {"p": 1}, "data": {"input": "x", "a": 1}}"#, Rules::new(true)).unwrap();
         assert_eq!(a.cache_key, b.cache_key);
         assert!(a.cache_key.is_some());
-        let c = parse(br#"{"data": {"input": "x", "a": 1}, "options": {"p": 2}}"#, true).unwrap();
+        let c = parse(br#"{"data": {"input": "x", "a": 1}, "options": {"p": 2}}"#, Rules::new(true)).unwrap();
         assert_ne!(a.cache_key, c.cache_key);
-        assert_eq!(parse(br#"{"data": {"input": "x"}}"#, false).unwrap().cache_key, None);
+        assert_eq!(parse(br#"{"data": {"input": "x"}}"#, Rules::new(false)).unwrap().cache_key, None);
     }
 
     fn message(body: &str) -> String {
@@ -295,6 +323,58 @@ mod tests {
         assert_eq!(message(r#"[{"data":{"input":1}}]"#), "the body must be a JSON object");
         assert!(message(r#"{"data": "#).starts_with("json: EOF while parsing"));
         assert!(message(r#"{"data":{"input":1},"data":{"input":2}}"#).contains("duplicate field"));
+    }
+
+    /// `{"data": {"input": ..}}` with `depth` arrays in `input`, and the same in another
+    /// `data` field and in `options`.
+    fn nested_bodies(depth: usize) -> [String; 3] {
+        let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        [
+            format!(r#"{{"data": {{"input": {deep}}}}}"#),
+            format!(r#"{{"data": {{"input": 1, "other": {deep}}}}}"#),
+            format!(r#"{{"data": {{"input": 1}}, "options": {{"o": {deep}}}}}"#),
+        ]
+    }
+
+    #[test]
+    fn too_deep_is_refused_before_any_walk_naming_the_limit() {
+        let rules = Rules { want_key: true, max_depth: 64 };
+        for body in nested_bodies(62) {
+            parse(body.as_bytes(), rules).unwrap();
+        }
+        for depth in [63, 10_000, 1_000_000] {
+            for body in nested_bodies(depth) {
+                // On a thread with a small stack: nothing may recurse per level.
+                let refused = std::thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || parse(body.as_bytes(), rules))
+                    .unwrap()
+                    .join()
+                    .expect("no stack overflow");
+                match refused {
+                    Err(ApiError::InvalidRequest(message)) => {
+                        assert!(message.contains("deeper than 64 levels") && message.contains("COURIER_MAX_JSON_DEPTH"))
+                    }
+                    other => panic!("depth {depth}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_when_keyed() {
+        // The key could keep only one of the two while the upstream reads the other: the
+        // cache entry of one request could then answer another.
+        for body in [
+            &br#"{"data": {"input": 1, "a": "x", "a": "y"}}"#[..],
+            br#"{"data": {"input": {"a": 1, "a": 2}}}"#,
+            br#"{"data": {"input": [{"b": 1, "\u0062": 2}]}}"#,
+        ] {
+            match parse(body, Rules::new(true)) {
+                Err(ApiError::InvalidRequest(message)) => assert!(message.contains("twice"), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

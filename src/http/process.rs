@@ -111,7 +111,8 @@ async fn answer(
         let bytes = limits::before(started + body_timeout, read_body(payload, req.headers(), config.max_body_bytes))
             .await
             .ok_or_else(|| worker.refused(ApiError::RequestBodyTimeout(body_timeout)))??;
-        let request = worker.recent.borrow_mut().parse(&bytes, worker.shared.cache.enabled())?;
+        let rules = body::Rules { want_key: worker.shared.cache.enabled(), max_depth: config.limits.max_json_depth };
+        let request = worker.recent.borrow_mut().parse(&bytes, rules)?;
         Ok::<_, ApiError>((request, deadline))
     };
     let (request, deadline) = match prepared.await {

@@ -109,7 +109,8 @@ impl Record {
         Some(out)
     }
 
-    /// Reads a record; `None` when the bytes are not one in a format this build knows.
+    /// Reads a record; `None` when the bytes are not one in a format this build knows, or
+    /// its result is not JSON courier would pass on (a corrupted or forged record is a miss).
     pub fn decode(bytes: &[u8]) -> Option<Record> {
         let (header, rest) = bytes.split_at_checked(HEADER)?;
         if header[0] != FORMAT_V1 {
@@ -123,6 +124,8 @@ impl Record {
             let (id, result) = rest.split_at_checked(usize::from(id_len))?;
             (Some(std::str::from_utf8(id).ok()?.into()), result)
         };
+        crate::json::check_depth(result, crate::json::RECORD_MAX_DEPTH).ok()?;
+        serde_json::from_slice::<&serde_json::value::RawValue>(result).ok()?;
         Some(Record { stored_at_ms, upstream_request_id, result: Bytes::copy_from_slice(result) })
     }
 }
@@ -315,7 +318,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        for r in [record(Some("up-1"), br#"{"a":[1,2]}"#), record(None, b"1"), record(Some(""), b"")] {
+        for r in [record(Some("up-1"), br#"{"a":[1,2]}"#), record(None, b"1"), record(Some(""), b"null")] {
             assert_eq!(Record::decode(&r.encode().unwrap()), Some(r));
         }
     }
@@ -329,6 +332,10 @@ mod tests {
         other[0] = 2;
         assert_eq!(Record::decode(&other), None, "unknown format");
         assert_eq!(Record::decode(b"{\"json\":true}"), None);
+        let with = |result: Vec<u8>| Record { stored_at_ms: 1, upstream_request_id: None, result: result.into() };
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+        assert_eq!(Record::decode(&with(deep).encode().unwrap()), None, "nested past any replica's bound");
+        assert_eq!(Record::decode(&with(b"{\"a\":".to_vec()).encode().unwrap()), None, "not JSON");
     }
 
     #[test]

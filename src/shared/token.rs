@@ -120,6 +120,8 @@ impl SharedToken {
 
     /// Parses a stored document; `None` when it is not one (treated like no document).
     fn from_json(text: &str) -> Option<SharedToken> {
+        // A flat document: anything nested is not one of ours.
+        crate::json::check_depth(text.as_bytes(), 1).ok()?;
         let doc: DocIn = serde_json::from_str(text).ok()?;
         if doc.access_token.is_empty() {
             return None;

@@ -95,6 +95,9 @@ pub struct SimArgs {
     /// Make the token endpoint answer 503 temporarily_unavailable.
     #[arg(long)]
     pub token_failure: bool,
+    /// Answer every successful request with a result nested this many arrays deep (0: off).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=super::faults::MAX_NESTED_DEPTH))]
+    pub nested_depth: u64,
     /// Also send IETF draft RateLimit / RateLimit-Policy headers.
     #[arg(long)]
     pub ietf_headers: bool,
@@ -119,6 +122,7 @@ impl SimArgs {
             outage: self.outage,
             drop_rate: self.drop_rate,
             token_failure: self.token_failure,
+            nested_depth: self.nested_depth,
             ..Faults::default()
         };
         SimConfig {

@@ -27,6 +27,10 @@ pub struct Faults {
     pub token_failure: bool,
     /// Current token epoch; tokens minted under another epoch are rejected.
     pub revocation_epoch: u64,
+    /// When above 0, every successful `/v2/process` answer's `result.processed_data` is this
+    /// many arrays nested in each other, as a buggy or hostile upstream might send.
+    #[serde(default)]
+    pub nested_depth: u64,
 }
 
 impl Default for Faults {
@@ -41,6 +45,7 @@ impl Default for Faults {
             drop_count: 0,
             token_failure: false,
             revocation_epoch: 0,
+            nested_depth: 0,
         }
     }
 }
@@ -82,6 +87,9 @@ pub struct FaultsPatch {
     /// Set the token epoch explicitly (tokens of every other epoch become invalid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_epoch: Option<u64>,
+    /// New value for [`Faults::nested_depth`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested_depth: Option<u64>,
     /// Bump the token epoch, invalidating every token issued so far.
     #[serde(default, skip_serializing_if = "is_false")]
     pub revoke_tokens: bool,
@@ -109,9 +117,16 @@ impl FaultsPatch {
         if self.error_status.is_some_and(|s| !(400..=599).contains(&s)) {
             return Err("error_status must be between 400 and 599".to_owned());
         }
+        if self.nested_depth.is_some_and(|d| d > MAX_NESTED_DEPTH) {
+            return Err(format!("nested_depth must be between 0 and {MAX_NESTED_DEPTH}"));
+        }
         Ok(())
     }
 }
+
+/// Deepest nesting the simulator writes: 2 MB of brackets, within the upstream body limit
+/// courier accepts by default, so the depth bound, not the size limit, is what refuses it.
+pub const MAX_NESTED_DEPTH: u64 = 1_000_000;
 
 /// One day; keeps `Duration::from_secs_f64` far from overflow.
 const MAX_LATENCY_MS: f64 = 86_400_000.0;
@@ -127,6 +142,7 @@ pub(crate) struct FaultState {
     drop_rate: AtomicU64,
     drop_count: AtomicU64,
     token_failure: AtomicBool,
+    nested_depth: AtomicU64,
 }
 
 impl FaultState {
@@ -141,6 +157,7 @@ impl FaultState {
             drop_rate: AtomicU64::new(0),
             drop_count: AtomicU64::new(0),
             token_failure: AtomicBool::new(false),
+            nested_depth: AtomicU64::new(0),
         };
         state.set_all(faults);
         state
@@ -157,6 +174,7 @@ impl FaultState {
             drop_rate: Some(f.drop_rate),
             drop_count: Some(f.drop_count),
             token_failure: Some(f.token_failure),
+            nested_depth: Some(f.nested_depth),
             ..FaultsPatch::default()
         });
     }
@@ -188,6 +206,9 @@ impl FaultState {
         if let Some(v) = p.token_failure {
             self.token_failure.store(v, Ordering::Relaxed);
         }
+        if let Some(v) = p.nested_depth {
+            self.nested_depth.store(v.min(MAX_NESTED_DEPTH), Ordering::Relaxed);
+        }
     }
 
     /// The current settings, with the given token epoch.
@@ -202,6 +223,7 @@ impl FaultState {
             drop_count: self.drop_count.load(Ordering::Relaxed),
             token_failure: self.token_failure.load(Ordering::Relaxed),
             revocation_epoch,
+            nested_depth: self.nested_depth.load(Ordering::Relaxed),
         }
     }
 
@@ -213,6 +235,11 @@ impl FaultState {
     /// Whether the token endpoint should fail.
     pub(crate) fn token_failure(&self) -> bool {
         self.token_failure.load(Ordering::Relaxed)
+    }
+
+    /// How deep a successful answer's `processed_data` nests (0: the normal answer).
+    pub(crate) fn nested_depth(&self) -> u64 {
+        self.nested_depth.load(Ordering::Relaxed)
     }
 
     /// Latency to add to an accepted request, if any.

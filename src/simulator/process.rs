@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::ratelimit::Decision;
-use super::reply::{dropped_connection, json_response, ApiError, RETRY_AFTER_ONE};
+use super::reply::{dropped_connection, json_response, raw_json, ApiError, RETRY_AFTER_ONE};
 use super::state::{header_value, Shared};
 use super::stats::ProcessOutcome;
 use super::tokens::{unix_ms, TokenError};
@@ -110,6 +110,10 @@ async fn handle(
         });
     }
 
+    let depth = sim.faults.nested_depth();
+    if depth > 0 {
+        return with_limits(raw_json(StatusCode::OK, nested_answer(depth as usize, &sim.next_request_id())));
+    }
     let body = Success {
         success: true,
         result: SuccessResult {
@@ -119,6 +123,18 @@ async fn handle(
         request_id: sim.next_request_id(),
     };
     with_limits(json_response(StatusCode::OK, &body))
+}
+
+/// A success answer whose `processed_data` is `depth` arrays nested in each other.
+fn nested_answer(depth: usize, request_id: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 * depth + 128);
+    body.extend_from_slice(br#"{"success":true,"result":{"processed_data":"#);
+    body.resize(body.len() + depth, b'[');
+    body.resize(body.len() + depth, b']');
+    body.extend_from_slice(br#","metadata":{"version":"v2.1"}},"request_id":"#);
+    serde_json::to_writer(&mut body, request_id).expect("writing into memory cannot fail");
+    body.push(b'}');
+    body
 }
 
 fn with_retry_after(mut resp: HttpResponse, secs: HeaderValue) -> HttpResponse {

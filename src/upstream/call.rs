@@ -32,6 +32,8 @@ pub struct AttemptRequest<'a> {
     pub timeout: Duration,
     /// Largest accepted success body.
     pub max_body: usize,
+    /// Deepest nesting accepted in a success body.
+    pub max_depth: usize,
 }
 
 /// Sends one attempt and classifies what came back, with the rate headers of the answer.
@@ -50,7 +52,12 @@ pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Att
         let signal = RateSignal::from_headers(response.headers());
         let attempt = if response.status().is_success() {
             match response.body().limit(req.max_body).await {
-                Ok(body) => Attempt::Success(body),
+                // Checked before anything parses it: a buggy or compromised upstream must not
+                // be able to make courier walk an arbitrarily deep document.
+                Ok(body) => match crate::json::check_depth(&body, req.max_depth) {
+                    Ok(()) => Attempt::Success(body),
+                    Err(_) => Attempt::Invalid("answer nests too deep"),
+                },
                 Err(PayloadError::Overflow) => Attempt::TooLarge,
                 Err(_) => Attempt::Connect("answer body broken off"),
             }

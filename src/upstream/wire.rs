@@ -98,7 +98,12 @@ pub async fn fetch_token(
     actix_rt::time::timeout(timeout, exchange).await.map_err(|_| TokenError::Timeout)?
 }
 
+/// Deepest nesting read in a token document or an error answer: what courier reads of them
+/// sits at the first or second level.
+const SMALL_DOCUMENT_DEPTH: usize = 16;
+
 fn parse_token(body: &[u8]) -> Result<FetchedToken, TokenError> {
+    crate::json::check_depth(body, SMALL_DOCUMENT_DEPTH).map_err(|_| TokenError::Invalid("nests too deep"))?;
     let form: TokenForm = serde_json::from_slice(body).map_err(|_| TokenError::Invalid("not a token document"))?;
     if form.access_token.is_empty() {
         return Err(TokenError::Invalid("empty access_token"));
@@ -175,7 +180,8 @@ const MESSAGE_CHARS: usize = 300;
 /// The upstream's own error message from an error answer, cleaned of control characters and
 /// shortened; a generic sentence when the body has none. Nothing else of the body is kept.
 pub fn upstream_error_message(body: &[u8], status: u16) -> String {
-    let shape: Option<ErrorShape<'_>> = serde_json::from_slice(body).ok();
+    let readable = crate::json::check_depth(body, SMALL_DOCUMENT_DEPTH).is_ok();
+    let shape: Option<ErrorShape<'_>> = readable.then(|| serde_json::from_slice(body).ok()).flatten();
     let found = shape.and_then(|s| {
         let from_error = s.error.and_then(|e| match e {
             ErrorField::Text(t) => Some(t),
@@ -204,6 +210,8 @@ mod tests {
         assert!(parse_token(br#"{"access_token":"abc","token_type":"mac"}"#).is_err());
         assert!(parse_token(br#"{"access_token":"","expires_in":10}"#).is_err());
         assert!(parse_token(b"<html>").is_err());
+        let deep = format!(r#"{{"access_token":"abc","x":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(parse_token(deep.as_bytes()), Err(TokenError::Invalid("nests too deep"))));
     }
 
     #[test]
@@ -226,5 +234,7 @@ mod tests {
         assert_eq!(upstream_error_message(b"<html>", 422), "the upstream rejected the request (status 422)");
         let long = format!(r#"{{"message":"{}"}}"#, "a".repeat(1000));
         assert_eq!(upstream_error_message(long.as_bytes(), 400).len(), MESSAGE_CHARS);
+        let deep = format!(r#"{{"message":"m","details":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(upstream_error_message(deep.as_bytes(), 400), "the upstream rejected the request (status 400)");
     }
 }

@@ -158,13 +158,13 @@ fn the_request_schema_is_what_the_validator_takes() {
     assert_eq!(names(&options["properties"]), ["async".to_owned(), "callback_url".to_owned()].into());
     // What the schema requires is enough; each required field is needed.
     let minimal = json!({"data": {"input": "x"}});
-    body::parse(minimal.to_string().as_bytes(), true).unwrap();
+    body::parse(minimal.to_string().as_bytes(), body::Rules::new(true)).unwrap();
     let full = json!({"data": {"input": [1], "format": "json", "more": 1},
         "options": {"async": true, "callback_url": "https://example.com/cb", "upstream_option": 2}, "extra": 3});
-    body::parse(full.to_string().as_bytes(), true).unwrap();
-    body::parse(br#"{"data": {"input": 1}, "options": null}"#, true).unwrap();
+    body::parse(full.to_string().as_bytes(), body::Rules::new(true)).unwrap();
+    body::parse(br#"{"data": {"input": 1}, "options": null}"#, body::Rules::new(true)).unwrap();
     for missing in [json!({}), json!({"data": {}}), json!({"data": {"input": null}})] {
-        assert!(body::parse(missing.to_string().as_bytes(), true).is_err(), "{missing}");
+        assert!(body::parse(missing.to_string().as_bytes(), body::Rules::new(true)).is_err(), "{missing}");
     }
     // What the schema forbids is refused.
     for wrong in [
@@ -175,7 +175,7 @@ fn the_request_schema_is_what_the_validator_takes() {
         json!({"data": {"input": 1}, "options": {"async": "yes"}}),
         json!({"data": {"input": 1}, "options": {"callback_url": 1}}),
     ] {
-        assert!(body::parse(wrong.to_string().as_bytes(), true).is_err(), "{wrong}");
+        assert!(body::parse(wrong.to_string().as_bytes(), body::Rules::new(true)).is_err(), "{wrong}");
     }
 }
 

@@ -311,6 +311,8 @@ fn encode(job: &Job) -> Result<String, StoreError> {
 }
 
 fn decode(doc: &str) -> Result<Job, StoreError> {
+    crate::json::check_depth(doc.as_bytes(), crate::json::RECORD_MAX_DEPTH)
+        .map_err(|_| StoreError::Unavailable("a stored job nests too deep to be read".into()))?;
     serde_json::from_str(doc).map_err(|_| StoreError::Unavailable("a stored job is not a valid document".into()))
 }
 
