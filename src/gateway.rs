@@ -189,17 +189,25 @@ impl Gateway {
             move || App::new().app_data(gateway.worker()).configure(http::configure)
         };
         let limits = &config.limits;
-        let server = HttpServer::new(factory)
-            .workers(config.workers)
-            .max_connections(limits.max_connections_per_worker)
-            .client_request_timeout(limits.client_header_timeout)
-            .client_disconnect_timeout(limits.client_disconnect_timeout)
-            .shutdown_timeout(grace_secs)
-            .disable_signals()
-            .bind(config.listen)
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let addr = server.addrs()[0];
-        let server = server.run();
+        let bind_error = |source| StartError::Bind { addr: config.listen, source };
+        let listener = http::connection::bind(config.listen).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let rejections = &gateway.shared.metrics.limit_rejections;
+        let guard = http::connection::Guard {
+            max_head: limits.max_header_bytes,
+            too_large: rejections.with_label_values(&["header_size"]),
+            malformed: rejections.with_label_values(&["malformed_head"]),
+            head_timeout: limits.client_header_timeout,
+            slow_head: rejections.with_label_values(&["header_timeout"]),
+        };
+        let how = http::connection::Listening {
+            workers: config.workers,
+            max_connections_per_worker: limits.max_connections_per_worker,
+            client_header_timeout: limits.client_header_timeout,
+            client_disconnect_timeout: limits.client_disconnect_timeout,
+            shutdown_grace_secs: grace_secs,
+        };
+        let server = http::connection::server(listener, &how, guard, factory).map_err(bind_error)?;
 
         let admin_shared = web::Data::new(gateway.shared.clone());
         let admin =

@@ -207,7 +207,7 @@ pub struct Metrics {
     /// Unix time of the last successful credential reload (0 until one succeeds).
     pub config_last_reload_success: Gauge,
     /// Inbound requests refused by a limit of the gateway listener, by limit
-    /// (`client_in_flight`, `header_size`, `body_timeout`).
+    /// (`client_in_flight`, `header_size`, `body_timeout`, `header_timeout`, `malformed_head`).
     pub limit_rejections: IntCounterVec,
 }
 
@@ -438,7 +438,7 @@ impl Metrics {
             ),
             limit_rejections: r.counter_vec(
                 "limit_rejections_total",
-                "Inbound requests refused by a limit of the gateway listener, by limit (client_in_flight, header_size, body_timeout).",
+                "Inbound requests refused by a limit of the gateway listener, by limit (client_in_flight, header_size, body_timeout, header_timeout, malformed_head: not valid HTTP/1.1).",
                 &["limit"],
             ),
             registry: r.0.clone(),

@@ -105,17 +105,58 @@ async fn a_head_over_the_limit_is_answered_431() {
     let status_body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(status_body["error"]["code"], "headers_too_large");
 
-    // Past actix-web's own parser limit (128 KiB) the answer is a bare 431 and the
-    // connection is closed: courier never buffers more than that.
+    // Past actix-web's own parser limit (128 KiB) actix-web refuses the head itself, and the
+    // connection is closed: courier never buffers more than that. The answer is still 431 in
+    // the error shape (http::connection replaces actix-web's bare one).
     let mut stream = connect(&pair).await;
     let huge = format!("GET /api/external/status/x HTTP/1.1\r\nHost: c\r\nX-Filler: {}\r\n\r\n", "b".repeat(140_000));
     let _ = stream.write_all(huge.as_bytes()).await; // the server may close before reading it all
     let raw = read_response(&mut stream, Duration::from_secs(5)).await.expect("an answer");
     assert_eq!(raw.status, 431, "{raw:?}");
+    assert_eq!(raw.json()["error"]["code"], "headers_too_large");
     assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
 
-    assert_eq!(pair.metric("courier_limit_rejections_total", &[("limit", "header_size")]).await, 3.0);
+    assert_eq!(pair.metric("courier_limit_rejections_total", &[("limit", "header_size")]).await, 4.0);
     assert_eq!(count(&pair.sim_stats().await, &["process", "total"]), 1, "only the request that fit went upstream");
+    pair.stop().await;
+}
+
+#[actix_rt::test]
+async fn heads_actix_web_refuses_itself_get_the_error_shape_too() {
+    let pair = PairBuilder::default().start().await;
+    let cases: [(String, u16, &str); 4] = [
+        // A request target past the `http` crate's 64 KiB (a head still within 128 KiB).
+        (
+            format!("GET /api/external/status/{} HTTP/1.1\r\nHost: c\r\n\r\n", "r".repeat(70_000)),
+            431,
+            "headers_too_large",
+        ),
+        // More header lines than actix-web parses (96).
+        (
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: c\r\n{}\r\n",
+                (0..120).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+            ),
+            431,
+            "headers_too_large",
+        ),
+        // Not HTTP at all, and a broken request line.
+        ("\x16\x03\x01\x02\x00 hello\r\n\r\n".to_owned(), 400, "invalid_request"),
+        ("GET /a b c HTTP/1.1\r\nHost: c\r\n\r\n".to_owned(), 400, "invalid_request"),
+    ];
+    for (request, status, code) in cases {
+        let mut stream = connect(&pair).await;
+        let _ = stream.write_all(request.as_bytes()).await;
+        let raw = read_response(&mut stream, Duration::from_secs(5)).await.expect("an answer");
+        assert_eq!((raw.status, raw.json()["error"]["code"].as_str()), (status, Some(code)), "{raw:?}");
+        assert_eq!(raw.json()["success"], false);
+        assert!(raw.header("x-request-id").is_some_and(|id| raw.json()["request_id"] == id), "{raw:?}");
+        assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
+    }
+    assert_eq!(pair.metric("courier_limit_rejections_total", &[("limit", "header_size")]).await, 2.0);
+    assert_eq!(pair.metric("courier_limit_rejections_total", &[("limit", "malformed_head")]).await, 2.0);
+    // And the next connection is served as ever.
+    assert_eq!(pair.process(body("after")).await.status, 200);
     pair.stop().await;
 }
 
@@ -252,9 +293,11 @@ async fn a_slow_head_gets_408_and_the_connection_is_closed() {
     let raw = read_response(&mut stream, Duration::from_secs(5)).await.expect("an answer to the slow head");
     let waited = opened.elapsed();
     assert_eq!(raw.status, 408, "{raw:?}");
+    assert_eq!(raw.json()["error"]["code"], "request_head_timeout");
     assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(2), "answered after {waited:?}");
     assert!(closed_within(&mut stream, Duration::from_secs(3)).await, "the connection is closed");
     assert_eq!(count(&pair.sim_stats().await, &["process", "total"]), 0);
+    assert_eq!(pair.metric("courier_limit_rejections_total", &[("limit", "header_timeout")]).await, 1.0);
     pair.stop().await;
 }
 
@@ -297,6 +340,28 @@ fn chunked(pieces: &[&str]) -> String {
         text += &format!("{:x}\r\n{piece}\r\n", piece.len());
     }
     text + "0\r\n\r\n"
+}
+
+#[actix_rt::test]
+async fn a_chunked_body_stalled_mid_chunk_gets_408_and_the_connection_is_closed() {
+    let pair = PairBuilder::default().env("COURIER_CLIENT_BODY_TIMEOUT", "0.5").start().await;
+    for stall in [
+        // Stalled inside a chunk's data, and between chunks (after a whole chunk).
+        "POST /api/external/process HTTP/1.1\r\nHost: courier\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n40\r\n{\"data\": {\"inp",
+        "POST /api/external/process HTTP/1.1\r\nHost: courier\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\n{\"dat\r\n",
+    ] {
+        let mut stream = connect(&pair).await;
+        stream.write_all(stall.as_bytes()).await.unwrap();
+        let raw = read_response(&mut stream, Duration::from_secs(5)).await.expect("an answer to the stalled body");
+        assert_eq!(raw.status, 408, "{raw:?}");
+        assert_eq!(raw.json()["error"]["code"], "request_body_timeout");
+        assert_eq!(raw.header("connection"), Some("close"), "{raw:?}");
+        assert!(closed_within(&mut stream, Duration::from_secs(3)).await, "the stalled connection is closed");
+    }
+    assert_eq!(pair.metric("courier_limit_rejections_total", &[("limit", "body_timeout")]).await, 2.0);
+    pair.stop().await;
 }
 
 #[actix_rt::test]

@@ -40,7 +40,23 @@ async fn client_errors_other_than_401_are_never_retried() {
     pair.faults(json!({"error_count": 1, "error_status": 404})).await;
     let answer = pair.process(&body("missing")).await;
     assert_eq!((answer.status.as_u16(), answer.error_code()), (502, "upstream_unavailable"));
+    // Nothing was retried, and a retry would get the same answer: the answer says so.
+    assert_eq!(answer.body["error"]["retryable"], false, "{answer:?}");
+    assert!(answer.body["error"]["message"].as_str().unwrap().contains("not retried"), "{answer:?}");
     assert_eq!(count(&pair.sim_stats().await, &["process", "total"]), 1);
+    pair.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_upstream_413_is_passed_on_as_413_and_not_retried() {
+    let pair = PairBuilder::default().start().await;
+    pair.faults(json!({"error_count": 1, "error_status": 413})).await;
+    let answer = pair.process(&body("too big for the upstream")).await;
+    assert_eq!((answer.status.as_u16(), answer.error_code()), (413, "upstream_rejected"), "{answer:?}");
+    assert_eq!(answer.body["error"]["retryable"], false);
+    assert_eq!(answer.body["error"]["message"], "injected upstream error", "the upstream's own message");
+    assert_eq!(count(&pair.sim_stats().await, &["process", "total"]), 1);
+    assert_eq!(pair.metric("courier_upstream_attempts_total", &[("outcome", "rejected")]).await, 1.0);
     pair.stop().await;
 }
 

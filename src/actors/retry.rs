@@ -32,8 +32,13 @@ pub struct RetryPolicy {
 /// Why a dispatched request got no upstream result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DispatchError {
-    /// The upstream refused the request's content (400/422); its message.
-    Rejected(String),
+    /// The upstream refused the request's content (400/413/422): its status and message.
+    Rejected {
+        /// The upstream's status.
+        status: u16,
+        /// The upstream's message, sanitised.
+        message: String,
+    },
     /// No valid upstream token can be had now; ask again after this long.
     AuthUnavailable(Duration),
     /// The upstream's rate limit holds; ask again after this long.
@@ -118,7 +123,7 @@ pub fn decide(
 fn conclude(attempt: Attempt, signal: &RateSignal) -> Result<SuccessBody, DispatchError> {
     match attempt {
         Attempt::Success(body) => SuccessBody::parse(&body).ok_or(DispatchError::Failed(Outcome::InvalidResponse)),
-        Attempt::Rejected { message, .. } => Err(DispatchError::Rejected(message)),
+        Attempt::Rejected { status, message } => Err(DispatchError::Rejected { status, message }),
         Attempt::Unauthorized => Err(DispatchError::AuthUnavailable(Duration::from_secs(1))),
         Attempt::RateLimited => {
             let wait = signal.retry_after.or(signal.reset).unwrap_or(Duration::from_secs(1));

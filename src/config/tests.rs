@@ -193,3 +193,29 @@ fn limits_have_defaults_and_are_range_checked() {
     );
     assert!(errors.to_string().contains("COURIER_MAX_HEADER_BYTES: 200000 is out of range 1024..=131072"), "{errors}");
 }
+
+#[test]
+fn deeply_nested_files_are_one_line_errors_not_a_crash() {
+    // The config and clients files are TOML, read by the toml crate, whose parser bounds its
+    // own recursion. Checked here on the stack of the threads that read them: 2 MiB, both
+    // std's default for a spawned thread and tokio's for the blocking pool that reloads them
+    // (an unoptimised build needs over 1 MiB at the toml crate's bound).
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let dir = std::env::temp_dir().join(format!("courier-deep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_file = dir.join("config.toml");
+    std::fs::write(&config_file, format!("EXTERNAL_API_TIMEOUT = {deep}\n")).unwrap();
+    let clients = format!("[[client]]\nname = \"a\"\nkey_sha256 = \"{}\"\nweight = {deep}\n", "a".repeat(64));
+    let (config_error, clients_error) = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let config = Config::from_sources(&minimal(), Some(&config_file)).map(|_| ()).unwrap_err().to_string();
+            (config, Clients::parse(&clients).map(|_| ()).unwrap_err())
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(config_error.contains("not valid TOML") && !config_error.contains('\n'), "{config_error}");
+    assert!(clients_error.contains("not a valid clients file") && !clients_error.contains('\n'), "{clients_error}");
+}

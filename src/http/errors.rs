@@ -25,8 +25,14 @@ pub enum ApiError {
     InvalidJson(String),
     /// The body is JSON but not a valid request; the message names the field.
     InvalidRequest(Cow<'static, str>),
-    /// The upstream refused the request's content; its message.
-    UpstreamRejected(String),
+    /// The upstream refused the request's content: its status (400, 413, 422) and message.
+    UpstreamRejected {
+        /// The upstream's status: 413 is passed on (the body is too large for the upstream),
+        /// the others are 400.
+        status: u16,
+        /// The upstream's message, sanitised.
+        message: String,
+    },
     /// No or an unknown client key.
     Unauthorized,
     /// No such route or request id.
@@ -63,12 +69,14 @@ pub enum ApiError {
     ClientConcurrencyExceeded(u32),
     /// The body did not arrive within this long after the head.
     RequestBodyTimeout(Duration),
+    /// A new connection sent no complete request head within this long.
+    RequestHeadTimeout(Duration),
 }
 
 impl From<DispatchError> for ApiError {
     fn from(error: DispatchError) -> Self {
         match error {
-            DispatchError::Rejected(message) => ApiError::UpstreamRejected(message),
+            DispatchError::Rejected { status, message } => ApiError::UpstreamRejected { status, message },
             DispatchError::AuthUnavailable(wait) => ApiError::UpstreamAuthUnavailable(wait),
             DispatchError::RateLimited(wait) => ApiError::BudgetExhausted(wait),
             DispatchError::Failed(outcome) => ApiError::UpstreamFailed(outcome),
@@ -109,14 +117,15 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_)
             | ApiError::InvalidRequest(_)
-            | ApiError::UpstreamRejected(_)
             | ApiError::InvalidCallbackUrl(_)
             | ApiError::CallbacksUnavailable => StatusCode::BAD_REQUEST,
+            ApiError::UpstreamRejected { status: 413, .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UpstreamRejected { .. } => StatusCode::BAD_REQUEST,
             ApiError::RequestIdInUse => StatusCode::CONFLICT,
             ApiError::JobStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::ClientConcurrencyExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RequestBodyTimeout(_) | ApiError::RequestHeadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -136,7 +145,7 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::InvalidRequest(_) => "invalid_request",
-            ApiError::UpstreamRejected(_) => "upstream_rejected",
+            ApiError::UpstreamRejected { .. } => "upstream_rejected",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -160,6 +169,7 @@ impl ApiError {
             ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::ClientConcurrencyExceeded(_) => "client_concurrency_exceeded",
             ApiError::RequestBodyTimeout(_) => "request_body_timeout",
+            ApiError::RequestHeadTimeout(_) => "request_head_timeout",
         }
     }
 
@@ -168,7 +178,7 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(detail) => format!("the body is not valid JSON: {detail}").into(),
             ApiError::InvalidRequest(message) => Cow::Borrowed(message),
-            ApiError::UpstreamRejected(message) => Cow::Borrowed(message),
+            ApiError::UpstreamRejected { message, .. } => Cow::Borrowed(message),
             ApiError::Unauthorized => "missing or unknown client key (send Authorization: Bearer <key>)".into(),
             ApiError::NotFound => "not found".into(),
             ApiError::MethodNotAllowed(_) => "method not allowed on this route".into(),
@@ -187,7 +197,12 @@ impl ApiError {
             ApiError::UpstreamFailed(Outcome::TooLarge) => {
                 "the upstream's answer is larger than courier accepts (COURIER_UPSTREAM_MAX_BODY_BYTES)".into()
             }
-            ApiError::UpstreamFailed(_) => "the upstream failed after retries".into(),
+            ApiError::UpstreamFailed(Outcome::OtherStatus) => {
+                "the upstream answered with a status courier does not expect; not retried".into()
+            }
+            ApiError::UpstreamFailed(_) => {
+                "the upstream failed, after as many retries as the retry policy and the deadline allowed".into()
+            }
             ApiError::DeadlineExceeded => "the request's deadline passed before the upstream answered".into(),
             ApiError::Overloaded(_) => "courier is overloaded; retry later".into(),
             ApiError::CircuitOpen(_) => "the upstream is failing; courier is not calling it for now".into(),
@@ -204,13 +219,16 @@ impl ApiError {
             ApiError::RequestBodyTimeout(limit) => {
                 format!("the request body did not arrive within {} s", limit.as_secs_f64()).into()
             }
+            ApiError::RequestHeadTimeout(limit) => {
+                format!("no complete request head arrived within {} s of connecting", limit.as_secs_f64()).into()
+            }
         }
     }
 
     /// Whether the same request may succeed later. A TLS failure will not, until the
     /// upstream's certificate or courier's CA file changes.
     pub fn retryable(&self) -> bool {
-        if matches!(self, ApiError::UpstreamFailed(Outcome::TlsError | Outcome::TooLarge)) {
+        if matches!(self, ApiError::UpstreamFailed(Outcome::TlsError | Outcome::TooLarge | Outcome::OtherStatus)) {
             return false; // the same request gets the same answer
         }
         matches!(
@@ -220,6 +238,7 @@ impl ApiError {
                 | ApiError::UpstreamFailed(_)
                 | ApiError::ClientConcurrencyExceeded(_)
                 | ApiError::RequestBodyTimeout(_)
+                | ApiError::RequestHeadTimeout(_)
                 | ApiError::DeadlineExceeded
                 | ApiError::Overloaded(_)
                 | ApiError::CircuitOpen(_)
@@ -239,14 +258,19 @@ impl ApiError {
         }
     }
 
-    /// The full answer, carrying the request id in the body and `X-Request-Id`.
-    pub fn response(&self, request_id: &RequestId) -> HttpResponse {
+    /// The error body: `{"success": false, "error": {..}, "request_id": ..}`.
+    pub fn body(&self, request_id: &RequestId) -> Vec<u8> {
         let message = self.message();
         let body = ErrorBody {
             success: false,
             error: ErrorDetail { code: self.code(), message: &message, retryable: self.retryable() },
             request_id: request_id.as_str(),
         };
+        serde_json::to_vec(&body).expect("error bodies serialise")
+    }
+
+    /// The full answer, carrying the request id in the body and `X-Request-Id`.
+    pub fn response(&self, request_id: &RequestId) -> HttpResponse {
         let mut response = super::body::json_head(self.status(), request_id);
         if let Some(wait) = self.retry_after() {
             response.insert_header((RETRY_AFTER, retry_after_value(wait)));
@@ -264,7 +288,7 @@ impl ApiError {
             // The rest of the body may still come; the connection is not worth keeping.
             response.force_close();
         }
-        response.body(serde_json::to_vec(&body).expect("error bodies serialise"))
+        response.body(self.body(request_id))
     }
 }
 
@@ -275,7 +299,7 @@ impl ApiError {
         let mut every = vec![
             ApiError::InvalidJson(String::new()),
             ApiError::InvalidRequest(Cow::Borrowed("")),
-            ApiError::UpstreamRejected(String::new()),
+            ApiError::UpstreamRejected { status: 400, message: String::new() },
             ApiError::Unauthorized,
             ApiError::NotFound,
             ApiError::MethodNotAllowed(HeaderValue::from_static("GET")),
@@ -293,6 +317,7 @@ impl ApiError {
             ApiError::HeadersTooLarge(0),
             ApiError::ClientConcurrencyExceeded(0),
             ApiError::RequestBodyTimeout(wait),
+            ApiError::RequestHeadTimeout(wait),
         ];
         every.extend(Outcome::ALL.into_iter().map(ApiError::UpstreamFailed));
         let mut seen = std::collections::HashSet::new();
@@ -302,7 +327,7 @@ impl ApiError {
             match error {
                 ApiError::InvalidJson(_)
                 | ApiError::InvalidRequest(_)
-                | ApiError::UpstreamRejected(_)
+                | ApiError::UpstreamRejected { .. }
                 | ApiError::Unauthorized
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed(_)
@@ -320,7 +345,8 @@ impl ApiError {
                 | ApiError::JobStoreUnavailable
                 | ApiError::HeadersTooLarge(_)
                 | ApiError::ClientConcurrencyExceeded(_)
-                | ApiError::RequestBodyTimeout(_) => {}
+                | ApiError::RequestBodyTimeout(_)
+                | ApiError::RequestHeadTimeout(_) => {}
             }
         }
         every
@@ -349,12 +375,19 @@ mod tests {
             (ApiError::HeadersTooLarge(10), 431, "headers_too_large"),
             (ApiError::ClientConcurrencyExceeded(4), 429, "client_concurrency_exceeded"),
             (ApiError::RequestBodyTimeout(Duration::from_secs(1)), 408, "request_body_timeout"),
+            (ApiError::RequestHeadTimeout(Duration::from_secs(1)), 408, "request_head_timeout"),
             (ApiError::UpstreamFailed(Outcome::TooLarge), 502, "upstream_response_too_large"),
         ];
         for (error, status, code) in cases {
             assert_eq!((error.status().as_u16(), error.code()), (status, code));
         }
         assert!(!ApiError::UpstreamFailed(Outcome::TlsError).retryable());
+        assert!(!ApiError::UpstreamFailed(Outcome::OtherStatus).retryable());
+        let too_large = ApiError::UpstreamRejected { status: 413, message: "too big".into() };
+        assert_eq!(
+            (too_large.status().as_u16(), too_large.code(), too_large.retryable()),
+            (413, "upstream_rejected", false)
+        );
         assert!(ApiError::UpstreamFailed(Outcome::ConnectError).retryable());
     }
 

@@ -18,7 +18,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Poll;
 use std::time::Instant;
 
-use actix_web::HttpRequest;
+use std::pin::Pin;
+use std::task::Context;
+
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
 
 use super::errors::ApiError;
 use super::state::{Caller, Worker};
@@ -139,6 +144,37 @@ pub async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
         return Some(out);
     }
     tokio::time::timeout_at(deadline.into(), fut).await.ok()
+}
+
+/// An error answer that keeps the request's body stream open until the answer is sent, so
+/// that a body left unread closes the connection.
+///
+/// Why: actix-http decides what to do with an unread body when the answer has been written.
+/// If the handler dropped the body stream, a chunked body is *drained* (read to its end to keep
+/// the connection), so a client that stalled mid-chunk, or keeps sending, holds the connection
+/// open forever. With the stream still held, the unread body makes the
+/// connection close (after `COURIER_CLIENT_DISCONNECT_TIMEOUT`), as it already does for a body
+/// with a `Content-Length`. A body read to its end is unaffected: actix-http is done with it.
+pub fn closing_unread(response: HttpResponse, payload: web::Payload) -> HttpResponse {
+    response.map_body(|_, body| BoxBody::new(Holding { body, _payload: payload }))
+}
+
+/// A response body that holds the request's body stream while it is sent.
+struct Holding {
+    body: BoxBody,
+    _payload: web::Payload,
+}
+
+impl MessageBody for Holding {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
+    }
 }
 
 #[cfg(test)]

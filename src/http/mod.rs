@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod body;
 pub mod cached;
+pub mod connection;
 pub mod errors;
 pub mod jobs;
 pub mod limits;

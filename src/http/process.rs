@@ -45,21 +45,21 @@ impl Outcome {
 /// `"options": {"async": true}`.
 #[utoipa::path(post, path = PATH, operation_id = "process", tag = "process", params(super::openapi::ProcessHeaders),
     request_body = super::openapi::ProcessRequest, responses(super::openapi::ProcessResponses))]
-pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
+pub async fn process(req: HttpRequest, mut payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
     let request_id = RequestId::of(req.headers());
     let caller = worker.check_head(&req).and_then(|()| worker.identify(&req));
     let outcome = match &caller {
         // Counted in flight from here until the answer is built, sync or async alike.
         Ok(caller) => match worker.admit(*caller) {
-            Ok(_in_flight) => answer(&req, payload, &worker, &request_id, *caller, started).await,
+            Ok(_in_flight) => answer(&req, &mut payload, &worker, &request_id, *caller, started).await,
             Err(error) => Outcome::early(error),
         },
         Err(error) => Outcome::early(error.clone()),
     };
     let (mut response, error) = match outcome.result {
         Ok(response) => (response, None),
-        Err(error) => (error.response(&request_id), Some(error.code())),
+        Err(error) => (limits::closing_unread(error.response(&request_id), payload), Some(error.code())),
     };
     let headers = response.headers_mut();
     if let Ok(caller) = &caller {
@@ -95,7 +95,7 @@ pub async fn process(req: HttpRequest, payload: web::Payload, worker: web::Data<
 
 async fn answer(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: &mut web::Payload,
     worker: &web::Data<Worker>,
     request_id: &RequestId,
     caller: Caller,
@@ -193,7 +193,7 @@ pub fn deadline_of(headers: &HeaderMap, default: Duration) -> Result<Duration, A
 }
 
 /// Reads the body up to `limit` bytes; refuses at once when Content-Length says it is larger.
-async fn read_body(mut payload: web::Payload, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(payload: &mut web::Payload, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge(limit));

@@ -64,7 +64,8 @@ pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Att
         } else {
             let body = response.body().limit(ERROR_BODY_LIMIT).await.unwrap_or_default();
             match status {
-                400 | 422 => Attempt::Rejected { status, message: upstream_error_message(&body, status) },
+                // The request's content refused: the same request gets the same answer.
+                400 | 413 | 422 => Attempt::Rejected { status, message: upstream_error_message(&body, status) },
                 401 => Attempt::Unauthorized,
                 403 => Attempt::Forbidden,
                 429 => Attempt::RateLimited,

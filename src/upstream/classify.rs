@@ -10,7 +10,7 @@ use bytes::Bytes;
 pub enum Attempt {
     /// 2xx with a body.
     Success(Bytes),
-    /// 400 / 422: the upstream refused the request's content; its message is kept.
+    /// 400 / 413 / 422: the upstream refused the request's content; its message is kept.
     Rejected {
         /// The upstream's status code.
         status: u16,
@@ -45,7 +45,7 @@ pub enum Attempt {
 pub enum Outcome {
     /// A usable 2xx.
     Success,
-    /// 400 / 422.
+    /// 400 / 413 / 422.
     Rejected,
     /// 401.
     Unauthorized,

@@ -25,7 +25,8 @@ pub fn process_errors() -> Vec<ApiError> {
     let mut errors = vec![
         ApiError::InvalidJson(String::new()),
         ApiError::InvalidRequest("".into()),
-        ApiError::UpstreamRejected(String::new()),
+        ApiError::UpstreamRejected { status: 400, message: String::new() },
+        ApiError::UpstreamRejected { status: 413, message: String::new() },
         ApiError::InvalidCallbackUrl(String::new()),
         ApiError::CallbacksUnavailable,
         ApiError::Unauthorized,
@@ -40,6 +41,7 @@ pub fn process_errors() -> Vec<ApiError> {
         ApiError::HeadersTooLarge(0),
         ApiError::ClientConcurrencyExceeded(0),
         ApiError::RequestBodyTimeout(wait),
+        ApiError::RequestHeadTimeout(wait),
     ];
     errors.extend(Outcome::ALL.into_iter().map(ApiError::UpstreamFailed));
     errors
@@ -53,6 +55,7 @@ pub fn status_errors() -> Vec<ApiError> {
         ApiError::NotFound,
         ApiError::JobStoreUnavailable,
         ApiError::HeadersTooLarge(0),
+        ApiError::RequestHeadTimeout(std::time::Duration::from_secs(1)),
     ]
 }
 

@@ -1,7 +1,8 @@
-//! Deeply nested JSON from a client or from the upstream, at the gateway over real HTTP: every
-//! depth in every position gets a clear answer, and courier keeps serving. (These tests run
-//! courier in the test's own process: a stack overflow would abort the test binary, so none
-//! of them can pass with courier gone.)
+//! Hostile input at the gateway over real HTTP: deeply nested JSON from a client or from the
+//! upstream, huge key counts, long runs of escapes, members named twice, deep URLs. Every one
+//! gets a clear answer and courier keeps serving. (These tests run courier in the test's own
+//! process: a stack overflow or an abort would end the test binary, so none of them can pass
+//! with courier gone.)
 
 mod support;
 
@@ -171,4 +172,41 @@ async fn the_reported_reproduction_gets_a_400_from_the_real_binary() {
     assert_eq!(support::read_answer(ok).await.status, StatusCode::OK);
     drop(courier.child.kill());
     sim.handle().stop(false).await;
+}
+
+#[actix_rt::test]
+async fn huge_key_counts_long_escapes_and_deep_urls_are_served_or_refused_cleanly() {
+    let pair = PairBuilder::default().env("EXTERNAL_API_CACHE_TTL", "60").start().await;
+    // 60,000 members in `data` (~900 KB, under the 1 MiB body limit): keyed and served.
+    let members: String = (0..60_000).map(|i| format!(r#","k{i:05}":{i}"#)).collect();
+    let wide = format!(r#"{{"data":{{"input":"wide"{members}}}}}"#);
+    assert!(wide.len() < 1 << 20);
+    let answer = send(&pair, &wide).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body["error"]);
+    // The same members in another order are the same request: answered from the cache.
+    let reversed: String = (0..60_000).rev().map(|i| format!(r#""k{i:05}":{i},"#)).collect();
+    let again = send(&pair, &format!(r#"{{"data":{{{reversed}"input":"wide"}}}}"#)).await;
+    assert_eq!((again.status, again.header("x-cache")), (StatusCode::OK, Some("HIT")), "{:?}", again.body["error"]);
+
+    // A string of 150,000 escapes: re-escaped for the key, passed upstream as written.
+    let escapes = format!(r#"{{"data":{{"input":"{}"}}}}"#, r"\u0041".repeat(150_000));
+    let answer = send(&pair, &escapes).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body["error"]);
+    assert_eq!(answer.body["result"]["processed_data"].as_str().map(str::len), Some(150_000));
+
+    // A member named twice could make the cache answer one request with another's result.
+    let twice = send(&pair, r#"{"data":{"input":"a","x":1,"x":2}}"#).await;
+    assert_eq!((twice.status, twice.error_code()), (StatusCode::BAD_REQUEST, "invalid_request"));
+    assert!(twice.body["error"]["message"].as_str().unwrap().contains("twice"), "{twice:?}");
+
+    // A status URL thousands of segments deep: a clean 4xx, never a crash.
+    for depth in [100, 5_000] {
+        let path = format!("/api/external/status/{}", "a/".repeat(depth));
+        let response = pair.http.get(pair.url(&path)).send().await.expect("courier answers");
+        let answer = support::read_answer(response).await;
+        assert!(answer.status.is_client_error(), "{depth}: {answer:?}");
+        answer.error_code();
+    }
+    still_serving(&pair).await;
+    pair.stop().await;
 }
