@@ -52,12 +52,7 @@ pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Att
         let signal = RateSignal::from_headers(response.headers());
         let attempt = if response.status().is_success() {
             match response.body().limit(req.max_body).await {
-                // Checked before anything parses it: a buggy or compromised upstream must not
-                // be able to make courier walk an arbitrarily deep document.
-                Ok(body) => match crate::json::check_depth(&body, req.max_depth) {
-                    Ok(()) => Attempt::Success(body),
-                    Err(_) => Attempt::Invalid("answer nests too deep"),
-                },
+                Ok(body) => read_success(body, req.max_depth),
                 Err(PayloadError::Overflow) => Attempt::TooLarge,
                 Err(_) => Attempt::Connect("answer body broken off"),
             }
@@ -79,6 +74,16 @@ pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Att
         Ok(Ok(done)) => done,
         Ok(Err(failed)) => (failed, RateSignal::default()),
         Err(_elapsed) => (Attempt::Timeout, RateSignal::default()),
+    }
+}
+
+/// A 2xx answer's whole body: a success, unless it nests deeper than `max_depth`. Checked
+/// before anything parses it: a buggy or compromised upstream must not make courier walk an
+/// arbitrarily deep document. (Public for the fuzz targets.)
+pub fn read_success(body: Bytes, max_depth: usize) -> Attempt {
+    match crate::json::check_depth(&body, max_depth) {
+        Ok(()) => Attempt::Success(body),
+        Err(_) => Attempt::Invalid("answer nests too deep"),
     }
 }
 

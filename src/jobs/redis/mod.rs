@@ -310,7 +310,9 @@ fn encode(job: &Job) -> Result<String, StoreError> {
     serde_json::to_string(job).map_err(|_| StoreError::Unavailable("a job could not be encoded".into()))
 }
 
-fn decode(doc: &str) -> Result<Job, StoreError> {
+/// Reads a stored job document; a document nested deeper than any replica writes, or not a
+/// job, is an error, never a crash. (Public for the fuzz targets.)
+pub fn decode(doc: &str) -> Result<Job, StoreError> {
     crate::json::check_depth(doc.as_bytes(), crate::json::RECORD_MAX_DEPTH)
         .map_err(|_| StoreError::Unavailable("a stored job nests too deep to be read".into()))?;
     serde_json::from_str(doc).map_err(|_| StoreError::Unavailable("a stored job is not a valid document".into()))
