@@ -51,7 +51,7 @@ fn document(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
             let count = usize::from(u.int_in_range(0..=50_000u16)?);
             out.push(b'"');
             for _ in 0..count {
-                out.extend_from_slice(br"\u00e9\n\"\\");
+                out.extend_from_slice(br#"\u00e9\n\"\\"#);
             }
             out.push(b'"');
         }
@@ -142,7 +142,8 @@ fn upstream_path(doc: &[u8]) {
 
 /// Records read back from Redis: a cached answer and a job document around the document.
 fn record_path(doc: &[u8]) {
-    let record = Record { stored_at_ms: 1, upstream_request_id: Some("up_1".into()), result: Bytes::from(doc.to_vec()) };
+    let record =
+        Record { stored_at_ms: 1, upstream_request_id: Some("up_1".into()), result: Bytes::from(doc.to_vec()) };
     let encoded = record.encode().expect("a short id encodes");
     let valid = std::str::from_utf8(doc).is_ok_and(|text| serde_json::from_str::<&RawValue>(text).is_ok());
     let decoded = Record::decode(&encoded);

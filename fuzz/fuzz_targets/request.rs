@@ -40,7 +40,8 @@ fn check_body(data: &[u8]) {
     assert!(!options.contains_key("async") && !options.contains_key("callback_url"), "{options:?}");
     // Parsing what courier forwards gives the same cache key: the key depends on nothing
     // that forwarding drops or reorders.
-    let again = body::parse(&request.upstream_body, body::Rules::new(true)).expect("the upstream body is a valid request");
+    let again =
+        body::parse(&request.upstream_body, body::Rules::new(true)).expect("the upstream body is a valid request");
     assert_eq!(again.cache_key, request.cache_key);
     assert!(!again.is_async && again.callback_url.is_none());
 }
