@@ -190,3 +190,18 @@ fn limits_have_defaults_and_are_range_checked() {
     );
     assert!(errors.to_string().contains("COURIER_MAX_HEADER_BYTES: 200000 is out of range 1024..=131072"), "{errors}");
 }
+
+#[test]
+fn job_max_runs_defaults_to_two_and_is_range_checked() {
+    let config = Config::from_sources(&minimal(), None).unwrap();
+    assert_eq!(config.jobs.max_runs, 2);
+    let mut env = minimal();
+    env.set("COURIER_JOB_MAX_RUNS", "5");
+    assert_eq!(Config::from_sources(&env, None).unwrap().jobs.max_runs, 5);
+    for bad in ["0", "1001", "twice"] {
+        env.set("COURIER_JOB_MAX_RUNS", bad);
+        let errors = Config::from_sources(&env, None).unwrap_err();
+        let vars: Vec<&str> = errors.0.iter().map(|e| e.var.as_str()).collect();
+        assert_eq!(vars, ["COURIER_JOB_MAX_RUNS"], "{bad}: {errors}");
+    }
+}

@@ -51,7 +51,7 @@ pub fn status_errors() -> Vec<ApiError> {
         ApiError::InvalidRequest("".into()),
         ApiError::Unauthorized,
         ApiError::NotFound,
-        ApiError::JobStoreUnavailable,
+        ApiError::JobStoreUnreadable,
         ApiError::HeadersTooLarge(0),
     ]
 }
