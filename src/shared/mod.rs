@@ -199,7 +199,7 @@ impl SharedRedis {
                 Ok(value)
             }
             Ok(Err(e)) => {
-                self.suspect.store(true, Ordering::Release);
+                self.failed_here();
                 self.mark_down(op, &describe(&e));
                 Err(Degraded("redis error"))
             }
@@ -207,7 +207,7 @@ impl SharedRedis {
             // slow is treated as down for a second, which costs nothing but sharing (the local
             // fallbacks respect the limits) and keeps the request path fast.
             Err(_) => {
-                self.suspect.store(true, Ordering::Release);
+                self.failed_here();
                 self.mark_down(op, &format!("no answer within {} ms", limit.as_millis()));
                 Err(Degraded("redis timed out"))
             }
@@ -221,11 +221,18 @@ impl SharedRedis {
         }
     }
 
+    /// A call on this connection failed: refresh it before the next call, and leave Redis
+    /// alone for a second. (A failure of the job store's calls does not delay these: each
+    /// connection keeps its own pace of trying.)
+    fn failed_here(&self) {
+        self.suspect.store(true, Ordering::Release);
+        let next = self.base.elapsed() + RETRY_AFTER_FAILURE;
+        self.retry_at_ms.store(next.as_millis() as u64, Ordering::Release);
+    }
+
     /// Counts a failed call and, on the first since Redis last worked, degrades the replica
     /// with one log line naming the operation and what failed.
     fn mark_down(&self, op: &'static str, why: &str) {
-        let next = self.base.elapsed() + RETRY_AFTER_FAILURE;
-        self.retry_at_ms.store(next.as_millis() as u64, Ordering::Release);
         self.metrics.redis_errors.with_label_values(&[op]).inc();
         if self.up.swap(false, Ordering::AcqRel) {
             set_mode(&self.metrics, "degraded");
