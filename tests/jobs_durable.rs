@@ -112,15 +112,25 @@ async fn jobs_left_at_sigterm_stay_pending_for_another_process() {
     let redis = RedisServer::start();
     let sim = slow_simulator().await;
     let http = awc::Client::builder().timeout(Duration::from_secs(20)).finish();
-    let mut first = Serving::start(&env(&sim, &redis));
+    // One run per job: any run that counted as interrupted would fail its job. Runs left at
+    // SIGTERM are handed over, so they do not count. Calls that outlast the first process make
+    // sure some are.
+    sim.set_faults(FaultsPatch { latency_ms: Some(10_000.0), ..FaultsPatch::default() });
+    let mut env = env(&sim, &redis);
+    env.push(("COURIER_JOB_MAX_RUNS", "1".into()));
+    let mut first = Serving::start(&env);
     let urls = submit(&http, &first, 30).await;
-    wait_mid_run(&sim, 1).await;
+    wait_mid_run(&sim, 0).await;
     signal(&first.child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut first.child).code(), Some(0));
+    sim.set_faults(FaultsPatch { latency_ms: Some(400.0), ..FaultsPatch::default() });
 
-    let second = Serving::start(&env(&sim, &redis));
+    let second = Serving::start(&env);
     let docs = all_final(&http, &second, &urls).await;
-    assert!(docs.iter().all(|d| d["status"] == "completed"), "none failed with shutdown: {docs:?}");
+    let failed: Vec<&Value> = docs.iter().filter(|d| d["status"] != "completed").collect();
+    assert!(failed.is_empty(), "none failed with shutdown or as interrupted: {failed:?}");
+    let taken_over = docs.iter().filter(|d| d["takeovers"].as_u64().unwrap_or(0) > 0).count();
+    assert!(taken_over >= 1, "no run was handed over mid-call");
 }
 
 /// Waits (bounded) until the simulator has received `n` process requests and holds one.
