@@ -130,6 +130,7 @@ async fn every_call_is_unavailable(store: &RedisStore, claim: &Claim) {
         ("next", bound + wait, Box::pin(store.next(1, wait).map_ok(drop))),
         ("heartbeat", bound, Box::pin(store.heartbeat(claims))),
         ("start", bound, Box::pin(store.start("r-1").map_ok(drop))),
+        ("release", bound, Box::pin(store.release("r-1"))),
         ("finish", bound, Box::pin(store.finish(&done).map_ok(drop))),
         ("update_callback", bound, Box::pin(store.update_callback("r-1", &callback))),
         ("ack", bound, Box::pin(store.ack(claim))),

@@ -114,7 +114,7 @@ async fn a_redis_outage_is_logged_with_its_cause_counted_and_readiness_follows_t
         let operation = line["operation"].as_str().unwrap_or_default();
         assert!(operation.contains('_'), "names the operation: {line}");
         let error = line["error"].as_str().unwrap_or_default();
-        let named = ["connection refused", "connection lost", "I/O error", "no answer within"];
+        let named = ["connection refused", "connection lost", "I/O error", "timed out", "no answer within"];
         assert!(named.iter().any(|n| error.starts_with(n)), "names what failed: {line}");
     }
     assert!(logs.lines().iter().any(|l| l["event"] == "shared_state_restored"));

@@ -28,7 +28,9 @@
 //!    neither) and returns only after Redis answered, so the 202 follows the write.
 //! 2. An entry leaves the PEL only through `ack`, which a runner sends once the job is final
 //!    and its callback is done. If the runner dies first, the entry's idle time passes the
-//!    lease and another runner's `next` takes it over; `start` counts the takeover.
+//!    lease and another runner's `next` takes it over; `start` counts the takeover (and fails,
+//!    rather than runs, a job whose runs ended with their process [`RedisSettings::max_runs`]
+//!    times: see `cas`).
 //! 3. States only move forward, so a late runner cannot undo a finished job.
 //! 4. Nothing is trimmed: acked entries are deleted (`XDEL`), so the stream holds exactly the
 //!    queue, and `submit` answers `Full` before the queue reaches `stream_max_len`, so
