@@ -109,7 +109,7 @@ impl Gateway {
             &metrics,
             shared_redis.clone(),
         ));
-        let jobs = jobs_shared(&config).await?;
+        let jobs = jobs_shared(&config, shared_redis.clone()).await?;
         let breaker_cell = Arc::new(BreakerCell::new());
         // A probe that never reports (its request was dropped) frees its slot after this.
         let probe_lease = config.attempt_timeout + Duration::from_secs(1);
@@ -308,8 +308,10 @@ pub async fn wait_for_signal() -> io::Result<()> {
     Ok(())
 }
 
-/// The job store (Redis when `REDIS_URL` is set, else in-process) and the callback policy.
-async fn jobs_shared(config: &Config) -> Result<JobsShared, StartError> {
+/// The job store (Redis when `REDIS_URL` is set, else in-process) and the callback policy. The
+/// Redis store reports its calls' outcomes to the shared-state connection's health, so the
+/// replica has one view of Redis.
+async fn jobs_shared(config: &Config, shared_redis: Option<Arc<SharedRedis>>) -> Result<JobsShared, StartError> {
     let jobs = &config.jobs;
     let store: Arc<dyn JobStore> = match &config.redis_url {
         Some(url) => {
@@ -318,10 +320,13 @@ async fn jobs_shared(config: &Config) -> Result<JobsShared, StartError> {
                 job_ttl: jobs.ttl,
                 op_timeout: REDIS_TIMEOUT,
                 stream_max_len: jobs.max,
+                max_runs: jobs.max_runs,
                 ..RedisSettings::default()
             };
-            let store =
-                RedisStore::connect(url, settings).await.map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
+            let health = shared_redis.map(|redis| redis as Arc<dyn shared::RedisHealth>);
+            let store = RedisStore::connect_with(url, settings, health)
+                .await
+                .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
             Arc::new(store)
         }
         None => Arc::new(MemoryStore::new(jobs.max, jobs.ttl)),

@@ -183,6 +183,9 @@ pub struct Metrics {
     pub job_duration: Histogram,
     /// Jobs taken over from a runner that died.
     pub jobs_taken_over: IntCounter,
+    /// Jobs failed with `job_run_interrupted` instead of being run again: each of their runs
+    /// ended with its process, `COURIER_JOB_MAX_RUNS` times (counted in `jobs_finished` too).
+    pub jobs_run_interrupted: IntCounter,
     /// Callback deliveries, by result (`delivered`, `gave_up`, `refused`).
     pub callbacks: IntCounterVec,
     /// Callback delivery attempts, by result (`success`, `failure`).
@@ -192,7 +195,8 @@ pub struct Metrics {
     /// Shared state through Redis: 1 for the current mode (`off`: no REDIS_URL; `shared`;
     /// `degraded`: Redis failing, replica on its own), else 0.
     pub shared_state: IntGaugeVec,
-    /// Failed or timed-out Redis calls for shared state, by operation.
+    /// Failed or timed-out Redis calls, by operation (shared state: `budget_*`, `token_*`,
+    /// `cache_*`; the job store: `job_*`).
     pub redis_errors: IntCounterVec,
     /// Upstream token requests avoided because another replica's token was used.
     pub token_shared_uses: IntCounter,
@@ -390,6 +394,10 @@ impl Metrics {
                 JOB_BUCKETS,
             ),
             jobs_taken_over: r.counter("jobs_taken_over_total", "Jobs taken over from a runner that died."),
+            jobs_run_interrupted: r.counter(
+                "jobs_run_interrupted_total",
+                "Jobs failed with job_run_interrupted instead of being run again: each of their runs ended with its process, COURIER_JOB_MAX_RUNS times (counted in jobs_finished_total too).",
+            ),
             callbacks: r.counter_vec(
                 "callbacks_total",
                 "Callback deliveries, by result (delivered, gave_up, refused).",
@@ -411,7 +419,7 @@ impl Metrics {
             ),
             redis_errors: r.counter_vec(
                 "redis_errors_total",
-                "Failed or timed-out Redis calls for shared state, by operation.",
+                "Failed or timed-out Redis calls, by operation (shared state: budget_*, token_*, cache_*; the job store: job_*).",
                 &["operation"],
             ),
             token_shared_uses: r.counter(

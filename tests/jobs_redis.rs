@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use courier::jobs::redis::{RedisSettings, RedisStore};
 use courier::jobs::{
-    CallbackState, Claim, DeliveryState, Job, JobError, JobStatus, JobStore, JobWork, RawJson, StatusDoc, StoreError,
-    Timestamp,
+    CallbackState, Claim, DeliveryState, Job, JobError, JobStatus, JobStore, JobWork, RawJson, Start, StatusDoc,
+    StoreError, Timestamp,
 };
 use futures_util::future::{join_all, BoxFuture};
 use futures_util::TryFutureExt;
@@ -35,6 +35,8 @@ fn settings(consumer: &str) -> RedisSettings {
         op_timeout: OP_TIMEOUT,
         stream_max_len: 1_000,
         record_queue: 10_000,
+        // High, so takeovers can be counted freely; the tests of the bound set their own.
+        max_runs: 100,
     }
 }
 
@@ -80,6 +82,7 @@ fn job(id: &str) -> Job {
             callback_url: Some("http://127.0.0.1:9/hook".into()),
             client: 1,
             deadline_unix_ms: 1_900_000_000_000,
+            handoffs: 0,
         }),
     }
 }
@@ -127,6 +130,7 @@ async fn every_call_is_unavailable(store: &RedisStore, claim: &Claim) {
         ("next", bound + wait, Box::pin(store.next(1, wait).map_ok(drop))),
         ("heartbeat", bound, Box::pin(store.heartbeat(claims))),
         ("start", bound, Box::pin(store.start("r-1").map_ok(drop))),
+        ("release", bound, Box::pin(store.release("r-1"))),
         ("finish", bound, Box::pin(store.finish(&done).map_ok(drop))),
         ("update_callback", bound, Box::pin(store.update_callback("r-1", &callback))),
         ("ack", bound, Box::pin(store.ack(claim))),
@@ -237,7 +241,7 @@ async fn a_dead_runners_jobs_are_taken_over_after_the_lease_only() {
     let held = one.next(10, Duration::ZERO).await.unwrap();
     assert_eq!(held.len(), 2);
     for claim in &held {
-        assert_eq!(one.start(&claim.id).await.unwrap().unwrap().doc.status, JobStatus::Processing);
+        assert_eq!(one.start(&claim.id).await.unwrap().unwrap().into_job().doc.status, JobStatus::Processing);
     }
 
     // While `one` heartbeats (every ~50 ms, lease 300 ms), `two` gets nothing.
@@ -260,7 +264,7 @@ async fn a_dead_runners_jobs_are_taken_over_after_the_lease_only() {
     let receipts = |c: &[Claim]| c.iter().map(|c| c.receipt.clone()).collect::<BTreeSet<_>>();
     assert_eq!(receipts(&taken), receipts(&held), "the same queue entries");
     for claim in &taken {
-        let job = two.start(&claim.id).await.unwrap().unwrap();
+        let job = two.start(&claim.id).await.unwrap().unwrap().into_job();
         assert_eq!((job.doc.status, job.doc.takeovers), (JobStatus::Processing, 1));
     }
 
@@ -284,7 +288,7 @@ async fn a_job_whose_runner_died_before_starting_it_is_not_a_takeover() {
         }
         assert!(Instant::now() < deadline, "never taken over");
     };
-    let job = two.start(&claim.id).await.unwrap().unwrap();
+    let job = two.start(&claim.id).await.unwrap().unwrap().into_job();
     assert_eq!((job.doc.status, job.doc.takeovers), (JobStatus::Processing, 0));
 }
 
@@ -299,7 +303,7 @@ async fn start_and_finish_are_compare_and_set() {
     assert!(!store.finish(&completed(&submitted)).await.unwrap(), "finish over pending");
     assert_eq!(store.get("r-1").await.unwrap(), Some(submitted.clone()));
 
-    let running = store.start("r-1").await.unwrap().unwrap();
+    let running = store.start("r-1").await.unwrap().unwrap().into_job();
     assert_eq!((running.doc.status, running.doc.takeovers), (JobStatus::Processing, 0));
     assert_eq!(store.get("r-1").await.unwrap(), Some(running.clone()));
     assert_eq!(query::<String>(&mut conn, &["HGET", "t:job:r-1", "state"]).await, "processing");
@@ -314,7 +318,7 @@ async fn start_and_finish_are_compare_and_set() {
     failed.doc.status = JobStatus::Failed;
     failed.doc.error = Some(JobError { code: "late".into(), message: "late".into(), retryable: false });
     assert!(!store.finish(&failed).await.unwrap(), "second finish");
-    assert_eq!(store.start("r-1").await.unwrap(), Some(done.clone()), "start leaves a final job alone");
+    assert_eq!(store.start("r-1").await.unwrap(), Some(Start::Final(done.clone())), "start leaves a final job alone");
     assert_eq!(store.get("r-1").await.unwrap(), Some(done));
 
     assert_eq!(store.start("nope").await.unwrap(), None);
@@ -334,10 +338,52 @@ async fn concurrent_changes_are_never_lost() {
     let starts = join_all((0..8).map(|i| if i % 2 == 0 { one.start("r-1") } else { two.start("r-1") }));
     let (starts, updated) = futures_util::future::join(starts, two.update_callback("r-1", &callback)).await;
     updated.unwrap();
-    let counted: BTreeSet<u32> = starts.into_iter().map(|s| s.unwrap().unwrap().doc.takeovers).collect();
+    let counted: BTreeSet<u32> = starts.into_iter().map(|s| s.unwrap().unwrap().into_job().doc.takeovers).collect();
     assert_eq!(counted, (1..=8).collect(), "each start saw its own count");
     let stored = one.get("r-1").await.unwrap().unwrap();
     assert_eq!((stored.doc.takeovers, stored.doc.callback), (8, Some(callback)));
+}
+
+#[actix_rt::test]
+async fn a_job_whose_runs_kept_ending_with_their_process_is_failed_in_redis_not_run_again() {
+    let server = RedisServer::start();
+    let store = store_with(&server, RedisSettings { max_runs: 2, ..settings("a") }).await;
+    let mut conn = raw(&server).await;
+    store.submit(&job("r-1")).await.unwrap();
+    assert!(matches!(store.start("r-1").await.unwrap(), Some(Start::Run(_))), "first run");
+    let second = store.start("r-1").await.unwrap().unwrap();
+    assert!(matches!(&second, Start::Run(job) if job.doc.takeovers == 1), "{second:?}");
+
+    let Some(Start::Abandoned(failed)) = store.start("r-1").await.unwrap() else { panic!("run a third time") };
+    let error = failed.doc.error.clone().unwrap();
+    assert_eq!(
+        (failed.doc.status, error.code.as_str(), error.retryable),
+        (JobStatus::Failed, "job_run_interrupted", false)
+    );
+    let stored = store.get("r-1").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.doc.status, stored.doc.error.clone(), stored.doc.takeovers),
+        (JobStatus::Failed, Some(error), 2)
+    );
+    assert_eq!(query::<String>(&mut conn, &["HGET", "t:job:r-1", "state"]).await, "failed");
+    // Whoever starts it next finds it final: it is counted once.
+    assert_eq!(store.start("r-1").await.unwrap(), Some(Start::Final(stored)));
+}
+
+#[actix_rt::test]
+async fn a_run_released_at_a_graceful_shutdown_does_not_count_against_max_runs() {
+    let server = RedisServer::start();
+    let store = store_with(&server, RedisSettings { max_runs: 2, ..settings("a") }).await;
+    store.submit(&job("r-1")).await.unwrap();
+    store.release("r-1").await.unwrap();
+    assert_eq!(store.get("r-1").await.unwrap().unwrap().work.unwrap().handoffs, 0, "a pending job is not released");
+    store.start("r-1").await.unwrap();
+    store.release("r-1").await.unwrap();
+    // Run 1 was handed over: run 2 starts as a takeover, and when run 2 ends with its process,
+    // one run was interrupted, so run 3 starts too; when it ends as well, that makes two.
+    assert!(matches!(store.start("r-1").await.unwrap(), Some(Start::Run(_))), "run 2");
+    assert!(matches!(store.start("r-1").await.unwrap(), Some(Start::Run(_))), "run 3");
+    assert!(matches!(store.start("r-1").await.unwrap(), Some(Start::Abandoned(_))));
 }
 
 #[actix_rt::test]

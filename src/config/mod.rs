@@ -157,6 +157,9 @@ pub struct JobsConfig {
     pub concurrency: usize,
     /// A job whose runner has not shown signs of life for this long is taken over (Redis).
     pub lease: Duration,
+    /// Runs of a job that may end with their process before it is failed with
+    /// `job_run_interrupted` instead of being taken over again (Redis).
+    pub max_runs: u32,
     /// Key of the HMAC signature on callbacks; callbacks are refused without it.
     pub callback_secret: Option<SecretString>,
     /// Where the callback secret came from.
@@ -179,6 +182,7 @@ impl fmt::Debug for JobsConfig {
             .field("max", &self.max)
             .field("concurrency", &self.concurrency)
             .field("lease", &self.lease)
+            .field("max_runs", &self.max_runs)
             .field("callback_secret", &self.callback_secret.as_ref().map(|_| "[REDACTED]"))
             .field("callback_max_attempts", &self.callback_max_attempts)
             .field("callback_retry_delay", &self.callback_retry_delay)
@@ -348,6 +352,7 @@ impl Config {
             max: r.count("COURIER_JOB_MAX", 100_000, 1..=100_000_000) as usize,
             concurrency: r.count("COURIER_JOB_CONCURRENCY", 64, 1..=100_000) as usize,
             lease: r.seconds("COURIER_JOB_LEASE", 30.0),
+            max_runs: r.count("COURIER_JOB_MAX_RUNS", 2, 1..=1000) as u32,
             callback_secret,
             callback_secret_source,
             callback_max_attempts: r.count("COURIER_CALLBACK_MAX_ATTEMPTS", 5, 1..=100) as u32,

@@ -219,3 +219,18 @@ fn deeply_nested_files_are_one_line_errors_not_a_crash() {
     assert!(config_error.contains("not valid TOML") && !config_error.contains('\n'), "{config_error}");
     assert!(clients_error.contains("not a valid clients file") && !clients_error.contains('\n'), "{clients_error}");
 }
+
+#[test]
+fn job_max_runs_defaults_to_two_and_is_range_checked() {
+    let config = Config::from_sources(&minimal(), None).unwrap();
+    assert_eq!(config.jobs.max_runs, 2);
+    let mut env = minimal();
+    env.set("COURIER_JOB_MAX_RUNS", "5");
+    assert_eq!(Config::from_sources(&env, None).unwrap().jobs.max_runs, 5);
+    for bad in ["0", "1001", "twice"] {
+        env.set("COURIER_JOB_MAX_RUNS", bad);
+        let errors = Config::from_sources(&env, None).unwrap_err();
+        let vars: Vec<&str> = errors.0.iter().map(|e| e.var.as_str()).collect();
+        assert_eq!(vars, ["COURIER_JOB_MAX_RUNS"], "{bad}: {errors}");
+    }
+}

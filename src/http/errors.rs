@@ -63,6 +63,9 @@ pub enum ApiError {
     RequestIdInUse,
     /// The job store cannot take the job now; nothing was accepted.
     JobStoreUnavailable,
+    /// The job store cannot be read now, so a status is unknown (same `code` as
+    /// [`ApiError::JobStoreUnavailable`]: the store is unavailable; the message says what for).
+    JobStoreUnreadable,
     /// The request head is larger than the limit (bytes).
     HeadersTooLarge(usize),
     /// The client already has this many requests in flight.
@@ -122,7 +125,7 @@ impl ApiError {
             ApiError::UpstreamRejected { status: 413, .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UpstreamRejected { .. } => StatusCode::BAD_REQUEST,
             ApiError::RequestIdInUse => StatusCode::CONFLICT,
-            ApiError::JobStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::JobStoreUnavailable | ApiError::JobStoreUnreadable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::ClientConcurrencyExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestBodyTimeout(_) | ApiError::RequestHeadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -165,7 +168,7 @@ impl ApiError {
             ApiError::InvalidCallbackUrl(_) => "invalid_callback_url",
             ApiError::CallbacksUnavailable => "callbacks_unavailable",
             ApiError::RequestIdInUse => "request_id_in_use",
-            ApiError::JobStoreUnavailable => "job_store_unavailable",
+            ApiError::JobStoreUnavailable | ApiError::JobStoreUnreadable => "job_store_unavailable",
             ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::ClientConcurrencyExceeded(_) => "client_concurrency_exceeded",
             ApiError::RequestBodyTimeout(_) => "request_body_timeout",
@@ -212,6 +215,10 @@ impl ApiError {
             }
             ApiError::RequestIdInUse => "this X-Request-Id names another client's job; send a new one".into(),
             ApiError::JobStoreUnavailable => "the job store cannot take the job now; nothing was accepted".into(),
+            ApiError::JobStoreUnreadable => {
+                "the job store cannot be read now, so the status cannot be given; nothing was changed, retry later"
+                    .into()
+            }
             ApiError::HeadersTooLarge(limit) => format!("the request head is larger than {limit} bytes").into(),
             ApiError::ClientConcurrencyExceeded(limit) => {
                 format!("this client already has {limit} requests in flight; retry when one has finished").into()
@@ -243,6 +250,7 @@ impl ApiError {
                 | ApiError::Overloaded(_)
                 | ApiError::CircuitOpen(_)
                 | ApiError::JobStoreUnavailable
+                | ApiError::JobStoreUnreadable
         )
     }
 
@@ -253,7 +261,9 @@ impl ApiError {
             | ApiError::UpstreamAuthUnavailable(d)
             | ApiError::Overloaded(d)
             | ApiError::CircuitOpen(d) => Some(*d),
-            ApiError::JobStoreUnavailable | ApiError::ClientConcurrencyExceeded(_) => Some(Duration::from_secs(1)),
+            ApiError::JobStoreUnavailable | ApiError::JobStoreUnreadable | ApiError::ClientConcurrencyExceeded(_) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -314,6 +324,7 @@ impl ApiError {
             ApiError::CallbacksUnavailable,
             ApiError::RequestIdInUse,
             ApiError::JobStoreUnavailable,
+            ApiError::JobStoreUnreadable,
             ApiError::HeadersTooLarge(0),
             ApiError::ClientConcurrencyExceeded(0),
             ApiError::RequestBodyTimeout(wait),
@@ -343,6 +354,7 @@ impl ApiError {
                 | ApiError::CallbacksUnavailable
                 | ApiError::RequestIdInUse
                 | ApiError::JobStoreUnavailable
+                | ApiError::JobStoreUnreadable
                 | ApiError::HeadersTooLarge(_)
                 | ApiError::ClientConcurrencyExceeded(_)
                 | ApiError::RequestBodyTimeout(_)
@@ -377,6 +389,8 @@ mod tests {
             (ApiError::RequestBodyTimeout(Duration::from_secs(1)), 408, "request_body_timeout"),
             (ApiError::RequestHeadTimeout(Duration::from_secs(1)), 408, "request_head_timeout"),
             (ApiError::UpstreamFailed(Outcome::TooLarge), 502, "upstream_response_too_large"),
+            (ApiError::JobStoreUnavailable, 503, "job_store_unavailable"),
+            (ApiError::JobStoreUnreadable, 503, "job_store_unavailable"),
         ];
         for (error, status, code) in cases {
             assert_eq!((error.status().as_u16(), error.code()), (status, code));
@@ -389,6 +403,18 @@ mod tests {
             (413, "upstream_rejected", false)
         );
         assert!(ApiError::UpstreamFailed(Outcome::ConnectError).retryable());
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_read_says_so_not_that_nothing_was_accepted() {
+        let read = ApiError::JobStoreUnreadable;
+        assert!(
+            read.message().contains("cannot be read") && !read.message().contains("accepted"),
+            "{}",
+            read.message()
+        );
+        assert!(read.retryable());
+        assert_eq!(read.retry_after(), Some(Duration::from_secs(1)));
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub async fn accept(worker: &Worker, new: NewJob) -> Result<HttpResponse, ApiErr
             callback_url: new.callback_url,
             client: new.client,
             deadline_unix_ms: unix_ms(now + jobs.deadline),
+            handoffs: 0,
         }),
     };
     match jobs.store.submit(&job).await {
@@ -228,7 +229,7 @@ pub async fn status(req: HttpRequest, id: web::Path<String>, worker: web::Data<W
 
 async fn lookup(worker: &Worker, caller: Caller, id: &str) -> Result<HttpResponse, ApiError> {
     let id = RequestId::parse(id).ok_or(ApiError::InvalidRequest("malformed request id".into()))?;
-    let job = worker.shared.jobs.store.get(id.as_str()).await.map_err(|_| ApiError::JobStoreUnavailable)?;
+    let job = worker.shared.jobs.store.get(id.as_str()).await.map_err(|_| ApiError::JobStoreUnreadable)?;
     let owner = worker.owner_name(caller);
     match job {
         // Another client's job is as invisible as a missing one.

@@ -18,7 +18,9 @@ use hashbrown::HashTable;
 use smol_str::SmolStr;
 use tokio::sync::mpsc;
 
-use super::{CallbackState, Claim, Job, JobError, JobStatus, JobStore, StoreError, StoreFuture, SyncEntry, Timestamp};
+use super::{
+    CallbackState, Claim, Job, JobError, JobStatus, JobStore, Start, StoreError, StoreFuture, SyncEntry, Timestamp,
+};
 use crate::cache::Entry;
 
 const SHARDS: usize = 16;
@@ -377,14 +379,19 @@ impl JobStore for MemoryStore {
         ready(Ok(()))
     }
 
-    fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>> {
-        ready(Ok(self.with_job(id, |job| {
-            match job.doc.status {
-                JobStatus::Pending => job.doc.status = JobStatus::Processing,
-                JobStatus::Processing => job.doc.takeovers += 1,
-                JobStatus::Completed | JobStatus::Failed => {}
+    /// Jobs here die with the process, so none is ever taken over after its runner stopped
+    /// and `COURIER_JOB_MAX_RUNS` has nothing to count.
+    fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Start>> {
+        ready(Ok(self.with_job(id, |job| match job.doc.status {
+            JobStatus::Pending => {
+                job.doc.status = JobStatus::Processing;
+                Start::Run(job.clone())
             }
-            job.clone()
+            JobStatus::Processing => {
+                job.doc.takeovers += 1;
+                Start::Run(job.clone())
+            }
+            JobStatus::Completed | JobStatus::Failed => Start::Final(job.clone()),
         })))
     }
 
@@ -452,12 +459,14 @@ mod tests {
         let claims = store.next(10, Duration::from_millis(10)).await.unwrap();
         assert_eq!(claims.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
         assert!(store.next(10, Duration::from_millis(10)).await.unwrap().is_empty());
-        assert_eq!(store.start("a").await.unwrap().unwrap().doc.status, JobStatus::Processing);
+        assert!(
+            matches!(store.start("a").await.unwrap(), Some(Start::Run(j)) if j.doc.status == JobStatus::Processing)
+        );
         let mut done = job("a", JobStatus::Completed, true);
         done.doc.attempts = 1;
         assert!(store.finish(&done).await.unwrap());
         assert!(!store.finish(&done).await.unwrap(), "a final job is not finished twice");
-        assert_eq!(store.start("a").await.unwrap().unwrap().doc.status, JobStatus::Completed);
+        assert_eq!(store.start("a").await.unwrap(), Some(Start::Final(done)));
         assert_eq!(store.backlog().await.unwrap(), 0);
     }
 

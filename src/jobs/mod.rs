@@ -72,6 +72,28 @@ pub struct JobError {
     pub retryable: bool,
 }
 
+/// The `code` of a job that was failed without running again because each of its runs ended
+/// with its process (`COURIER_JOB_MAX_RUNS`): a job that stops its process must not stop every
+/// replica in turn.
+pub const RUN_INTERRUPTED: &str = "job_run_interrupted";
+
+impl JobError {
+    /// The error of a job not run again after `runs` runs that each ended with their process.
+    pub fn run_interrupted(runs: u32) -> JobError {
+        JobError {
+            code: RUN_INTERRUPTED.into(),
+            message: format!(
+                "{runs} {} of the job ended with {} process before finishing; it was not run again, so that \
+                 it cannot stop another process",
+                if runs == 1 { "run" } else { "runs" },
+                if runs == 1 { "its" } else { "their" },
+            ),
+            // The same request would meet the same end.
+            retryable: false,
+        }
+    }
+}
+
 /// Where the delivery of a job's callback stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -193,6 +215,10 @@ pub struct JobWork {
     pub client: usize,
     /// When the job must be over (Unix milliseconds).
     pub deadline_unix_ms: u64,
+    /// Runs of it that ended at a graceful shutdown (handed over, not interrupted): they do not
+    /// count against `COURIER_JOB_MAX_RUNS`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handoffs: u32,
 }
 
 /// A job as stored.
@@ -313,6 +339,35 @@ pub struct Claim {
     pub receipt: String,
 }
 
+/// What [`JobStore::start`] made of a claimed job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Start {
+    /// It is `processing` now (from `pending`, or taken over from a runner that died): run it.
+    Run(Job),
+    /// It was final already: nothing to run (its callback may still be due).
+    Final(Job),
+    /// Each of its runs ended with its process, as often as the store allows
+    /// (`COURIER_JOB_MAX_RUNS`): it is `failed` now with [`RUN_INTERRUPTED`], without running
+    /// again. Its callback is due.
+    Abandoned(Job),
+}
+
+impl Start {
+    /// The job as it now is.
+    pub fn job(&self) -> &Job {
+        match self {
+            Start::Run(job) | Start::Final(job) | Start::Abandoned(job) => job,
+        }
+    }
+
+    /// The job as it now is, taken.
+    pub fn into_job(self) -> Job {
+        match self {
+            Start::Run(job) | Start::Final(job) | Start::Abandoned(job) => job,
+        }
+    }
+}
+
 /// Why the store could not do what was asked.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -357,9 +412,18 @@ pub trait JobStore: Send + Sync + 'static {
     fn heartbeat<'a>(&'a self, claims: &'a [Claim]) -> StoreFuture<'a, ()>;
 
     /// Moves a claimed job to `processing` (from `pending`, or again from `processing` when
-    /// its previous runner died: that counts a takeover). Returns the job as it now is; a job
-    /// already final is returned unchanged.
-    fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>>;
+    /// its previous runner died: that counts a takeover), or fails it without running when
+    /// its runs kept ending with their process ([`Start::Abandoned`]). A job already final is
+    /// returned unchanged; `None`: no such job.
+    fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Start>>;
+
+    /// At a graceful shutdown, notes that this process hands the running job `id` over
+    /// without dying, so its next start does not count the run as interrupted. Stores whose
+    /// jobs die with the process do nothing.
+    fn release<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        let _ = id;
+        Box::pin(async { Ok(()) })
+    }
 
     /// Saves a job's final state, only if it is `processing` (compare-and-set). Returns false
     /// when it was not.

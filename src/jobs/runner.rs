@@ -7,11 +7,17 @@
 //! it is acknowledged only after its final state is saved and its callback delivered (or given
 //! up), so a process that dies at any point leaves the job to be taken over.
 //!
+//! A job whose runs kept ending with their process is not run again: the store fails it with
+//! `job_run_interrupted` when a runner would start it (`COURIER_JOB_MAX_RUNS`), and the runner
+//! counts it, logs it and delivers its callback like any final job's.
+//!
 //! At shutdown it stops taking jobs and lets running ones finish within the grace period. With
-//! a durable store (Redis) unfinished jobs stay queued for another process; with the in-process
-//! store they are marked `failed` with error `shutdown`, never left `processing`.
+//! a durable store (Redis) unfinished jobs stay queued for another process, released (their run
+//! was handed over, not interrupted); with the in-process store they are marked `failed` with
+//! error `shutdown`, never left `processing`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,7 +28,9 @@ use slog::{info, o, warn, Logger};
 use tokio::sync::{Notify, Semaphore};
 
 use super::callback::{Delivery, DeliveryOutcome};
-use super::{CallbackState, Claim, DeliveryState, Job, JobError, JobStatus, JobStore, RawJson, Timestamp};
+use super::{
+    CallbackState, Claim, DeliveryState, Job, JobError, JobStatus, JobStore, RawJson, Start, Timestamp, RUN_INTERRUPTED,
+};
 use crate::actors::budget::Class;
 use crate::cache::Key;
 use crate::http::cached::{self, Ask, Directives};
@@ -53,6 +61,8 @@ struct State {
     metrics: Arc<Metrics>,
     log: Logger,
     running: Cell<usize>,
+    /// The jobs this process has started and not yet finished, to release at shutdown.
+    started: RefCell<HashSet<String>>,
     idle: Notify,
     stop: Notify,
     stopping: Cell<bool>,
@@ -86,6 +96,7 @@ pub fn start(
         metrics,
         log: log.new(o!("actor" => "job_runner")),
         running: Cell::new(0),
+        started: RefCell::default(),
         idle: Notify::new(),
         stop: Notify::new(),
         stopping: Cell::new(false),
@@ -167,43 +178,56 @@ async fn run_claim(state: &State, claim: &Claim) {
 /// Returns true when the job and its callback are settled.
 async fn run_job(state: &State, id: &str) -> bool {
     let job = match state.store.start(id).await {
-        Ok(Some(job)) => job,
+        Ok(Some(Start::Run(job))) => match run_started(state, job).await {
+            Ok(job) => job,
+            Err(settled) => return settled,
+        },
+        Ok(Some(Start::Final(job))) => job,
+        Ok(Some(Start::Abandoned(job))) => {
+            record_abandoned(state, &job);
+            job
+        }
         Ok(None) => return true,
         Err(error) => {
             warn!(state.log, "job_start_failed"; "request_id" => id, "error" => %error);
             return false;
         }
     };
-    let job = if job.doc.status.is_final() {
-        job
-    } else {
-        if job.doc.takeovers > 0 {
-            state.metrics.jobs_taken_over.inc();
-            info!(state.log, "job_taken_over"; "request_id" => id, "takeovers" => job.doc.takeovers);
-        }
-        let finished = execute(state, job).await;
-        match state.store.finish(&finished).await {
-            Ok(true) => {
-                record_final(state, &finished);
-                finished
-            }
-            Ok(false) => {
-                // Settled meanwhile (failed at shutdown, or by another runner): what is stored
-                // stands, callback state included.
-                info!(state.log, "job_finished_elsewhere"; "request_id" => id);
-                match state.store.get(id).await {
-                    Ok(Some(stored)) => stored,
-                    _ => return true,
-                }
-            }
-            Err(error) => {
-                warn!(state.log, "job_finish_failed"; "request_id" => id, "error" => %error);
-                return false;
-            }
-        }
-    };
     deliver(state, job).await;
     true
+}
+
+/// Runs a started job and saves its final state; returns it as stored, or whether the job is
+/// settled although there is nothing to deliver (false: its final state was not saved).
+async fn run_started(state: &State, job: Job) -> Result<Job, bool> {
+    let id = job.id().to_owned();
+    if job.doc.takeovers > 0 {
+        state.metrics.jobs_taken_over.inc();
+        info!(state.log, "job_taken_over"; "request_id" => &id, "takeovers" => job.doc.takeovers);
+    }
+    state.started.borrow_mut().insert(id.clone());
+    let finished = execute(state, job).await;
+    let saved = state.store.finish(&finished).await;
+    state.started.borrow_mut().remove(&id);
+    match saved {
+        Ok(true) => {
+            record_final(state, &finished);
+            Ok(finished)
+        }
+        Ok(false) => {
+            // Settled meanwhile (failed at shutdown, or by another runner): what is stored
+            // stands, callback state included.
+            info!(state.log, "job_finished_elsewhere"; "request_id" => &id);
+            match state.store.get(&id).await {
+                Ok(Some(stored)) => Ok(stored),
+                _ => Err(true),
+            }
+        }
+        Err(error) => {
+            warn!(state.log, "job_finish_failed"; "request_id" => &id, "error" => %error);
+            Err(false)
+        }
+    }
 }
 
 fn record_final(state: &State, job: &Job) {
@@ -217,6 +241,22 @@ fn record_final(state: &State, job: &Job) {
         "attempts" => job.doc.attempts,
         "takeovers" => job.doc.takeovers,
         "error" => job.doc.error.as_ref().map(|e| e.code.as_str()),
+        "duration" => took.as_secs_f64());
+}
+
+/// A job failed without running again because its runs kept ending with their process: a
+/// failed job, and one of `courier_jobs_run_interrupted_total`, with one warning.
+fn record_abandoned(state: &State, job: &Job) {
+    state.metrics.jobs_finished.with_label_values(&[JobStatus::Failed.as_str()]).inc();
+    state.metrics.jobs_run_interrupted.inc();
+    let took = SystemTime::now().duration_since(job.doc.created_at.0).unwrap_or_default();
+    state.metrics.job_duration.observe(took.as_secs_f64());
+    warn!(state.log, "job_run_interrupted";
+        "request_id" => job.id(),
+        "status" => JobStatus::Failed.as_str(),
+        "error" => RUN_INTERRUPTED,
+        "takeovers" => job.doc.takeovers,
+        "detail" => job.doc.error.as_ref().map(|e| e.message.as_str()),
         "duration" => took.as_secs_f64());
 }
 
@@ -332,7 +372,13 @@ impl RunnerHandle {
             }
         }
         if state.store.durable() {
-            info!(state.log, "jobs_left_for_others"; "running" => state.running.get());
+            // Their runs are handed over, not interrupted: they do not count against
+            // COURIER_JOB_MAX_RUNS. Best effort: a job not released counts one run more.
+            let started: Vec<String> = state.started.borrow().iter().cloned().collect();
+            let released = futures_util::future::join_all(started.iter().map(|id| state.store.release(id))).await;
+            let failed = released.iter().filter(|r| r.is_err()).count();
+            info!(state.log, "jobs_left_for_others";
+                "running" => state.running.get(), "released" => started.len() - failed, "not_released" => failed);
             return;
         }
         let error = JobError {

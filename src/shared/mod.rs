@@ -8,6 +8,17 @@
 //! Redis is not asked again for a second, so a dead Redis costs no timeouts on the request
 //! path, and the first success after that restores shared mode by itself. `/readyz`,
 //! `/admin/state` and `courier_shared_state{mode}` say which mode a replica is in.
+//!
+//! The job store talks to the same Redis on connections of its own and reports every outcome
+//! here ([`RedisHealth`]), so a replica has one view of Redis: a job store that fails makes it
+//! degraded (and is counted in `courier_redis_errors_total`), one that answers again restores
+//! shared mode at that moment, not at the next shared-state call.
+//!
+//! After an outage, a connection's last reconnect attempt may have failed while Redis was
+//! down; the next call would await that failed attempt and fail without reaching Redis. So a
+//! connection whose last call failed is first refreshed with a `PING` (which starts a new
+//! reconnect when it meets that stale failure), and the call itself goes to the Redis that is
+//! back instead of counting one more error and degrading the replica for another second.
 
 pub mod budget;
 pub mod cache;
@@ -19,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisError;
 use secrecy::{ExposeSecret, SecretString};
 use slog::{info, o, warn, Logger};
 
@@ -26,6 +38,21 @@ use crate::metrics::Metrics;
 
 /// How long a degraded replica leaves Redis alone before trying it again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// The `operation` label values of shared-state calls in `courier_redis_errors_total`.
+const OPERATIONS: [&str; 11] = [
+    "budget_acquire",
+    "budget_pause",
+    "budget_cap",
+    "token_read",
+    "token_lock",
+    "token_unlock",
+    "token_generation",
+    "token_write",
+    "cache_get",
+    "cache_set",
+    "cache_purge",
+];
 
 /// Sets the one-hot `courier_shared_state{mode}` gauge.
 pub fn set_mode(metrics: &Metrics, mode: &str) {
@@ -39,12 +66,45 @@ pub fn set_mode(metrics: &Metrics, mode: &str) {
 #[error("shared state unavailable: {0}")]
 pub struct Degraded(pub &'static str);
 
+/// What failed, in a few words that hold no secret: the kind of failure or the server's error
+/// code, never the URL (it may hold the password), the server's full message or an argument.
+pub fn describe(e: &RedisError) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connection_refusal() {
+        "connection refused".into()
+    } else if e.is_connection_dropped() {
+        "connection lost".into()
+    } else if e.is_io_error() {
+        "I/O error".into()
+    } else if let Some(code) = e.code() {
+        format!("server error {code}")
+    } else {
+        e.category().to_string()
+    }
+}
+
+/// The outcomes of Redis calls made on other connections than [`SharedRedis`]'s (the job
+/// store's), so the replica's view of Redis (`/readyz`, `courier_shared_state`,
+/// `courier_redis_errors_total`) follows them too.
+pub trait RedisHealth: Send + Sync {
+    /// A call got an answer: Redis works.
+    fn answered(&self);
+    /// A call failed or timed out: `operation` is a bounded label value, `why` says what failed
+    /// (no secret).
+    fn failed(&self, operation: &'static str, why: &str);
+    /// Creates the error counters of these operations at 0.
+    fn operations(&self, operations: &[&'static str]);
+}
+
 /// The connection to Redis for shared state, with its health.
 pub struct SharedRedis {
     conn: ConnectionManager,
     namespace: String,
     timeout: Duration,
     up: AtomicBool,
+    /// This connection's last call failed: refresh it before the next one.
+    suspect: AtomicBool,
     base: Instant,
     /// Milliseconds since `base` after which a degraded replica may try again.
     retry_at_ms: AtomicU64,
@@ -71,11 +131,15 @@ impl SharedRedis {
             .map_err(|_| Degraded("connect timed out"))?
             .map_err(|_| Degraded("cannot connect"))?;
         set_mode(&metrics, "shared");
+        for op in OPERATIONS {
+            metrics.redis_errors.with_label_values(&[op]);
+        }
         Ok(SharedRedis {
             conn,
             namespace: namespace.to_owned(),
             timeout,
             up: AtomicBool::new(true),
+            suspect: AtomicBool::new(false),
             base: Instant::now(),
             retry_at_ms: AtomicU64::new(0),
             metrics,
@@ -119,21 +183,32 @@ impl SharedRedis {
             return Err(Degraded("degraded; not retried yet"));
         }
         let limit = limit.min(self.timeout);
-        let outcome = tokio::time::timeout(limit, call(self.conn.clone())).await;
+        let outcome = tokio::time::timeout(limit, async {
+            if self.suspect.load(Ordering::Acquire) {
+                // See the module documentation: meets a stale failed reconnect, if any, so the
+                // call does not. Its own outcome says nothing the call will not.
+                let _: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut self.conn.clone()).await;
+            }
+            call(self.conn.clone()).await
+        })
+        .await;
         match outcome {
             Ok(Ok(value)) => {
+                self.suspect.store(false, Ordering::Release);
                 self.mark_up();
                 Ok(value)
             }
-            Ok(Err(_)) => {
-                self.mark_down(op, "error");
+            Ok(Err(e)) => {
+                self.failed_here();
+                self.mark_down(op, &describe(&e));
                 Err(Degraded("redis error"))
             }
             // Also a call with a short bound (a cache read on the request path): a Redis that
             // slow is treated as down for a second, which costs nothing but sharing (the local
             // fallbacks respect the limits) and keeps the request path fast.
             Err(_) => {
-                self.mark_down(op, "timeout");
+                self.failed_here();
+                self.mark_down(op, &format!("no answer within {} ms", limit.as_millis()));
                 Err(Degraded("redis timed out"))
             }
         }
@@ -146,13 +221,38 @@ impl SharedRedis {
         }
     }
 
-    fn mark_down(&self, op: &'static str, why: &'static str) {
+    /// A call on this connection failed: refresh it before the next call, and leave Redis
+    /// alone for a second. (A failure of the job store's calls does not delay these: each
+    /// connection keeps its own pace of trying.)
+    fn failed_here(&self) {
+        self.suspect.store(true, Ordering::Release);
         let next = self.base.elapsed() + RETRY_AFTER_FAILURE;
         self.retry_at_ms.store(next.as_millis() as u64, Ordering::Release);
+    }
+
+    /// Counts a failed call and, on the first since Redis last worked, degrades the replica
+    /// with one log line naming the operation and what failed.
+    fn mark_down(&self, op: &'static str, why: &str) {
         self.metrics.redis_errors.with_label_values(&[op]).inc();
         if self.up.swap(false, Ordering::AcqRel) {
             set_mode(&self.metrics, "degraded");
             warn!(self.log, "shared_state_degraded"; "operation" => op, "error" => why);
+        }
+    }
+}
+
+impl RedisHealth for SharedRedis {
+    fn answered(&self) {
+        self.mark_up();
+    }
+
+    fn failed(&self, operation: &'static str, why: &str) {
+        self.mark_down(operation, why);
+    }
+
+    fn operations(&self, operations: &[&'static str]) {
+        for op in operations {
+            self.metrics.redis_errors.with_label_values(&[op]);
         }
     }
 }

@@ -14,6 +14,9 @@ pub struct SimStats {
     pub token: TokenStats,
     /// `/v2/process` requests being handled right now (including added latency).
     pub in_flight: u64,
+    /// `/v2/process` requests received, counted on arrival: one whose caller went away before
+    /// its answer (a killed process) counts here and in no outcome.
+    pub received: u64,
     /// Highest `in_flight` seen since start or the last reset.
     pub peak_concurrency: u64,
     /// Requests refused by the rate limiter itself (injected 429s are not counted here).
@@ -107,6 +110,7 @@ pub(crate) struct Counters {
     process: [AtomicU64; 7],
     token: [AtomicU64; 3],
     in_flight: AtomicU64,
+    received: AtomicU64,
     peak: AtomicU64,
     limiter_refusals: AtomicU64,
     last_request_id: Mutex<Option<Box<str>>>,
@@ -137,6 +141,7 @@ impl Counters {
 
     /// Marks a `/v2/process` request as in flight until the guard is dropped.
     pub(crate) fn enter(&self) -> InFlight<'_> {
+        self.received.fetch_add(1, Relaxed);
         let now = self.in_flight.fetch_add(1, Relaxed) + 1;
         self.peak.fetch_max(now, Relaxed);
         InFlight(self)
@@ -148,6 +153,7 @@ impl Counters {
             c.store(0, Relaxed);
         }
         self.limiter_refusals.store(0, Relaxed);
+        self.received.store(0, Relaxed);
         self.peak.store(self.in_flight.load(Relaxed), Relaxed);
     }
 
@@ -184,6 +190,7 @@ impl Counters {
             process,
             token,
             in_flight,
+            received: self.received.load(Relaxed),
             peak_concurrency: self.peak.load(Relaxed).max(in_flight),
             rate_limited_total: self.limiter_refusals.load(Relaxed),
             last_request_id: self.last_request_id.lock().ok().and_then(|id| id.as_deref().map(str::to_owned)),
@@ -219,13 +226,13 @@ mod tests {
         c.record_process(ProcessOutcome::from_status(413));
         c.record_token(TokenOutcome::Failed);
         let s = c.snapshot();
-        assert_eq!((s.in_flight, s.peak_concurrency), (1, 2));
+        assert_eq!((s.in_flight, s.peak_concurrency, s.received), (1, 2, 3));
         assert_eq!(s.process.total, 4);
         assert_eq!((s.process.rate_limited, s.process.server_error), (1, 1));
         assert_eq!(s.process.bad_request, 1);
         assert_eq!((s.token.total, s.token.failed), (1, 1));
         c.reset();
         let s = c.snapshot();
-        assert_eq!((s.process.total, s.token.total, s.peak_concurrency), (0, 0, 1));
+        assert_eq!((s.process.total, s.token.total, s.peak_concurrency, s.received), (0, 0, 1, 0));
     }
 }

@@ -53,7 +53,7 @@ pub fn status_errors() -> Vec<ApiError> {
         ApiError::InvalidRequest("".into()),
         ApiError::Unauthorized,
         ApiError::NotFound,
-        ApiError::JobStoreUnavailable,
+        ApiError::JobStoreUnreadable,
         ApiError::HeadersTooLarge(0),
         ApiError::RequestHeadTimeout(std::time::Duration::from_secs(1)),
     ]

@@ -152,9 +152,11 @@ pub fn error_code() -> Object {
     ObjectBuilder::new().schema_type(Type::String).enum_values(Some(codes)).build()
 }
 
-/// The `code` of a failed job: an error answer's code, or `shutdown` (the process stopped).
+/// The `code` of a failed job: an error answer's code, `shutdown` (the process stopped), or
+/// `job_run_interrupted` (its runs kept ending with their process; not run again).
 pub fn job_error_code() -> Object {
     let mut codes = ApiError::every().iter().map(ApiError::code).collect::<Vec<_>>();
     codes.push("shutdown");
+    codes.push(crate::jobs::RUN_INTERRUPTED);
     ObjectBuilder::new().schema_type(Type::String).enum_values(Some(codes)).build()
 }

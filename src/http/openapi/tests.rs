@@ -148,6 +148,17 @@ fn the_status_schema_is_the_status_document() {
 }
 
 #[test]
+fn a_job_error_code_is_one_the_document_lists() {
+    let doc = served(false);
+    let codes = names(&schema(&doc, "JobError")["properties"]["code"]["enum"]);
+    // The runner's own codes, and the codes of error answers.
+    for code in [&JobError::run_interrupted(2).code, "shutdown", "upstream_unavailable", "deadline_exceeded"] {
+        assert!(codes.contains(code), "{code} missing from {codes:?}");
+    }
+    assert!(codes.contains("job_run_interrupted"), "{codes:?}");
+}
+
+#[test]
 fn the_request_schema_is_what_the_validator_takes() {
     let doc = served(false);
     let request = schema(&doc, "ProcessRequest");

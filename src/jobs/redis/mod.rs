@@ -28,7 +28,9 @@
 //!    neither) and returns only after Redis answered, so the 202 follows the write.
 //! 2. An entry leaves the PEL only through `ack`, which a runner sends once the job is final
 //!    and its callback is done. If the runner dies first, the entry's idle time passes the
-//!    lease and another runner's `next` takes it over; `start` counts the takeover.
+//!    lease and another runner's `next` takes it over; `start` counts the takeover (and fails,
+//!    rather than runs, a job whose runs ended with their process [`RedisSettings::max_runs`]
+//!    times: see `cas`).
 //! 3. States only move forward, so a late runner cannot undo a finished job.
 //! 4. Nothing is trimmed: acked entries are deleted (`XDEL`), so the stream holds exactly the
 //!    queue, and `submit` answers `Full` before the queue reaches `stream_max_len`, so
@@ -78,8 +80,9 @@ use redis::AsyncConnectionConfig;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 
-use super::{CallbackState, Claim, Job, JobStore, StoreError, StoreFuture};
-use errors::{bounded, fail};
+use super::{CallbackState, Claim, Job, JobStore, Start, StoreError, StoreFuture};
+use crate::shared::RedisHealth;
+use errors::Health;
 use scripts::Scripts;
 pub use settings::{default_consumer_name, RedisSettings};
 
@@ -118,6 +121,7 @@ pub struct RedisStore {
     autoclaim_cursor: ArcSwap<String>,
     records: mpsc::Sender<Job>,
     dropped_records: Arc<AtomicU64>,
+    health: Health,
 }
 
 impl fmt::Debug for RedisStore {
@@ -135,6 +139,16 @@ impl RedisStore {
     /// settings cannot work or Redis does not answer (each of the three steps is bounded by
     /// `op_timeout`); the error text never contains the URL.
     pub async fn connect(url: &SecretString, settings: RedisSettings) -> Result<RedisStore, StoreError> {
+        RedisStore::connect_with(url, settings, None).await
+    }
+
+    /// [`RedisStore::connect`], reporting the outcome of every Redis call to `health` (the
+    /// replica's view of Redis: readiness, shared-state mode, `courier_redis_errors_total`).
+    pub async fn connect_with(
+        url: &SecretString,
+        settings: RedisSettings,
+        health: Option<Arc<dyn RedisHealth>>,
+    ) -> Result<RedisStore, StoreError> {
         if let Some(problem) = settings.problem() {
             return Err(StoreError::Unavailable(format!("invalid Redis settings: {problem}")));
         }
@@ -148,17 +162,21 @@ impl RedisStore {
         })?;
         let keys = Keys::new(&settings.namespace);
         let limit = settings.op_timeout;
+        let health = Health::new(health);
 
         // One plain connection first: it fails fast and clearly, and becomes the first
         // dedicated connection for blocking reads.
-        let first = bounded("connect", limit, async {
-            client.get_multiplexed_async_connection_with_config(&blocking_config(limit)).await.map_err(fail("connect"))
-        })
-        .await?;
-        bounded("create group", limit, async {
-            queue::create_group(&mut first.clone(), &keys.stream).await.map_err(fail("create group"))
-        })
-        .await?;
+        let first = health
+            .bounded("connect", limit, async {
+                let config = blocking_config(limit);
+                client.get_multiplexed_async_connection_with_config(&config).await.map_err(health.fail("connect"))
+            })
+            .await?;
+        health
+            .bounded("create group", limit, async {
+                queue::create_group(&mut first.clone(), &keys.stream).await.map_err(health.fail("create group"))
+            })
+            .await?;
 
         // No reconnection retries inside the manager: a failed reconnect fails the calls
         // waiting on it at once, and the next call starts a new attempt.
@@ -166,10 +184,11 @@ impl RedisStore {
             .set_connection_timeout(limit)
             .set_response_timeout(limit)
             .set_number_of_retries(0);
-        let conn = bounded("connect", limit, async {
-            ConnectionManager::new_with_config(client.clone(), config).await.map_err(fail("connect"))
-        })
-        .await?;
+        let conn = health
+            .bounded("connect", limit, async {
+                ConnectionManager::new_with_config(client.clone(), config).await.map_err(health.fail("connect"))
+            })
+            .await?;
 
         let dropped_records = Arc::new(AtomicU64::new(0));
         let (records, queue) = mpsc::channel(settings.record_queue);
@@ -180,6 +199,7 @@ impl RedisStore {
             ttl_ms: settings.job_ttl.as_millis() as u64,
             op_timeout: limit,
             dropped: dropped_records.clone(),
+            health: health.clone(),
         }));
 
         Ok(RedisStore {
@@ -192,6 +212,7 @@ impl RedisStore {
             autoclaim_cursor: ArcSwap::from_pointee("0-0".to_string()),
             records,
             dropped_records,
+            health,
         })
     }
 
@@ -219,7 +240,7 @@ impl RedisStore {
             .arg(job.id())
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(fail("submit"))?;
+            .map_err(self.health.fail("submit"))?;
         match outcome {
             1 => Ok(()),
             0 => Err(StoreError::Exists),
@@ -233,17 +254,35 @@ impl RedisStore {
             .arg("doc")
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(fail("get"))?;
+            .map_err(self.health.fail("get"))?;
         doc.as_deref().map(decode).transpose()
     }
 
-    /// Bounds a call by `op_timeout`.
+    /// Bounds a call by `op_timeout`, refreshing the connection first when the last call
+    /// failed, and reports an answer.
     fn bounded<'a, T: Send + 'a>(
         &'a self,
         op: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> StoreFuture<'a, T> {
-        Box::pin(bounded(op, self.settings.op_timeout, call))
+        Box::pin(async move {
+            let answer = self
+                .health
+                .bounded(op, self.settings.op_timeout, async {
+                    self.health.refresh(&self.conn).await;
+                    call.await
+                })
+                .await;
+            self.answered(&answer);
+            answer
+        })
+    }
+
+    /// Reports that Redis answered, when it did (a refusal such as `Exists` is an answer).
+    fn answered<T>(&self, answer: &Result<T, StoreError>) {
+        if matches!(answer, Ok(_) | Err(StoreError::Exists | StoreError::Full)) {
+            self.health.answered();
+        }
     }
 }
 
@@ -264,15 +303,24 @@ impl JobStore for RedisStore {
 
     fn next<'a>(&'a self, max: usize, wait: Duration) -> StoreFuture<'a, Vec<Claim>> {
         // Bounded inside: it answers within `wait + op_timeout`.
-        Box::pin(self.next_claims(max, wait))
+        Box::pin(async move {
+            self.health.refresh(&self.conn).await;
+            let answer = self.next_claims(max, wait).await;
+            self.answered(&answer);
+            answer
+        })
     }
 
     fn heartbeat<'a>(&'a self, claims: &'a [Claim]) -> StoreFuture<'a, ()> {
         self.bounded("heartbeat", self.renew(claims))
     }
 
-    fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>> {
+    fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Start>> {
         self.bounded("start", self.start_job(id))
+    }
+
+    fn release<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        self.bounded("release", self.release_job(id))
     }
 
     fn finish<'a>(&'a self, job: &'a Job) -> StoreFuture<'a, bool> {
@@ -295,7 +343,11 @@ impl JobStore for RedisStore {
     /// queued or running (including finished ones whose callback is still being delivered).
     fn backlog<'a>(&'a self) -> StoreFuture<'a, u64> {
         self.bounded("backlog", async {
-            redis::cmd("XLEN").arg(&self.keys.stream).query_async(&mut self.conn.clone()).await.map_err(fail("backlog"))
+            redis::cmd("XLEN")
+                .arg(&self.keys.stream)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(self.health.fail("backlog"))
         })
     }
 }

@@ -17,7 +17,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisError;
 
-use super::{blocking_config, bounded, fail, RedisStore, GROUP};
+use super::{blocking_config, RedisStore, GROUP};
 use crate::jobs::{Claim, StoreError};
 
 /// Most idle dedicated connections kept for blocking reads.
@@ -41,12 +41,12 @@ impl RedisStore {
         }
         let limit = self.settings.op_timeout;
         let deadline = Instant::now() + wait + limit;
-        let mut claims = bounded("next", limit, self.take_over(max)).await?;
+        let mut claims = self.health.bounded("next", limit, self.take_over(max)).await?;
         if claims.len() < max {
             // Having taken some over, do not wait for more.
             let wait = if claims.is_empty() { wait } else { Duration::ZERO };
             let left = deadline.saturating_duration_since(Instant::now());
-            match bounded("next", left, self.read_new(max - claims.len(), wait)).await {
+            match self.health.bounded("next", left, self.read_new(max - claims.len(), wait)).await {
                 Ok(new) => claims.extend(new),
                 // The taken-over ones are ours now: hand them out rather than sit on them.
                 Err(_) if !claims.is_empty() => {}
@@ -134,22 +134,23 @@ impl RedisStore {
 
     async fn open_dedicated(&self) -> Result<MultiplexedConnection, StoreError> {
         let limit = self.settings.op_timeout;
-        bounded("next", limit, async {
-            self.client
-                .get_multiplexed_async_connection_with_config(&blocking_config(limit))
-                .await
-                .map_err(fail("next"))
-        })
-        .await
+        self.health
+            .bounded("next", limit, async {
+                self.client
+                    .get_multiplexed_async_connection_with_config(&blocking_config(limit))
+                    .await
+                    .map_err(self.health.fail("next"))
+            })
+            .await
     }
 
     /// `NOGROUP` (the stream was deleted under us): recreates the group and reports no jobs;
     /// any other error is `Unavailable`.
     async fn recover_group(&self, e: RedisError, op: &'static str) -> Result<(), StoreError> {
         if e.code() != Some("NOGROUP") {
-            return Err(fail(op)(e));
+            return Err(self.health.fail(op)(e));
         }
-        create_group(&mut self.conn.clone(), &self.keys.stream).await.map_err(fail(op))
+        create_group(&mut self.conn.clone(), &self.keys.stream).await.map_err(self.health.fail(op))
     }
 
     /// The claims of stream entries. An entry without a job id cannot be run: it is removed
@@ -178,7 +179,7 @@ impl RedisStore {
         for claim in claims {
             call.arg(&claim.receipt);
         }
-        let _renewed: i64 = call.invoke_async(&mut self.conn.clone()).await.map_err(fail("heartbeat"))?;
+        let _renewed: i64 = call.invoke_async(&mut self.conn.clone()).await.map_err(self.health.fail("heartbeat"))?;
         Ok(())
     }
 
@@ -197,6 +198,6 @@ impl RedisStore {
             .ignore()
             .query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(fail("ack"))
+            .map_err(self.health.fail("ack"))
     }
 }

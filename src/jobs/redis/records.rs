@@ -11,6 +11,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
+use super::errors::Health;
 use super::scripts::RECORD;
 use crate::jobs::Job;
 
@@ -25,6 +26,7 @@ pub(super) struct Writer {
     pub(super) ttl_ms: u64,
     pub(super) op_timeout: Duration,
     pub(super) dropped: Arc<AtomicU64>,
+    pub(super) health: Health,
 }
 
 /// Writes entries until every sender (the store) is gone and the channel is drained.
@@ -53,9 +55,18 @@ pub(super) async fn write(mut w: Writer) {
             continue;
         }
         let mut conn = w.conn.clone();
-        let written = tokio::time::timeout(w.op_timeout, pipe.query_async::<()>(&mut conn)).await;
-        if !matches!(written, Ok(Ok(()))) {
-            w.dropped.fetch_add(queued, Ordering::Relaxed);
+        let written = w
+            .health
+            .bounded("record", w.op_timeout, async {
+                w.health.refresh(&conn).await;
+                pipe.query_async::<()>(&mut conn).await.map_err(w.health.fail("record"))
+            })
+            .await;
+        match written {
+            Ok(()) => w.health.answered(),
+            Err(_) => {
+                w.dropped.fetch_add(queued, Ordering::Relaxed);
+            }
         }
     }
 }

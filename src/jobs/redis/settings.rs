@@ -26,6 +26,9 @@ pub struct RedisSettings {
     /// Most `record`ed entries waiting to be written; more are dropped and counted
     /// (default 10 000).
     pub record_queue: usize,
+    /// Runs of a job that may end with their process before it is failed with
+    /// `job_run_interrupted` instead of being taken over again (default 2).
+    pub max_runs: u32,
 }
 
 impl Default for RedisSettings {
@@ -38,6 +41,7 @@ impl Default for RedisSettings {
             op_timeout: Duration::from_secs(2),
             stream_max_len: 100_000,
             record_queue: 10_000,
+            max_runs: 2,
         }
     }
 }
@@ -59,6 +63,8 @@ impl RedisSettings {
             Some("stream max length is zero")
         } else if self.record_queue == 0 {
             Some("record queue length is zero")
+        } else if self.max_runs == 0 {
+            Some("max runs is zero")
         } else {
             None
         }
@@ -87,6 +93,8 @@ mod tests {
         assert_eq!(bad.problem(), Some("lease is under 1 ms"));
         let bad = RedisSettings { stream_max_len: 0, ..RedisSettings::default() };
         assert_eq!(bad.problem(), Some("stream max length is zero"));
+        let bad = RedisSettings { max_runs: 0, ..RedisSettings::default() };
+        assert_eq!(bad.problem(), Some("max runs is zero"));
     }
 
     #[test]
