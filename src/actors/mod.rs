@@ -23,4 +23,7 @@ pub use breaker::{
 pub use dispatcher::{Dispatch, Dispatcher, DispatcherHandle, DispatcherSettings, Patience};
 pub use prober::Prober;
 pub use retry::{DispatchError, Dispatched, RetryPolicy};
-pub use token::{GetToken, SetClientSecret, Token, TokenCell, TokenManager, TokenSettings, TokenUnavailable};
+pub use token::{
+    GetToken, SetClientSecret, Token, TokenCell, TokenHealth, TokenManager, TokenSettings, TokenTrouble,
+    TokenUnavailable,
+};
