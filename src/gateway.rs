@@ -13,7 +13,7 @@ use slog::{info, o, warn, Logger};
 
 use crate::actors::budget::{Budget, BudgetHandle, BudgetShared};
 use crate::actors::{Breaker, BreakerCell};
-use crate::actors::{Dispatcher, DispatcherSettings, RetryPolicy, TokenCell, TokenManager, TokenSettings};
+use crate::actors::{Dispatcher, DispatcherSettings, Prober, RetryPolicy, TokenCell, TokenManager, TokenSettings};
 use crate::cache::{CacheSettings, ResponseCache};
 use crate::config::Config;
 use crate::http::jobs::JobsShared;
@@ -163,6 +163,8 @@ impl Gateway {
             metrics,
             log,
         };
+        // Background probes of an open circuit, from the main arbiter.
+        Prober::start_here(dispatcher.clone());
         Ok(Gateway { shared, dispatcher })
     }
 

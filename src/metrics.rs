@@ -68,6 +68,88 @@ impl RefreshResult {
     }
 }
 
+/// How a probe ended, the `result` label of `courier_breaker_probes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// The upstream answered.
+    Success,
+    /// The upstream failed.
+    Failure,
+    /// No verdict: no attempt was made, the answer said nothing about health, or the lease ran out.
+    NoVerdict,
+}
+
+impl ProbeResult {
+    /// Every result, in label order.
+    pub const ALL: [ProbeResult; 3] = [ProbeResult::Success, ProbeResult::Failure, ProbeResult::NoVerdict];
+
+    /// From a probe's verdict.
+    pub fn of(success: Option<bool>) -> ProbeResult {
+        match success {
+            Some(true) => ProbeResult::Success,
+            Some(false) => ProbeResult::Failure,
+            None => ProbeResult::NoVerdict,
+        }
+    }
+
+    /// The label value (`success`, `failure`, `no_verdict`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeResult::Success => "success",
+            ProbeResult::Failure => "failure",
+            ProbeResult::NoVerdict => "no_verdict",
+        }
+    }
+}
+
+/// Which probe, the `kind` label of `courier_breaker_probes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// Sent by courier itself while the circuit is open.
+    Background,
+    /// A client request let through while half-open.
+    HalfOpen,
+}
+
+impl ProbeKind {
+    /// Every kind, in label order.
+    pub const ALL: [ProbeKind; 2] = [ProbeKind::Background, ProbeKind::HalfOpen];
+
+    /// The label value (`background`, `half_open`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Background => "background",
+            ProbeKind::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// How a look for another replica's token ended, the `result` label of
+/// `courier_token_shared_looks_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookResult {
+    /// A usable token was there and is now this replica's.
+    Adopted,
+    /// Nothing newer than what this replica has.
+    Nothing,
+    /// Redis failed.
+    Error,
+}
+
+impl LookResult {
+    /// Every result, in label order.
+    pub const ALL: [LookResult; 3] = [LookResult::Adopted, LookResult::Nothing, LookResult::Error];
+
+    /// The label value (`adopted`, `none`, `error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookResult::Adopted => "adopted",
+            LookResult::Nothing => "none",
+            LookResult::Error => "error",
+        }
+    }
+}
+
 /// What started a credential reload, the `trigger` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReloadTrigger {
@@ -125,7 +207,7 @@ pub struct Metrics {
     pub token_refreshes: IntCounterVec,
     /// Unix time at which the current upstream token expires (0 when there is none).
     pub token_expiry: Gauge,
-    /// 1 once an upstream token has been obtained, else 0.
+    /// 1 while a usable upstream token is held (what /readyz checks), else 0.
     pub ready: IntGauge,
     /// Seconds until the current upstream token expires (negative once it has; 0 without one).
     pub token_expires_in: Gauge,
@@ -163,6 +245,10 @@ pub struct Metrics {
     pub breaker_rejections: IntCounter,
     /// Outcome reports the breaker could not take because its mailbox was full.
     pub breaker_reports_dropped: IntCounter,
+    /// Probes of the upstream's health, by kind (`background`: sent by courier while the circuit
+    /// is open; `half_open`: a client request let through while half-open) and result
+    /// (`success`, `failure`, `no_verdict`: no attempt made, or an answer that says nothing).
+    pub breaker_probes: IntCounterVec,
 
     /// Answers by what the cache did (`hit`, `miss`, `coalesced`, `stale`, `bypass`).
     pub cache_lookups: IntCounterVec,
@@ -200,6 +286,9 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Upstream token requests avoided because another replica's token was used.
     pub token_shared_uses: IntCounter,
+    /// Looks for another replica's token in Redis while this replica's token refresh backs off,
+    /// by result (`adopted`, `none`: nothing newer there, `error`: Redis failed).
+    pub token_shared_looks: IntCounterVec,
     /// Second-level (Redis) cache reads, by result (`hit`, `miss`, `error`: failed, timed out,
     /// or not tried while shared state is degraded).
     pub cache_l2_reads: IntCounterVec,
@@ -300,7 +389,7 @@ impl Metrics {
                 "token_expiry_timestamp_seconds",
                 "Unix time at which the current upstream token expires (0 when there is none).",
             ),
-            ready: r.int_gauge("ready", "1 once an upstream token has been obtained, else 0."),
+            ready: r.int_gauge("ready", "1 while a usable upstream token is held (what /readyz checks), else 0."),
             token_expires_in: r.gauge(
                 "token_expires_in_seconds",
                 "Seconds until the current upstream token expires (negative once it has; 0 without one).",
@@ -364,6 +453,11 @@ impl Metrics {
                 "breaker_reports_dropped_total",
                 "Outcome reports the breaker could not take because its mailbox was full.",
             ),
+            breaker_probes: r.counter_vec(
+                "breaker_probes_total",
+                "Probes of the upstream's health, by kind (background: sent by courier while the circuit is open; half_open: a client request let through while half-open) and result (success, failure, no_verdict: no attempt made, or an answer that says nothing).",
+                &["kind", "result"],
+            ),
             cache_lookups: r.counter_vec(
                 "cache_lookups_total",
                 "Answers by what the cache did (hit, miss, coalesced, stale, bypass).",
@@ -426,6 +520,11 @@ impl Metrics {
                 "token_shared_uses_total",
                 "Upstream token requests avoided because another replica's token was used.",
             ),
+            token_shared_looks: r.counter_vec(
+                "token_shared_looks_total",
+                "Looks for another replica's token in Redis while this replica's token refresh backs off, by result (adopted, none: nothing newer there, error: Redis failed).",
+                &["result"],
+            ),
             cache_l2_reads: r.counter_vec(
                 "cache_l2_reads_total",
                 "Second-level (Redis) cache reads, by result (hit, miss, error: failed, timed out, or not tried while shared state is degraded).",
@@ -453,6 +552,15 @@ impl Metrics {
             names: Vec::new(),
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Every known label set exists from the start, at 0.
+        for kind in ProbeKind::ALL {
+            for result in ProbeResult::ALL {
+                metrics.breaker_probes.with_label_values(&[kind.as_str(), result.as_str()]);
+            }
+        }
+        for result in LookResult::ALL {
+            metrics.token_shared_looks.with_label_values(&[result.as_str()]);
+        }
         metrics.config_last_reload_successful.set(1);
         r.add(ProcessMetrics(std::sync::Arc::new(prometheus::process_collector::ProcessCollector::for_self())));
         let mut metrics = metrics;

@@ -1,5 +1,6 @@
 //! The circuit breaker over real HTTP: an outage opens it, open fails fast without touching
-//! the upstream, probes close it after recovery, and operators can force it.
+//! the upstream, probes close it after recovery (background probes within about a second of
+//! it, however long the open period), and operators can force it.
 
 mod support;
 
@@ -140,4 +141,63 @@ async fn operators_can_force_the_circuit_open_closed_and_back_to_auto() {
     let logs = pair.stop().await.lines();
     let modes: Vec<_> = logs.iter().filter(|l| l["event"] == "breaker_mode_changed").map(|l| l["to"].clone()).collect();
     assert_eq!(modes, [json!("forced_open"), json!("forced_closed"), json!("auto")]);
+}
+
+#[actix_rt::test]
+async fn background_probes_close_the_circuit_within_seconds_of_recovery_not_at_the_end_of_its_period() {
+    // A first open period of 30 s: without background probes clients would get 503 that long.
+    let pair = breaker_pair().env("COURIER_BREAKER_OPEN", "30").env("COURIER_BREAKER_OPEN_MAX", "60").start().await;
+    pair.faults(json!({"outage": true})).await;
+    for i in 0..3 {
+        let answer = pair.process(body(&format!("trip {i}"))).await;
+        assert_eq!(answer.status, 502);
+    }
+    wait_for_state(&pair, "open").await;
+    let opened = Instant::now();
+    let tripped = count(&pair.sim_stats().await, &["process", "total"]);
+
+    // 2.5 s of outage while open: clients fail fast, and only the probes reach the upstream, at
+    // most one a second. (The pacing is client traffic, not synchronisation.)
+    let mut refused = 0;
+    while opened.elapsed() < Duration::from_millis(2500) {
+        let started = Instant::now();
+        let answer = pair.process(body(&format!("fail fast {refused}"))).await;
+        assert_eq!((answer.status.as_u16(), answer.error_code()), (503, "circuit_open"));
+        assert_eq!(answer.header("retry-after"), Some("1"), "the next probe may close it, not the period's end");
+        assert!(started.elapsed() < Duration::from_millis(400), "failed fast");
+        refused += 1;
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reached = count(&pair.sim_stats().await, &["process", "total"]) - tripped;
+    let probes = pair.metric("courier_breaker_probes_total", &[("kind", "background")]).await;
+    let failed = pair.metric("courier_breaker_probes_total", &[("kind", "background"), ("result", "failure")]).await;
+    assert!(refused >= 10, "{refused}");
+    assert_eq!(reached as f64, probes, "every upstream call while open was a probe");
+    assert_eq!(failed, probes, "every probe met the outage");
+    let open_for = opened.elapsed().as_secs_f64();
+    assert!(probes >= 1.0 && probes <= open_for.floor(), "{probes} probes in {open_for:.1} s");
+    assert_eq!(breaker_state(&pair).await["state"], "open");
+
+    // The upstream recovers: a client is served again within ~2 s, not after the open period.
+    pair.faults(json!({"outage": false})).await;
+    let lag = pair.until_served("circuit_open", Duration::from_millis(20), Duration::from_secs(3)).await;
+    println!(
+        "recovery after an upstream outage: first 200 {:.0} ms after the upstream was back",
+        lag.as_secs_f64() * 1e3
+    );
+    assert!(lag <= Duration::from_secs(3), "{lag:?}");
+    assert_eq!(breaker_state(&pair).await["state"], "closed");
+    assert_eq!(
+        pair.metric("courier_breaker_probes_total", &[("kind", "background"), ("result", "success")]).await,
+        1.0
+    );
+    assert_eq!(pair.metric("courier_breaker_transitions_total", &[("to", "half_open")]).await, 0.0);
+    assert_eq!(pair.metric("courier_breaker_transitions_total", &[("to", "closed")]).await, 1.0);
+    assert_eq!(pair.metric("courier_breaker_probes_total", &[("kind", "half_open")]).await, 0.0);
+
+    let logs = pair.stop().await.lines();
+    let probe_lines: Vec<_> = logs.iter().filter(|l| l["event"] == "breaker_probe").collect();
+    assert!(!probe_lines.is_empty() && probe_lines.len() <= 3, "logged at a bounded rate: {probe_lines:?}");
+    assert_eq!(probe_lines.last().unwrap()["result"], "success");
+    assert_eq!(probe_lines.last().unwrap()["state"], "closed");
 }

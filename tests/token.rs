@@ -1,5 +1,6 @@
 //! The TokenManager over real HTTP: reuse, refresh ahead of expiry, one refresh per
-//! revocation however many requests see it, and a failing token endpoint.
+//! revocation however many requests see it, a failing token endpoint, recovery within about a
+//! second of the endpoint's, and `/readyz` and `/admin/state` telling the truth meanwhile.
 
 mod support;
 
@@ -94,5 +95,83 @@ async fn a_failing_token_endpoint_gives_503_with_retry_after_and_is_not_stampede
     pair.wait_ready().await;
     assert_eq!(pair.process(&body("recovered")).await.status, 200);
     assert!(pair.metric("courier_token_refreshes_total", &[("result", "failure")]).await >= 1.0);
+    pair.stop().await;
+}
+
+/// Revokes every token and takes the token endpoint down: every request now needs a token
+/// nobody can have. Returns once a request has seen it.
+async fn lose_the_token(pair: &support::Pair) {
+    assert_eq!(pair.process(&body("before")).await.status, 200);
+    pair.faults(json!({"revoke_tokens": true, "token_failure": true})).await;
+    let answer = pair.process(&body("revoked")).await;
+    assert_eq!((answer.status.as_u16(), answer.error_code()), (503, "upstream_auth_unavailable"));
+}
+
+#[actix_rt::test]
+async fn after_a_token_endpoint_outage_requests_are_served_within_seconds_of_its_recovery() {
+    let pair = PairBuilder::default().start().await;
+    lose_the_token(&pair).await;
+    let down = Instant::now();
+    let before = count(&pair.sim_stats().await, &["token", "total"]);
+
+    // 5 s of outage: a doubling backoff would be waiting 4-8 s by now; a steady probe waits ~1 s.
+    // (The pacing is client traffic, not synchronisation.)
+    while down.elapsed() < Duration::from_secs(5) {
+        let answer = pair.process(&body("during the outage")).await;
+        assert_eq!((answer.status.as_u16(), answer.error_code()), (503, "upstream_auth_unavailable"));
+        let retry_after: u64 = answer.header("retry-after").expect("Retry-After").parse().unwrap();
+        assert!(retry_after <= 2, "Retry-After {retry_after} while probing about once a second");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let asked = count(&pair.sim_stats().await, &["token", "total"]) - before;
+    let outage = down.elapsed().as_secs_f64();
+    assert!(asked >= 3 && asked as f64 <= outage + 2.0, "{asked} token requests in {outage:.1} s: not hammered");
+
+    pair.faults(json!({"token_failure": false})).await;
+    let lag = pair.until_served("upstream_auth_unavailable", Duration::from_millis(20), Duration::from_secs(3)).await;
+    println!(
+        "recovery after a token endpoint outage: first 200 {:.0} ms after the endpoint was back",
+        lag.as_secs_f64() * 1e3
+    );
+    assert!(lag <= Duration::from_secs(3), "{lag:?}");
+    pair.stop().await;
+}
+
+#[actix_rt::test]
+async fn readyz_and_admin_state_say_when_no_usable_token_is_held() {
+    let pair = PairBuilder::default().start().await;
+    let ready = pair.admin_get("/readyz").await;
+    assert_eq!((ready.status.as_u16(), ready.body["checks"]["upstream_token"].as_str()), (200, Some("ok")));
+
+    lose_the_token(&pair).await;
+    // While every request gets 503 upstream_auth_unavailable, readiness says so too, and why.
+    let ready = pair.admin_get("/readyz").await;
+    assert_eq!(ready.status, 503, "{:?}", ready.body);
+    assert_eq!(ready.body["ready"], false);
+    assert_eq!(ready.body["checks"]["upstream_token"], "unavailable");
+    let error = ready.body["upstream_token_error"].as_str().expect("the reason");
+    assert!(error.contains("503"), "{error}");
+    assert!(!ready.body.to_string().contains(support::CLIENT_SECRET));
+    let state = pair.admin_get("/admin/state").await.body;
+    let token = &state["token"];
+    assert_eq!((token["ready"].clone(), token["state"].clone()), (json!(false), json!("unavailable")), "{state}");
+    assert_eq!(token["generation"], json!(null));
+    assert_eq!(token["error"], json!(error));
+    let retry_in = token["retry_in_seconds"].as_f64().expect("when the next token request is due");
+    assert!((0.0..=1.25).contains(&retry_in), "{retry_in}");
+    assert_eq!(pair.metric("courier_ready", &[]).await, 0.0);
+    let answer = pair.process(&body("still none")).await;
+    assert_eq!(answer.error_code(), "upstream_auth_unavailable", "readiness agrees with what requests get");
+
+    // The endpoint recovers: ready again within ~2 s, with the new generation.
+    pair.faults(json!({"token_failure": false})).await;
+    let back = Instant::now();
+    pair.wait_ready().await;
+    let lag = back.elapsed();
+    assert!(lag <= Duration::from_secs(3), "{lag:?}");
+    let state = pair.admin_get("/admin/state").await.body;
+    assert_eq!((state["token"]["ready"].clone(), state["token"]["state"].clone()), (json!(true), json!("ok")));
+    assert_eq!((state["token"]["generation"].clone(), state["token"]["error"].clone()), (json!(2), json!(null)));
+    assert_eq!(pair.metric("courier_ready", &[]).await, 1.0);
     pair.stop().await;
 }

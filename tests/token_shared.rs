@@ -1,7 +1,9 @@
 //! Three TokenManagers, as in three courier replicas, sharing one upstream token through a
 //! real Redis, against the simulator over real HTTP: one token request where one would do
 //! (start, each lifetime, each revocation), every answer a token the upstream accepts, and
-//! tokens still served, one request per replica, while Redis is down.
+//! tokens still served, one request per replica, while Redis is down. Then two whole couriers
+//! on one Redis: after a token endpoint outage, and while one of them backs off on credentials
+//! the endpoint refuses, each is served within about a second of the other having a new token.
 
 mod support;
 
@@ -20,6 +22,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use slog::o;
 use support::redis::RedisServer;
+use support::{body, count, Pair, PairBuilder};
 
 const REPLICAS: usize = 3;
 /// Bound of every wait for something to happen.
@@ -263,4 +266,85 @@ async fn without_redis_each_replica_fetches_alone_and_sharing_resumes_after() {
     assert_eq!(generations(&again), vec![generation; REPLICAS]);
     cluster.assert_accepted(&again).await;
     cluster.sim.stop().await;
+}
+
+/// A courier on the shared Redis, beside `first` (on its simulator) or alone.
+fn replica(redis: &RedisServer) -> PairBuilder {
+    PairBuilder::default().env("REDIS_URL", redis.url())
+}
+
+/// Waits (bounded) until `name{labels}` on `pair` reaches `at_least`.
+async fn until_metric(pair: &Pair, name: &str, labels: &[(&str, &str)], at_least: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    while pair.metric(name, labels).await < at_least {
+        assert!(Instant::now() < deadline, "{name}{labels:?} never reached {at_least}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn after_a_token_endpoint_outage_both_replicas_are_served_within_seconds_on_one_token() {
+    let redis = RedisServer::start();
+    let a = replica(&redis).start().await;
+    let b = replica(&redis).start_beside(&a).await;
+    for pair in [&a, &b] {
+        assert_eq!(pair.process(body("before")).await.status, 200);
+    }
+    a.faults(json!({"revoke_tokens": true, "token_failure": true})).await;
+    for pair in [&a, &b] {
+        assert_eq!(pair.process(body("revoked")).await.error_code(), "upstream_auth_unavailable");
+    }
+    // The outage lasts until both have asked the endpoint in vain three times.
+    for pair in [&a, &b] {
+        until_metric(pair, "courier_token_refreshes_total", &[("result", "failure")], 3.0).await;
+    }
+    let issued = count(&a.sim_stats().await, &["token", "ok"]);
+
+    a.faults(json!({"token_failure": false})).await;
+    let (lag_a, lag_b) = futures_util::join!(
+        a.until_served("upstream_auth_unavailable", Duration::from_millis(20), Duration::from_secs(3)),
+        b.until_served("upstream_auth_unavailable", Duration::from_millis(20), Duration::from_secs(3)),
+    );
+    println!(
+        "two replicas after a token endpoint outage: served {:.0} ms and {:.0} ms after the endpoint was back",
+        lag_a.as_secs_f64() * 1e3,
+        lag_b.as_secs_f64() * 1e3
+    );
+    let after = a.sim_stats().await;
+    assert_eq!(count(&after, &["token", "ok"]), issued + 1, "one replica fetched, the other adopted it: {after}");
+    let adopted =
+        a.metric("courier_token_shared_uses_total", &[]).await + b.metric("courier_token_shared_uses_total", &[]).await;
+    assert_eq!(adopted, 2.0, "one adoption at start, one after the outage");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_replica_backing_off_adopts_the_token_another_replica_stored_within_seconds() {
+    let redis = RedisServer::start();
+    let a = replica(&redis).start().await;
+    // B's client secret is one the endpoint no longer accepts (a rotation it has not caught up
+    // with): it can only get a token by adopting A's. At start it adopts A's first token.
+    let b = replica(&redis).sim(|s| s.client_secret = "retired-secret".into()).start_beside(&a).await;
+    assert_eq!(b.process(body("adopted at start")).await.status, 200);
+
+    a.faults(json!({"revoke_tokens": true})).await;
+    assert_eq!(b.process(body("revoked")).await.error_code(), "upstream_auth_unavailable");
+    // B's refreshes are refused and back off exponentially; once a wait is longer than a second,
+    // it looks in Redis in between, about once a second.
+    until_metric(&b, "courier_token_refreshes_total", &[("result", "rejected")], 1.0).await;
+    until_metric(&b, "courier_token_shared_looks_total", &[("result", "none")], 1.0).await;
+    let answer = b.process(body("backing off")).await;
+    assert_eq!(answer.error_code(), "upstream_auth_unavailable");
+
+    // A gets a new token (its request meets the revocation and refreshes); B is served soon after.
+    assert_eq!(a.process(body("refresh")).await.status, 200);
+    let lag = b.until_served("upstream_auth_unavailable", Duration::from_millis(20), Duration::from_secs(3)).await;
+    println!("replica B served {:.0} ms after replica A stored a new token", lag.as_secs_f64() * 1e3);
+    assert!(lag <= Duration::from_secs(3), "{lag:?}");
+    assert_eq!(b.metric("courier_token_shared_uses_total", &[]).await, 2.0, "B adopted, twice");
+    let ready = b.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    b.stop().await;
+    a.stop().await;
 }

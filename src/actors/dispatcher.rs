@@ -116,7 +116,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(settings: DispatcherSettings) -> Upstream {
+    pub(super) fn new(settings: DispatcherSettings) -> Upstream {
         let counters = |vec: &prometheus::IntCounterVec| {
             Outcome::ALL.iter().map(|o| vec.with_label_values(&[o.as_str()])).collect()
         };

@@ -209,6 +209,8 @@ pub struct BreakerConfig {
     pub open_max: Duration,
     /// Probes let through at once while half-open.
     pub probes: u32,
+    /// Spacing of the background probes sent while open.
+    pub probe_interval: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -335,6 +337,7 @@ impl Config {
             open: r.seconds("COURIER_BREAKER_OPEN", 5.0),
             open_max: r.seconds("COURIER_BREAKER_OPEN_MAX", 60.0),
             probes: r.count("COURIER_BREAKER_PROBES", 3, 1..=1000) as u32,
+            probe_interval: r.seconds("COURIER_BREAKER_PROBE_INTERVAL", 1.0),
         };
         if breaker.open_max < breaker.open {
             r.problem("COURIER_BREAKER_OPEN_MAX", "is below COURIER_BREAKER_OPEN", "seconds >= COURIER_BREAKER_OPEN");

@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics` for Prometheus, `/healthz` (the process runs), `/readyz`
-//! (an upstream token has been obtained) and `POST /admin/breaker` (force the circuit).
+//! (a usable upstream token is held) and `POST /admin/breaker` (force the circuit).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::state::Shared;
-use crate::actors::{BreakerSnapshot, Force, GetSnapshot, Mode};
+use crate::actors::{BreakerSnapshot, Force, GetSnapshot, Mode, TokenHealth};
 use crate::cache::Key;
 
 /// Registers the admin routes. The app must carry a `web::Data<Arc<Shared>>`.
@@ -39,6 +39,23 @@ async fn refresh(shared: &Shared) {
         None => -now.duration_since(token.expires_at).as_secs_f64(),
     });
     metrics.token_expires_in.set(expires_in);
+    metrics.ready.set(i64::from(shared.token_cell.health(now) == TokenHealth::Ok));
+}
+
+/// The token as `/admin/state` shows it: usable or not, and why not.
+fn token_state(shared: &Shared, now: Instant) -> serde_json::Value {
+    let cell = &shared.token_cell;
+    let token = cell.load();
+    let health = cell.health(now);
+    let trouble = cell.trouble().filter(|_| health != TokenHealth::Ok);
+    json!({
+        "ready": health == TokenHealth::Ok,
+        "state": health.as_str(),
+        "generation": token.as_ref().map(|t| t.generation),
+        "expires_in_seconds": token.as_ref().map(|_| shared.metrics.token_expires_in.get()),
+        "error": trouble.as_ref().map(|t| t.reason.clone()),
+        "retry_in_seconds": trouble.and_then(|t| t.retry_at).map(|at| at.saturating_duration_since(now).as_secs_f64()),
+    })
 }
 
 async fn metrics(shared: web::Data<Arc<Shared>>) -> HttpResponse {
@@ -50,14 +67,9 @@ async fn metrics(shared: web::Data<Arc<Shared>>) -> HttpResponse {
 async fn state(shared: web::Data<Arc<Shared>>) -> HttpResponse {
     refresh(&shared).await;
     let m = &shared.metrics;
-    let token = shared.token_cell.load();
     HttpResponse::Ok().json(json!({
         "shared_state": shared.shared_mode(),
-        "token": {
-            "ready": shared.token_cell.is_ready(),
-            "generation": token.as_ref().map(|t| t.generation),
-            "expires_in_seconds": token.as_ref().map(|_| m.token_expires_in.get()),
-        },
+        "token": token_state(&shared, Instant::now()),
         "budget": {
             "limit_per_minute": shared.config.rate_limit_per_minute,
             "burst": shared.config.rate_burst,
@@ -90,17 +102,26 @@ async fn snapshot(shared: &Shared) -> Option<BreakerSnapshot> {
     shared.breaker.send(GetSnapshot).await.ok()
 }
 
-/// Ready once a token is held. An open circuit is reported, not a reason to be unready:
-/// taking courier out of the load balancer would turn fast, clear 503s into connection errors.
+/// Ready while a usable token is held: not before the first one (`missing`), nor while the
+/// last one is rejected or expired and no new one can be had (`unavailable`, with the reason),
+/// since every request that needs the upstream then gets 503 `upstream_auth_unavailable`. An
+/// open circuit is reported, not a reason to be unready: it is the upstream's state, the same
+/// for every replica, and taking them all out of the load balancer would turn fast, clear 503s
+/// into connection errors.
 async fn readyz(shared: web::Data<Arc<Shared>>) -> HttpResponse {
-    let token = shared.token_cell.is_ready();
+    let now = Instant::now();
+    let health = shared.token_cell.health(now);
+    let ready = health == TokenHealth::Ok;
     let breaker = snapshot(&shared).await;
-    let body = json!({
-        "ready": token,
-        "checks": {"upstream_token": if token { "ok" } else { "missing" }, "shared_state": shared.shared_mode()},
+    let mut body = json!({
+        "ready": ready,
+        "checks": {"upstream_token": health.as_str(), "shared_state": shared.shared_mode()},
         "breaker": breaker,
     });
-    if token {
+    if let Some(trouble) = shared.token_cell.trouble().filter(|_| !ready) {
+        body["upstream_token_error"] = json!(trouble.reason);
+    }
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

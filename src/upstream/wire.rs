@@ -44,6 +44,18 @@ pub enum TokenError {
     Invalid(&'static str),
 }
 
+impl TokenError {
+    /// Whether the endpoint looks down (unreachable, timing out, 5xx) rather than refusing or
+    /// misunderstood: it may be back any moment, so it is worth asking again soon.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            TokenError::Unreachable(_) | TokenError::Timeout => true,
+            TokenError::Status(status) => *status >= 500,
+            TokenError::Tls(_) | TokenError::Rejected(_) | TokenError::Invalid(_) => false,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct TokenForm {
     access_token: String,
@@ -212,6 +224,20 @@ mod tests {
         assert!(parse_token(b"<html>").is_err());
         let deep = format!(r#"{{"access_token":"abc","x":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
         assert!(matches!(parse_token(deep.as_bytes()), Err(TokenError::Invalid("nests too deep"))));
+    }
+
+    #[test]
+    fn only_a_down_endpoint_is_an_outage() {
+        for down in
+            [TokenError::Unreachable("x"), TokenError::Timeout, TokenError::Status(503), TokenError::Status(500)]
+        {
+            assert!(down.is_outage(), "{down:?}");
+        }
+        for refused in
+            [TokenError::Rejected(401), TokenError::Status(429), TokenError::Tls("x"), TokenError::Invalid("x")]
+        {
+            assert!(!refused.is_outage(), "{refused:?}");
+        }
     }
 
     #[test]

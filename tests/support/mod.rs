@@ -7,6 +7,7 @@ pub mod prometheus;
 pub mod receiver;
 pub mod redis;
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,8 +84,21 @@ impl PairBuilder {
     }
 
     /// Starts both without waiting for readiness.
-    pub async fn start_unready(mut self) -> Pair {
+    pub async fn start_unready(self) -> Pair {
         let sim = Simulator::start(self.sim.clone()).await.expect("simulator starts");
+        self.start_with(Rc::new(sim)).await
+    }
+
+    /// Starts another courier talking to `first`'s simulator (as a second replica would), and
+    /// waits until it holds a token. This builder's simulator settings only give the
+    /// credentials the new courier is configured with.
+    pub async fn start_beside(self, first: &Pair) -> Pair {
+        let pair = self.start_with(first.sim.clone()).await;
+        pair.wait_ready().await;
+        pair
+    }
+
+    async fn start_with(mut self, sim: Rc<Simulator>) -> Pair {
         self.env.set("EXTERNAL_API_BASE_URL", sim.base_url());
         self.env.set("EXTERNAL_API_KEY", self.sim.api_key.clone());
         self.env.set("EXTERNAL_OAUTH_CLIENT_ID", self.sim.client_id.clone());
@@ -103,9 +117,9 @@ impl PairBuilder {
     }
 }
 
-/// A simulator and a courier talking to it.
+/// A simulator and a courier talking to it (the simulator perhaps shared with other couriers).
 pub struct Pair {
-    pub sim: Simulator,
+    pub sim: Rc<Simulator>,
     pub courier: Running,
     pub logs: LogCapture,
     logging: Option<Logging>,
@@ -206,6 +220,28 @@ impl Pair {
         metric_value(&self.metrics().await, name, labels)
     }
 
+    /// `GET` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Answer {
+        read_answer(self.http.get(self.admin_url(path)).send().await.expect("admin answers")).await
+    }
+
+    /// Sends process requests every `every` until one is answered 200, failing after `bound`;
+    /// every answer before it must be a 503 with `code`. Returns how long it took.
+    pub async fn until_served(&self, code: &str, every: Duration, bound: Duration) -> Duration {
+        let started = Instant::now();
+        let mut n = 0;
+        loop {
+            n += 1;
+            let answer = self.process(body(&format!("until served {n}"))).await;
+            if answer.status == StatusCode::OK {
+                return started.elapsed();
+            }
+            assert_eq!((answer.status.as_u16(), answer.error_code()), (503, code), "{answer:?}");
+            assert!(started.elapsed() < bound, "not served within {bound:?}: {answer:?}");
+            actix_rt::time::sleep(every).await;
+        }
+    }
+
     /// Waits (bounded) until `/readyz` says 200.
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -220,10 +256,13 @@ impl Pair {
         }
     }
 
-    /// Stops courier and the simulator and returns everything courier logged.
+    /// Stops courier and the simulator (unless another courier still uses it) and returns
+    /// everything courier logged.
     pub async fn stop(mut self) -> LogCapture {
         self.courier.stop().await;
-        self.sim.handle().stop(false).await;
+        if Rc::strong_count(&self.sim) == 1 {
+            self.sim.handle().stop(false).await;
+        }
         drop(self.logging.take());
         self.logs.clone()
     }

@@ -101,6 +101,9 @@ pub struct BreakerCell {
     open_until: AtomicU64,
     /// `Retry-After` given while forced open, in nanoseconds.
     forced_retry_after: AtomicU64,
+    /// Spacing of background probes while open, in nanoseconds (0: none are sent). An open
+    /// circuit may close at the next probe, so `Retry-After` says no more than this.
+    probe_every: AtomicU64,
 }
 
 impl Default for BreakerCell {
@@ -118,6 +121,7 @@ impl BreakerCell {
             mode: AtomicU8::new(Mode::Auto as u8),
             open_until: AtomicU64::new(0),
             forced_retry_after: AtomicU64::new(0),
+            probe_every: AtomicU64::new(0),
         }
     }
 
@@ -136,7 +140,7 @@ impl BreakerCell {
                 State::Closed => Gate::Pass,
                 State::HalfOpen => Gate::AskActor,
                 State::Open => match self.open_until().checked_duration_since(now) {
-                    Some(left) if !left.is_zero() => Gate::Reject { retry_after: left },
+                    Some(left) if !left.is_zero() => Gate::Reject { retry_after: self.open_retry_after(left) },
                     _ => Gate::AskActor,
                 },
             },
@@ -178,6 +182,21 @@ impl BreakerCell {
         self.mode.store(mode as u8, Ordering::Release);
     }
 
+    /// The `Retry-After` of an open circuit with `left` of its period to run: no more than the
+    /// spacing of background probes, when they are sent, since the next one may close it.
+    pub fn open_retry_after(&self, left: Duration) -> Duration {
+        match self.probe_every.load(Ordering::Relaxed) {
+            0 => left,
+            every => left.min(Duration::from_nanos(every)),
+        }
+    }
+
+    /// Background probes are sent every `every` while open (see [`BreakerCell::open_retry_after`]).
+    pub(super) fn set_probe_every(&self, every: Duration) {
+        let nanos = u64::try_from(every.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.probe_every.store(nanos, Ordering::Relaxed);
+    }
+
     /// Sets the `Retry-After` of a forced open circuit.
     pub(super) fn set_forced_retry_after(&self, retry_after: Duration) {
         let nanos = u64::try_from(retry_after.as_nanos()).unwrap_or(u64::MAX);
@@ -209,6 +228,16 @@ mod tests {
         assert_eq!(cell.gate(now + 30 * MS), Gate::Reject { retry_after: 70 * MS });
         assert_eq!(cell.gate(now + 100 * MS), Gate::AskActor);
         assert_eq!(cell.gate(now + 200 * MS), Gate::AskActor);
+    }
+
+    #[test]
+    fn with_background_probes_an_open_circuit_says_retry_at_the_next_probe() {
+        let cell = BreakerCell::new();
+        let now = Instant::now();
+        cell.publish_open(now + 30_000 * MS);
+        cell.set_probe_every(1000 * MS);
+        assert_eq!(cell.gate(now), Gate::Reject { retry_after: 1000 * MS });
+        assert_eq!(cell.gate(now + 29_500 * MS), Gate::Reject { retry_after: 500 * MS });
     }
 
     #[test]

@@ -22,6 +22,7 @@ fn config() -> BreakerConfig {
         open: SEC,
         open_max: 4 * SEC,
         probes: 2,
+        probe_interval: SEC,
     }
 }
 
@@ -277,6 +278,97 @@ fn transitions_and_mode_changes_are_one_json_line_each() {
     assert_eq!((lines[3]["from"].as_str(), lines[3]["to"].as_str()), (Some("auto"), Some("forced_open")));
 }
 
+impl Rig {
+    fn probes(&self, kind: &str, result: &str) -> u64 {
+        self.metrics.breaker_probes.with_label_values(&[kind, result]).get()
+    }
+}
+
+#[test]
+fn a_background_probe_success_closes_the_circuit_long_before_its_period_ends() {
+    clock::freeze(|time| {
+        let config = BreakerConfig { open: 10 * SEC, open_max: 60 * SEC, ..config() };
+        let mut r = rig(&config, SEC, quiet());
+        assert_eq!(r.core.next_background_probe(), None, "closed: no probes");
+        r.trip();
+        let opened = time.now();
+        assert_eq!(r.core.next_background_probe(), Some(opened + SEC), "the first one an interval after opening");
+        assert_eq!(r.core.start_background_probe(), None, "not due yet");
+        // Client requests still fail fast while the probe is out.
+        time.advance(SEC);
+        let probe = r.core.start_background_probe().unwrap();
+        assert_eq!(r.cell.gate(time.now()), Gate::Reject { retry_after: 9 * SEC });
+        // Once someone sends the probes, Retry-After points at the next one, not the period's end.
+        r.core.probes_in_background();
+        assert_eq!(r.cell.gate(time.now()), Gate::Reject { retry_after: SEC });
+        assert_eq!(r.core.permit(), Err(Rejected { retry_after: SEC }));
+        r.core.background_probe_done(probe, Some(true));
+        assert_eq!(r.cell.state(), State::Closed);
+        assert_eq!(r.cell.gate(time.now()), Gate::Pass);
+        assert_eq!(r.state_gauge(), "closed");
+        assert_eq!((r.transitions(State::HalfOpen), r.transitions(State::Closed)), (0, 1));
+        assert_eq!(r.core.next_background_probe(), None);
+        assert_eq!(r.probes("background", "success"), 1);
+        // Closed by a probe as by any success: the next trip starts from the first period.
+        r.trip();
+        assert_eq!(r.open_for(time), 10 * SEC);
+    });
+}
+
+#[test]
+fn failed_background_probes_keep_it_open_at_one_a_second_and_forced_modes_stop_them() {
+    clock::freeze(|time| {
+        let config = BreakerConfig { open: 60 * SEC, open_max: 60 * SEC, ..config() };
+        let mut r = rig(&config, 5 * SEC, quiet());
+        r.trip();
+        let until = r.core.open_until();
+        let (mut started, end) = (0, time.now() + 30 * SEC);
+        // Asked every 100 ms for 30 s; each probe fails 200 ms after it started.
+        while time.now() < end {
+            time.advance(100 * MS);
+            if let Some(id) = r.core.start_background_probe() {
+                started += 1;
+                time.advance(200 * MS);
+                r.core.background_probe_done(id, Some(false));
+            }
+        }
+        assert!((27..=30).contains(&started), "{started} probes in ~30 s");
+        assert_eq!(r.probes("background", "failure"), started);
+        assert_eq!(r.cell.state(), State::Open);
+        assert_eq!(r.core.open_until(), until, "failed probes do not lengthen the open period");
+        assert_eq!(r.transitions(State::Open), 1);
+        // A probe without a verdict (no permit) only frees its place.
+        time.advance(SEC);
+        let id = r.core.start_background_probe().unwrap();
+        r.core.background_probe_done(id, None);
+        assert_eq!(r.probes("background", "no_verdict"), 1);
+        // An operator's forced mode stops them; back in auto the circuit is fresh and closed.
+        r.core.force(Mode::ForcedOpen);
+        assert_eq!(r.core.next_background_probe(), None);
+        r.core.force(Mode::Auto);
+        assert_eq!(r.core.next_background_probe(), None);
+    });
+}
+
+#[test]
+fn a_lost_background_probe_is_given_up_after_its_lease_and_a_late_report_ignored() {
+    clock::freeze(|time| {
+        let mut r = rig(&config(), 3 * SEC, quiet());
+        r.trip();
+        time.advance(SEC);
+        let lost = r.core.start_background_probe().unwrap();
+        time.advance(2 * SEC);
+        assert_eq!(r.core.start_background_probe(), None, "one out at a time");
+        time.advance(SEC);
+        // The open period (1 s, doubled by nothing) is over, but no request moved it on: open.
+        let next = r.core.start_background_probe().expect("the lease ended");
+        assert_ne!(next, lost);
+        assert_eq!(r.probes("background", "no_verdict"), 1);
+        r.core.background_probe_done(lost, Some(true));
+        assert_eq!(r.cell.state(), State::Open, "a late report of a given-up probe is ignored");
+    });
+}
+
 #[test]
 fn invalid_settings_are_refused() {
     let metrics = Arc::new(Metrics::new());
@@ -294,4 +386,5 @@ fn invalid_settings_are_refused() {
     assert!(make(|c| c.failure_rate = 1.5, SEC).is_err());
     assert!(make(|c| c.open = 5 * SEC, SEC).is_err());
     assert!(make(|c| c.window = 500 * MS, SEC).is_err());
+    assert!(make(|c| c.probe_interval = Duration::ZERO, SEC).is_err());
 }

@@ -15,6 +15,11 @@
 //! matters and traffic is low. When the open period ends the actor moves to half-open by
 //! itself, so the cell, the gauges and `/admin/state` show it without traffic.
 //!
+//! **Why it probes by itself.** While open, the actor has a background probe sent every
+//! `COURIER_BREAKER_PROBE_INTERVAL` (one at a time, each with a budget permit; see `probe.rs`),
+//! and the first success closes the circuit: recovery is noticed within about an interval of
+//! the upstream's, not at the end of an open period that doubled during a long outage.
+//!
 //! **What counts.** The caller classifies: 5xx, timeouts and connection errors are failures;
 //! 4xx answers are successes of the upstream (the upstream worked; the request was bad); 429
 //! is not reported at all, because rate limiting is the budget's business, not the circuit's.
@@ -28,6 +33,7 @@
 
 mod cell;
 mod policy;
+mod probe;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +44,7 @@ use slog::{o, Logger};
 
 pub use cell::{BreakerCell, Gate, Mode, State};
 use policy::Core;
+pub use probe::{ProbeRan, RunProbe, UseProber};
 
 use crate::config::BreakerConfig;
 use crate::metrics::Metrics;
@@ -138,6 +145,10 @@ pub struct Breaker {
     lease: Duration,
     /// The timer that moves an open circuit to half-open, and the end it waits for.
     open_timer: Option<(Instant, SpawnHandle)>,
+    /// Who sends background probes, once registered with [`UseProber`].
+    prober: Option<Recipient<RunProbe>>,
+    /// The timer of the next background probe, and the instant it waits for.
+    probe_timer: Option<(Instant, SpawnHandle)>,
 }
 
 impl Breaker {
@@ -151,11 +162,14 @@ impl Breaker {
         log: &Logger,
     ) -> Result<Breaker, InvalidBreaker> {
         let log = log.new(o!("actor" => "breaker"));
-        Ok(Breaker { core: Core::new(config, probe_lease, cell, metrics, log)?, lease: probe_lease, open_timer: None })
+        let core = Core::new(config, probe_lease, cell, metrics, log)?;
+        Ok(Breaker { core, lease: probe_lease, open_timer: None, prober: None, probe_timer: None })
     }
 
-    /// Keeps one timer armed for the end of the current open period.
+    /// Keeps the timers armed: one for the end of the current open period, one for the next
+    /// background probe.
     fn arm(&mut self, ctx: &mut Context<Self>) {
+        self.arm_probe(ctx);
         let until = self.core.open_until();
         if self.open_timer.map(|(armed, _)| armed) == until {
             return;
@@ -257,6 +271,7 @@ mod tests {
             open: 50 * MS,
             open_max: 200 * MS,
             probes: 1,
+            probe_interval: SEC,
         }
     }
 

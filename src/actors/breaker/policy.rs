@@ -3,7 +3,9 @@
 //! It holds failsafe's [`StateMachine`] with courier's policy (N consecutive failures, or a
 //! failure rate over a time window), the [`Hook`] through which every transition becomes one
 //! log line, one counted metric, gauges and the published cell, and what failsafe lacks: a cap
-//! on concurrent half-open probes, leases that give a lost probe's slot back, and forced modes.
+//! on concurrent half-open probes, leases that give a lost probe's slot back, forced modes, and
+//! the schedule of background probes while open (see `probe.rs`), whose first success closes
+//! the circuit through failsafe's `reset`.
 //!
 //! Time comes from failsafe's clock (the real clock outside tests), so tests freeze it with
 //! `failsafe::clock::freeze` and advance it by hand.
@@ -20,13 +22,16 @@ use failsafe::{FailurePolicy, Instrument, StateMachine};
 use slog::{info, warn, Logger};
 
 use super::cell::{BreakerCell, Mode, State};
+use super::probe::{ProbeLog, ProbeSchedule, Probes};
 use super::{BreakerSnapshot, InvalidBreaker, Rejected, Ticket};
 use crate::config::BreakerConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProbeKind, ProbeResult};
 use crate::upstream::Backoff;
 
 /// The shortest `Retry-After` handed out, so a rejection never says "retry now".
 const MIN_RETRY_AFTER: Duration = Duration::from_millis(1);
+/// A background probe result repeating the last one logged is logged at most this often.
+const PROBE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -141,40 +146,12 @@ fn validate(c: &BreakerConfig, lease: Duration) -> Result<(), InvalidBreaker> {
         "open must not exceed open_max"
     } else if lease.is_zero() {
         "probe_lease must be positive"
+    } else if c.probe_interval.is_zero() {
+        "probe_interval must be positive"
     } else {
         return Ok(());
     };
     Err(InvalidBreaker { reason: problem })
-}
-
-/// Half-open probe slots: at most `cap` held at once, each until its verdict or its lease end.
-#[derive(Debug)]
-struct Probes {
-    cap: usize,
-    next_id: u64,
-    held: Vec<(u64, Instant)>,
-}
-
-impl Probes {
-    fn acquire(&mut self, now: Instant, lease: Duration) -> Option<u64> {
-        if self.held.len() >= self.cap {
-            return None;
-        }
-        self.next_id += 1;
-        self.held.push((self.next_id, now + lease));
-        Some(self.next_id)
-    }
-
-    fn release(&mut self, id: u64) {
-        self.held.retain(|&(held, _)| held != id);
-    }
-
-    fn expire(&mut self, now: Instant) -> Vec<u64> {
-        let expired = self.held.iter().filter(|&&(_, end)| end <= now);
-        let ids = expired.map(|&(id, _)| id).collect();
-        self.held.retain(|&(_, end)| end > now);
-        ids
-    }
 }
 
 /// The circuit: state machine, probe slots, mode.
@@ -185,6 +162,8 @@ pub(super) struct Core {
     machine: StateMachine<Policy, Hook>,
     mode: Mode,
     probes: Probes,
+    background: ProbeSchedule,
+    probe_log: ProbeLog,
     consecutive_failures: u32,
 }
 
@@ -212,7 +191,9 @@ impl Core {
             lease,
             hook,
             mode: Mode::Auto,
-            probes: Probes { cap: config.probes as usize, next_id: 0, held: Vec::new() },
+            probes: Probes::new(config.probes as usize),
+            background: ProbeSchedule::new(config.probe_interval, lease),
+            probe_log: ProbeLog::new(PROBE_LOG_EVERY),
             consecutive_failures: 0,
         };
         core.publish_mode();
@@ -235,7 +216,7 @@ impl Core {
         // Moves an open circuit whose period is over to half-open.
         if !self.machine.is_call_permitted() {
             let left = self.hook.cell.open_until().saturating_duration_since(now);
-            return Err(self.rejected(left));
+            return Err(self.rejected(self.hook.cell.open_retry_after(left)));
         }
         if self.hook.cell.state() != State::HalfOpen {
             return Ok(Ticket { probe: None });
@@ -269,6 +250,7 @@ impl Core {
     /// Frees a probe's slot and records its verdict, if it has one.
     pub(super) fn probe_done(&mut self, id: u64, success: Option<bool>) {
         self.probes.release(id);
+        self.count_probe(ProbeKind::HalfOpen, ProbeResult::of(success));
         match success {
             Some(true) => self.record(1, 0),
             Some(false) => self.record(0, 1),
@@ -300,9 +282,75 @@ impl Core {
     pub(super) fn expire_probes(&mut self) -> Vec<u64> {
         let expired = self.probes.expire(clock::now());
         for id in &expired {
+            self.count_probe(ProbeKind::HalfOpen, ProbeResult::NoVerdict);
             warn!(self.hook.log, "breaker_probe_lease_expired"; "probe" => id);
         }
         expired
+    }
+
+    /// Background probes will be sent (someone registered to send them): an open circuit's
+    /// `Retry-After` then says no more than their spacing.
+    pub(super) fn probes_in_background(&self) {
+        self.hook.cell.set_probe_every(self.config.probe_interval);
+    }
+
+    /// When the next background probe may start: `None` unless the circuit is open in
+    /// automatic mode.
+    pub(super) fn next_background_probe(&mut self) -> Option<Instant> {
+        self.want_background_probes();
+        self.background.next_start()
+    }
+
+    /// Probes are wanted from the moment the circuit is open in automatic mode.
+    fn want_background_probes(&mut self) {
+        let wanted = self.mode == Mode::Auto && self.hook.cell.state() == State::Open;
+        self.background.want(wanted, clock::now());
+    }
+
+    /// Starts a background probe if one is due now: its id. Gives up a probe whose lease ended.
+    pub(super) fn start_background_probe(&mut self) -> Option<u64> {
+        let now = clock::now();
+        if let Some(lost) = self.background.expire(now) {
+            self.probe_finished(lost, ProbeResult::NoVerdict);
+        }
+        self.next_background_probe()?;
+        self.background.start(now)
+    }
+
+    /// A background probe's verdict. A success closes the circuit at once, open or half-open
+    /// (failsafe's `reset`: the next trip starts from the first open period again); a failure
+    /// counts as one (it reopens a half-open circuit; an open one keeps its period). Reports of
+    /// a probe that is no longer out are ignored.
+    pub(super) fn background_probe_done(&mut self, id: u64, success: Option<bool>) {
+        if !self.background.finish(id) {
+            return;
+        }
+        match success {
+            Some(true) => {
+                if self.hook.cell.state() == State::Open {
+                    self.machine.reset();
+                }
+                self.record(1, 0);
+            }
+            Some(false) => self.record(0, 1),
+            None => {}
+        }
+        self.probe_finished(id, ProbeResult::of(success));
+    }
+
+    /// One background probe ended: the metric always, the log line (with the state it left the
+    /// circuit in) at a bounded rate.
+    fn probe_finished(&mut self, id: u64, result: ProbeResult) {
+        self.count_probe(ProbeKind::Background, result);
+        if let Some(left_out) = self.probe_log.admit(result, clock::now()) {
+            info!(self.hook.log, "breaker_probe";
+                "probe" => id, "result" => result.as_str(), "state" => self.hook.cell.state().as_str(),
+                "left_out" => left_out);
+        }
+    }
+
+    fn count_probe(&self, kind: ProbeKind, result: ProbeResult) {
+        self.hook.metrics.breaker_probes.with_label_values(&[kind.as_str(), result.as_str()]).inc();
     }
 
     /// What the circuit looks like now.
@@ -319,16 +367,18 @@ impl Core {
             mode: self.mode.as_str(),
             effective: effective.as_str(),
             open_for_seconds: self.open_until().map(|until| until.saturating_duration_since(now).as_secs_f64()),
-            probes_in_flight: self.probes.held.len() as u32,
+            probes_in_flight: self.probes.held() as u32,
             consecutive_failures: self.consecutive_failures,
         }
     }
 
-    /// Probe slots belong to one half-open period: leaving it frees them.
+    /// Probe slots belong to one half-open period: leaving it frees them. Background probes are
+    /// wanted from the moment the circuit opens.
     fn settle(&mut self) {
         if self.hook.cell.state() != State::HalfOpen {
-            self.probes.held.clear();
+            self.probes.clear();
         }
+        self.want_background_probes();
     }
 
     fn publish_mode(&self) {

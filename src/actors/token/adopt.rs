@@ -5,11 +5,23 @@
 //! refresh-ahead of a token that is about to expire (a newer generation or a later expiry
 //! will do: another replica got there first), or a token the upstream rejected (only a later
 //! generation will do: the same generation is the rejected token itself).
+//!
+//! Also the looks a backing-off replica takes in Redis: without them, a replica whose own
+//! refresh waits (say, 8 s after refused credentials) would keep answering 503 for that long
+//! although another replica has stored a good token meanwhile. A look is one Redis read, about
+//! once a second, only while the refresh itself is further away than that.
 
 use std::time::{Duration, Instant};
 
-use super::lifecycle;
+use actix::prelude::*;
+
+use super::{lifecycle, TokenManager};
+use crate::metrics::LookResult;
 use crate::shared::token::SharedToken;
+
+/// While a refresh backs off for longer than this, Redis is read this often for a token another
+/// replica got meanwhile.
+pub const SHARED_LOOK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A shared token must be valid at least this long beyond its refresh margin to be adopted;
 /// one due for refresh sooner is as good as none.
@@ -55,6 +67,51 @@ impl Wanted {
 pub fn worth_adopting(remaining: Duration) -> bool {
     let now = Instant::now();
     lifecycle::refresh_at(now, remaining).saturating_duration_since(now) >= MIN_USEFUL
+}
+
+impl TokenManager {
+    /// Arms the next look in Redis, when replicas share tokens and the refresh itself (which
+    /// reads Redis first) is further away than a look interval.
+    pub(super) fn schedule_look(&mut self, ctx: &mut Context<Self>) {
+        if let Some(previous) = self.look_timer.take() {
+            ctx.cancel_future(previous);
+        }
+        let far = self.lifecycle.blocked_for(Instant::now()).is_some_and(|wait| wait > SHARED_LOOK_INTERVAL);
+        if self.shared.is_some() && far {
+            self.look_timer = Some(ctx.run_later(SHARED_LOOK_INTERVAL, |act, ctx| {
+                act.look_timer = None;
+                act.look(ctx);
+            }));
+        }
+    }
+
+    /// Reads Redis once, while backing off, and adopts a usable token found there.
+    fn look(&mut self, ctx: &mut Context<Self>) {
+        if self.refreshing || self.looking || self.lifecycle.blocked_for(Instant::now()).is_none() {
+            return;
+        }
+        self.looking = true;
+        let look = self.refresh().look();
+        let published = self.cell.version();
+        ctx.spawn(look.into_actor(self).map(move |found, act, ctx| {
+            act.looking = false;
+            // A refresh that started meanwhile reads Redis itself; one that ended meanwhile may
+            // have got a newer token than the one read.
+            let stale = act.refreshing || act.cell.version() != published;
+            let result = match found {
+                Ok(Some(obtained)) if !stale => {
+                    act.finish_refresh(Ok(obtained), ctx);
+                    LookResult::Adopted
+                }
+                Ok(_) => LookResult::Nothing,
+                Err(_) => LookResult::Error,
+            };
+            act.metrics.token_shared_looks.with_label_values(&[result.as_str()]).inc();
+            if result != LookResult::Adopted {
+                act.schedule_look(ctx);
+            }
+        }));
+    }
 }
 
 #[cfg(test)]

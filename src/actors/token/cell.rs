@@ -44,6 +44,38 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Why no usable token is held, as `/readyz` and `/admin/state` tell it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenTrouble {
+    /// What went wrong last, without secrets (e.g. "token endpoint answered status 503").
+    pub reason: String,
+    /// When the next token request is due, if one is scheduled.
+    pub retry_at: Option<Instant>,
+}
+
+/// Whether requests can have a token now, as `/readyz` checks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenHealth {
+    /// A token is held and has not expired.
+    Ok,
+    /// No token was ever obtained.
+    Missing,
+    /// Tokens were obtained before, but the current one was rejected or has expired and no
+    /// new one could be had yet.
+    Unavailable,
+}
+
+impl TokenHealth {
+    /// The `/readyz` check value (`ok`, `missing`, `unavailable`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenHealth::Ok => "ok",
+            TokenHealth::Missing => "missing",
+            TokenHealth::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// The current token, published for lock-free reads.
 #[derive(Default)]
 pub struct TokenCell {
@@ -51,20 +83,42 @@ pub struct TokenCell {
     /// Bumped on every change of `current`, so readers notice changes with one atomic load.
     version: AtomicU64,
     ready: AtomicBool,
+    /// Why the last attempt to get a token failed, until one succeeds.
+    trouble: ArcSwapOption<TokenTrouble>,
 }
 
 impl TokenCell {
-    /// Publishes a new token.
+    /// Publishes a new token (and forgets any trouble).
     pub fn publish(&self, token: Arc<Token>) {
         self.current.store(Some(token));
         self.version.fetch_add(1, Ordering::Release);
         self.ready.store(true, Ordering::Release);
+        self.trouble.store(None);
     }
 
     /// Withdraws the current token (it was rejected).
     pub fn withdraw(&self) {
         self.current.store(None);
         self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Records why no new token could be had (kept until one is published).
+    pub fn report_trouble(&self, trouble: TokenTrouble) {
+        self.trouble.store(Some(Arc::new(trouble)));
+    }
+
+    /// Why the last attempt to get a token failed, unless one succeeded since.
+    pub fn trouble(&self) -> Option<Arc<TokenTrouble>> {
+        self.trouble.load_full()
+    }
+
+    /// Whether requests can have a token at `now`.
+    pub fn health(&self, now: Instant) -> TokenHealth {
+        match self.load() {
+            Some(token) if token.is_valid_at(now) => TokenHealth::Ok,
+            _ if self.is_ready() => TokenHealth::Unavailable,
+            _ => TokenHealth::Missing,
+        }
     }
 
     /// The version of what is published; it changes whenever the token does.
@@ -77,8 +131,35 @@ impl TokenCell {
         self.current.load_full()
     }
 
-    /// Whether a token has ever been obtained (readiness).
+    /// Whether a token has ever been obtained (see [`TokenCell::health`] for whether one is
+    /// usable now).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn token(generation: u64, expires_at: Instant) -> Arc<Token> {
+        Arc::new(Token { generation, expires_at, authorization: HeaderValue::from_static("Bearer t") })
+    }
+
+    #[test]
+    fn health_tells_a_usable_token_from_a_lost_one() {
+        let cell = TokenCell::default();
+        let now = Instant::now();
+        assert_eq!(cell.health(now), TokenHealth::Missing);
+        cell.publish(token(1, now + Duration::from_secs(60)));
+        assert_eq!(cell.health(now), TokenHealth::Ok);
+        assert_eq!(cell.health(now + Duration::from_secs(60)), TokenHealth::Unavailable, "expired");
+        cell.withdraw();
+        assert_eq!(cell.health(now), TokenHealth::Unavailable, "rejected");
+        cell.report_trouble(TokenTrouble { reason: "token endpoint answered status 503".into(), retry_at: None });
+        assert!(cell.trouble().is_some());
+        cell.publish(token(2, now + Duration::from_secs(60)));
+        assert_eq!((cell.health(now), cell.trouble()), (TokenHealth::Ok, None));
     }
 }

@@ -1,6 +1,14 @@
 //! The token lifecycle decisions, apart from the actor so they are tested with plain values:
 //! when to refresh ahead of expiry, how long to back off after the token endpoint failed,
 //! and how often a rejected token may cause a new one.
+//!
+//! Two kinds of failure back off differently. An endpoint that is down (unreachable, timing
+//! out, answering 5xx) may be back any moment, and every request waits for it: it is asked
+//! again at a steady pace of about one request per [`OUTAGE_PROBE_INTERVAL`] (after two quicker
+//! retries), so its recovery is noticed within about that long instead of after a wait that
+//! doubled for as long as the outage lasted. An endpoint that refuses the credentials (or
+//! answers nonsense) will not change its mind by itself: that backs off exponentially, up to
+//! 30 s, and a new client secret (a reload) starts a fetch at once anyway.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +19,11 @@ const MARGIN_FRACTION: u32 = 20;
 /// Bounds of that reserve: enough for one token round trip, no more than a minute.
 const MARGIN_MIN: Duration = Duration::from_millis(20);
 const MARGIN_MAX: Duration = Duration::from_secs(60);
+/// While the token endpoint is down, it is asked again at most about this often.
+pub const OUTAGE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// The spread added to each wait during an outage, as a fraction of it, so replicas that
+/// failed together do not ask together.
+const OUTAGE_SPREAD: f64 = 0.25;
 /// Rejections of fresh tokens closer together than this are treated as endpoint failures,
 /// so an upstream that rejects every token does not turn courier into a token stampede.
 const REJECTION_INTERVAL: Duration = Duration::from_secs(1);
@@ -46,6 +59,18 @@ impl Lifecycle {
     /// The endpoint failed at `now`; returns how long to wait before asking again.
     pub fn on_failure(&mut self, now: Instant) -> Duration {
         let wait = self.backoff.next_delay(self.failures).max(Duration::from_millis(10));
+        self.failures = self.failures.saturating_add(1);
+        self.blocked_until = Some(now + wait);
+        wait
+    }
+
+    /// The endpoint was down at `now` (unreachable, timed out, 5xx); returns how long to wait
+    /// before asking again: the backoff's first steps, then [`OUTAGE_PROBE_INTERVAL`], each
+    /// lengthened by up to a quarter (`unit` is a uniform sample of [0, 1)). Never shorter than
+    /// that, so a dead endpoint gets at most about one request a second.
+    pub fn on_outage(&mut self, now: Instant, unit: f64) -> Duration {
+        let step = self.backoff.ceiling(self.failures).min(OUTAGE_PROBE_INTERVAL).max(Duration::from_millis(10));
+        let wait = step + step.mul_f64(OUTAGE_SPREAD * unit.clamp(0.0, 1.0));
         self.failures = self.failures.saturating_add(1);
         self.blocked_until = Some(now + wait);
         wait
@@ -96,6 +121,37 @@ mod tests {
         life.on_success();
         assert_eq!(life.blocked_for(t0), None);
         assert_eq!(life.on_failure(t0), 100 * MS);
+    }
+
+    #[test]
+    fn an_outage_is_asked_again_at_a_steady_pace_of_about_one_a_second() {
+        let mut life = Lifecycle::new(Backoff::try_new(250 * MS, Duration::from_secs(30), true).unwrap());
+        let t0 = Instant::now();
+        let waits: Vec<_> = (0..6).map(|_| life.on_outage(t0, 0.0)).collect();
+        let s = 1000 * MS;
+        assert_eq!(waits, [250 * MS, 500 * MS, s, s, s, s], "no doubling past the probe interval");
+        assert_eq!(life.blocked_for(t0), Some(s));
+        let spread = life.on_outage(t0, 0.999);
+        assert!(spread > 1249 * MS && spread < 1250 * MS, "spread by at most a quarter: {spread:?}");
+        // Over a 60 s outage: the endpoint is asked at most once a second, plus two quick retries.
+        let mut life = Lifecycle::new(Backoff::try_new(250 * MS, Duration::from_secs(30), true).unwrap());
+        let (mut now, mut asked) = (t0, 0);
+        while now < t0 + Duration::from_secs(60) {
+            now += life.on_outage(now, 0.5);
+            asked += 1;
+        }
+        assert!((48..=62).contains(&asked), "{asked} requests in 60 s");
+        life.on_success();
+        assert_eq!(life.on_outage(now, 0.0), 250 * MS, "a new outage starts with quick retries again");
+    }
+
+    #[test]
+    fn rejected_credentials_keep_the_long_backoff_after_an_outage() {
+        let mut life = Lifecycle::new(Backoff::try_new(100 * MS, 400 * MS, false).unwrap());
+        let t0 = Instant::now();
+        life.on_outage(t0, 0.0);
+        life.on_outage(t0, 0.0);
+        assert_eq!(life.on_failure(t0), 400 * MS, "the count of failures carries over");
     }
 
     #[test]

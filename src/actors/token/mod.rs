@@ -8,15 +8,20 @@
 //! finds no valid token there sends [`GetToken`].
 //!
 //! Refreshes start shortly before expiry (see [`lifecycle::refresh_at`]). When the token
-//! endpoint fails, refreshes back off exponentially and waiting requests get
-//! [`TokenUnavailable`] with a `Retry-After`, instead of each trying the endpoint itself.
+//! endpoint fails, refreshes back off and waiting requests get [`TokenUnavailable`] with a
+//! `Retry-After`, instead of each trying the endpoint itself: a down endpoint is asked again
+//! about once a second, so its recovery is noticed quickly; refused credentials back off
+//! exponentially (see [`lifecycle`]). The reason is published in the cell for `/readyz`.
 //!
 //! With Redis ([`TokenManager::with_shared`]) the replicas share one token: a refresh first
 //! looks for a token another replica published, and only one replica at a time asks the
 //! endpoint (see `refresh.rs`, [`adopt`] and [`crate::shared::token`]). N replicas then cost one token
 //! request per lifetime and per revocation. Every replica keeps its own refresh timer; the
 //! first to fire asks, the others find its token when theirs fire. When Redis fails, each
-//! replica asks on its own, as without Redis: requests keep being served.
+//! replica asks on its own, as without Redis: requests keep being served. While its own
+//! refresh backs off for longer than a second, a replica still looks in Redis about once a
+//! second ([`adopt::SHARED_LOOK_INTERVAL`]) and adopts a token another replica got
+//! meanwhile, rather than answering 503 until its own timer fires.
 
 pub mod adopt;
 mod cell;
@@ -32,7 +37,7 @@ use slog::{info, o, warn, Logger};
 use tokio::sync::oneshot;
 
 use adopt::Wanted;
-pub use cell::{Token, TokenCell};
+pub use cell::{Token, TokenCell, TokenHealth, TokenTrouble};
 use lifecycle::Lifecycle;
 use refresh::{Obtained, Refresh};
 
@@ -116,6 +121,9 @@ pub struct TokenManager {
     waiters: Vec<Waiter>,
     lifecycle: Lifecycle,
     timer: Option<SpawnHandle>,
+    /// The next look in Redis while backing off, and whether one is out.
+    look_timer: Option<SpawnHandle>,
+    looking: bool,
     metrics: Arc<Metrics>,
     log: Logger,
 }
@@ -140,6 +148,8 @@ impl TokenManager {
             waiters: Vec::new(),
             lifecycle: Lifecycle::new(backoff),
             timer: None,
+            look_timer: None,
+            looking: false,
             metrics,
             log: log.new(o!("actor" => "token_manager")),
         }
@@ -167,20 +177,24 @@ impl TokenManager {
         }
     }
 
-    fn start_refresh(&mut self, ctx: &mut Context<Self>) {
-        if self.refreshing {
-            return;
-        }
-        self.refreshing = true;
-        self.refresh_secret = self.secret_version;
-        let refresh = Refresh {
+    fn refresh(&self) -> Refresh {
+        Refresh {
             client: self.client.clone().expect("client built in started()"),
             settings: self.settings.clone(),
             shared: self.shared.clone(),
             wanted: self.wanted(),
             floor: self.generation,
             log: self.log.clone(),
-        };
+        }
+    }
+
+    fn start_refresh(&mut self, ctx: &mut Context<Self>) {
+        if self.refreshing {
+            return;
+        }
+        self.refreshing = true;
+        self.refresh_secret = self.secret_version;
+        let refresh = self.refresh();
         ctx.spawn(refresh.run().into_actor(self).map(|result, act, ctx| act.finish_refresh(result, ctx)));
     }
 
@@ -211,7 +225,9 @@ impl TokenManager {
                 self.held = Some(Held { generation: token.generation, expires_at_unix_ms, rejected: false });
                 self.cell.publish(token.clone());
                 self.metrics.token_expiry.set(expires_at_unix_ms as f64 / 1000.0);
-                self.metrics.ready.set(1);
+                if let Some(look) = self.look_timer.take() {
+                    ctx.cancel_future(look);
+                }
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(Ok(token.clone()));
                 }
@@ -230,9 +246,14 @@ impl TokenManager {
                     self.start_refresh(ctx);
                     return;
                 }
-                let wait = self.lifecycle.on_failure(now);
+                let wait = if error.is_outage() {
+                    self.lifecycle.on_outage(now, rand::random::<f64>())
+                } else {
+                    self.lifecycle.on_failure(now)
+                };
                 warn!(self.log, "token_refresh_failed";
                     "error" => %error, "retry_in" => wait.as_secs_f64());
+                self.cell.report_trouble(TokenTrouble { reason: error.to_string(), retry_at: Some(now + wait) });
                 self.failed_on_tls = matches!(error, TokenError::Tls(_));
                 let unavailable =
                     TokenUnavailable { retry_after: wait, reason: error.to_string(), tls: self.failed_on_tls };
@@ -240,6 +261,7 @@ impl TokenManager {
                     let _ = waiter.send(Err(unavailable.clone()));
                 }
                 self.schedule_refresh(wait, ctx);
+                self.schedule_look(ctx);
             }
         }
     }
@@ -298,10 +320,14 @@ impl Handler<GetToken> for TokenManager {
                     held.rejected = true;
                 }
                 info!(self.log, "token_rejected"; "generation" => rejected);
+                let reason = format!("the upstream rejected token generation {rejected}");
                 if self.lifecycle.on_rejected(now) {
+                    self.cell.report_trouble(TokenTrouble { reason, retry_at: Some(now) });
                     self.start_refresh(ctx);
                 } else if let Some(wait) = self.lifecycle.blocked_for(now) {
+                    self.cell.report_trouble(TokenTrouble { reason, retry_at: Some(now + wait) });
                     self.schedule_refresh(wait, ctx);
+                    self.schedule_look(ctx);
                 }
             }
         }

@@ -100,6 +100,13 @@ impl Refresh {
         }
     }
 
+    /// Only looks for a usable token another replica published: no lock, no token request.
+    /// `Ok(None)` when there is none (or replicas share nothing).
+    pub async fn look(self) -> Result<Option<Obtained>, Degraded> {
+        let Some(shared) = &self.shared else { return Ok(None) };
+        Ok(self.adoptable(shared.read().await?))
+    }
+
     fn lock_ttl(&self) -> Duration {
         self.settings.timeout + LOCK_SLACK
     }

@@ -1,0 +1,91 @@
+//! The Prober sends the Breaker's background probes: one small `/process` call each, with a
+//! permit from the rate budget and the current token, on its own awc client.
+//!
+//! **Why a real `/process` call.** The upstream's API (the integration spec) has no health
+//! endpoint: the token endpoint says nothing about `/process`, and any other path would test a
+//! route clients never use. A one-word input is the cheapest call that proves what clients
+//! need. It costs what a client call costs, so it takes a budget permit like one (none free: no
+//! probe this time), and it is counted in `courier_upstream_attempts_total` like one.
+//!
+//! It is an actor (on the main arbiter) because the Breaker must reach it by message without
+//! knowing the dispatcher layer above it: it registers as a `Recipient<RunProbe>`.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::breaker::{Breaker, ProbeRan, RunProbe, UseProber};
+use super::dispatcher::{DispatcherSettings, Upstream};
+use crate::request_id::RequestId;
+use crate::upstream::{send_attempt, Attempt, AttemptRequest, Outcome};
+
+/// The probe's body: the smallest request the upstream processes.
+const PROBE_BODY: &[u8] = br#"{"data":{"input":"probe","format":"text"},"options":{}}"#;
+
+/// The actor.
+pub struct Prober {
+    upstream: Rc<Upstream>,
+    breaker: Addr<Breaker>,
+}
+
+impl Prober {
+    /// Starts a Prober on the current thread and registers it with the settings' Breaker.
+    pub fn start_here(settings: DispatcherSettings) -> Addr<Prober> {
+        let breaker = settings.breaker.clone();
+        let prober = Prober { upstream: Rc::new(Upstream::new(settings)), breaker: breaker.clone() }.start();
+        breaker.do_send(UseProber(prober.clone().recipient()));
+        prober
+    }
+}
+
+impl Actor for Prober {
+    type Context = Context<Self>;
+}
+
+impl Handler<RunProbe> for Prober {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunProbe, ctx: &mut Context<Self>) {
+        let upstream = self.upstream.clone();
+        let breaker = self.breaker.clone();
+        ctx.spawn(
+            async move {
+                let success = probe(&upstream).await;
+                // The Breaker gives the probe's place back after its lease if this is lost.
+                let _ = breaker.try_send(ProbeRan { id: msg.id, success });
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// Sends one probe: `Some(healthy)` when an attempt was made that says something about the
+/// upstream's health, `None` when none was (no permit, no token) or its answer says nothing
+/// (429 is the budget's business, a refused certificate configuration's).
+async fn probe(up: &Upstream) -> Option<bool> {
+    up.budget.try_now().ok()?;
+    let (authorization, _) = up.token(None).await.ok()?;
+    let api_key = up.api_key();
+    let request_id = RequestId::generate();
+    let request = AttemptRequest {
+        uri: &up.process_uri,
+        authorization: &authorization,
+        api_key: &api_key,
+        request_id: request_id.header(),
+        body: Bytes::from_static(PROBE_BODY),
+        timeout: up.policy.attempt_timeout,
+        max_body: up.policy.max_body,
+    };
+    let started = Instant::now();
+    let (attempt, signal) = send_attempt(&up.client, request).await;
+    let outcome = attempt.outcome();
+    up.count_attempt(outcome);
+    up.budget.learn(&signal, outcome == Outcome::RateLimited);
+    up.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+    match attempt {
+        Attempt::RateLimited | Attempt::Tls(_) => None,
+        attempt => Some(!attempt.is_upstream_failure()),
+    }
+}
