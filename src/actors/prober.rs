@@ -77,6 +77,7 @@ async fn probe(up: &Upstream) -> Option<bool> {
         body: Bytes::from_static(PROBE_BODY),
         timeout: up.policy.attempt_timeout,
         max_body: up.policy.max_body,
+        max_depth: up.policy.max_depth,
     };
     let started = Instant::now();
     let (attempt, signal) = send_attempt(&up.client, request).await;
