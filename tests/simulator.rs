@@ -516,6 +516,7 @@ async fn control_plane() {
             "error_rate",
             "error_status",
             "latency_ms",
+            "nested_depth",
             "outage",
             "revocation_epoch",
             "token_failure"
