@@ -70,16 +70,17 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), TooDeep> {
 }
 
 /// The index of the `"` that closes a string whose contents start at `from` (or the end of
-/// the input when it is not closed).
+/// the input when it is not closed). Most of a document's bytes are inside strings: they are
+/// skipped with memchr's vectorised search, not byte by byte.
 fn string_end(bytes: &[u8], from: usize) -> usize {
     let mut at = from;
-    while at < bytes.len() {
-        match bytes[at] {
-            b'"' => return at,
-            // The escaped character is skipped whatever it is: `\"` does not close the string.
-            b'\\' => at += 2,
-            _ => at += 1,
+    while let Some(found) = bytes.get(at..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+        at += found;
+        if bytes[at] == b'"' {
+            return at;
         }
+        // A backslash: the escaped character is skipped whatever it is (`\"` does not close).
+        at += 2;
     }
     bytes.len()
 }
