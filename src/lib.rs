@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod http;
 pub mod jobs;
 pub mod json;
+pub mod key;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

@@ -7,7 +7,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier::cache::{CacheSettings, Entry, Key, Lookup, ResponseCache};
+use courier::cache::{CacheSettings, Entry, Lookup, ResponseCache};
+use courier::key::Key;
 use courier::metrics::Metrics;
 use courier::shared::cache::{unix_ms_now, Purged, Record, SharedCache};
 use courier::shared::SharedRedis;

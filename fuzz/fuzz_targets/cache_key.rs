@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use courier::cache::{key_of, Members};
+use courier::key::{key_of, Members};
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 

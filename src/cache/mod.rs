@@ -24,7 +24,6 @@
 //! stored here is written to Redis in the background. Why, and what a dead Redis costs, is
 //! argued in that module.
 
-mod key;
 mod store;
 
 use std::cell::Cell;
@@ -37,7 +36,7 @@ use moka::future::Cache;
 use prometheus::IntCounter;
 use smol_str::SmolStr;
 
-pub use key::{key_of, JsonStr, Key, Members, NotJson};
+use crate::key::Key;
 
 use crate::metrics::Metrics;
 use crate::shared::cache::{unix_ms_now, Purged, Read, Record, SharedCache};

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::state::Shared;
 use crate::actors::{BreakerSnapshot, Force, GetSnapshot, Mode, TokenHealth};
-use crate::cache::Key;
+use crate::key::Key;
 
 /// Registers the admin routes. The app must carry a `web::Data<Arc<Shared>>`.
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, HttpResponseBuilder};
 
 use super::errors::ApiError;
-use crate::cache::{key_of, Key, Members, NotJson};
+use crate::key::{key_of, Key, Members, NotJson};
 use crate::request_id::{self, RequestId};
 
 /// Option keys that are courier's, not the upstream's; they are not forwarded.

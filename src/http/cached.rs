@@ -14,7 +14,8 @@ use super::errors::ApiError;
 use super::state::Worker;
 use crate::actors::budget::Class;
 use crate::actors::{Dispatch, DispatchError, Patience};
-use crate::cache::{CacheStatus, Entry, Key, Lookup};
+use crate::cache::{CacheStatus, Entry, Lookup};
+use crate::key::Key;
 use crate::request_id::RequestId;
 
 /// What the client asked of the cache with `Cache-Control`.

@@ -12,11 +12,12 @@ use super::cached::Served;
 use super::errors::ApiError;
 use super::observe::{self, Inbound};
 use super::state::{Caller, Worker, UNKNOWN_CALLER};
-use crate::cache::{Entry, Key};
+use crate::cache::Entry;
 use crate::jobs::callback::CallbackPolicy;
 use crate::jobs::{
     CallbackState, Job, JobError, JobStatus, JobStore, JobWork, StatusDoc, StoreError, SyncEntry, Timestamp,
 };
+use crate::key::Key;
 use crate::metrics::Route;
 use crate::request_id::RequestId;
 

@@ -15,7 +15,8 @@ use super::limits;
 use super::observe::{self, Inbound};
 use super::state::{Caller, Worker, UNKNOWN_CALLER};
 use crate::actors::budget::Class;
-use crate::cache::{CacheStatus, Key};
+use crate::cache::CacheStatus;
+use crate::key::Key;
 use crate::metrics::Route;
 use crate::request_id::RequestId;
 

@@ -32,9 +32,9 @@ use super::{
     CallbackState, Claim, DeliveryState, Job, JobError, JobStatus, JobStore, RawJson, Start, Timestamp, RUN_INTERRUPTED,
 };
 use crate::actors::budget::Class;
-use crate::cache::Key;
 use crate::http::cached::{self, Ask, Directives};
 use crate::http::{ApiError, Worker};
+use crate::key::Key;
 use crate::metrics::Metrics;
 use crate::request_id::RequestId;
 

@@ -48,7 +48,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 
 use super::{Degraded, SharedRedis};
-use crate::cache::Key;
+use crate::key::Key;
 use crate::metrics::Metrics;
 
 /// The longest a second-level read may hold up a request.

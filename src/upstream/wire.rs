@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use smol_str::SmolStr;
 
 use super::classify::tls_failure;
-use crate::cache::JsonStr;
+use crate::key::JsonStr;
 
 /// A token from the token endpoint.
 pub struct FetchedToken {

@@ -1,9 +1,12 @@
-//! Cache keys: SHA-256 of the canonical JSON of `data` and of the options that change the
+//! Request keys: SHA-256 of the canonical JSON of `data` and of the options that change the
 //! answer, computed by walking the client's raw JSON without building a DOM.
 //!
 //! Canonical means: object keys sorted, no insignificant whitespace, strings re-escaped the
 //! one standard way (so `"A"` and `"\u0041"` are the same string). Numbers are kept as
 //! written, so `1` and `1.0` are different keys, as they may be different inputs upstream.
+//!
+//! A leaf module: the response cache (`cache/`) and its Redis level (`shared/cache.rs`) both
+//! name answers by it, so it lives below both.
 
 use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
