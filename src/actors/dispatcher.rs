@@ -26,7 +26,7 @@ use super::retry::{self, Dispatched, RetryPolicy};
 use super::retry_budget::RetryBudget;
 use super::token::{GetToken, Token, TokenCell, TokenManager, TokenUnavailable};
 use crate::metrics::Metrics;
-use crate::reload::Published;
+use crate::published::Published;
 use crate::request_id::RequestId;
 use crate::upstream::{self, Attempt, Outcome};
 

@@ -23,7 +23,6 @@
 //! channel (SIGHUP, [`ReloadHandle::request`]) and a poll timer, so reloads never overlap.
 //! File reads and `stat`s run on the blocking pool, never on an arbiter thread.
 
-mod published;
 pub mod sources;
 
 use std::sync::Arc;
@@ -35,7 +34,7 @@ use secrecy::{ExposeSecret, SecretString};
 use slog::{info, o, warn, Logger};
 use tokio::sync::mpsc;
 
-pub use published::Published;
+pub use crate::published::Published;
 pub use sources::{Problem, Read, Sources, Stamps};
 
 use crate::actors::{SetClientSecret, TokenManager};

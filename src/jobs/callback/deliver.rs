@@ -37,7 +37,7 @@ use slog::{info, o, warn, Logger};
 use super::policy::{CallbackPolicy, RefusalKind, Refused, Target};
 use super::sign::{sign, SIGNATURE_HEADER};
 use crate::jobs::{CallbackState, DeliveryState, Timestamp};
-use crate::reload::Published;
+use crate::published::Published;
 use crate::upstream::Backoff;
 
 /// The `User-Agent` of callback requests.

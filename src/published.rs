@@ -1,4 +1,5 @@
-//! A value that a reload replaces while requests read it, without a lock.
+//! A value that a reload replaces while requests read it, without a lock. (A leaf module:
+//! the reloader above publishes, the request path below reads.)
 //!
 //! The writer (the reloader) stores a new `Arc` and then bumps a version counter. A reader on
 //! the hot path keeps its own copy and compares versions: one atomic load per request (a
