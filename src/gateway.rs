@@ -1,4 +1,4 @@
-//! Starting courier: the actors, the gateway listener with one Dispatcher per worker, the
+//! Starting courier: the actors, the gateway listener with one pipeline per worker, the
 //! admin listener, and a graceful stop.
 
 use std::io;
@@ -13,7 +13,7 @@ use slog::{info, o, warn, Logger};
 
 use crate::actors::budget::{Budget, BudgetHandle, BudgetShared};
 use crate::actors::{Breaker, BreakerCell};
-use crate::actors::{Dispatcher, DispatcherSettings, Prober, RetryPolicy, TokenCell, TokenManager, TokenSettings};
+use crate::actors::{TokenCell, TokenManager, TokenSettings};
 use crate::cache::{CacheSettings, ResponseCache};
 use crate::config::Config;
 use crate::http::jobs::JobsShared;
@@ -25,6 +25,7 @@ use crate::jobs::redis::{RedisSettings, RedisStore};
 use crate::jobs::runner::{self, RunnerHandle, RunnerSettings};
 use crate::jobs::JobStore;
 use crate::metrics::{Metrics, ReloadTrigger};
+use crate::pipeline::{LaneSettings, Pipeline, Prober, RetryPolicy};
 use crate::reload::{Credentials, ReloadHandle, Reloader, SecretCell, Targets};
 use crate::shared::budget::SharedRate;
 use crate::shared::{self, SharedRedis};
@@ -49,7 +50,7 @@ pub enum StartError {
 /// The started actors and everything workers are built from.
 pub struct Gateway {
     shared: Arc<Shared>,
-    dispatcher: DispatcherSettings,
+    lane: LaneSettings,
 }
 
 impl Gateway {
@@ -149,7 +150,7 @@ impl Gateway {
             redis: shared_redis.clone(),
             log: log.clone(),
         });
-        let dispatcher = DispatcherSettings {
+        let lane = LaneSettings {
             process_uri,
             api_key: credentials.api_key.clone(),
             policy,
@@ -164,8 +165,8 @@ impl Gateway {
             log,
         };
         // Background probes of an open circuit, from the main arbiter.
-        Prober::start_here(dispatcher.clone());
-        Ok(Gateway { shared, dispatcher })
+        Prober::start_here(lane.clone());
+        Ok(Gateway { shared, lane })
     }
 
     /// Shared state (config, metrics, token cell).
@@ -173,10 +174,15 @@ impl Gateway {
         self.shared.clone()
     }
 
-    /// The state of one worker; starts that worker's Dispatcher on the calling thread.
+    /// A pipeline for the calling thread (an actix-web worker, the job runner's arbiter).
+    pub fn pipeline(&self) -> Pipeline {
+        let refresh_deadline = self.shared.config.request_deadline;
+        Pipeline::start_here(self.lane.clone(), self.shared.cache.clone(), refresh_deadline)
+    }
+
+    /// The state of one worker; starts that worker's pipeline on the calling thread.
     pub fn worker(&self) -> web::Data<Worker> {
-        let dispatcher = Dispatcher::start_here(self.dispatcher.clone());
-        web::Data::new(Worker::new(self.shared.clone(), dispatcher, self.shared.log.new(o!())))
+        web::Data::new(Worker::new(self.shared.clone(), self.pipeline(), self.shared.log.new(o!())))
     }
 
     /// Binds both listeners and starts serving. Signals are not handled here: see
@@ -225,7 +231,7 @@ impl Gateway {
         let (runner, callback_secret) = start_runner(&gateway)?;
         let targets = Targets {
             credentials: gateway.shared.credentials.clone(),
-            token_manager: gateway.dispatcher.token_manager.clone(),
+            token_manager: gateway.lane.token_manager.clone(),
             callback_secret,
         };
         let poll = Some(config.secret_poll_interval).filter(|p| !p.is_zero());
@@ -346,7 +352,7 @@ async fn jobs_shared(config: &Config, shared_redis: Option<Arc<SharedRedis>>) ->
 /// Bound of every Redis call.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Starts the job runner on the current (main) arbiter, with a Dispatcher of its own. Returns
+/// Starts the job runner on the current (main) arbiter, with a pipeline of its own. Returns
 /// the callback signing secret's cell too, when callbacks are on, for reloads to replace it.
 fn start_runner(gateway: &Gateway) -> Result<(RunnerHandle, Option<SecretCell>), StartError> {
     let shared = &gateway.shared;
@@ -375,7 +381,7 @@ fn start_runner(gateway: &Gateway) -> Result<(RunnerHandle, Option<SecretCell>),
     let callback_secret = delivery.as_ref().map(|d| d.secret_cell());
     let runner = runner::start(
         shared.jobs.store.clone(),
-        gateway.worker(),
+        gateway.pipeline(),
         delivery,
         settings,
         shared.metrics.clone(),

@@ -13,6 +13,7 @@ pub mod json;
 pub mod key;
 pub mod logging;
 pub mod metrics;
+pub mod pipeline;
 pub mod published;
 pub mod reload;
 pub mod request_id;

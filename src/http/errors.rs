@@ -1,5 +1,6 @@
 //! Every error courier answers, mapped to its HTTP status, `code`, retryability and
-//! `Retry-After` in this one place.
+//! `Retry-After` in this one place. The pipeline's failures ([`pipeline::Error`]) carry their
+//! own code and words, shared with the job runner; their status and headers are set here.
 //!
 //! One JSON shape for all of them:
 //! `{"success": false, "error": {"code", "message", "retryable"}, "request_id"}`.
@@ -14,7 +15,7 @@ use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde::Serialize;
 
-use crate::actors::DispatchError;
+use crate::pipeline;
 use crate::request_id::RequestId;
 use crate::upstream::Outcome;
 
@@ -25,14 +26,9 @@ pub enum ApiError {
     InvalidJson(String),
     /// The body is JSON but not a valid request; the message names the field.
     InvalidRequest(Cow<'static, str>),
-    /// The upstream refused the request's content: its status (400, 413, 422) and message.
-    UpstreamRejected {
-        /// The upstream's status: 413 is passed on (the body is too large for the upstream),
-        /// the others are 400.
-        status: u16,
-        /// The upstream's message, sanitised.
-        message: String,
-    },
+    /// The pipeline gave no answer: the upstream failed or refused, its budget, token or
+    /// circuit stood in the way, or the deadline passed.
+    Pipeline(pipeline::Error),
     /// No or an unknown client key.
     Unauthorized,
     /// No such route or request id.
@@ -43,18 +39,6 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// The body is not `application/json`.
     UnsupportedMediaType,
-    /// The upstream's rate budget is spent; retry after this long.
-    BudgetExhausted(Duration),
-    /// No upstream token can be had now; retry after this long.
-    UpstreamAuthUnavailable(Duration),
-    /// The upstream failed after retries; the last attempt's outcome.
-    UpstreamFailed(Outcome),
-    /// The request's deadline passed before an answer.
-    DeadlineExceeded,
-    /// courier itself is overloaded; retry after this long.
-    Overloaded(Duration),
-    /// The circuit to the upstream is open; retry after this long.
-    CircuitOpen(Duration),
     /// The `callback_url` is refused; why.
     InvalidCallbackUrl(String),
     /// A `callback_url` was given but this courier signs no callbacks.
@@ -76,16 +60,9 @@ pub enum ApiError {
     RequestHeadTimeout(Duration),
 }
 
-impl From<DispatchError> for ApiError {
-    fn from(error: DispatchError) -> Self {
-        match error {
-            DispatchError::Rejected { status, message } => ApiError::UpstreamRejected { status, message },
-            DispatchError::AuthUnavailable(wait) => ApiError::UpstreamAuthUnavailable(wait),
-            DispatchError::RateLimited(wait) => ApiError::BudgetExhausted(wait),
-            DispatchError::Failed(outcome) => ApiError::UpstreamFailed(outcome),
-            DispatchError::DeadlineExceeded => ApiError::DeadlineExceeded,
-            DispatchError::CircuitOpen(wait) => ApiError::CircuitOpen(wait),
-        }
+impl From<pipeline::Error> for ApiError {
+    fn from(error: pipeline::Error) -> Self {
+        ApiError::Pipeline(error)
     }
 }
 
@@ -122,8 +99,7 @@ impl ApiError {
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidCallbackUrl(_)
             | ApiError::CallbacksUnavailable => StatusCode::BAD_REQUEST,
-            ApiError::UpstreamRejected { status: 413, .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UpstreamRejected { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Pipeline(error) => pipeline_status(error),
             ApiError::RequestIdInUse => StatusCode::CONFLICT,
             ApiError::JobStoreUnavailable | ApiError::JobStoreUnreadable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -134,12 +110,6 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::UpstreamAuthUnavailable(_) | ApiError::Overloaded(_) | ApiError::CircuitOpen(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::UpstreamFailed(Outcome::Timeout) | ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -148,23 +118,12 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::InvalidRequest(_) => "invalid_request",
-            ApiError::UpstreamRejected { .. } => "upstream_rejected",
+            ApiError::Pipeline(error) => error.code(),
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::BudgetExhausted(_) => "budget_exhausted",
-            ApiError::UpstreamAuthUnavailable(_) => "upstream_auth_unavailable",
-            ApiError::UpstreamFailed(Outcome::Timeout) => "upstream_timeout",
-            ApiError::UpstreamFailed(Outcome::Forbidden) => "upstream_auth_rejected",
-            ApiError::UpstreamFailed(Outcome::InvalidResponse) => "upstream_invalid_response",
-            ApiError::UpstreamFailed(Outcome::TlsError) => "upstream_tls",
-            ApiError::UpstreamFailed(Outcome::TooLarge) => "upstream_response_too_large",
-            ApiError::UpstreamFailed(_) => "upstream_unavailable",
-            ApiError::DeadlineExceeded => "deadline_exceeded",
-            ApiError::Overloaded(_) => "overloaded",
-            ApiError::CircuitOpen(_) => "circuit_open",
             ApiError::InvalidCallbackUrl(_) => "invalid_callback_url",
             ApiError::CallbacksUnavailable => "callbacks_unavailable",
             ApiError::RequestIdInUse => "request_id_in_use",
@@ -181,34 +140,12 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(detail) => format!("the body is not valid JSON: {detail}").into(),
             ApiError::InvalidRequest(message) => Cow::Borrowed(message),
-            ApiError::UpstreamRejected { message, .. } => Cow::Borrowed(message),
+            ApiError::Pipeline(error) => Cow::Borrowed(error.message()),
             ApiError::Unauthorized => "missing or unknown client key (send Authorization: Bearer <key>)".into(),
             ApiError::NotFound => "not found".into(),
             ApiError::MethodNotAllowed(_) => "method not allowed on this route".into(),
             ApiError::PayloadTooLarge(limit) => format!("the body is larger than {limit} bytes").into(),
             ApiError::UnsupportedMediaType => "the body must be sent as Content-Type: application/json".into(),
-            ApiError::BudgetExhausted(_) => "the upstream rate budget is exhausted; retry later".into(),
-            ApiError::UpstreamAuthUnavailable(_) => "courier cannot authenticate with the upstream right now".into(),
-            ApiError::UpstreamFailed(Outcome::Timeout) => "the upstream did not answer in time".into(),
-            ApiError::UpstreamFailed(Outcome::Forbidden) => "the upstream refused courier's API key".into(),
-            ApiError::UpstreamFailed(Outcome::InvalidResponse) => "the upstream's answer was unusable".into(),
-            ApiError::UpstreamFailed(Outcome::TlsError) => {
-                "courier could not open a trusted TLS connection to the upstream (its certificate was refused or \
-                 the handshake failed); not retried, see courier's log for the reason"
-                    .into()
-            }
-            ApiError::UpstreamFailed(Outcome::TooLarge) => {
-                "the upstream's answer is larger than courier accepts (COURIER_UPSTREAM_MAX_BODY_BYTES)".into()
-            }
-            ApiError::UpstreamFailed(Outcome::OtherStatus) => {
-                "the upstream answered with a status courier does not expect; not retried".into()
-            }
-            ApiError::UpstreamFailed(_) => {
-                "the upstream failed, after as many retries as the retry policy and the deadline allowed".into()
-            }
-            ApiError::DeadlineExceeded => "the request's deadline passed before the upstream answered".into(),
-            ApiError::Overloaded(_) => "courier is overloaded; retry later".into(),
-            ApiError::CircuitOpen(_) => "the upstream is failing; courier is not calling it for now".into(),
             ApiError::InvalidCallbackUrl(why) => Cow::Borrowed(why),
             ApiError::CallbacksUnavailable => {
                 "this courier has no COURIER_CALLBACK_SECRET, so it sends no callbacks; poll the status_url".into()
@@ -232,35 +169,23 @@ impl ApiError {
         }
     }
 
-    /// Whether the same request may succeed later. A TLS failure will not, until the
-    /// upstream's certificate or courier's CA file changes.
+    /// Whether the same request may succeed later.
     pub fn retryable(&self) -> bool {
-        if matches!(self, ApiError::UpstreamFailed(Outcome::TlsError | Outcome::TooLarge | Outcome::OtherStatus)) {
-            return false; // the same request gets the same answer
+        match self {
+            ApiError::Pipeline(error) => error.retryable(),
+            ApiError::ClientConcurrencyExceeded(_)
+            | ApiError::RequestBodyTimeout(_)
+            | ApiError::RequestHeadTimeout(_)
+            | ApiError::JobStoreUnavailable
+            | ApiError::JobStoreUnreadable => true,
+            _ => false,
         }
-        matches!(
-            self,
-            ApiError::BudgetExhausted(_)
-                | ApiError::UpstreamAuthUnavailable(_)
-                | ApiError::UpstreamFailed(_)
-                | ApiError::ClientConcurrencyExceeded(_)
-                | ApiError::RequestBodyTimeout(_)
-                | ApiError::RequestHeadTimeout(_)
-                | ApiError::DeadlineExceeded
-                | ApiError::Overloaded(_)
-                | ApiError::CircuitOpen(_)
-                | ApiError::JobStoreUnavailable
-                | ApiError::JobStoreUnreadable
-        )
     }
 
     /// The `Retry-After` delay, for 429 and 503.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::BudgetExhausted(d)
-            | ApiError::UpstreamAuthUnavailable(d)
-            | ApiError::Overloaded(d)
-            | ApiError::CircuitOpen(d) => Some(*d),
+            ApiError::Pipeline(error) => error.retry_after(),
             ApiError::JobStoreUnavailable | ApiError::JobStoreUnreadable | ApiError::ClientConcurrencyExceeded(_) => {
                 Some(Duration::from_secs(1))
             }
@@ -309,17 +234,11 @@ impl ApiError {
         let mut every = vec![
             ApiError::InvalidJson(String::new()),
             ApiError::InvalidRequest(Cow::Borrowed("")),
-            ApiError::UpstreamRejected { status: 400, message: String::new() },
             ApiError::Unauthorized,
             ApiError::NotFound,
             ApiError::MethodNotAllowed(HeaderValue::from_static("GET")),
             ApiError::PayloadTooLarge(0),
             ApiError::UnsupportedMediaType,
-            ApiError::BudgetExhausted(wait),
-            ApiError::UpstreamAuthUnavailable(wait),
-            ApiError::DeadlineExceeded,
-            ApiError::Overloaded(wait),
-            ApiError::CircuitOpen(wait),
             ApiError::InvalidCallbackUrl(String::new()),
             ApiError::CallbacksUnavailable,
             ApiError::RequestIdInUse,
@@ -330,7 +249,7 @@ impl ApiError {
             ApiError::RequestBodyTimeout(wait),
             ApiError::RequestHeadTimeout(wait),
         ];
-        every.extend(Outcome::ALL.into_iter().map(ApiError::UpstreamFailed));
+        every.extend(pipeline::Error::every().into_iter().map(ApiError::Pipeline));
         let mut seen = std::collections::HashSet::new();
         every.retain(|error| seen.insert(error.code()));
         // A new variant fails to compile here: add it to the list above, then describe it.
@@ -338,18 +257,12 @@ impl ApiError {
             match error {
                 ApiError::InvalidJson(_)
                 | ApiError::InvalidRequest(_)
-                | ApiError::UpstreamRejected { .. }
+                | ApiError::Pipeline(_)
                 | ApiError::Unauthorized
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed(_)
                 | ApiError::PayloadTooLarge(_)
                 | ApiError::UnsupportedMediaType
-                | ApiError::BudgetExhausted(_)
-                | ApiError::UpstreamAuthUnavailable(_)
-                | ApiError::UpstreamFailed(_)
-                | ApiError::DeadlineExceeded
-                | ApiError::Overloaded(_)
-                | ApiError::CircuitOpen(_)
                 | ApiError::InvalidCallbackUrl(_)
                 | ApiError::CallbacksUnavailable
                 | ApiError::RequestIdInUse
@@ -362,6 +275,22 @@ impl ApiError {
             }
         }
         every
+    }
+}
+
+/// The status that tells the client what to do about a pipeline failure: its content was
+/// refused (400, or the upstream's 413 passed on), the budget is spent (429), courier will not
+/// call now (503), the upstream failed (502) or took too long (504). Upstream failures are
+/// never 500 or 400.
+fn pipeline_status(error: &pipeline::Error) -> StatusCode {
+    use pipeline::Error;
+    match error {
+        Error::Rejected { status: 413, .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Rejected { .. } => StatusCode::BAD_REQUEST,
+        Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::AuthUnavailable(_) | Error::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Failed(Outcome::Timeout) | Error::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Error::Failed(_) => StatusCode::BAD_GATEWAY,
     }
 }
 
@@ -378,31 +307,35 @@ mod tests {
     #[test]
     fn statuses_and_codes() {
         let cases = [
-            (ApiError::UpstreamFailed(Outcome::ServerError), 502, "upstream_unavailable"),
-            (ApiError::UpstreamFailed(Outcome::Timeout), 504, "upstream_timeout"),
-            (ApiError::UpstreamFailed(Outcome::TlsError), 502, "upstream_tls"),
-            (ApiError::UpstreamAuthUnavailable(Duration::from_millis(1500)), 503, "upstream_auth_unavailable"),
-            (ApiError::BudgetExhausted(Duration::from_secs(3)), 429, "budget_exhausted"),
+            (ApiError::Pipeline(pipeline::Error::Failed(Outcome::ServerError)), 502, "upstream_unavailable"),
+            (ApiError::Pipeline(pipeline::Error::Failed(Outcome::Timeout)), 504, "upstream_timeout"),
+            (ApiError::Pipeline(pipeline::Error::Failed(Outcome::TlsError)), 502, "upstream_tls"),
+            (
+                ApiError::Pipeline(pipeline::Error::AuthUnavailable(Duration::from_millis(1500))),
+                503,
+                "upstream_auth_unavailable",
+            ),
+            (ApiError::Pipeline(pipeline::Error::RateLimited(Duration::from_secs(3))), 429, "budget_exhausted"),
             (ApiError::PayloadTooLarge(10), 413, "payload_too_large"),
             (ApiError::HeadersTooLarge(10), 431, "headers_too_large"),
             (ApiError::ClientConcurrencyExceeded(4), 429, "client_concurrency_exceeded"),
             (ApiError::RequestBodyTimeout(Duration::from_secs(1)), 408, "request_body_timeout"),
             (ApiError::RequestHeadTimeout(Duration::from_secs(1)), 408, "request_head_timeout"),
-            (ApiError::UpstreamFailed(Outcome::TooLarge), 502, "upstream_response_too_large"),
+            (ApiError::Pipeline(pipeline::Error::Failed(Outcome::TooLarge)), 502, "upstream_response_too_large"),
             (ApiError::JobStoreUnavailable, 503, "job_store_unavailable"),
             (ApiError::JobStoreUnreadable, 503, "job_store_unavailable"),
         ];
         for (error, status, code) in cases {
             assert_eq!((error.status().as_u16(), error.code()), (status, code));
         }
-        assert!(!ApiError::UpstreamFailed(Outcome::TlsError).retryable());
-        assert!(!ApiError::UpstreamFailed(Outcome::OtherStatus).retryable());
-        let too_large = ApiError::UpstreamRejected { status: 413, message: "too big".into() };
+        assert!(!ApiError::Pipeline(pipeline::Error::Failed(Outcome::TlsError)).retryable());
+        assert!(!ApiError::Pipeline(pipeline::Error::Failed(Outcome::OtherStatus)).retryable());
+        let too_large = ApiError::Pipeline(pipeline::Error::Rejected { status: 413, message: "too big".into() });
         assert_eq!(
             (too_large.status().as_u16(), too_large.code(), too_large.retryable()),
             (413, "upstream_rejected", false)
         );
-        assert!(ApiError::UpstreamFailed(Outcome::ConnectError).retryable());
+        assert!(ApiError::Pipeline(pipeline::Error::Failed(Outcome::ConnectError)).retryable());
     }
 
     #[test]

@@ -8,7 +8,6 @@ use actix_web::http::header::{HeaderName, LOCATION};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::cached::Served;
 use super::errors::ApiError;
 use super::observe::{self, Inbound};
 use super::state::{Caller, Worker, UNKNOWN_CALLER};
@@ -19,6 +18,7 @@ use crate::jobs::{
 };
 use crate::key::Key;
 use crate::metrics::Route;
+use crate::pipeline::Served;
 use crate::request_id::RequestId;
 
 /// The route's path.
@@ -144,7 +144,7 @@ pub fn record_sync(
 ) {
     let (status, answer, error) = match &served.result {
         Ok(entry) => (JobStatus::Completed, Some(entry.clone()), None),
-        Err(error) => (JobStatus::Failed, None, Some(job_error(error))),
+        Err(error) => (JobStatus::Failed, None, Some(Box::new(JobError::from(error)))),
     };
     record(worker, request_id, owner, created, status, answer, error, served.attempts);
 }

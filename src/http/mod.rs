@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod body;
-pub mod cached;
 pub mod connection;
 pub mod errors;
 pub mod jobs;

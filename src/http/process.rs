@@ -2,13 +2,12 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use super::body;
-use super::cached::{self, Ask, Directives};
 use super::errors::ApiError;
 use super::jobs::{self, NewJob};
 use super::limits;
@@ -18,6 +17,7 @@ use crate::actors::budget::Class;
 use crate::cache::CacheStatus;
 use crate::key::Key;
 use crate::metrics::Route;
+use crate::pipeline::{Directives, Request};
 use crate::request_id::RequestId;
 
 /// The route's path.
@@ -138,18 +138,18 @@ async fn answer(
         }
         return Outcome { result, attempts: 0, cache: None };
     }
-    let ask = Ask {
+    let ask = Request {
         request_id: request_id.clone(),
         body: request.upstream_body,
         deadline,
         client: caller.index(),
         key: request.cache_key,
-        directives: Directives::from_headers(req.headers()),
+        directives: directives(req.headers()),
         class: Class::Interactive,
     };
-    let served = cached::serve(worker, ask).await;
+    let served = worker.pipeline.serve(ask).await;
     jobs::record_sync(worker, request_id, owner, created, &served);
-    let result = served.result.map(|entry| {
+    let result = served.result.map_err(ApiError::from).map(|entry| {
         let body = body::success_body(&entry.result, request_id.as_str(), entry.upstream_request_id.as_deref());
         let mut response = body::json_head(actix_web::http::StatusCode::OK, request_id);
         if matches!(served.status, CacheStatus::Hit | CacheStatus::Stale) {
@@ -158,6 +158,19 @@ async fn answer(
         response.body(body)
     });
     Outcome { result, attempts: served.attempts, cache: Some((served.status, request.cache_key)) }
+}
+
+/// What the client asked of the cache with `Cache-Control` (every occurrence, comma-separated,
+/// case-insensitive).
+fn directives(headers: &HeaderMap) -> Directives {
+    let mut directives = Directives::default();
+    for value in headers.get_all(CACHE_CONTROL).filter_map(|v| v.to_str().ok()) {
+        for token in value.split(',').map(|t| t.trim()) {
+            directives.no_cache |= token.eq_ignore_ascii_case("no-cache");
+            directives.no_store |= token.eq_ignore_ascii_case("no-store");
+        }
+    }
+    directives
 }
 
 /// `application/json` or `application/<something>+json`, parameters ignored, in any case

@@ -10,10 +10,11 @@ use slog::Logger;
 use super::errors::ApiError;
 use super::limits::InFlight;
 use crate::actors::budget::BudgetShared;
-use crate::actors::{Breaker, DispatcherHandle, TokenCell};
+use crate::actors::{Breaker, TokenCell};
 use crate::cache::ResponseCache;
 use crate::config::{Clients, Config};
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::reload::Credentials;
 
 /// State shared by all threads; read-only or internally synchronised.
@@ -65,12 +66,12 @@ impl Caller {
 /// Label value of a request whose caller is not (yet) known.
 pub const UNKNOWN_CALLER: &str = "unknown";
 
-/// Per-worker state: this worker's Dispatcher and logger.
+/// Per-worker state: this worker's pipeline and logger.
 pub struct Worker {
     /// Shared state.
     pub shared: Arc<Shared>,
-    /// This worker's Dispatcher (same thread).
-    pub dispatcher: DispatcherHandle,
+    /// This worker's pipeline (the request's way through courier, on this thread).
+    pub pipeline: Pipeline,
     /// This worker's resolved request metrics.
     pub request_metrics: super::observe::RequestMetrics,
     /// This worker's logger.
@@ -94,10 +95,10 @@ impl Shared {
 
 impl Worker {
     /// The state of one worker, reading shared state from `shared`.
-    pub fn new(shared: Arc<Shared>, dispatcher: DispatcherHandle, log: Logger) -> Worker {
+    pub fn new(shared: Arc<Shared>, pipeline: Pipeline, log: Logger) -> Worker {
         let cell = &shared.credentials.clients;
         let clients = RefCell::new((cell.version(), cell.load()));
-        Worker { shared, dispatcher, request_metrics: Default::default(), log, clients, recent: Default::default() }
+        Worker { shared, pipeline, request_metrics: Default::default(), log, clients, recent: Default::default() }
     }
 
     /// Identifies the caller by `Authorization: Bearer <key>` when clients are configured.

@@ -64,7 +64,6 @@ impl JobStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     /// Machine-readable code, as in error answers (`upstream_unavailable`, `shutdown`, ...).
-    #[schema(schema_with = crate::http::openapi::job_error_code)]
     pub code: String,
     /// Human-readable message.
     pub message: String,
@@ -91,6 +90,14 @@ impl JobError {
             // The same request would meet the same end.
             retryable: false,
         }
+    }
+}
+
+impl From<&crate::pipeline::Error> for JobError {
+    /// A job that failed in the pipeline fails with the pipeline's own code and words, as a
+    /// sync request with that error would be answered.
+    fn from(error: &crate::pipeline::Error) -> JobError {
+        JobError { code: error.code().into(), message: error.message().into(), retryable: error.retryable() }
     }
 }
 

@@ -2,7 +2,7 @@
 //! path as sync requests (cache, breaker, budget, token, retries), in the budget's background
 //! class so sync requests go first when the budget is short, each within its own deadline.
 //!
-//! It runs on the main arbiter with a Dispatcher of its own, at most `COURIER_JOB_CONCURRENCY`
+//! It runs on the main arbiter with a pipeline of its own, at most `COURIER_JOB_CONCURRENCY`
 //! jobs at once. While a job runs, its claim is heartbeated so no other process takes it over;
 //! it is acknowledged only after its final state is saved and its callback delivered (or given
 //! up), so a process that dies at any point leaves the job to be taken over.
@@ -22,7 +22,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix_web::web;
 use bytes::Bytes;
 use slog::{info, o, warn, Logger};
 use tokio::sync::{Notify, Semaphore};
@@ -32,10 +31,9 @@ use super::{
     CallbackState, Claim, DeliveryState, Job, JobError, JobStatus, JobStore, RawJson, Start, Timestamp, RUN_INTERRUPTED,
 };
 use crate::actors::budget::Class;
-use crate::http::cached::{self, Ask, Directives};
-use crate::http::{ApiError, Worker};
 use crate::key::Key;
 use crate::metrics::Metrics;
+use crate::pipeline::{self, Directives, Pipeline, Request};
 use crate::request_id::RequestId;
 
 /// How long the runner waits for new jobs before looking again.
@@ -54,7 +52,7 @@ pub struct RunnerSettings {
 
 struct State {
     store: Arc<dyn JobStore>,
-    worker: web::Data<Worker>,
+    pipeline: Pipeline,
     delivery: Option<Delivery>,
     callback_client: awc::Client,
     settings: RunnerSettings,
@@ -76,7 +74,7 @@ pub struct RunnerHandle {
 /// Starts the runner on the current arbiter.
 pub fn start(
     store: Arc<dyn JobStore>,
-    worker: web::Data<Worker>,
+    pipeline: Pipeline,
     delivery: Option<Delivery>,
     settings: RunnerSettings,
     metrics: Arc<Metrics>,
@@ -89,7 +87,7 @@ pub fn start(
         .finish();
     let state = Rc::new(State {
         store,
-        worker,
+        pipeline,
         delivery,
         callback_client,
         settings,
@@ -261,12 +259,11 @@ fn record_abandoned(state: &State, job: &Job) {
 }
 
 /// Passing refusals: the same request may go through a little later, within the job's deadline.
-fn passing(error: &ApiError) -> Option<Duration> {
+fn passing(error: &pipeline::Error) -> Option<Duration> {
     match error {
-        ApiError::BudgetExhausted(wait)
-        | ApiError::CircuitOpen(wait)
-        | ApiError::UpstreamAuthUnavailable(wait)
-        | ApiError::Overloaded(wait) => Some((*wait).max(MIN_PAUSE)),
+        pipeline::Error::RateLimited(wait)
+        | pipeline::Error::CircuitOpen(wait)
+        | pipeline::Error::AuthUnavailable(wait) => Some((*wait).max(MIN_PAUSE)),
         _ => None,
     }
 }
@@ -278,7 +275,7 @@ async fn execute(state: &State, mut job: Job) -> Job {
         .deadline()
         .and_then(|at| at.duration_since(SystemTime::now()).ok())
         .map_or_else(Instant::now, |left| Instant::now() + left);
-    let ask = Ask {
+    let request = Request {
         request_id: RequestId::parse(job.id()).unwrap_or_else(RequestId::generate),
         body: Bytes::from(work.body.clone()),
         deadline,
@@ -288,7 +285,7 @@ async fn execute(state: &State, mut job: Job) -> Job {
         class: Class::Background,
     };
     let outcome = loop {
-        let served = cached::serve(&state.worker, ask.clone()).await;
+        let served = state.pipeline.serve(request.clone()).await;
         job.doc.attempts += served.attempts;
         match served.result {
             Ok(entry) => break Ok(entry),
@@ -307,11 +304,7 @@ async fn execute(state: &State, mut job: Job) -> Job {
         }
         Err(error) => {
             job.doc.status = JobStatus::Failed;
-            job.doc.error = Some(JobError {
-                code: error.code().into(),
-                message: error.message().into_owned(),
-                retryable: error.retryable(),
-            });
+            job.doc.error = Some(JobError::from(&error));
         }
     }
     job

@@ -146,6 +146,16 @@ impl Attempt {
         )
     }
 
+    /// What this attempt says about the upstream's health, for the breaker: healthy, failing,
+    /// or nothing (`None`): a 429 is the budget's business, not the circuit's, and a refused
+    /// certificate is configuration's, which an open circuit cannot heal.
+    pub fn breaker_verdict(&self) -> Option<bool> {
+        match self {
+            Attempt::RateLimited | Attempt::Tls(_) => None,
+            other => Some(!other.is_upstream_failure()),
+        }
+    }
+
     /// The upstream status code, when an answer arrived.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -319,6 +329,16 @@ mod tests {
         let tls = Attempt::Tls("tls: certificate signed by an unknown CA");
         assert!(!tls.retryable() && !tls.is_upstream_failure());
         assert_eq!((tls.outcome().as_str(), tls.status()), ("tls_error", None));
+    }
+
+    #[test]
+    fn the_breaker_hears_health_not_rate_limits_or_certificates() {
+        assert_eq!(Attempt::ServerError(500).breaker_verdict(), Some(false));
+        assert_eq!(Attempt::Timeout.breaker_verdict(), Some(false));
+        assert_eq!(Attempt::Success(bytes::Bytes::new()).breaker_verdict(), Some(true));
+        assert_eq!(Attempt::OtherStatus(404).breaker_verdict(), Some(true), "the upstream answered");
+        assert_eq!(Attempt::RateLimited.breaker_verdict(), None);
+        assert_eq!(Attempt::Tls("tls: certificate expired").breaker_verdict(), None);
     }
 
     #[test]

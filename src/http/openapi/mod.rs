@@ -22,7 +22,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ObjectBuilder, Type};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 use utoipa::OpenApi;
 
 pub use responses::{process_errors, status_errors, OpenApiResponses, ProcessResponses, StatusResponses};
@@ -63,6 +63,13 @@ struct ApiDoc;
 /// The API description; with `client_keys`, every operation but this one requires a client key.
 pub fn document(client_keys: bool) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    // A failed job's `code` is one of the API's error codes or a job's own: the job types
+    // (below the HTTP layer) cannot name the HTTP layer's codes, so they are listed here.
+    if let Some(RefOr::T(Schema::Object(job_error))) =
+        doc.components.as_mut().and_then(|components| components.schemas.get_mut("JobError"))
+    {
+        job_error.properties.insert("code".into(), RefOr::T(Schema::Object(job_error_code())));
+    }
     if client_keys {
         let bearer = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)

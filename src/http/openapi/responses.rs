@@ -17,7 +17,7 @@ use crate::http::errors::ErrorBody;
 use crate::http::jobs::Accepted;
 use crate::http::ApiError;
 use crate::jobs::StatusDoc;
-use crate::upstream::Outcome;
+use crate::pipeline;
 
 /// The errors `POST /api/external/process` answers.
 pub fn process_errors() -> Vec<ApiError> {
@@ -25,25 +25,20 @@ pub fn process_errors() -> Vec<ApiError> {
     let mut errors = vec![
         ApiError::InvalidJson(String::new()),
         ApiError::InvalidRequest("".into()),
-        ApiError::UpstreamRejected { status: 400, message: String::new() },
-        ApiError::UpstreamRejected { status: 413, message: String::new() },
+        ApiError::Pipeline(pipeline::Error::Rejected { status: 413, message: String::new() }),
         ApiError::InvalidCallbackUrl(String::new()),
         ApiError::CallbacksUnavailable,
         ApiError::Unauthorized,
         ApiError::RequestIdInUse,
         ApiError::PayloadTooLarge(0),
         ApiError::UnsupportedMediaType,
-        ApiError::BudgetExhausted(wait),
-        ApiError::UpstreamAuthUnavailable(wait),
-        ApiError::CircuitOpen(wait),
         ApiError::JobStoreUnavailable,
-        ApiError::DeadlineExceeded,
         ApiError::HeadersTooLarge(0),
         ApiError::ClientConcurrencyExceeded(0),
         ApiError::RequestBodyTimeout(wait),
         ApiError::RequestHeadTimeout(wait),
     ];
-    errors.extend(Outcome::ALL.into_iter().map(ApiError::UpstreamFailed));
+    errors.extend(pipeline::Error::every().into_iter().map(ApiError::Pipeline));
     errors
 }
 

@@ -149,7 +149,11 @@ fn not_null() -> Object {
 /// The `code` of an error answer: one of courier's codes.
 pub fn error_code() -> Object {
     let codes = ApiError::every().iter().map(ApiError::code).collect::<Vec<_>>();
-    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(codes)).build()
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("Machine-readable code, as in error answers (`upstream_unavailable`, `shutdown`, ...)."))
+        .enum_values(Some(codes))
+        .build()
 }
 
 /// The `code` of a failed job: an error answer's code, `shutdown` (the process stopped), or

@@ -77,8 +77,8 @@ fn every_error_is_documented_with_its_status_and_headers() {
     let documented = documented_codes(&doc);
     for error in ApiError::every() {
         let code = error.code();
-        // 405 answers the methods no operation has; `overloaded` is not produced on the HTTP path.
-        if matches!(error, ApiError::MethodNotAllowed(_) | ApiError::Overloaded(_)) {
+        // 405 answers the methods no operation has.
+        if matches!(error, ApiError::MethodNotAllowed(_)) {
             continue;
         }
         assert!(documented.contains(&(code.to_owned(), error.status().as_u16())), "{code} is not documented");

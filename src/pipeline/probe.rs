@@ -8,7 +8,8 @@
 //! probe this time), and it is counted in `courier_upstream_attempts_total` like one.
 //!
 //! It is an actor (on the main arbiter) because the Breaker must reach it by message without
-//! knowing the dispatcher layer above it: it registers as a `Recipient<RunProbe>`.
+//! knowing the pipeline above it: it registers as a `Recipient<RunProbe>`. It goes through the
+//! pipeline's own stages (budget, token, attempt, classify, report) on a lane of its own.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -16,25 +17,25 @@ use std::time::Instant;
 use actix::prelude::*;
 use bytes::Bytes;
 
-use super::breaker::{Breaker, ProbeRan, RunProbe, UseProber};
-use super::dispatcher::{DispatcherSettings, Upstream};
+use super::lane::{Lane, LaneSettings};
+use crate::actors::breaker::{Breaker, ProbeRan, RunProbe, UseProber};
 use crate::request_id::RequestId;
-use crate::upstream::{send_attempt, Attempt, AttemptRequest, Outcome};
+use crate::upstream::{send_attempt, AttemptRequest, Outcome};
 
 /// The probe's body: the smallest request the upstream processes.
 const PROBE_BODY: &[u8] = br#"{"data":{"input":"probe","format":"text"},"options":{}}"#;
 
 /// The actor.
 pub struct Prober {
-    upstream: Rc<Upstream>,
+    lane: Rc<Lane>,
     breaker: Addr<Breaker>,
 }
 
 impl Prober {
     /// Starts a Prober on the current thread and registers it with the settings' Breaker.
-    pub fn start_here(settings: DispatcherSettings) -> Addr<Prober> {
+    pub fn start_here(settings: LaneSettings) -> Addr<Prober> {
         let breaker = settings.breaker.clone();
-        let prober = Prober { upstream: Rc::new(Upstream::new(settings)), breaker: breaker.clone() }.start();
+        let prober = Prober { lane: Rc::new(Lane::new(settings)), breaker: breaker.clone() }.start();
         breaker.do_send(UseProber(prober.clone().recipient()));
         prober
     }
@@ -48,11 +49,11 @@ impl Handler<RunProbe> for Prober {
     type Result = ();
 
     fn handle(&mut self, msg: RunProbe, ctx: &mut Context<Self>) {
-        let upstream = self.upstream.clone();
+        let lane = self.lane.clone();
         let breaker = self.breaker.clone();
         ctx.spawn(
             async move {
-                let success = probe(&upstream).await;
+                let success = probe(&lane).await;
                 // The Breaker gives the probe's place back after its lease if this is lost.
                 let _ = breaker.try_send(ProbeRan { id: msg.id, success });
             }
@@ -64,29 +65,26 @@ impl Handler<RunProbe> for Prober {
 /// Sends one probe: `Some(healthy)` when an attempt was made that says something about the
 /// upstream's health, `None` when none was (no permit, no token) or its answer says nothing
 /// (429 is the budget's business, a refused certificate configuration's).
-async fn probe(up: &Upstream) -> Option<bool> {
-    up.budget.try_now().ok()?;
-    let (authorization, _) = up.token(None).await.ok()?;
-    let api_key = up.api_key();
+async fn probe(lane: &Lane) -> Option<bool> {
+    lane.budget.try_now().ok()?;
+    let (authorization, _) = lane.credentials.token(None).await.ok()?;
+    let api_key = lane.credentials.api_key();
     let request_id = RequestId::generate();
     let request = AttemptRequest {
-        uri: &up.process_uri,
+        uri: &lane.process_uri,
         authorization: &authorization,
         api_key: &api_key,
         request_id: request_id.header(),
         body: Bytes::from_static(PROBE_BODY),
-        timeout: up.policy.attempt_timeout,
-        max_body: up.policy.max_body,
-        max_depth: up.policy.max_depth,
+        timeout: lane.policy.attempt_timeout,
+        max_body: lane.policy.max_body,
+        max_depth: lane.policy.max_depth,
     };
     let started = Instant::now();
-    let (attempt, signal) = send_attempt(&up.client, request).await;
+    let (attempt, signal) = send_attempt(&lane.client, request).await;
     let outcome = attempt.outcome();
-    up.count_attempt(outcome);
-    up.budget.learn(&signal, outcome == Outcome::RateLimited);
-    up.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
-    match attempt {
-        Attempt::RateLimited | Attempt::Tls(_) => None,
-        attempt => Some(!attempt.is_upstream_failure()),
-    }
+    lane.counters.attempt(outcome);
+    lane.budget.learn(&signal, outcome == Outcome::RateLimited);
+    lane.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+    attempt.breaker_verdict()
 }

@@ -1,0 +1,157 @@
+//! Stages 2 to 7 of the pipeline, in the order they run for each attempt: the breaker's gate,
+//! a budget permit, a token, the attempt itself, its classification and the decision to retry,
+//! and the reports to the Breaker and the Budget.
+
+use std::time::Instant;
+
+use slog::info;
+
+use super::lane::Lane;
+use super::retry::{conclude, decide, Next, Progress, Timing};
+use super::Error;
+use crate::actors::budget::Class;
+use crate::request_id::RequestId;
+use crate::upstream::{send_attempt, AttemptRequest, Outcome, SuccessBody};
+
+/// How a call takes its budget permits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patience {
+    /// Wait in the budget's queue until the deadline.
+    Queue,
+    /// Only a permit that is free right now (background refreshes).
+    NoWait,
+}
+
+/// One call to send upstream, with retries, before `deadline`.
+pub struct Call {
+    /// The request's id, sent upstream as `X-Request-Id`.
+    pub request_id: RequestId,
+    /// The upstream JSON body (`{"data": .., "options": ..}`).
+    pub body: bytes::Bytes,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+    /// The client (index in the clients file; 0 in open mode), for fair sharing.
+    pub client: usize,
+    /// Sync requests go before async jobs when the budget is short.
+    pub class: Class,
+    /// Whether to wait for a budget permit, or go only if one is free now.
+    pub patience: Patience,
+}
+
+/// What a call came to: the upstream's answer or why there is none, and the attempts made.
+#[derive(Debug)]
+pub struct Called {
+    /// Upstream attempts made (0 when none could be made).
+    pub attempts: u32,
+    /// The upstream's answer, or why there is none.
+    pub result: Result<SuccessBody, Error>,
+}
+
+/// Runs the attempts of one call.
+pub async fn run(lane: &Lane, call: Call) -> Called {
+    let Call { request_id, body, deadline, client, class, patience } = call;
+    let mut attempts = 0u32;
+    let mut progress = Progress::default();
+    let mut rejected = None;
+    let done = |attempts, result| Called { attempts, result };
+    loop {
+        if Instant::now() >= deadline {
+            return done(attempts, Err(Error::DeadlineExceeded));
+        }
+        // 2. The breaker: may this attempt go?
+        let probe = match lane.circuit.gate().await {
+            Ok(probe) => probe,
+            Err(retry_after) => return done(attempts, Err(Error::CircuitOpen(retry_after))),
+        };
+        // 3. The budget: a permit.
+        let permit = match patience {
+            Patience::Queue => lane.budget.acquire(client, class, deadline, lane.latency.reserve()).await,
+            Patience::NoWait => lane.budget.try_now(),
+        };
+        if let Err(refusal) = permit {
+            lane.circuit.report(None, probe);
+            return done(attempts, Err(Error::RateLimited(refusal.retry_after)));
+        }
+        // 4. A token.
+        let (authorization, generation) = match lane.credentials.token(rejected.take()).await {
+            Ok(found) => found,
+            Err(unavailable) => {
+                lane.circuit.report(None, probe);
+                // The token endpoint's certificate refused: as final as the API's would be.
+                let error = match unavailable.tls {
+                    true => Error::Failed(Outcome::TlsError),
+                    false => Error::AuthUnavailable(unavailable.retry_after),
+                };
+                return done(attempts, Err(error));
+            }
+        };
+        let started = Instant::now();
+        let Some(time_left) = deadline.checked_duration_since(started).filter(|d| !d.is_zero()) else {
+            lane.circuit.report(None, probe);
+            return done(attempts, Err(Error::DeadlineExceeded));
+        };
+        attempts += 1;
+        if attempts == 1 {
+            lane.record_first_attempt(started);
+        }
+        // 5. The attempt, classified as it is read.
+        let api_key = lane.credentials.api_key();
+        let request = AttemptRequest {
+            uri: &lane.process_uri,
+            authorization: &authorization,
+            api_key: &api_key,
+            request_id: request_id.header(),
+            body: body.clone(),
+            timeout: lane.policy.attempt_timeout.min(time_left),
+            max_body: lane.policy.max_body,
+            max_depth: lane.policy.max_depth,
+        };
+        let (attempt, signal) = send_attempt(&lane.client, request).await;
+        let finished = Instant::now();
+        let elapsed = finished.duration_since(started);
+        let outcome = attempt.outcome();
+        // 7. Reports: the rate headers to the Budget, the verdict to the Breaker.
+        lane.counters.attempt(outcome);
+        lane.budget.learn(&signal, outcome == Outcome::RateLimited);
+        lane.circuit.report(attempt.breaker_verdict(), probe);
+        if attempt.status().is_some() {
+            lane.latency.observe(elapsed);
+        }
+        lane.metrics.upstream_duration.observe(elapsed.as_secs_f64());
+        info!(lane.log, "external_api_request";
+            "request_id" => request_id.as_str(),
+            "endpoint" => "/process",
+            "method" => "POST",
+            "status_code" => attempt.status(),
+            "response_time" => elapsed.as_secs_f64(),
+            "retry_count" => progress.retries,
+            "attempt" => attempts,
+            "outcome" => outcome.as_str(),
+            "error" => attempt.error());
+        // 6. Retry, refresh the token, or answer.
+        let timing = Timing { now: finished, deadline, expected_attempt: lane.latency.expected() };
+        let next = match decide(&attempt, &signal, &lane.policy, progress, timing, rand::random::<f64>()) {
+            Next::RetryAfter(_) if !lane.try_retry(finished) => Next::Answer,
+            next => next,
+        };
+        match next {
+            Next::Answer => {
+                let result = match conclude(attempt, &signal) {
+                    // A timeout cut short by the deadline is the deadline's doing.
+                    Err(Error::Failed(Outcome::Timeout)) if Instant::now() >= deadline => Err(Error::DeadlineExceeded),
+                    result => result,
+                };
+                return done(attempts, result);
+            }
+            Next::RefreshToken => {
+                progress.token_refreshed = true;
+                rejected = Some(generation);
+            }
+            Next::RetryAfter(wait) => {
+                lane.counters.retry(outcome);
+                progress.retries += 1;
+                actix_rt::time::sleep(wait).await;
+            }
+        }
+    }
+}
