@@ -71,9 +71,9 @@ fn the_alert_rules_pass_promtool() {
     let count = rules.lines().filter(|l| l.trim().starts_with("- alert: ")).count();
     assert!(count >= 8, "the alert rules lost some: {count}");
     assert!(text.contains(&format!("SUCCESS: {count} rules found")), "{text}");
-    let readme = std::fs::read_to_string("README.md").unwrap();
+    let runbooks = std::fs::read_to_string("docs/runbooks.md").unwrap();
     for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
-        assert!(readme.contains(&format!("### Runbook: {alert}")), "README has no runbook for {alert}");
+        assert!(runbooks.contains(&format!("## Runbook: {alert}")), "docs/runbooks.md has no runbook for {alert}");
     }
     assert_eq!(rules.matches("summary:").count(), count);
     assert_eq!(rules.matches("description:").count(), count);
