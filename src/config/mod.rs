@@ -10,6 +10,7 @@
 
 mod clients;
 mod limits;
+mod pem;
 mod reader;
 
 use std::fmt;
@@ -22,6 +23,7 @@ use secrecy::SecretString;
 
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
 pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
+pub use pem::load_ca_file;
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
 
@@ -285,7 +287,7 @@ impl Config {
             }
         };
         let api_ca_file = r.optional("EXTERNAL_API_CA_FILE").map(PathBuf::from);
-        let api_ca = match api_ca_file.as_deref().map(crate::upstream::load_ca_file) {
+        let api_ca = match api_ca_file.as_deref().map(pem::load_ca_file) {
             None => Vec::new(),
             Some(Ok(certs)) => certs,
             Some(Err(problem)) => {

@@ -6,6 +6,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 /// The simulator's certificate chain and private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimTls {
@@ -23,16 +26,18 @@ impl SimTls {
     /// Reads both files into a server configuration; the error names the flag and file.
     pub fn server_config(&self) -> io::Result<rustls::ServerConfig> {
         let pem = std::fs::read(&self.cert).map_err(|e| invalid("--tls-cert", &self.cert, e))?;
-        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("--tls-cert", &self.cert, format!("not valid PEM: {e}")))?;
         if certs.is_empty() {
             return Err(invalid("--tls-cert", &self.cert, "holds no PEM certificate"));
         }
         let pem = std::fs::read(&self.key).map_err(|e| invalid("--tls-key", &self.key, e))?;
-        let key = rustls_pemfile::private_key(&mut pem.as_slice())
-            .map_err(|e| invalid("--tls-key", &self.key, format!("not valid PEM: {e}")))?
-            .ok_or_else(|| invalid("--tls-key", &self.key, "holds no PEM private key"))?;
+        let key = match PrivateKeyDer::from_pem_slice(&pem) {
+            Ok(key) => key,
+            Err(pem::Error::NoItemsFound) => return Err(invalid("--tls-key", &self.key, "holds no PEM private key")),
+            Err(e) => return Err(invalid("--tls-key", &self.key, format!("not valid PEM: {e}"))),
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

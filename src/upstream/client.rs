@@ -27,35 +27,18 @@ impl Default for ClientSettings {
     }
 }
 
-/// Reads the CA certificates of a PEM file (`EXTERNAL_API_CA_FILE`) and checks that each can
-/// serve as a trust anchor. The message names the file and what is wrong, never its content.
-pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut certs = Vec::new();
-    let mut check = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
-        check.add(cert.clone()).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
-        certs.push(cert);
-    }
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
-}
-
 /// Builds the TLS configuration: system roots plus, when given, the CA certificates of a PEM
 /// file. Fails with a message naming the file when it cannot be used.
 pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let extra = match extra_ca {
-        Some(path) => load_ca_file(path)?,
+        Some(path) => crate::config::load_ca_file(path)?,
         None => Vec::new(),
     };
     tls_config_with(&extra)
 }
 
 /// Builds the TLS configuration from the system roots plus `extra` CA certificates (already
-/// read by [`load_ca_file`]).
+/// read by [`crate::config::load_ca_file`]).
 pub fn tls_config_with(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();

@@ -15,5 +15,5 @@ mod wire;
 pub use backoff::{Backoff, InvalidBackoff};
 pub use call::{read_success, send_attempt, AttemptRequest};
 pub use classify::{tls_failure, Attempt, Outcome, RateSignal};
-pub use client::{build_client, load_ca_file, tls_config, tls_config_with, ClientSettings};
+pub use client::{build_client, tls_config, tls_config_with, ClientSettings};
 pub use wire::{fetch_token, upstream_error_message, FetchedToken, SuccessBody, TokenError};
