@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::http::header::{HeaderName, HeaderValue};
 use prometheus::{Histogram, IntCounter};
 use slog::{info, o, Logger};
 use tokio::sync::oneshot;
@@ -89,6 +88,17 @@ impl PauseSource {
     }
 }
 
+/// A client's part of the budget now, as the `RateLimit` headers describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientShare {
+    /// The client's weighted share of the upstream's limit, per minute (at least 1).
+    pub limit: u64,
+    /// That share of the permits free now.
+    pub remaining: u64,
+    /// Whole seconds until the budget is full again.
+    pub reset_seconds: u64,
+}
+
 /// The lock-free half of the budget, shared by every worker.
 pub struct BudgetShared {
     /// This replica's GCRA: the whole budget, or, with shared state, its fallback share.
@@ -99,7 +109,6 @@ pub struct BudgetShared {
     per_minute: u32,
     weights: Vec<u32>,
     total_weight: u32,
-    policies: Vec<HeaderValue>,
 }
 
 /// The shared half of a replica's budget.
@@ -136,12 +145,7 @@ impl BudgetShared {
             return Err(InvalidRate("no clients"));
         }
         let total_weight = weights.iter().sum::<u32>().max(1);
-        let policies = weights
-            .iter()
-            .map(|w| HeaderValue::from(share(per_minute, *w, total_weight)))
-            .map(|q| HeaderValue::from_str(&format!("{};w=60", q.to_str().expect("digits"))).expect("ascii"))
-            .collect();
-        Ok(BudgetShared { gcra, shared, waiting: AtomicUsize::new(0), per_minute, weights, total_weight, policies })
+        Ok(BudgetShared { gcra, shared, waiting: AtomicUsize::new(0), per_minute, weights, total_weight })
     }
 
     /// The rate algorithm.
@@ -218,34 +222,17 @@ impl BudgetShared {
         }
     }
 
-    /// The `RateLimit-Policy` and `RateLimit` headers for `client`: its weighted share of the
-    /// upstream budget per minute, that share of the permits free now, and the seconds until
-    /// the budget is full again.
-    pub fn client_headers(&self, client: usize, now: Instant) -> [(HeaderName, HeaderValue); 2] {
-        // Names built at compile time: `from_static` at run time checks every byte again.
-        const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-        const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    /// `client`'s weighted share of the upstream budget per minute, that share of the permits
+    /// free now, and the seconds until the budget is full again. A client added by a reload
+    /// after start has weight 1.
+    pub fn client_share(&self, client: usize, now: Instant) -> ClientShare {
         let weight = self.weights.get(client).copied().unwrap_or(1);
-        let limit = share(self.per_minute, weight, self.total_weight);
         let available = u64::from(self.available(now));
-        let remaining = available * u64::from(weight) / u64::from(self.total_weight);
-        let reset = self.gcra.until_full(now).as_secs_f64().ceil() as u64;
-        // Written by hand rather than with `format!`: this runs on every answer.
-        let (mut a, mut b, mut c) = (itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new());
-        let parts = ["limit=", a.format(limit), ", remaining=", b.format(remaining), ", reset=", c.format(reset)];
-        let mut value = [0u8; 96];
-        let mut len = 0;
-        for part in parts {
-            value[len..len + part.len()].copy_from_slice(part.as_bytes());
-            len += part.len();
+        ClientShare {
+            limit: share(self.per_minute, weight, self.total_weight),
+            remaining: available * u64::from(weight) / u64::from(self.total_weight),
+            reset_seconds: self.gcra.until_full(now).as_secs_f64().ceil() as u64,
         }
-        // A client added by a reload after start has no precomputed policy: weight 1.
-        let policy = self
-            .policies
-            .get(client)
-            .cloned()
-            .unwrap_or_else(|| HeaderValue::from_str(&format!("{limit};w=60")).expect("digits are a valid header"));
-        [(POLICY, policy), (RATELIMIT, HeaderValue::from_bytes(&value[..len]).expect("ascii"))]
     }
 
     /// Sets the gauges that describe the budget now (called when /metrics is scraped).

@@ -96,17 +96,6 @@ async fn a_429_pauses_every_dispatch_until_retry_after() {
 }
 
 #[test]
-fn client_headers_describe_the_weighted_share() {
-    let shared = BudgetShared::try_new(1000, 10, vec![3, 1]).unwrap();
-    let now = Instant::now();
-    let [(_, policy), (_, limit)] = shared.client_headers(0, now);
-    assert_eq!(policy, "750;w=60");
-    assert_eq!(limit, "limit=750, remaining=7, reset=0");
-    let [(_, policy), _] = shared.client_headers(1, now);
-    assert_eq!(policy, "250;w=60");
-}
-
-#[test]
 fn remaining_zero_is_a_pause_and_remaining_above_the_burst_is_nothing() {
     let shared = BudgetShared::try_new(600, 5, vec![1]).unwrap();
     let now = Instant::now();
