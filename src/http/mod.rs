@@ -10,6 +10,7 @@ pub mod limits;
 pub mod observe;
 pub mod openapi;
 pub mod process;
+pub mod ratelimit;
 pub mod state;
 
 use std::time::Instant;

@@ -12,6 +12,7 @@ use super::errors::ApiError;
 use super::jobs::{self, NewJob};
 use super::limits;
 use super::observe::{self, Inbound};
+use super::ratelimit;
 use super::state::{Caller, Worker, UNKNOWN_CALLER};
 use crate::actors::budget::Class;
 use crate::cache::CacheStatus;
@@ -64,7 +65,7 @@ pub async fn process(req: HttpRequest, mut payload: web::Payload, worker: web::D
     };
     let headers = response.headers_mut();
     if let Ok(caller) = &caller {
-        for (name, value) in worker.shared.budget.client_headers(caller.index(), Instant::now()) {
+        for (name, value) in ratelimit::headers(&worker.shared.budget, caller.index(), Instant::now()) {
             headers.insert(name, value);
         }
     }

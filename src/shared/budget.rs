@@ -11,6 +11,9 @@
 //! Permits are leased only for immediate use (a pooled surplus expires within one emission
 //! interval), so the emissions of all replicas together follow the shared GCRA, shifted by at
 //! most that interval and the Redis round trip.
+//!
+//! This file is the Redis side only; when a replica asks and what it does with a grant is
+//! `actors/budget/lease.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;

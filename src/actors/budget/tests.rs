@@ -1,9 +1,12 @@
+//! The actor on real time: the fast path, the queue, refusals and pauses through messages.
+
 use std::time::{Duration, Instant};
 
 use actix::Actor;
 use slog::{o, Discard, Logger};
 
 use super::*;
+use crate::upstream::RateSignal;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -93,29 +96,4 @@ async fn a_429_pauses_every_dispatch_until_retry_after() {
         assert!(Instant::now() < deadline);
         actix_rt::task::yield_now().await;
     }
-}
-
-#[test]
-fn client_headers_describe_the_weighted_share() {
-    let shared = BudgetShared::try_new(1000, 10, vec![3, 1]).unwrap();
-    let now = Instant::now();
-    let [(_, policy), (_, limit)] = shared.client_headers(0, now);
-    assert_eq!(policy, "750;w=60");
-    assert_eq!(limit, "limit=750, remaining=7, reset=0");
-    let [(_, policy), _] = shared.client_headers(1, now);
-    assert_eq!(policy, "250;w=60");
-}
-
-#[test]
-fn remaining_zero_is_a_pause_and_remaining_above_the_burst_is_nothing() {
-    let shared = BudgetShared::try_new(600, 5, vec![1]).unwrap();
-    let now = Instant::now();
-    let some = RateSignal { remaining: Some(50), ..RateSignal::default() };
-    assert_eq!(shared.learn(now, &some, false), None);
-    assert_eq!(shared.gcra().available(now), 5);
-    let none = RateSignal { remaining: Some(0), ..RateSignal::default() };
-    let (source, wait) = shared.learn(now, &none, false).unwrap();
-    assert_eq!(source, PauseSource::Remaining);
-    assert_eq!(wait, 100 * MS);
-    assert!(!shared.try_fast(now));
 }
