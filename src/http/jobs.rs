@@ -2,15 +2,15 @@
 //! and the status entries of sync requests.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use actix_web::http::header::{HeaderName, LOCATION};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::header::LOCATION;
+use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
 use super::errors::ApiError;
-use super::observe::{self, Inbound};
-use super::state::{Caller, Worker, UNKNOWN_CALLER};
+use super::inbound::{Done, Inbound};
+use super::state::{Caller, Worker};
 use crate::cache::Entry;
 use crate::jobs::callback::CallbackPolicy;
 use crate::jobs::{
@@ -197,35 +197,12 @@ fn record(
 /// Looks up a request by its id: any id courier returned, sync or async.
 #[utoipa::path(get, path = STATUS_PATH, operation_id = "status", tag = "status",
     params(super::openapi::StatusPath, super::openapi::RequestIdHeader), responses(super::openapi::StatusResponses))]
-pub async fn status(req: HttpRequest, id: web::Path<String>, worker: web::Data<Worker>) -> HttpResponse {
-    let started = Instant::now();
-    let request_id = RequestId::of(req.headers());
-    let caller = worker.check_head(&req).and_then(|()| worker.identify(&req));
-    let result = match &caller {
-        Ok(caller) => lookup(&worker, *caller, &id).await,
+pub async fn status(inbound: Inbound, id: web::Path<String>) -> HttpResponse {
+    let result = match &inbound.caller {
+        Ok(caller) => lookup(&inbound.worker, *caller, &id).await,
         Err(error) => Err(error.clone()),
     };
-    let (mut response, error) = match result {
-        Ok(response) => (response, None),
-        Err(error) => (error.response(&request_id), Some(error.code())),
-    };
-    response.headers_mut().insert(HeaderName::from_static("x-request-id"), request_id.header().clone());
-    observe::inbound(
-        &worker,
-        Inbound {
-            route: Route::Status,
-            endpoint: "/api/external/status/{request_id}",
-            method: req.method(),
-            status: response.status(),
-            client: caller.map_or(UNKNOWN_CALLER, |c| worker.caller_name(c)),
-            request_id: &request_id,
-            started,
-            attempts: 0,
-            error,
-            cache: None,
-        },
-    );
-    response
+    inbound.answer(Route::Status, STATUS_PATH, Done::plain(result), |response, _| response)
 }
 
 async fn lookup(worker: &Worker, caller: Caller, id: &str) -> Result<HttpResponse, ApiError> {

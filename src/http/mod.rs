@@ -5,6 +5,7 @@ pub mod admin;
 pub mod body;
 pub mod connection;
 pub mod errors;
+pub mod inbound;
 pub mod jobs;
 pub mod limits;
 pub mod observe;
@@ -13,17 +14,15 @@ pub mod process;
 pub mod ratelimit;
 pub mod state;
 
-use std::time::Instant;
-
 use actix_web::http::header::HeaderValue;
 use actix_web::http::Method;
-use actix_web::{guard, web, HttpRequest, HttpResponse, Route};
+use actix_web::{guard, web, HttpResponse, Route};
 
 pub use errors::ApiError;
+use inbound::{Done, Inbound};
 pub use state::{Caller, Shared, Worker};
 
 use crate::metrics::Route as RouteLabel;
-use crate::request_id::RequestId;
 
 /// Every route of the gateway listener: method, path pattern, handler. [`configure`] registers
 /// exactly these, and the OpenAPI document (`GET /openapi.json`) must describe each one (tested).
@@ -59,38 +58,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             // `refuse` below answers anyway.
             resource = resource.route(route.guard(guard::fn_guard(move |ctx| ctx.head().method == method)));
         }
-        let refuse = move |req: HttpRequest, worker: web::Data<Worker>| {
+        let refuse = move |inbound: Inbound| {
             let allow = allow.clone();
-            async move { fallback(req, worker, ApiError::MethodNotAllowed(allow)) }
+            async move { fallback(inbound, ApiError::MethodNotAllowed(allow)) }
         };
         cfg.service(resource.default_service(web::to(refuse)));
     }
     cfg.default_service(web::to(not_found));
 }
 
-async fn not_found(req: HttpRequest, worker: web::Data<Worker>) -> HttpResponse {
-    fallback(req, worker, ApiError::NotFound)
+async fn not_found(inbound: Inbound) -> HttpResponse {
+    fallback(inbound, ApiError::NotFound)
 }
 
-fn fallback(req: HttpRequest, worker: web::Data<Worker>, error: ApiError) -> HttpResponse {
-    let started = Instant::now();
-    let request_id = RequestId::of(req.headers());
-    let error = worker.check_head(&req).err().unwrap_or(error);
-    let response = error.response(&request_id);
-    observe::inbound(
-        &worker,
-        observe::Inbound {
-            route: RouteLabel::Other,
-            endpoint: "unmatched",
-            method: req.method(),
-            status: response.status(),
-            client: state::UNKNOWN_CALLER,
-            request_id: &request_id,
-            started,
-            attempts: 0,
-            error: Some(error.code()),
-            cache: None,
-        },
-    );
-    response
+/// Answers a request no route takes: 404, or 405 with `Allow` (unless its head is too large).
+fn fallback(inbound: Inbound, error: ApiError) -> HttpResponse {
+    let error = match &inbound.caller {
+        Err(ApiError::HeadersTooLarge(limit)) => ApiError::HeadersTooLarge(*limit),
+        _ => error,
+    };
+    inbound.answer(RouteLabel::Other, "unmatched", Done::plain(Err(error)), |response, _| response)
 }

@@ -3,23 +3,22 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use super::body;
 use super::errors::ApiError;
+use super::inbound::{Done, Inbound};
 use super::jobs::{self, NewJob};
 use super::limits;
-use super::observe::{self, Inbound};
 use super::ratelimit;
-use super::state::{Caller, Worker, UNKNOWN_CALLER};
+use super::state::Caller;
 use crate::actors::budget::Class;
 use crate::cache::CacheStatus;
 use crate::key::Key;
 use crate::metrics::Route;
 use crate::pipeline::{Directives, Request};
-use crate::request_id::RequestId;
 
 /// The route's path.
 pub const PATH: &str = "/api/external/process";
@@ -47,62 +46,43 @@ impl Outcome {
 /// `"options": {"async": true}`.
 #[utoipa::path(post, path = PATH, operation_id = "process", tag = "process", params(super::openapi::ProcessHeaders),
     request_body = super::openapi::ProcessRequest, responses(super::openapi::ProcessResponses))]
-pub async fn process(req: HttpRequest, mut payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
-    let started = Instant::now();
-    let request_id = RequestId::of(req.headers());
-    let caller = worker.check_head(&req).and_then(|()| worker.identify(&req));
-    let outcome = match &caller {
+pub async fn process(inbound: Inbound, mut payload: web::Payload) -> HttpResponse {
+    let worker = &inbound.worker;
+    let outcome = match &inbound.caller {
         // Counted in flight from here until the answer is built, sync or async alike.
         Ok(caller) => match worker.admit(*caller) {
-            Ok(_in_flight) => answer(&req, &mut payload, &worker, &request_id, *caller, started).await,
+            Ok(_in_flight) => answer(&inbound, &mut payload, *caller).await,
             Err(error) => Outcome::early(error),
         },
         Err(error) => Outcome::early(error.clone()),
     };
-    let (mut response, error) = match outcome.result {
-        Ok(response) => (response, None),
-        Err(error) => (limits::closing_unread(error.response(&request_id), payload), Some(error.code())),
-    };
-    let headers = response.headers_mut();
-    if let Ok(caller) = &caller {
-        for (name, value) in ratelimit::headers(&worker.shared.budget, caller.index(), Instant::now()) {
-            headers.insert(name, value);
+    let cache = outcome.cache;
+    let done =
+        Done { result: outcome.result, attempts: outcome.attempts, cache: cache.map(|(status, _)| status.label()) };
+    inbound.answer(Route::Process, PATH, done, |response, failed| {
+        let mut response = match failed {
+            true => limits::closing_unread(response, payload),
+            false => response,
+        };
+        let headers = response.headers_mut();
+        if let Ok(caller) = &inbound.caller {
+            for (name, value) in ratelimit::headers(&worker.shared.budget, caller.index(), Instant::now()) {
+                headers.insert(name, value);
+            }
         }
-    }
-    if let Some((status, key)) = outcome.cache {
-        worker.shared.cache.count(status);
-        headers.insert(X_CACHE, HeaderValue::from_static(status.header()));
-        if let Some(key) = key {
-            headers.insert(X_CACHE_KEY, key.header());
+        if let Some((status, key)) = cache {
+            worker.shared.cache.count(status);
+            headers.insert(X_CACHE, HeaderValue::from_static(status.header()));
+            if let Some(key) = key {
+                headers.insert(X_CACHE_KEY, key.header());
+            }
         }
-    }
-    let client = caller.map_or(UNKNOWN_CALLER, |c| worker.caller_name(c));
-    observe::inbound(
-        &worker,
-        Inbound {
-            route: Route::Process,
-            endpoint: PATH,
-            method: req.method(),
-            status: response.status(),
-            client,
-            request_id: &request_id,
-            started,
-            attempts: outcome.attempts,
-            error,
-            cache: outcome.cache.map(|(status, _)| status.label()),
-        },
-    );
-    response
+        response
+    })
 }
 
-async fn answer(
-    req: &HttpRequest,
-    payload: &mut web::Payload,
-    worker: &web::Data<Worker>,
-    request_id: &RequestId,
-    caller: Caller,
-    started: Instant,
-) -> Outcome {
+async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -> Outcome {
+    let (req, worker, request_id, started) = (inbound.request(), &inbound.worker, &inbound.request_id, inbound.started);
     let created = SystemTime::now();
     let owner = worker.owner_name(caller);
     let config = &worker.shared.config;
@@ -244,15 +224,15 @@ mod tests {
     use super::{process, require_json};
 
     /// The size of the future an async handler returns, without calling it.
-    fn future_size<A, B, C, F>(_handler: fn(A, B, C) -> F) -> usize {
+    fn future_size<A, B, F>(_handler: fn(A, B) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
     #[test]
     fn a_request_in_flight_holds_a_small_future() {
-        // actix allocates the handler's future for every request until it is answered. Held
-        // inline, a cache miss's coalesced load under its timeout made it 4376 bytes for every
-        // request, hits and pass-through included. It is boxed on the miss path only.
+        // actix allocates the handler's future for every request until it is answered: what
+        // only a cache miss needs (the coalesced load under its timeout, the attempt loop) is
+        // boxed where a miss takes it, so hits and pass-through do not carry it.
         let size = future_size(process);
         assert!(size <= 2560, "the process handler's future is {size} bytes");
     }

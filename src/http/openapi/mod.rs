@@ -16,9 +16,8 @@ mod responses;
 mod schemas;
 
 use std::sync::OnceLock;
-use std::time::Instant;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::HttpResponse;
 use bytes::Bytes;
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -30,10 +29,9 @@ pub use schemas::{
     error_code, job_error_code, ProcessHeaders, ProcessRequest, ProcessResult, RequestIdHeader, StatusPath,
 };
 
-use super::observe::{self, Inbound};
-use super::state::{Worker, UNKNOWN_CALLER};
+use super::inbound::{Done, Inbound};
+use super::ApiError;
 use crate::metrics::Route;
-use crate::request_id::RequestId;
 
 /// The route's path.
 pub const PATH: &str = "/openapi.json";
@@ -116,28 +114,14 @@ fn camel_case_links(value: &mut Value) {
 /// This document, the OpenAPI description of the gateway API. It needs no client key.
 #[utoipa::path(get, path = PATH, operation_id = "openapi", tag = "meta", params(RequestIdHeader),
     responses(OpenApiResponses), security(()))]
-pub async fn serve(req: HttpRequest, worker: web::Data<Worker>) -> HttpResponse {
-    let started = Instant::now();
-    let request_id = RequestId::of(req.headers());
-    let response = crate::http::body::json_head(actix_web::http::StatusCode::OK, &request_id)
-        .body(document_json(worker.shared.config.clients.is_some()));
-    let client = worker.identify(&req).map_or(UNKNOWN_CALLER, |caller| worker.caller_name(caller));
-    observe::inbound(
-        &worker,
-        Inbound {
-            route: Route::OpenApi,
-            endpoint: PATH,
-            method: req.method(),
-            status: response.status(),
-            client,
-            request_id: &request_id,
-            started,
-            attempts: 0,
-            error: None,
-            cache: None,
-        },
-    );
-    response
+pub async fn serve(inbound: Inbound) -> HttpResponse {
+    // No client key is needed: only an oversized head is refused.
+    let result = match &inbound.caller {
+        Err(ApiError::HeadersTooLarge(limit)) => Err(ApiError::HeadersTooLarge(*limit)),
+        _ => Ok(crate::http::body::json_head(actix_web::http::StatusCode::OK, &inbound.request_id)
+            .body(document_json(inbound.worker.shared.config.clients.is_some()))),
+    };
+    inbound.answer(Route::OpenApi, PATH, Done::plain(result), |response, _| response)
 }
 
 /// `{"const": true}`-like: a boolean that is always `true`.

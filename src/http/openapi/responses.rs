@@ -199,6 +199,8 @@ impl IntoResponses for OpenApiResponses {
             .description("This document.")
             .content("application/json", json_body(document))
             .header("X-Request-Id", request_id_header());
-        BTreeMap::from([("200".into(), ok.into())])
+        let mut responses = error_responses(&[ApiError::HeadersTooLarge(0)], |_, response| response);
+        responses.insert("200".into(), ok.into());
+        responses
     }
 }
