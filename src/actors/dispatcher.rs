@@ -140,7 +140,7 @@ impl Upstream {
             token_manager: settings.token_manager,
             local_token: RefCell::new((u64::MAX, None)),
             attempt_counters: counters(&settings.metrics.upstream_attempts),
-            retry_counters: counters(&settings.metrics.upstream_retries),
+            retry_counters: settings.metrics.upstream_retry_counters(),
             metrics: settings.metrics,
             log: settings.log.new(o!("actor" => "dispatcher")),
         }
