@@ -9,6 +9,8 @@
 //! Every series exists from start-up, at 0 ([`labels`] lists the values of every label).
 
 pub mod labels;
+#[cfg(test)]
+mod labels_tests;
 
 pub use labels::*;
 

@@ -206,7 +206,9 @@ fn assert_queried_series_exported(exported: &BTreeSet<Series>) {
     assert!(selectors.iter().any(|s| !s.matchers.is_empty()), "no fixed matcher found: {selectors:?}");
     let missing: BTreeSet<String> = selectors
         .iter()
-        .filter(|s| !exported.iter().any(|series| series.name == s.metric && s.matchers.iter().all(|m| satisfies(series, m))))
+        .filter(|s| {
+            !exported.iter().any(|series| series.name == s.metric && s.matchers.iter().all(|m| satisfies(series, m)))
+        })
         .map(|s| {
             let matchers: Vec<String> = s.matchers.iter().map(|(l, op, v)| format!("{l}{op}\"{v}\"")).collect();
             format!("{}{{{}}}", s.metric, matchers.join(", "))
@@ -247,7 +249,9 @@ fn assert_label_values_bounded(exported: &BTreeSet<Series>, clients: &[&str]) {
                 "version" => value == env!("CARGO_PKG_VERSION"),
                 "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
                 "reason" if series.name == "courier_upstream_retries_total" => retry_reasons.contains(value.as_str()),
-                "state" if series.name == "courier_jobs_finished_total" => ["completed", "failed"].contains(&value.as_str()),
+                "state" if series.name == "courier_jobs_finished_total" => {
+                    ["completed", "failed"].contains(&value.as_str())
+                }
                 "state" if series.name == "courier_jobs" => ["pending", "processing"].contains(&value.as_str()),
                 _ => snake.is_match(value),
             };
@@ -299,7 +303,10 @@ async fn a_fresh_courier_exports_every_series_its_dashboards_and_alerts_query() 
     assert_queried_series_exported(&before);
     assert_label_values_bounded(&before, &["alpha", "beta", "unknown"]);
     // The dashboard's client variable lists every client of the file from the start.
-    assert_eq!(values_of(&before, "courier_http_requests_total", "client"), BTreeSet::from(["alpha", "beta", "unknown"]));
+    assert_eq!(
+        values_of(&before, "courier_http_requests_total", "client"),
+        BTreeSet::from(["alpha", "beta", "unknown"])
+    );
     pair.wait_ready().await;
 
     // The first request of each kind counts in a series that was already there.
@@ -318,15 +325,29 @@ async fn a_fresh_courier_exports_every_series_its_dashboards_and_alerts_query() 
     assert_eq!(pair.process(body("no key")).await.status, 401);
     let text = pair.http.post(pair.url("/api/external/process")).insert_header(alpha).content_type("text/plain");
     assert_eq!(read_answer(text.send_body("{}").await.unwrap()).await.status, 415);
-    assert_eq!(
-        pair.process_with(json!({"data": {}}), &[("authorization", "Bearer beta-key")]).await.status,
-        400
-    );
+    assert_eq!(pair.process_with(json!({"data": {}}), &[("authorization", "Bearer beta-key")]).await.status, 400);
     assert_eq!(get(&pair, "/openapi.json", &[]).await, 200);
     assert_eq!(get(&pair, "/openapi.json", &[alpha]).await, 200);
     assert_eq!(get(&pair, "/nowhere", &[]).await, 404);
     let after = exposition(&pair.metrics().await);
     let added = new_series(&before, &after);
+    assert!(added.is_empty(), "series born at their first event:\n{}", added.join("\n"));
+
+    // A client added by a reload has its series from the reload on, before its first request.
+    let gamma =
+        format!("[[client]]\nname = \"gamma\"\nkey_sha256 = \"{}\"\n", courier::config::key_sha256_hex("gamma-key"));
+    let mut file = std::fs::read_to_string(&path).unwrap();
+    file.push_str(&format!("\n{gamma}"));
+    std::fs::write(&path, file).unwrap();
+    pair.courier.reload_handle().request(courier::metrics::ReloadTrigger::Signal);
+    wait_metric(&pair, "courier_config_reloads_total", &[("result", "ok")], 1.0).await;
+    let reloaded = exposition(&pair.metrics().await);
+    assert_eq!(
+        values_of(&reloaded, "courier_http_requests_total", "client"),
+        BTreeSet::from(["alpha", "beta", "gamma", "unknown"])
+    );
+    assert_eq!(pair.process_with(body("gamma"), &[("authorization", "Bearer gamma-key")]).await.status, 200);
+    let added = new_series(&reloaded, &exposition(&pair.metrics().await));
     assert!(added.is_empty(), "series born at their first event:\n{}", added.join("\n"));
 
     pair.stop().await;
@@ -350,4 +371,23 @@ async fn without_a_clients_file_the_one_client_is_open_from_the_start() {
     let added = new_series(&before, &after);
     assert!(added.is_empty(), "series born at their first event:\n{}", added.join("\n"));
     pair.stop().await;
+}
+
+/// The label lists of `courier::metrics` that copy an enum of a module above it (which it
+/// cannot import) say what the enum says.
+#[test]
+fn the_label_lists_match_the_enums_they_copy() {
+    use courier::actors::breaker::{Mode, State};
+    use courier::actors::budget::{PauseSource, RefusalReason};
+    use courier::cache::CacheStatus;
+    use courier::jobs::JobStatus;
+    use courier::metrics as m;
+    assert_eq!(State::ALL.map(State::as_str), m::BREAKER_STATES);
+    assert_eq!(Mode::ALL.map(Mode::as_str), m::BREAKER_MODES);
+    assert_eq!([RefusalReason::QueueFull, RefusalReason::Deadline].map(RefusalReason::as_str), m::REFUSAL_REASONS);
+    assert_eq!([PauseSource::RetryAfter, PauseSource::Remaining].map(PauseSource::as_str), m::PAUSE_SOURCES);
+    assert_eq!(CacheStatus::ALL.map(CacheStatus::label), m::CACHE_RESULTS);
+    let (done, running): (Vec<_>, Vec<_>) = JobStatus::ALL.into_iter().partition(|s| s.is_final());
+    assert_eq!(running.into_iter().map(JobStatus::as_str).collect::<Vec<_>>(), m::JOB_STATES);
+    assert_eq!(done.into_iter().map(JobStatus::as_str).collect::<Vec<_>>(), m::JOB_FINAL_STATES);
 }

@@ -191,7 +191,6 @@ impl ReloadResult {
     }
 }
 
-
 /// The outcomes a failed attempt is retried for, the `reason` label values of
 /// `courier_upstream_retries_total`: connection errors, timeouts, 5xx and 429. A success, any
 /// other 4xx or a refused certificate is never a reason to retry (see `Attempt::retryable`).
@@ -341,7 +340,9 @@ impl Metrics {
             .iter()
             .map(|outcome| match RETRY_REASONS.contains(outcome) {
                 true => self.upstream_retries.with_label_values(&[outcome.as_str()]),
-                false => IntCounter::new("courier_upstream_retries_never", "not a retry reason").expect("valid counter"),
+                false => {
+                    IntCounter::new("courier_upstream_retries_never", "not a retry reason").expect("valid counter")
+                }
             })
             .collect()
     }
