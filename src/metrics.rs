@@ -5,6 +5,14 @@
 //! from the clients file, so every label is bounded. The help text of each metric is the doc
 //! comment of its field. Standard `process_*` metrics (CPU, memory, open fds) come from the
 //! prometheus crate's process collector under their usual names.
+//!
+//! Every series exists from start-up, at 0 ([`labels`] lists the values of every label).
+
+pub mod labels;
+#[cfg(test)]
+mod labels_tests;
+
+pub use labels::*;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -20,173 +28,6 @@ const LATENCY_BUCKETS: &[f64] =
 
 /// Buckets of job durations in seconds, up to the longest job deadline.
 const JOB_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
-
-/// Inbound routes, the `route` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Route {
-    /// `POST /api/external/process`.
-    Process,
-    /// `GET /api/external/status/{id}`.
-    Status,
-    /// `GET /openapi.json`.
-    OpenApi,
-    /// Anything else (answered 404/405).
-    Other,
-}
-
-impl Route {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Route::Process => "process",
-            Route::Status => "status",
-            Route::OpenApi => "openapi",
-            Route::Other => "other",
-        }
-    }
-}
-
-/// Results of a token refresh, the `result` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefreshResult {
-    /// A token was obtained.
-    Success,
-    /// The token endpoint refused the credentials (4xx).
-    Rejected,
-    /// The token endpoint failed or could not be reached.
-    Failure,
-}
-
-impl RefreshResult {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefreshResult::Success => "success",
-            RefreshResult::Rejected => "rejected",
-            RefreshResult::Failure => "failure",
-        }
-    }
-}
-
-/// How a probe ended, the `result` label of `courier_breaker_probes_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeResult {
-    /// The upstream answered.
-    Success,
-    /// The upstream failed.
-    Failure,
-    /// No verdict: no attempt was made, the answer said nothing about health, or the lease ran out.
-    NoVerdict,
-}
-
-impl ProbeResult {
-    /// Every result, in label order.
-    pub const ALL: [ProbeResult; 3] = [ProbeResult::Success, ProbeResult::Failure, ProbeResult::NoVerdict];
-
-    /// From a probe's verdict.
-    pub fn of(success: Option<bool>) -> ProbeResult {
-        match success {
-            Some(true) => ProbeResult::Success,
-            Some(false) => ProbeResult::Failure,
-            None => ProbeResult::NoVerdict,
-        }
-    }
-
-    /// The label value (`success`, `failure`, `no_verdict`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeResult::Success => "success",
-            ProbeResult::Failure => "failure",
-            ProbeResult::NoVerdict => "no_verdict",
-        }
-    }
-}
-
-/// Which probe, the `kind` label of `courier_breaker_probes_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeKind {
-    /// Sent by courier itself while the circuit is open.
-    Background,
-    /// A client request let through while half-open.
-    HalfOpen,
-}
-
-impl ProbeKind {
-    /// Every kind, in label order.
-    pub const ALL: [ProbeKind; 2] = [ProbeKind::Background, ProbeKind::HalfOpen];
-
-    /// The label value (`background`, `half_open`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeKind::Background => "background",
-            ProbeKind::HalfOpen => "half_open",
-        }
-    }
-}
-
-/// How a look for another replica's token ended, the `result` label of
-/// `courier_token_shared_looks_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LookResult {
-    /// A usable token was there and is now this replica's.
-    Adopted,
-    /// Nothing newer than what this replica has.
-    Nothing,
-    /// Redis failed.
-    Error,
-}
-
-impl LookResult {
-    /// Every result, in label order.
-    pub const ALL: [LookResult; 3] = [LookResult::Adopted, LookResult::Nothing, LookResult::Error];
-
-    /// The label value (`adopted`, `none`, `error`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LookResult::Adopted => "adopted",
-            LookResult::Nothing => "none",
-            LookResult::Error => "error",
-        }
-    }
-}
-
-/// What started a credential reload, the `trigger` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReloadTrigger {
-    /// SIGHUP.
-    Signal,
-    /// A watched file changed (seen by the poll).
-    FileChange,
-}
-
-impl ReloadTrigger {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReloadTrigger::Signal => "signal",
-            ReloadTrigger::FileChange => "file_change",
-        }
-    }
-}
-
-/// How a credential reload ended, the `result` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReloadResult {
-    /// Everything read validated and is in use.
-    Ok,
-    /// Something did not validate; every previous value is kept.
-    Failed,
-}
-
-impl ReloadResult {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReloadResult::Ok => "ok",
-            ReloadResult::Failed => "failed",
-        }
-    }
-}
 
 /// courier's metrics.
 pub struct Metrics {
@@ -552,15 +393,7 @@ impl Metrics {
             names: Vec::new(),
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        // Every known label set exists from the start, at 0.
-        for kind in ProbeKind::ALL {
-            for result in ProbeResult::ALL {
-                metrics.breaker_probes.with_label_values(&[kind.as_str(), result.as_str()]);
-            }
-        }
-        for result in LookResult::ALL {
-            metrics.token_shared_looks.with_label_values(&[result.as_str()]);
-        }
+        metrics.create_known_label_sets();
         metrics.config_last_reload_successful.set(1);
         r.add(ProcessMetrics(std::sync::Arc::new(prometheus::process_collector::ProcessCollector::for_self())));
         let mut metrics = metrics;

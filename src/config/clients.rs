@@ -148,6 +148,11 @@ impl Clients {
         Clients { entries }
     }
 
+    /// The names of the clients (removed ones' included), for their metric series.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.entries().iter().map(|client| client.name).collect()
+    }
+
     /// All clients by position, in file order (with tombstones of removed ones after a reload).
     pub fn entries(&self) -> &[ClientEntry] {
         &self.entries

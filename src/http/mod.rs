@@ -72,10 +72,13 @@ async fn not_found(inbound: Inbound) -> HttpResponse {
 }
 
 /// Answers a request no route takes: 404, or 405 with `Allow` (unless its head is too large).
-fn fallback(inbound: Inbound, error: ApiError) -> HttpResponse {
+fn fallback(mut inbound: Inbound, error: ApiError) -> HttpResponse {
     let error = match &inbound.caller {
         Err(ApiError::HeadersTooLarge(limit)) => ApiError::HeadersTooLarge(*limit),
         _ => error,
     };
+    // Not attributed to a client: a request no route takes is counted under `unknown`, so
+    // clients' series hold only their routes' answers.
+    inbound.caller = Err(error.clone());
     inbound.answer(RouteLabel::Other, "unmatched", Done::plain(Err(error)), |response, _| response)
 }

@@ -29,10 +29,11 @@ use crate::metrics::Metrics;
 use crate::published::Published;
 use crate::upstream::{self, Outcome};
 
-/// The outcomes an attempt is retried after (`courier_upstream_retries_total{reason}`): a
-/// success, a refused request or a refused key is never a reason to retry.
+/// The outcomes an attempt is retried after (`courier_upstream_retries_total{reason}`, whose
+/// label values `metrics::RETRY_REASONS` lists): a success, a refused request or a refused key
+/// is never a reason to retry.
 pub const RETRY_REASONS: [Outcome; 4] =
-    [Outcome::Timeout, Outcome::ConnectError, Outcome::RateLimited, Outcome::ServerError];
+    [Outcome::RateLimited, Outcome::ServerError, Outcome::Timeout, Outcome::ConnectError];
 
 /// Everything a lane is built from; shared by all threads.
 #[derive(Clone)]

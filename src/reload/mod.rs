@@ -135,11 +135,10 @@ impl Reloader {
     /// file's stamp changes, checked every `poll` (never when `None`).
     pub fn start(self, poll: Option<Duration>) -> ReloadHandle {
         let (tx, rx) = mpsc::channel(1);
-        for result in [ReloadResult::Ok, ReloadResult::Failed] {
-            for trigger in [ReloadTrigger::Signal, ReloadTrigger::FileChange] {
-                self.metrics.config_reloads.with_label_values(&[result.as_str(), trigger.as_str()]);
-            }
-        }
+        // The request series of the clients in use exist from the start (and a new client's
+        // from the reload that adds it, below).
+        let names = self.current.clients.as_ref().map(Clients::names);
+        self.metrics.add_clients(names.as_deref());
         let files: Vec<&str> = self.sources.files().into_iter().map(|(var, _)| var).collect();
         info!(self.log, "credential_reload_ready";
             "files" => files.join(","), "poll_interval" => poll.map_or(0.0, |p| p.as_secs_f64()));
@@ -234,6 +233,7 @@ impl Reloader {
         let mut active_clients = None;
         if let Some(clients) = clients {
             active_clients = Some(clients.entries().iter().filter(|c| c.is_active()).count());
+            self.metrics.add_clients(Some(&clients.names()));
             self.targets.credentials.clients.publish(Some(clients.clone()));
             self.current.clients = Some(clients);
             changed.push("clients");
