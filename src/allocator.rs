@@ -2,17 +2,16 @@
 //!
 //! Under load, mimalloc by default hands freed memory back to the kernel a second after it is
 //! freed, then takes it again a moment later: every round trip is a page fault and, with
-//! transparent huge pages, the kernel zeroing 2 MiB again. Measured on the pass-through
-//! benchmark: ~1900 page faults per 20k requests before, ~20 after (bench/README.md).
-//! Memory a burst needed stays with the process instead; the cache and the job store have
-//! their own bounds.
+//! transparent huge pages, the kernel zeroing a whole huge page again (the page faults before
+//! and after are in bench/README.md). Memory a burst needed stays with the process instead;
+//! the cache and the job store have their own bounds.
 //!
 //! mimalloc also asks for transparent huge pages on its arenas (`madvise(MADV_HUGEPAGE)`), so
 //! the first byte touched in a 2 MiB range makes all of it resident. courier's heap is many
 //! small objects (cache entries, status entries, connection buffers) in a working set far
 //! smaller than what 4 KiB pages already map without a TLB miss, so huge pages only inflate
-//! RSS: 21.8 MiB at start with them, 10.8 MiB without, and the difference grows with a
-//! filled cache (bench/README.md). [`small_pages`] turns them off for the process, unless
+//! RSS, at start and more so with a filled cache (bench/README.md has the figures).
+//! [`small_pages`] turns them off for the process, unless
 //! `MIMALLOC_ALLOW_THP` is set (mimalloc's own switch: `1` keeps them).
 
 /// mimalloc's `mi_option_purge_delay`: its place in `mi_option_e` (mimalloc 3).

@@ -26,7 +26,6 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 
 use super::errors::ApiError;
-use super::state::{Caller, Worker};
 
 /// One client's counter, alone on its cache line so that clients served by different cores
 /// do not contend.
@@ -85,34 +84,6 @@ pub struct InFlightGuard<'a>(&'a AtomicU32);
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Release);
-    }
-}
-
-impl Worker {
-    /// Refuses a request head larger than `COURIER_MAX_HEADER_BYTES`.
-    pub fn check_head(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        check_head(req, self.shared.config.limits.max_header_bytes).map_err(|e| self.refused(e))
-    }
-
-    /// Counts a process request of `caller` in flight, or refuses it when the caller has
-    /// `COURIER_CLIENT_MAX_IN_FLIGHT` already.
-    pub fn admit(&self, caller: Caller) -> Result<InFlightGuard<'_>, ApiError> {
-        let in_flight = &self.shared.in_flight;
-        in_flight
-            .try_acquire(caller.index())
-            .ok_or_else(|| self.refused(ApiError::ClientConcurrencyExceeded(in_flight.limit())))
-    }
-
-    /// Counts a refusal by one of the listener's limits in `courier_limit_rejections_total`.
-    pub fn refused(&self, error: ApiError) -> ApiError {
-        let limit = match error {
-            ApiError::HeadersTooLarge(_) => "header_size",
-            ApiError::ClientConcurrencyExceeded(_) => "client_in_flight",
-            ApiError::RequestBodyTimeout(_) => "body_timeout",
-            _ => return error,
-        };
-        self.shared.metrics.limit_rejections.with_label_values(&[limit]).inc();
-        error
     }
 }
 

@@ -8,7 +8,7 @@ use actix_web::HttpRequest;
 use slog::Logger;
 
 use super::errors::ApiError;
-use super::limits::InFlight;
+use super::limits::{self, InFlight, InFlightGuard};
 use crate::actors::budget::BudgetShared;
 use crate::actors::{Breaker, TokenCell};
 use crate::cache::ResponseCache;
@@ -136,5 +136,30 @@ impl Worker {
             Caller::Open => "open",
             Caller::Known(_, name) => name,
         }
+    }
+    /// Refuses a request head larger than `COURIER_MAX_HEADER_BYTES`.
+    pub fn check_head(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        limits::check_head(req, self.shared.config.limits.max_header_bytes).map_err(|e| self.refused(e))
+    }
+
+    /// Counts a process request of `caller` in flight, or refuses it when the caller has
+    /// `COURIER_CLIENT_MAX_IN_FLIGHT` already.
+    pub fn admit(&self, caller: Caller) -> Result<InFlightGuard<'_>, ApiError> {
+        let in_flight = &self.shared.in_flight;
+        in_flight
+            .try_acquire(caller.index())
+            .ok_or_else(|| self.refused(ApiError::ClientConcurrencyExceeded(in_flight.limit())))
+    }
+
+    /// Counts a refusal by one of the listener's limits in `courier_limit_rejections_total`.
+    pub fn refused(&self, error: ApiError) -> ApiError {
+        let limit = match error {
+            ApiError::HeadersTooLarge(_) => "header_size",
+            ApiError::ClientConcurrencyExceeded(_) => "client_in_flight",
+            ApiError::RequestBodyTimeout(_) => "body_timeout",
+            _ => return error,
+        };
+        self.shared.metrics.limit_rejections.with_label_values(&[limit]).inc();
+        error
     }
 }

@@ -43,12 +43,11 @@ struct Shard {
 
 /// The status entries of sync requests, in the order they came, with an index by id.
 ///
-/// With the default 100k entries, a map holding the entries themselves (~100 bytes each) is
-/// ~10 MiB touched at random: recording one entry and evicting the oldest each missed the CPU's
-/// caches, and the map pushed the rest of the request path out of them (with 1000 entries
-/// instead of 100k, cache hits cost 7% less CPU in the same run). Here the entries are written
-/// and evicted in order (memory the CPU streams through), each in 72 bytes, and the index holds
-/// 4-byte sequence numbers: ~7 MiB and ~0.6 MiB for 100k entries.
+/// With the default 100k entries, a map holding the entries themselves is megabytes touched at
+/// random: recording one entry and evicting the oldest each missed the CPU's caches, and the
+/// map pushed the rest of the request path out of them (bench/README.md measured it). Here the
+/// entries are written and evicted in order (memory the CPU streams through), and the index
+/// holds only 4-byte sequence numbers.
 struct SyncRing {
     entries: VecDeque<Synced>,
     /// The sequence number of `entries[0]`.
