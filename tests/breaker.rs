@@ -201,3 +201,17 @@ async fn background_probes_close_the_circuit_within_seconds_of_recovery_not_at_t
     assert_eq!(probe_lines.last().unwrap()["result"], "success");
     assert_eq!(probe_lines.last().unwrap()["state"], "closed");
 }
+
+#[actix_rt::test]
+async fn a_refusal_by_the_open_circuit_is_the_requests_own_miss_in_its_log_line() {
+    // With the cache on, a request that finds the circuit open went to load its answer itself:
+    // its log line and X-Cache say `miss`, not `coalesced` (it waited on no other request).
+    let pair = breaker_pair().env("EXTERNAL_API_CACHE_TTL", "60").start().await;
+    assert_eq!(force(&pair, "forced_open").await.0, 200);
+    let answer = pair.process(body("refused")).await;
+    assert_eq!((answer.status.as_u16(), answer.error_code()), (503, "circuit_open"));
+    assert_eq!(answer.header("x-cache"), Some("MISS"));
+    let logs = pair.stop().await;
+    let line = logs.lines().into_iter().find(|l| l["event"] == "gateway_request" && l["error"] == "circuit_open");
+    assert_eq!(line.expect("the refusal is logged")["cache"], "miss");
+}
