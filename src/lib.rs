@@ -1,5 +1,5 @@
 //! courier: a resilient, actor-based gateway between many internal services and one
-//! rate-limited upstream HTTP API. See README.md and ARCHITECTURE.md for the design.
+//! rate-limited upstream HTTP API. See README.md, and docs/design.md for how it works inside.
 
 pub mod actors;
 pub mod allocator;
