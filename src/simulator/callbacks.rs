@@ -6,8 +6,8 @@
 //! The check is written here from the documented scheme (HMAC-SHA256 of `"<t>.<body>"`, hex,
 //! a timestamp within five minutes), not borrowed from courier's signing code: the simulator
 //! shares no code with the gateway, and a sink that reused the signer would agree with any
-//! mistake in it. Only the last [`KEPT`] callbacks are kept, so the sink's memory is bounded
-//! however long a demo runs.
+//! mistake in it. Only the last [`KEPT`] callbacks are kept, each body up to 64 KiB, so the
+//! sink's memory is bounded however long a demo runs.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,8 @@ use super::tokens::constant_time_eq;
 
 /// Callbacks kept; older ones are dropped (and counted).
 pub const KEPT: usize = 100;
+/// Largest body kept as it came; a larger one is checked, then kept as a note of its size.
+const BODY_KEPT_BYTES: usize = 64 * 1024;
 /// How far a signature's timestamp may be from now, either way, as receivers are told to check.
 const TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -39,7 +41,7 @@ pub struct ReceivedCallback {
     pub verified: bool,
     /// Why not, when `verified` is false.
     pub problem: Option<String>,
-    /// The body: JSON as sent, or the text when it is not JSON.
+    /// The body: JSON as sent, or the text when it is not JSON (a note of its size past 64 KiB).
     pub body: serde_json::Value,
 }
 
@@ -85,7 +87,8 @@ impl Sink {
                 (Some(secret), Some(header)) => check(secret, header, body, unix).err(),
             }
         };
-        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let json: Option<serde_json::Value> =
+            if body.len() <= BODY_KEPT_BYTES { serde_json::from_slice(body).ok() } else { None };
         let field = |name: &str| json.as_ref().and_then(|v| v[name].as_str()).map(str::to_owned);
         let received = ReceivedCallback {
             received_at: humantime::format_rfc3339_seconds(now).to_string(),
@@ -93,7 +96,11 @@ impl Sink {
             status: field("status"),
             verified: problem.is_none(),
             problem: problem.map(str::to_owned),
-            body: json.clone().unwrap_or_else(|| String::from_utf8_lossy(body).into_owned().into()),
+            body: match (&json, body.len() <= BODY_KEPT_BYTES) {
+                (Some(json), _) => json.clone(),
+                (None, true) => String::from_utf8_lossy(body).into_owned().into(),
+                (None, false) => format!("({} bytes, not kept)", body.len()).into(),
+            },
         };
         let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if kept.len() == KEPT {
@@ -172,10 +179,12 @@ mod tests {
         assert_eq!(got.problem.as_deref(), Some("the signature's timestamp is more than 300 s from now"));
         let got = sink.receive(None, b"not json");
         assert_eq!((got.verified, got.body), (false, serde_json::Value::from("not json")));
+        let big = format!("[{}0]", "0,".repeat(BODY_KEPT_BYTES));
+        assert_eq!(sink.receive(None, big.as_bytes()).body, format!("({} bytes, not kept)", big.len()).as_str());
         for _ in 0..KEPT {
             sink.receive(None, BODY);
         }
         let report = sink.report();
-        assert_eq!((report.callbacks.len(), report.dropped), (KEPT, 3));
+        assert_eq!((report.callbacks.len(), report.dropped), (KEPT, 4));
     }
 }
