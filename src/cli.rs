@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigErrors, Layered, MapEnv, ProcessEnv};
+use secrecy::ExposeSecret;
+
+use crate::config::{Config, ConfigErrors, Env, Layered, MapEnv, ProcessEnv};
 use crate::gateway::{wait_for_signal, Gateway, StartError};
 use crate::logging::{LogTarget, Logging};
 use crate::metrics::Metrics;
@@ -55,6 +57,13 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1000)]
     pub rate_limit: u32,
 }
+
+/// The callback secret `courier demo` signs callbacks with when the environment names none
+/// (printed at start: it protects nothing but the demo's own sink).
+pub const DEMO_CALLBACK_SECRET: &str = "demo-callback-secret";
+
+/// The request id of the async example `courier demo` prints (and README.md shows).
+const DEMO_JOB_ID: &str = "my-first-job";
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
@@ -128,7 +137,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         SimConfig { listen: args.sim_listen, rate_limit_per_minute: args.rate_limit, ..SimConfig::default() };
     let outcome = actix_rt::System::new().block_on(async move {
         let sim = Simulator::start(sim_config.clone()).await.map_err(|e| e.to_string())?;
-        let wiring = MapEnv::new([
+        let mut wiring = MapEnv::new([
             ("EXTERNAL_API_BASE_URL", sim.base_url()),
             ("EXTERNAL_API_KEY", sim_config.api_key.clone()),
             ("EXTERNAL_OAUTH_CLIENT_ID", sim_config.client_id.clone()),
@@ -137,7 +146,9 @@ fn demo(args: DemoArgs) -> ExitCode {
             ("COURIER_LISTEN", args.listen.to_string()),
             ("COURIER_ADMIN_LISTEN", args.admin_listen.to_string()),
         ]);
+        let own_secret = wire_callbacks(&mut wiring, &sim);
         let config = Config::from_sources(&Layered(&wiring, &ProcessEnv), None).map_err(|e| e.to_string())?;
+        sim.set_callback_secret(config.jobs.callback_secret.as_ref().map(|s| s.expose_secret().as_bytes()));
         let metrics = Arc::new(Metrics::new());
         let logging = Logging::start(config.log_level, LogTarget::Stderr, metrics.log_dropped.clone());
         let hangups = hangups().map_err(|e| e.to_string())?;
@@ -146,7 +157,7 @@ fn demo(args: DemoArgs) -> ExitCode {
             .and_then(Gateway::serve)
             .map_err(|e| e.to_string())?;
         running.reload_on_sighup(hangups);
-        print_demo_banner(&sim, running.addr, running.admin_addr);
+        print_demo_banner(&sim, running.addr, running.admin_addr, own_secret);
         let waited = wait_for_signal().await;
         running.stop().await;
         sim.stop().await;
@@ -159,16 +170,45 @@ fn demo(args: DemoArgs) -> ExitCode {
     }
 }
 
-fn print_demo_banner(sim: &Simulator, gateway: SocketAddr, admin: SocketAddr) {
+/// Lets the demo's callbacks reach the simulator's sink: a callback secret (the demo's own
+/// unless the environment names one; returns whether it is the demo's) and the simulator's
+/// address on the callback allow-list, added to any the environment gives. `serve` has no such
+/// wiring, so it keeps refusing loopback callbacks unless `COURIER_CALLBACK_ALLOW` lists them.
+fn wire_callbacks(wiring: &mut MapEnv, sim: &Simulator) -> bool {
+    let own_secret =
+        ProcessEnv.var("COURIER_CALLBACK_SECRET").is_none() && ProcessEnv.var("COURIER_CALLBACK_SECRET_FILE").is_none();
+    if own_secret {
+        wiring.set("COURIER_CALLBACK_SECRET", DEMO_CALLBACK_SECRET);
+    }
+    let sim_ip = match sim.addr().ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "::1".to_owned(),
+        ip => ip.to_string(),
+    };
+    let allow = match ProcessEnv.var("COURIER_CALLBACK_ALLOW") {
+        Some(more) if !more.trim().is_empty() => format!("{sim_ip}, {more}"),
+        _ => sim_ip,
+    };
+    wiring.set("COURIER_CALLBACK_ALLOW", allow);
+    own_secret
+}
+
+fn print_demo_banner(sim: &Simulator, gateway: SocketAddr, admin: SocketAddr, own_secret: bool) {
+    let sim_addr = sim.addr();
     println!("courier demo is running (Ctrl-C stops it)");
     println!("  gateway:   http://{gateway}/api/external/process");
     println!("  admin:     http://{admin}/metrics  http://{admin}/readyz");
     println!(
-        "  simulator: {}  (faults: POST http://{}/_sim/faults, stats: GET http://{}/_sim/stats)",
+        "  simulator: {}  (faults: POST http://{sim_addr}/_sim/faults, stats: GET http://{sim_addr}/_sim/stats)",
         sim.base_url(),
-        sim.addr(),
-        sim.addr()
     );
+    let secret = if own_secret {
+        format!("COURIER_CALLBACK_SECRET={DEMO_CALLBACK_SECRET} (the demo's)")
+    } else {
+        "the COURIER_CALLBACK_SECRET of the environment".to_owned()
+    };
+    println!("  callbacks: signed with {secret}; the simulator's sink http://{sim_addr}/_sim/callbacks");
+    println!("             records and verifies them (the demo allows loopback callbacks to the simulator)");
     println!("try:");
     println!(
         "  curl -s -X POST http://{gateway}/api/external/process -H 'Content-Type: application/json' \
@@ -178,4 +218,12 @@ fn print_demo_banner(sim: &Simulator, gateway: SocketAddr, admin: SocketAddr) {
         "  curl -s -X POST http://{}/_sim/faults -H 'Content-Type: application/json' -d '{{\"error_count\": 2}}'",
         sim.addr()
     );
+    println!("an async request, its status and its callback:");
+    println!(
+        "  curl -s -i -X POST http://{gateway}/api/external/process -H 'Content-Type: application/json' \
+         -H 'X-Request-Id: {DEMO_JOB_ID}' -d '{{\"data\": {{\"input\": \"later\"}}, \"options\": {{\"async\": true, \
+         \"callback_url\": \"http://{sim_addr}/_sim/callbacks\"}}}}'"
+    );
+    println!("  curl -s http://{gateway}/api/external/status/{DEMO_JOB_ID}");
+    println!("  curl -s http://{sim_addr}/_sim/callbacks");
 }

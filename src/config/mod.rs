@@ -4,6 +4,8 @@
 //! Every setting is read through [`Reader`], which records a problem and keeps going, so a
 //! misconfigured deployment learns about *every* bad variable in one start, one line each
 //! (`VARIABLE: problem (expected: form)`), instead of fixing them one restart at a time.
+//! A setting is never silently left at its default by mistake: a key in the file that names no
+//! setting is an error (with the closest name), and so is a variable set to nothing.
 //! The environment is read through the small [`Env`] trait so tests pass a map instead of
 //! mutating the process environment. Secrets are held in [`SecretString`] and never printed:
 //! `Debug` of [`Config`] shows `[REDACTED]` in their place.
@@ -42,14 +44,23 @@ impl ConfigErrors {
 /// One bad setting: which variable, what is wrong with its value, and the expected form.
 /// The value itself is quoted only for settings that are not secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{var}: {problem} (expected: {expected})")]
 pub struct ConfigError {
     /// The variable's name, e.g. `EXTERNAL_API_TIMEOUT`.
     pub var: String,
     /// What is wrong with the value.
     pub problem: String,
-    /// The form a good value takes.
+    /// The form a good value takes (empty when the problem says it all).
     pub expected: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.problem)?;
+        if !self.expected.is_empty() {
+            write!(f, " (expected: {})", self.expected)?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a secret came from, kept so that a reload can read it again.

@@ -1,6 +1,6 @@
 //! Reading settings one by one while collecting every problem.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -60,7 +60,11 @@ impl Env for Layered<'_> {
 
 /// Values from the optional TOML config file, keyed by variable name.
 #[derive(Default)]
-pub(super) struct FileValues(HashMap<String, String>);
+pub(super) struct FileValues {
+    values: HashMap<String, String>,
+    /// Each key as written in the file, in the file's (sorted) order, with its variable name.
+    keys: Vec<(String, String)>,
+}
 
 impl FileValues {
     pub(super) fn read(path: &Path) -> Result<Self, ConfigError> {
@@ -71,9 +75,8 @@ impl FileValues {
         };
         let text =
             std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
-        let table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| problem(format!("not valid TOML: {}", e.message())))?;
-        let mut values = HashMap::new();
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| problem(toml_problem(&text, &e)))?;
+        let mut file = FileValues::default();
         for (key, value) in table {
             let text = match value {
                 toml::Value::String(s) => s,
@@ -82,9 +85,57 @@ impl FileValues {
                 toml::Value::Boolean(b) => b.to_string(),
                 other => return Err(problem(format!("{key} has a {} value", other.type_str()))),
             };
-            values.insert(key.to_ascii_uppercase(), text);
+            let var = key.to_ascii_uppercase();
+            file.values.insert(var.clone(), text);
+            file.keys.push((key, var));
         }
-        Ok(FileValues(values))
+        Ok(file)
+    }
+
+    /// A problem for every key in the file that names no setting `known` holds, with the
+    /// closest known name when one is close: a misspelt key would otherwise be ignored and
+    /// its setting silently left at the default.
+    pub(super) fn unknown_keys(&self, known: &BTreeSet<String>) -> Vec<ConfigError> {
+        self.keys
+            .iter()
+            .filter(|(_, var)| !known.contains(var))
+            .map(|(key, var)| {
+                let problem = match closest(var, known) {
+                    Some(name) => format!("not a setting courier knows (did you mean {name}?)"),
+                    None => "not a setting courier knows (the configuration table in README.md lists them)".into(),
+                };
+                ConfigError { var: key.clone(), problem, expected: "" }
+            })
+            .collect()
+    }
+}
+
+/// The known name most like `name`, if one is like it at all (a typo or two, a swapped pair).
+fn closest<'a>(name: &str, known: &'a BTreeSet<String>) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(name, k), k))
+        .filter(|(score, _)| *score >= SIMILAR)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.as_str())
+}
+
+/// How alike two names must be (Jaro-Winkler) for one to be suggested for the other.
+const SIMILAR: f64 = 0.85;
+
+/// The TOML parser's error on one line, with where it is: its message may span several lines
+/// (the problem, then what was expected), and a config error is one line.
+fn toml_problem(text: &str, error: &toml::de::Error) -> String {
+    let message: Vec<&str> = error.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let message = message.join("; ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("not valid TOML at line {line}, column {column}: {message}")
+        }
+        None => format!("not valid TOML: {message}"),
     }
 }
 
@@ -97,15 +148,20 @@ pub(super) struct Reader<'a> {
     env: &'a dyn Env,
     file: &'a FileValues,
     errors: Vec<ConfigError>,
+    /// Every variable asked for: the settings courier knows.
+    known: BTreeSet<String>,
 }
 
 impl<'a> Reader<'a> {
     pub(super) fn new(env: &'a dyn Env, file: &'a FileValues) -> Self {
-        Reader { env, file, errors: Vec::new() }
+        Reader { env, file, errors: Vec::new(), known: BTreeSet::new() }
     }
 
-    /// Ok when no problem was recorded.
-    pub(super) fn finish(self) -> Result<(), ConfigErrors> {
+    /// Ok when no problem was recorded. Keys of the file that name no setting read are
+    /// problems too, reported first (a misspelt key explains the problems it causes).
+    pub(super) fn finish(mut self) -> Result<(), ConfigErrors> {
+        let unknown = self.file.unknown_keys(&self.known);
+        self.errors.splice(0..0, unknown);
         if self.errors.is_empty() {
             Ok(())
         } else {
@@ -117,20 +173,37 @@ impl<'a> Reader<'a> {
         self.errors.push(ConfigError { var: var.to_owned(), problem: problem.into(), expected });
     }
 
-    /// The raw value: environment first, then the file; empty counts as unset.
-    pub(super) fn optional(&self, var: &str) -> Option<String> {
-        self.env
-            .var(var)
-            .or_else(|| self.file.0.get(var).cloned())
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+    /// Whether a problem with `var` is already recorded (each variable gets one line).
+    fn reported(&self, var: &str) -> bool {
+        self.errors.iter().any(|e| e.var == var)
+    }
+
+    /// The raw value, trimmed: environment first, then the file. Set but empty is a problem,
+    /// not the default: `EXTERNAL_API_TIMEOUT=` is more likely a value lost on its way (an
+    /// unset shell variable in a template) than a wish for the default, so it is refused.
+    pub(super) fn optional(&mut self, var: &str) -> Option<String> {
+        self.known.insert(var.to_owned());
+        let value = self.env.var(var).or_else(|| self.file.values.get(var).cloned())?;
+        let value = value.trim();
+        if value.is_empty() {
+            if !self.reported(var) {
+                self.problem(var, "is set but empty", "a value, or the variable left unset for its default");
+            }
+            return None;
+        }
+        Some(value.to_owned())
     }
 
     pub(super) fn required(&mut self, var: &str, expected: &'static str) -> String {
-        self.optional(var).unwrap_or_else(|| {
-            self.problem(var, "is not set", expected);
-            String::new()
-        })
+        match self.optional(var) {
+            Some(value) => value,
+            None => {
+                if !self.reported(var) {
+                    self.problem(var, "is not set", expected);
+                }
+                String::new()
+            }
+        }
     }
 
     /// A value parsed by `parse`; the default when unset.
@@ -202,7 +275,9 @@ impl<'a> Reader<'a> {
     pub(super) fn url(&mut self, var: &str, default: Option<String>) -> Option<String> {
         const URL: &str = "an absolute http(s) URL, e.g. https://api.example.com/v2";
         let Some(raw) = self.optional(var).or(default) else {
-            self.problem(var, "is not set", URL);
+            if !self.reported(var) {
+                self.problem(var, "is not set", URL);
+            }
             return None;
         };
         match url::Url::parse(&raw) {
@@ -260,15 +335,40 @@ impl<'a> Reader<'a> {
     /// An optional URL holding credentials (Redis); checked but never quoted.
     pub(super) fn optional_secret_url(&mut self, var: &str) -> Option<SecretString> {
         let (value, _) = self.optional_secret(var)?;
-        let raw = secrecy::ExposeSecret::expose_secret(&value);
-        let ok = url::Url::parse(raw)
-            .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
-            .unwrap_or(false);
-        if !ok {
-            self.problem(var, "is not a redis:// URL", "redis://[user:password@]host:port[/db]");
+        if let Some(problem) = redis_url_problem(secrecy::ExposeSecret::expose_secret(&value)) {
+            self.problem(var, problem, "redis://[user:password@]host[:port][/db], rediss://… or unix:///path");
             return None;
         }
         Some(value)
+    }
+}
+
+/// What is wrong with a Redis URL, if anything, in words that quote none of it but the scheme
+/// and the database (the URL may hold a password).
+fn redis_url_problem(raw: &str) -> Option<String> {
+    let url = match url::Url::parse(raw) {
+        Ok(url) => url,
+        // The URL parser puts no part of the text in its errors.
+        Err(url::ParseError::EmptyHost) => return Some("has no host".into()),
+        Err(url::ParseError::RelativeUrlWithoutBase) => {
+            return Some("is not a URL (no scheme such as redis://)".into())
+        }
+        Err(e) => return Some(format!("is not a URL ({e})")),
+    };
+    match url.scheme() {
+        "redis" | "rediss" => {
+            if url.host_str().is_none_or(str::is_empty) {
+                return Some("has no host".into());
+            }
+            let db = url.path().trim_start_matches('/');
+            if !db.is_empty() && db.parse::<u32>().is_err() {
+                return Some(format!("names database {db:?}, not a number"));
+            }
+            None
+        }
+        "redis+unix" | "unix" if url.path().is_empty() || url.path() == "/" => Some("has no socket path".into()),
+        "redis+unix" | "unix" => None,
+        other => Some(format!("has scheme {other}:, not redis:, rediss:, redis+unix: or unix:")),
     }
 }
 

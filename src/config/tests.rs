@@ -234,3 +234,130 @@ fn job_max_runs_defaults_to_two_and_is_range_checked() {
         assert_eq!(vars, ["COURIER_JOB_MAX_RUNS"], "{bad}: {errors}");
     }
 }
+
+/// A config file in a fresh directory, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let dir = std::env::temp_dir().join(format!("courier-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("courier.toml");
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+    }
+}
+
+#[test]
+fn an_unknown_key_in_the_file_is_an_error_naming_it_and_the_closest_setting() {
+    let file = TempFile::new(
+        "unknown",
+        "EXTERNAL_API_TIMOUT = 5\ncourier_log_levle = \"debug\"\nFLUX_CAPACITOR = 1\nEXTERNAL_API_MAX_RETRIES = 2\n",
+    );
+    let errors = Config::from_sources(&minimal(), Some(&file.0)).unwrap_err();
+    let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "EXTERNAL_API_TIMOUT: not a setting courier knows (did you mean EXTERNAL_API_TIMEOUT?)",
+            "FLUX_CAPACITOR: not a setting courier knows (the configuration table in README.md lists them)",
+            "courier_log_levle: not a setting courier knows (did you mean COURIER_LOG_LEVEL?)",
+        ]
+    );
+    // Every name courier reads is known, secrets' `_FILE` forms included.
+    let file = TempFile::new(
+        "known",
+        "EXTERNAL_API_TIMEOUT = 5\nEXTERNAL_OAUTH_TOKEN_URL = \"http://127.0.0.1:1/token\"\n\
+         COURIER_CALLBACK_SECRET_FILE = \"/nonexistent\"\nCOURIER_MAX_JSON_DEPTH = 10\n",
+    );
+    let errors = Config::from_sources(&minimal(), Some(&file.0)).unwrap_err();
+    let vars: Vec<&str> = errors.0.iter().map(|e| e.var.as_str()).collect();
+    assert_eq!(vars, ["COURIER_CALLBACK_SECRET_FILE"], "only the unreadable file: {errors}");
+}
+
+#[test]
+fn unknown_keys_come_first_among_every_other_problem() {
+    let file =
+        TempFile::new("unknown-first", "EXTERNAL_OAUTH_CLIENT_D = \"client\"\nEXTERNAL_API_TIMEOUT = \"soon\"\n");
+    let mut env = minimal();
+    env.0.remove("EXTERNAL_OAUTH_CLIENT_ID");
+    let errors = Config::from_sources(&env, Some(&file.0)).unwrap_err();
+    let vars: Vec<&str> = errors.0.iter().map(|e| e.var.as_str()).collect();
+    assert_eq!(vars, ["EXTERNAL_OAUTH_CLIENT_D", "EXTERNAL_OAUTH_CLIENT_ID", "EXTERNAL_API_TIMEOUT"]);
+    assert!(errors.0[0].problem.contains("did you mean EXTERNAL_OAUTH_CLIENT_ID?"), "{errors}");
+}
+
+#[test]
+fn an_empty_variable_is_an_error_not_the_default() {
+    let mut env = minimal();
+    env.set("EXTERNAL_API_TIMEOUT", "").set("COURIER_CALLBACK_ALLOW", "  ").set("EXTERNAL_API_KEY", "");
+    let errors = Config::from_sources(&env, None).unwrap_err();
+    let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+    let expected = "(expected: a value, or the variable left unset for its default)";
+    assert_eq!(
+        lines,
+        [
+            format!("EXTERNAL_API_KEY: is set but empty {expected}"),
+            format!("EXTERNAL_API_TIMEOUT: is set but empty {expected}"),
+            format!("COURIER_CALLBACK_ALLOW: is set but empty {expected}"),
+        ]
+    );
+    // An empty required URL is reported once, as empty.
+    let mut env = minimal();
+    env.set("EXTERNAL_API_BASE_URL", "");
+    let errors = Config::from_sources(&env, None).unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    assert_eq!(errors.0[0].problem, "is set but empty");
+    // So is an empty value in the file.
+    let file = TempFile::new("empty", "EXTERNAL_API_MAX_RETRIES = \"\"\n");
+    let errors = Config::from_sources(&minimal(), Some(&file.0)).unwrap_err();
+    assert_eq!(errors.to_string(), format!("EXTERNAL_API_MAX_RETRIES: is set but empty {expected}"));
+}
+
+#[test]
+fn an_invalid_toml_file_is_one_line_saying_where() {
+    for (text, at) in [
+        ("EXTERNAL_API_TIMEOUT = 5\n[broken\n", "line 2, column"),
+        ("EXTERNAL_API_TIMEOUT = 5\nEXTERNAL_API_MAX_RETRIES 3\n", "line 2, column"),
+        ("EXTERNAL_API_TIMEOUT = \"5\nX = 1\n", "line 1, column"),
+        ("EXTERNAL_API_TIMEOUT = 5\nEXTERNAL_API_TIMEOUT = 6\n", "line 2, column"),
+    ] {
+        let file = TempFile::new("invalid", text);
+        let errors = Config::from_sources(&minimal(), Some(&file.0)).unwrap_err().to_string();
+        assert_eq!(errors.lines().count(), 1, "{text:?} gave {errors}");
+        assert!(errors.starts_with(&format!("--config: not valid TOML at {at}")), "{text:?} gave {errors}");
+        assert!(errors.ends_with("(expected: a TOML file of VARIABLE = value lines, e.g. EXTERNAL_API_TIMEOUT = 5)"));
+    }
+}
+
+#[test]
+fn a_bad_redis_url_says_what_is_wrong_and_never_shows_the_password() {
+    let cases = [
+        ("redis://:hunter2@", "has no host"),
+        ("redis://user:hunter2@/0", "has no host"),
+        ("http://:hunter2@127.0.0.1:6379", "has scheme http:, not redis:, rediss:, redis+unix: or unix:"),
+        ("redis://:hunter2@127.0.0.1:6379/zero", "names database \"zero\", not a number"),
+        ("redis://:hunter2@127.0.0.1:port", "is not a URL (invalid port number)"),
+        ("hunter2", "is not a URL (no scheme such as redis://)"),
+        ("unix://", "has no socket path"),
+    ];
+    for (url, problem) in cases {
+        let mut env = minimal();
+        env.set("REDIS_URL", url);
+        let errors = Config::from_sources(&env, None).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{url}: {errors}");
+        assert_eq!((errors.0[0].var.as_str(), errors.0[0].problem.as_str()), ("REDIS_URL", problem), "{url}");
+        assert!(!errors.to_string().contains("hunter2"), "{errors}");
+    }
+    for url in ["redis://:hunter2@127.0.0.1:6379/0", "rediss://cache.internal", "redis://h", "unix:///run/redis.sock"] {
+        let mut env = minimal();
+        env.set("REDIS_URL", url);
+        assert!(Config::from_sources(&env, None).is_ok(), "{url}");
+    }
+}

@@ -33,6 +33,9 @@ pub struct SimConfig {
     pub ietf_headers: bool,
     /// Serve HTTPS with this certificate and key instead of plain HTTP.
     pub tls: Option<SimTls>,
+    /// Key the callback sink (`/_sim/callbacks`) checks signatures with, as courier's
+    /// `COURIER_CALLBACK_SECRET` (none: callbacks are recorded as unverified).
+    pub callback_secret: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -49,6 +52,7 @@ impl Default for SimConfig {
             workers: 1,
             ietf_headers: false,
             tls: None,
+            callback_secret: None,
         }
     }
 }
@@ -110,6 +114,10 @@ pub struct SimArgs {
     /// PEM file of the private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Secret the callback sink (POST /_sim/callbacks) checks X-Courier-Signature with: the
+    /// COURIER_CALLBACK_SECRET of the courier sending the callbacks (read from that variable too).
+    #[arg(long, value_name = "SECRET", env = "COURIER_CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<String>,
 }
 
 impl SimArgs {
@@ -137,6 +145,7 @@ impl SimArgs {
             workers: self.workers,
             ietf_headers: self.ietf_headers,
             tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| SimTls { cert, key }),
+            callback_secret: self.callback_secret,
         }
     }
 }

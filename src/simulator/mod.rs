@@ -7,7 +7,8 @@
 //! `POST /v2/process`) and adds an unauthenticated control plane under
 //! `/_sim` to inject faults (errors, latency, outages, dropped connections,
 //! token failures and revocation, foreign rate-limit consumption), to replace
-//! the accepted credentials (a rotation) and to read request counters.
+//! the accepted credentials (a rotation), to read request counters, and a
+//! sink that records and verifies courier's signed callbacks.
 //!
 //! Because it is the upstream of benchmarks, the simulator must never be the
 //! bottleneck. The request path therefore takes no locks: tokens validate
@@ -29,6 +30,7 @@
 //! # }
 //! ```
 
+mod callbacks;
 mod config;
 mod credentials;
 mod faults;
@@ -48,6 +50,7 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 
+pub use callbacks::{CallbacksReport, ReceivedCallback};
 pub use config::{SimArgs, SimConfig};
 pub use credentials::{CredentialUses, CredentialsPatch};
 pub use faults::{Faults, FaultsPatch};
@@ -134,6 +137,17 @@ impl Simulator {
     pub fn set_credentials(&self, patch: CredentialsPatch) {
         patch.validate().expect("a valid credentials patch");
         self.shared.credentials.apply(&patch);
+    }
+
+    /// Replaces the secret the callback sink checks signatures with (`None`: every callback
+    /// is recorded as unverified).
+    pub fn set_callback_secret(&self, secret: Option<&[u8]>) {
+        self.shared.callbacks.set_secret(secret);
+    }
+
+    /// The callbacks the sink received (the same document as `GET /_sim/callbacks`).
+    pub fn callbacks(&self) -> CallbacksReport {
+        self.shared.callbacks.report()
     }
 
     /// How often each accepted client secret and API key was presented, by position.

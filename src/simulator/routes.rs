@@ -2,7 +2,7 @@
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::credentials::CredentialsPatch;
@@ -40,6 +40,12 @@ pub(crate) fn configure(sim: web::Data<Shared>) -> impl FnOnce(&mut web::Service
                         web::resource("/credentials")
                             .route(web::get().to(get_credentials))
                             .route(web::post().to(post_credentials))
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/callbacks")
+                            .route(web::get().to(get_callbacks))
+                            .route(web::post().to(post_callback))
                             .default_service(web::to(method_not_allowed)),
                     )
                     .service(endpoint("/stats", web::get().to(get_stats)))
@@ -142,6 +148,17 @@ async fn post_credentials(body: web::Bytes, sim: web::Data<Shared>) -> HttpRespo
     }
     sim.credentials.apply(&patch);
     json_response(StatusCode::OK, &sim.credentials.uses())
+}
+
+async fn get_callbacks(sim: web::Data<Shared>) -> HttpResponse {
+    json_response(StatusCode::OK, &sim.callbacks.report())
+}
+
+/// Records a callback and answers 200 with what was recorded (whether it verified or not: the
+/// sink is there to show what arrived).
+async fn post_callback(req: HttpRequest, body: web::Bytes, sim: web::Data<Shared>) -> HttpResponse {
+    let signature = req.headers().get("x-courier-signature").and_then(|v| v.to_str().ok());
+    json_response(StatusCode::OK, &sim.callbacks.receive(signature, &body))
 }
 
 async fn get_stats(sim: web::Data<Shared>) -> HttpResponse {

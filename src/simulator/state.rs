@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use actix_web::http::header::HeaderValue;
 
+use super::callbacks::Sink;
 use super::config::SimConfig;
 use super::credentials::Credentials;
 use super::faults::{FaultState, Faults, FaultsPatch};
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) faults: FaultState,
     /// Request counters.
     pub(crate) stats: Counters,
+    /// The callback sink (`/_sim/callbacks`).
+    pub(crate) callbacks: Sink,
     /// Source of `up_…` request ids.
     request_ids: RequestIds,
     /// Serialises control-plane patches (never taken on the request path).
@@ -75,6 +78,7 @@ impl Shared {
             tokens: TokenIssuer::new(cfg.token_ttl, cfg.faults.revocation_epoch),
             faults: FaultState::new(&cfg.faults),
             stats: Counters::default(),
+            callbacks: Sink::new(cfg.callback_secret.as_deref()),
             request_ids: RequestIds::new(),
             patch_lock: Mutex::new(()),
         }

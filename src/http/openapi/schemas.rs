@@ -5,7 +5,9 @@
 
 use std::borrow::Cow;
 
-use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaFormat, SchemaType, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, AnyOfBuilder, ArrayBuilder, Object, ObjectBuilder, SchemaFormat, SchemaType, Type,
+};
 use utoipa::openapi::{KnownFormat, RefOr, Schema};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
@@ -140,10 +142,30 @@ fn any_value(description: &str) -> Object {
     ObjectBuilder::new().schema_type(SchemaType::AnyValue).description(Some(description)).build()
 }
 
-/// Any JSON value but `null`.
-fn not_null() -> Object {
-    let types = vec![Type::String, Type::Number, Type::Boolean, Type::Object, Type::Array];
-    ObjectBuilder::new().schema_type(SchemaType::Array(types)).examples(["data to process"]).build()
+/// Any JSON value but `null`, spelled as one branch per type so client generators can type it:
+/// a list of types (`"type": [...]`) gives them an array without `items` (openapi-python-client
+/// then drops the whole operation) and an object without properties (openapi-typescript types it
+/// `Record<string, never>`, so no object could be sent). Arrays hold anything (`items: {}`),
+/// objects any members (`additionalProperties: true`). The titles name the generated types.
+pub(super) fn not_null() -> Schema {
+    let leaf = |t: Type| ObjectBuilder::new().schema_type(t).build();
+    let anything = ObjectBuilder::new().schema_type(SchemaType::AnyValue).build();
+    AnyOfBuilder::new()
+        .item(leaf(Type::String))
+        .item(leaf(Type::Number))
+        .item(leaf(Type::Boolean))
+        .item(ArrayBuilder::new().title(Some("InputArray")).items(anything).build())
+        .item(
+            ObjectBuilder::new()
+                .title(Some("InputObject"))
+                .schema_type(Type::Object)
+                .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+                .build(),
+        )
+        .description(Some("The input: any JSON value but `null`."))
+        .examples([serde_json::json!("data to process"), serde_json::json!({"a": 1}), serde_json::json!([1, 2])])
+        .build()
+        .into()
 }
 
 /// The `code` of an error answer: one of courier's codes.

@@ -200,6 +200,55 @@ fn the_request_schema_is_what_the_validator_takes() {
 }
 
 #[test]
+fn the_input_is_one_typed_branch_per_json_type_but_null() {
+    let doc = served(false);
+    let input = &schema(&doc, "ProcessData")["properties"]["input"];
+    let branches = input["anyOf"].as_array().expect("input is an anyOf");
+    let types: Vec<&str> = branches.iter().map(|b| b["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["string", "number", "boolean", "array", "object"]);
+    // Generators type an array by its items and an object by its members: both say "anything".
+    assert_eq!(branches[3]["items"], json!({}));
+    assert_eq!(branches[4]["additionalProperties"], true);
+    // One value of each branch, and each example, is an input the validator takes.
+    let mut values = vec![json!("x"), json!(-2.5), json!(false), json!([null, {"a": []}]), json!({"a": {"b": null}})];
+    values.extend(input["examples"].as_array().unwrap().iter().cloned());
+    for value in values {
+        let request = json!({"data": {"input": value}});
+        body::parse(request.to_string().as_bytes(), body::Rules::new(true)).unwrap();
+    }
+}
+
+/// Generators cannot type an array whose items are not given (openapi-python-client drops the
+/// operation), nor a list of types that includes one.
+#[test]
+fn every_array_schema_says_what_it_holds() {
+    fn walk(value: &Value, at: &str, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                let array = match map.get("type") {
+                    Some(Value::String(t)) => t == "array",
+                    Some(Value::Array(list)) => list.len() > 1 && list.contains(&json!("array")),
+                    _ => false,
+                };
+                if array && (!map.contains_key("items") || map["type"].is_array()) {
+                    found.push(at.to_owned());
+                }
+                for (key, child) in map {
+                    walk(child, &format!("{at}/{key}"), found);
+                }
+            }
+            Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| walk(v, &format!("{at}/{i}"), found)),
+            _ => {}
+        }
+    }
+    for keys in [false, true] {
+        let mut found = Vec::new();
+        walk(&served(keys), "", &mut found);
+        assert!(found.is_empty(), "arrays without items or in a list of types at {found:?}");
+    }
+}
+
+#[test]
 fn links_name_the_status_operation() {
     let text = String::from_utf8(document_json(false).to_vec()).unwrap();
     assert!(!text.contains("operation_id"));
