@@ -36,7 +36,7 @@ fn readme_async_example() -> Vec<String> {
     }
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for block in text.split("```").skip(1).step_by(2) {
+        for block in fenced_blocks(&text) {
             if block.contains("\"async\": true") && block.contains("/_sim/callbacks") {
                 let joined = block.replace("\\\n", " ");
                 return joined
@@ -49,6 +49,25 @@ fn readme_async_example() -> Vec<String> {
         }
     }
     panic!("no async example with the callback sink in README.md or docs/");
+}
+
+/// The contents of the fenced blocks of a Markdown text: from a line opening a fence to the
+/// line closing it (an inline run of backticks in prose opens nothing).
+fn fenced_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut open: Option<String> = None;
+    for line in text.lines() {
+        match &mut open {
+            None if line.trim_start().starts_with("```") => open = Some(String::new()),
+            None => {}
+            Some(_) if line.trim() == "```" => blocks.extend(open.take()),
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+    }
+    blocks
 }
 
 /// Runs one command as a user's shell would, in a clean environment (no proxy settings).
