@@ -37,6 +37,9 @@ PARTS = set(os.environ.get("PARTS", "pass,steady,cache,latency,reject,breaker,me
 # The fixed rate of the "steady" pass-through: a quarter of what courier serves in a closed loop
 # here, so that the two cores are not saturated and latency is not queueing.
 STEADY_RATE = 4000
+# The memory part: the cache's realistic sizes, and the byte bound it is filled past.
+MEMORY_SIZES = [int(n) for n in os.environ.get("MEMORY_SIZES", "5000,50000").split(",")]
+MEMORY_BOUND_MIB = int(os.environ.get("MEMORY_BOUND_MIB", "64"))
 if os.environ.get("PHASES") == "memory":
     PARTS = {"memory"}
 CONNS = 64
@@ -329,9 +332,10 @@ backend sim
             measure(scenario, "nginx fixed 429 (reference)", fixed_url, json_header, workers, rate=2000)
 
     # Memory, each on a fresh process so earlier load does not count: 10k idle keep-alive
-    # connections (courier and nginx), then 100k cached answers, twice: a courier keeping at most
-    # 1000 sync status entries (COURIER_JOB_MAX), so what grows is the cache, and one with the
-    # default status store, which fills too (every request records an entry).
+    # connections (courier and nginx), then the cache at its realistic sizes (5k and 50k
+    # answers: at the default TTL the upstream's limit lets at most ~5k fresh answers exist,
+    # ~5k-50k with the stale windows on) and full at its byte bound, for each courier build. The
+    # status store is kept at 1000 entries (COURIER_JOB_MAX), so that what grows is the cache.
     if "memory" not in PARTS:
         report(results, None)
         return
@@ -352,39 +356,68 @@ backend sim
     idle_courier = idle_rss(lambda: [idle_proc.pid], idle_url)
     idle_nginx = idle_rss(lambda: nginx_workers(nginx.pid), nginx_cache_url)
 
-    def fill(name, extra):
-        """A fresh courier filled with 100k+ distinct answers: (answers, answer bytes, RSS before, filled)."""
-        proc, url, admin = courier(name, {"EXTERNAL_API_CACHE_TTL": "3600",
-                                          "COURIER_CACHE_MAX_BYTES": str(512 << 20), **extra})
-        pad = "p" * 200
-        entries = 0
+    pad = "p" * 200
+
+    def cache_metrics(admin):
+        text = urllib.request.urlopen(admin + "/metrics").read().decode()
+        return {l.rsplit(" ", 1)[0]: float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                if l.startswith("courier_cache_")}
+
+    def fill(url, admin, until, label, target=None):
+        """Fills with distinct answers until `until(cache metrics)` holds; returns the metrics. With
+        `target`, the last loads are sized by the fill rate so far, to land just past it."""
+        # A first load short enough not to pass a small target by much.
+        started, seconds = time.monotonic(), min(1.0, target / 100_000) if target else 1.0
+        at_start = cache_metrics(admin).get("courier_cache_entries", 0)
+        for round_no in range(400):
+            # `{n}` counts from 0 in every run: the label and round keep the runs' bodies apart.
+            body = '{"data": {"input": "' + f"{label}-{round_no}" + '-{n}-' + pad + '"}}'
+            loadgen(url, json_header, seconds=seconds, body=body, unique=True)
+            metrics = cache_metrics(admin)
+            if until(metrics):
+                return metrics
+            if time.monotonic() - started > 300:
+                break
+            entries = metrics.get("courier_cache_entries", 0)
+            rate = (entries - at_start) / (time.monotonic() - started)
+            if target and rate > 0:
+                seconds = max(0.2, min(3.0, (target - entries) / rate * 1.02))
+        raise SystemExit(f"{label}: the cache did not fill")
+
+    def sizes(name, binary):
+        """A fresh courier filled to each realistic size: [(answers, cache bytes, RSS)], RSS before."""
+        proc, url, admin = courier(name, {"EXTERNAL_API_CACHE_TTL": "3600", "COURIER_JOB_MAX": "1000",
+                                          "COURIER_CACHE_MAX_BYTES": str(512 << 20)}, binary)
         post(url, BODY, {"Content-Type": "application/json"})
         before = rss_mib(proc.pid)
-        seconds, started = 3.0, time.monotonic()
-        for round_no in range(200):
-            # `{n}` counts from 0 in every run: the round number keeps the runs' bodies apart.
-            body = '{"data": {"input": "' + str(round_no) + '-{n}-' + pad + '"}}'
-            loadgen(url, json_header, seconds=seconds, body=body, unique=True)
-            text = urllib.request.urlopen(admin + "/metrics").read().decode()
-            metrics = {l.split()[0]: float(l.split()[1]) for l in text.splitlines() if l.startswith("courier_cache_")}
-            entries = metrics.get("courier_cache_entries", 0)
-            if entries >= 100000:
-                break
-            # The last slices sized by the fill rate so far, so the count lands just past 100k.
-            rate = entries / (time.monotonic() - started)
-            seconds = max(0.2, min(3.0, (100000 - entries) / rate * 1.02)) if rate else 3.0
-        answer = json.loads(post(url, '{"data": {"input": "0-1-' + pad + '"}}', {"Content-Type": "application/json"}))
-        answer_bytes = len(json.dumps(answer["result"], separators=(",", ":")))
+        rows = []
+        for size in MEMORY_SIZES:
+            # The loads may overshoot a little: the rows say how many answers were held.
+            m = fill(url, admin, lambda m: m.get("courier_cache_entries", 0) >= size, f"{name}-{size}", size)
+            rows.append((m["courier_cache_entries"], m["courier_cache_bytes"], rss_mib(proc.pid)))
+        answer = json.loads(post(url, '{"data": {"input": "x-' + pad + '"}}', {"Content-Type": "application/json"}))
+        proc.kill()
+        return rows, before, len(json.dumps(answer["result"], separators=(",", ":")))
+
+    def full(name, binary):
+        """A fresh courier filled past its byte bound: (bound, entries, cache bytes, RSS before, RSS filled)."""
+        bound = MEMORY_BOUND_MIB << 20
+        proc, url, admin = courier(name, {"EXTERNAL_API_CACHE_TTL": "3600", "COURIER_JOB_MAX": "1000",
+                                          "COURIER_CACHE_MAX_BYTES": str(bound)}, binary)
+        post(url, BODY, {"Content-Type": "application/json"})
+        before = rss_mib(proc.pid)
+        # Full, and as many answers again evicted to make room: the bound has been held a while.
+        m = fill(url, admin, lambda m: m.get('courier_cache_evictions_total{cause="size"}', 0)
+                 >= max(m.get("courier_cache_entries", 0), 1), name)
         filled = rss_mib(proc.pid)
         proc.kill()
-        return entries, answer_bytes, before, filled
+        return bound, m["courier_cache_entries"], m["courier_cache_bytes"], before, filled
 
+    builds = [("courier", COURIER)] + ([("courier B", COURIER_B)] if COURIER_B else [])
     report(results, {
         "idle_courier": idle_courier, "idle_nginx": idle_nginx,
-        # The cache alone: at most 1000 sync status entries beside it.
-        "cache": fill("courier-fill", {"COURIER_JOB_MAX": "1000"}),
-        # The whole process with the default status store (100k entries), full as well.
-        "process": fill("courier-fill-default", {}),
+        "sizes": [(label, sizes(f"fill-{i}", binary)) for i, (label, binary) in enumerate(builds)],
+        "full": [(label, full(f"full-{i}", binary)) for i, (label, binary) in enumerate(builds)],
     })
 
 
@@ -426,13 +459,25 @@ def report(results, memory):
     for name, (held, before, with_them) in (("courier", m["idle_courier"]), ("nginx", m["idle_nginx"])):
         print(f"| {name}: RSS before / with {held} idle keep-alive connections | {before:.1f} / {with_them:.1f} MiB "
               f"({(with_them - before) * 1024 / max(held, 1):.1f} KiB each) |")
-    for label, key in (("the cache (status store at 1000 entries)", "cache"),
-                       ("the process (default status store, 100k entries)", "process")):
-        entries, answer_bytes, before, filled = m[key]
-        answers = entries * answer_bytes / 2**20
-        print(f"| {label}: cached answers | {entries:.0f} of {answer_bytes} B = {answers:.1f} MiB |")
-        print(f"| {label}: RSS before filling / filled | {before:.1f} / {filled:.1f} MiB |")
-        print(f"| {label}: RSS / (1.5 × answers + 32 MiB) | {filled / (1.5 * answers + 32):.3f} |")
+    print()
+    print(f"Cache at its realistic sizes (status store at 1000 entries, `COURIER_CACHE_MAX_BYTES` 512 MiB):")
+    print()
+    print("| build | answers held | answer size | courier_cache_bytes MiB | RSS before / filled MiB | RSS added per answer |")
+    print("|---|---|---|---|---|---|")
+    for label, (rows, before, answer_bytes) in m["sizes"]:
+        for entries, cache_bytes, rss in rows:
+            print(f"| {label} | {entries:.0f} | {answer_bytes} B | {cache_bytes / 2**20:.1f} | {before:.1f} / {rss:.1f} "
+                  f"| {(rss - before) * 2**20 / max(entries, 1):.0f} B |")
+    print()
+    print("Cache full at its byte bound (status store at 1000 entries), against RSS ≤ 1.15 × bound + RSS before:")
+    print()
+    print("| build | bound MiB | answers held | courier_cache_bytes MiB | RSS before / filled MiB | (RSS − before) / bound "
+          "| RSS / (1.15 × bound + before) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, (bound, entries, cache_bytes, before, filled) in m["full"]:
+        mib = bound / 2**20
+        print(f"| {label} | {mib:.0f} | {entries:.0f} | {cache_bytes / 2**20:.1f} | {before:.1f} / {filled:.1f} "
+              f"| {(filled - before) / mib:.3f} | {filled / (1.15 * mib + before):.3f} |")
 
 
 def platform_line():

@@ -1,11 +1,24 @@
 //! The response cache: answers of the upstream kept by request key, so the upstream's budget
 //! is spent once per answer, and identical requests in flight coalesced into one upstream call.
 //!
-//! The answers are held in a sharded store bounded by bytes and by time ([`store`], which says
-//! why it is not moka), shared by every worker; it is not an actor, because it needs no single
-//! owner. Identical requests that miss together are coalesced by moka's `or_try_insert_with`:
-//! one caller runs the upstream call, the others wait for it, and a failure reaches all of them
-//! and is not stored.
+//! [`ResponseCache`] is the one facade in front of both levels:
+//! - the first, in this process: a moka cache shared by every worker (`answers.rs`), bounded by
+//!   bytes (each entry weighed by its real footprint) and by time (each entry leaving when its
+//!   TTL plus the longer stale window has passed since it was stored). It is not an actor: moka
+//!   is safe to share and needs no single owner.
+//! - the second, with Redis (`REDIS_URL`, [`crate::shared::cache`]): shares answers between
+//!   replicas. A first-level miss, or a first-level entry past its TTL, reads Redis within a
+//!   short bound, and what it finds joins the first level with its original store time, so its
+//!   `Age` and freshness are those of the replica that fetched it. Every answer fetched upstream
+//!   and stored here is written to Redis in the background. Why, and what a dead Redis costs, is
+//!   argued in that module.
+//!
+//! Identical requests that miss together are coalesced by moka's loader
+//! (`entry().or_try_insert_with`): one caller runs the upstream call, the others wait for it, and
+//! a failure reaches all of them and is not stored. An entry past its TTL is still in the cache
+//! (it may stand in for an error), so the loader of the answers, which runs only for an absent
+//! key, cannot coalesce its refresh: refreshes go through a second moka loader keyed the same
+//! way, whose entries live only while a refresh is in flight ([`ResponseCache::load`]).
 //!
 //! Entries live `EXTERNAL_API_CACHE_TTL` fresh, then may still be served for a while:
 //! - stale-while-revalidate (`COURIER_CACHE_SWR`): served at once while one background refresh
@@ -14,147 +27,40 @@
 //! - stale-if-error (`COURIER_CACHE_STALE_IF_ERROR`): served instead of an error when the
 //!   circuit is open or the upstream failed after retries.
 //!
-//! The store keeps each entry until its TTL plus the longer of the two windows have passed
-//! since it was stored; freshness is decided here.
-//!
-//! With Redis (`REDIS_URL`), a second level ([`crate::shared::cache`]) shares answers between
-//! replicas: a first-level miss, or a first-level entry past its TTL, reads Redis within a short
-//! bound, and what it finds joins the first level with its original store time, so its `Age`
-//! and freshness are those of the replica that fetched it. Every answer fetched upstream and
-//! stored here is written to Redis in the background. Why, and what a dead Redis costs, is
-//! argued in that module.
+//! moka keeps each entry until its TTL plus the longer of the two windows have passed since it
+//! was stored; freshness is decided here.
 
-mod store;
+mod answers;
+mod entry;
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 use prometheus::IntCounter;
-use smol_str::SmolStr;
 
 use crate::key::Key;
-
 use crate::metrics::Metrics;
-use crate::shared::cache::{unix_ms_now, Purged, Read, Record, SharedCache};
+use crate::shared::cache::{Purged, Read, SharedCache};
 use crate::shared::SharedRedis;
-use store::Store;
+use answers::Answers;
+
+pub use entry::{Entry, ENTRY_OVERHEAD};
 
 /// Cache settings.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheSettings {
     /// How long an answer is fresh (zero turns the cache off).
     pub ttl: Duration,
-    /// Most bytes of answers kept.
+    /// Most bytes the cached answers may take, with their bookkeeping ([`Entry::weight`]).
     pub max_bytes: u64,
     /// How long past its TTL an answer may replace an error.
     pub stale_if_error: Duration,
     /// How long past its TTL an answer is served while it is refreshed.
     pub stale_while_revalidate: Duration,
 }
-
-/// One cached answer: 64 bytes (80 with its `Arc`, one of mimalloc's size classes), since
-/// 100k of them sit beside their answers.
-#[derive(Debug)]
-pub struct Entry {
-    /// The upstream's `result`, raw JSON.
-    pub result: Bytes,
-    /// The upstream's request id of the call that produced it (inline: no allocation of its
-    /// own for ids up to 23 bytes).
-    pub upstream_request_id: Option<SmolStr>,
-    /// When it was stored: nanoseconds from [`origin`] on the monotonic clock (negative for an
-    /// answer another replica stored before this process started). An `Instant` takes 16 bytes.
-    stored_ns: i64,
-}
-
-const _: () = assert!(std::mem::size_of::<Entry>() == 64);
-
-/// The point of the monotonic clock entries' store times count from: the first use.
-fn origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
-
-impl Entry {
-    /// A new entry holding its own copy of `result` (not a slice of a larger buffer, so the
-    /// weigher's count is what the entry really keeps alive).
-    pub fn new(result: &[u8], upstream_request_id: Option<SmolStr>) -> Entry {
-        Entry::passing(Bytes::copy_from_slice(result), upstream_request_id)
-    }
-
-    /// An entry that is only passed on, never cached: it shares `result` (a slice of the
-    /// upstream's body) instead of copying it.
-    pub fn passing(result: Bytes, upstream_request_id: Option<SmolStr>) -> Entry {
-        Entry::stored_at(result, upstream_request_id, Instant::now())
-    }
-
-    /// An entry stored at `stored`.
-    pub fn stored_at(result: Bytes, upstream_request_id: Option<SmolStr>, stored: Instant) -> Entry {
-        let origin = origin();
-        let stored_ns = match stored.checked_duration_since(origin) {
-            Some(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
-            None => i64::try_from(origin.duration_since(stored).as_nanos()).map_or(i64::MIN, |before| -before),
-        };
-        Entry { result, upstream_request_id, stored_ns }
-    }
-
-    /// When it was stored.
-    pub fn stored(&self) -> Instant {
-        let origin = origin();
-        let ns = Duration::from_nanos(self.stored_ns.unsigned_abs());
-        if self.stored_ns >= 0 {
-            origin + ns
-        } else {
-            origin.checked_sub(ns).unwrap_or(origin)
-        }
-    }
-
-    /// Names the entry while the caller holds it: a load names the expired entry it replaces
-    /// by this (its address, which no other entry can have while it is held).
-    fn tag(entry: &Arc<Entry>) -> u64 {
-        Arc::as_ptr(entry) as usize as u64
-    }
-
-    /// The entry of a second-level record, stored when the record says; `None` when that is
-    /// further back than this clock reaches.
-    fn from_record(record: Record) -> Option<Entry> {
-        let age = Duration::from_millis(unix_ms_now().saturating_sub(record.stored_at_ms));
-        let stored = Instant::now().checked_sub(age)?;
-        Some(Entry::stored_at(record.result, record.upstream_request_id.as_deref().map(SmolStr::new), stored))
-    }
-
-    /// The second-level record of this entry, its store time on the wall clock.
-    fn to_record(&self) -> Record {
-        let age = u64::try_from(self.stored().elapsed().as_millis()).unwrap_or(u64::MAX);
-        Record {
-            stored_at_ms: unix_ms_now().saturating_sub(age),
-            upstream_request_id: self.upstream_request_id.as_deref().map(Box::from),
-            result: self.result.clone(),
-        }
-    }
-
-    /// How long it has been stored at `now` (zero for a store time ahead of `now`).
-    pub fn age_at(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.stored())
-    }
-
-    /// Whole seconds since it was stored (the `Age` header).
-    pub fn age(&self, now: Instant) -> u64 {
-        self.age_at(now).as_secs()
-    }
-
-    fn weight(&self) -> u32 {
-        let id = self.upstream_request_id.as_ref().map_or(0, |id| id.len());
-        // Bytes of the answer plus what the entry, its slot and its index cost.
-        u32::try_from(self.result.len() + id + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-    }
-}
-
-/// Approximate bytes per entry beyond the answer itself.
-const ENTRY_OVERHEAD: usize = 160;
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -214,10 +120,10 @@ impl CacheStatus {
 
 /// The response cache.
 pub struct ResponseCache {
-    store: Store,
-    /// Loads in flight, by key and the id of the expired entry they replace (0: none). Only
-    /// for coalescing: an entry leaves as soon as its load is done.
-    loads: Cache<(Key, u64), Arc<Entry>>,
+    /// The first level's answers.
+    answers: Answers,
+    /// Answers of refreshes in flight, only for coalescing them ([`ResponseCache::load`]).
+    refreshes: Answers,
     settings: CacheSettings,
     refreshing: Mutex<HashSet<Key>>,
     lookups: Vec<IntCounter>,
@@ -229,11 +135,11 @@ impl ResponseCache {
     /// A cache with these settings, counting into `metrics`, with a second level in `l2`'s
     /// Redis when given.
     pub fn new(settings: CacheSettings, metrics: &Arc<Metrics>, l2: Option<Arc<SharedRedis>>) -> ResponseCache {
-        let store = Store::new(settings.max_bytes, keep(&settings), &metrics.cache_evictions);
+        let answers = answers::answers(settings.max_bytes, keep(&settings), &metrics.cache_evictions);
+        let refreshes = answers::refreshes(settings.ttl);
         let lookups = CacheStatus::ALL.iter().map(|s| metrics.cache_lookups.with_label_values(&[s.label()])).collect();
-        let loads = Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build();
         let l2 = l2.map(|redis| Arc::new(SharedCache::new(redis, metrics)));
-        ResponseCache { store, loads, settings, refreshing: Mutex::new(HashSet::new()), lookups, l2 }
+        ResponseCache { answers, refreshes, settings, refreshing: Mutex::new(HashSet::new()), lookups, l2 }
     }
 
     /// Whether answers are cached at all.
@@ -254,7 +160,7 @@ impl ResponseCache {
     /// Looks a key up and says how usable the entry is at `now`: in the first level, and in the
     /// second when the first has nothing fresh (a newer answer there replaces an older one here).
     pub async fn lookup(&self, key: &Key, now: Instant) -> Lookup {
-        let local = self.store.get(key, now);
+        let local = self.answers.get(key).await.filter(|entry| entry.age_at(now) < keep(&self.settings));
         let entry = match local {
             Some(entry) if self.fresh(&entry, now) => entry,
             local => match (self.read_l2(key, local.as_ref()).await, local) {
@@ -281,11 +187,33 @@ impl ResponseCache {
     async fn read_l2(&self, key: &Key, local: Option<&Arc<Entry>>) -> Option<Arc<Entry>> {
         let Read::Hit(record) = self.l2.as_ref()?.get(key).await else { return None };
         let entry = Arc::new(Entry::from_record(record)?);
-        if entry.stored().elapsed() >= keep(&self.settings) || local.is_some_and(|l| l.stored_ns >= entry.stored_ns) {
+        if entry.stored().elapsed() >= keep(&self.settings) || local.is_some_and(|l| !entry.newer_than(l)) {
             return None;
         }
-        // Atomic per key: a newer answer stored here meanwhile (a load finishing) is kept.
-        Some(self.store.insert_unless_newer(*key, entry, Instant::now()))
+        Some(self.insert_unless_newer(*key, entry).await)
+    }
+
+    /// Stores `candidate` unless the entry of `key` is as new; returns the entry `key` then has.
+    /// Atomic against other such inserts of the key; a load storing its answer in the same
+    /// instant (between this reading the entry and replacing it) may be replaced by the older
+    /// candidate, which is then still within its windows, and the next lookup past its TTL
+    /// reads the newer one from the second level again.
+    async fn insert_unless_newer(&self, key: Key, candidate: Arc<Entry>) -> Arc<Entry> {
+        let decided = self
+            .answers
+            .entry(key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(current) if !candidate.newer_than(current.value()) => Op::Nop,
+                    _ => Op::Put(candidate.clone()),
+                };
+                std::future::ready(op)
+            })
+            .await;
+        match decided {
+            CompResult::Unchanged(current) => current.into_value(),
+            _ => candidate,
+        }
     }
 
     /// Writes an answer just stored here to the second level, in the background, to expire
@@ -305,37 +233,57 @@ impl ResponseCache {
     /// is the expired entry the caller saw, if any; it stays in the cache until the new answer
     /// replaces it, so it can still stand in for an error. Returns the entry and whether this
     /// call's `load` produced it.
+    ///
+    /// Without `stale`, the key is absent and moka's loader of the answers coalesces: its
+    /// answer is stored by moka as the load ends. With `stale`, the key is present, and moka's
+    /// loader would hand out the stale entry, so the refresh is coalesced by the loader of a
+    /// second moka cache under the same key instead (`refreshes`, holding an answer only while
+    /// its refresh ends), and stores its answer itself. Either way the waiters of one load share
+    /// its answer or its failure.
     pub async fn load<F, E>(&self, key: Key, stale: Option<&Arc<Entry>>, load: F) -> Result<(Arc<Entry>, bool), Arc<E>>
     where
         F: std::future::Future<Output = Result<Arc<Entry>, E>>,
         E: Send + Sync + 'static,
     {
-        let replaces = stale.map_or(0, Entry::tag);
-        let loaded_here = Cell::new(false);
-        let init = async {
-            // A load of the same key may have finished between the caller's lookup and now.
-            if let Some(current) = self.store.get(&key, Instant::now()) {
-                if Entry::tag(&current) != replaces && current.stored().elapsed() <= self.settings.ttl {
-                    return Ok(current);
-                }
+        // Pinned here, so that a load not started by moka's loader can still be run below.
+        let mut load = std::pin::pin!(load);
+        if stale.is_none() {
+            let loaded = self.answers.entry(key).or_try_insert_with(load.as_mut()).await?;
+            let loaded_here = loaded.is_fresh();
+            let entry = loaded.into_value();
+            if loaded_here {
+                self.share(key, &entry);
+                return Ok((entry, true));
             }
-            let entry = load.await?;
-            self.store.insert(key, entry.clone());
+            if self.fresh(&entry, Instant::now()) {
+                return Ok((entry, false));
+            }
+            // An entry past its TTL arrived since the caller's lookup (from the second level):
+            // it is refreshed like any other.
+        }
+        let loaded_here = Cell::new(false);
+        let refresh = async {
+            // Another refresh of the key may have ended between the caller's lookup and now.
+            if let Some(current) = self.answers.get(&key).await.filter(|e| self.fresh(e, Instant::now())) {
+                return Ok(current);
+            }
+            let entry = load.as_mut().await?;
+            self.answers.insert(key, entry.clone()).await;
             self.share(key, &entry);
             loaded_here.set(true);
             Ok(entry)
         };
-        let entry = self.loads.entry((key, replaces)).or_try_insert_with(init).await?;
-        if entry.is_fresh() {
-            self.loads.invalidate(&(key, replaces)).await;
+        let refreshed = self.refreshes.entry(key).or_try_insert_with(refresh).await?;
+        if refreshed.is_fresh() {
+            self.refreshes.invalidate(&key).await;
         }
-        Ok((entry.into_value(), loaded_here.get()))
+        Ok((refreshed.into_value(), loaded_here.get()))
     }
 
     /// Stores an answer (a refresh or a `no-cache` fetch), here and in the second level.
     pub async fn insert(&self, key: Key, entry: Arc<Entry>) {
         self.share(key, &entry);
-        self.store.insert(key, entry);
+        self.answers.insert(key, entry).await;
     }
 
     /// Marks a background refresh of `key` as running; false when one already is.
@@ -357,7 +305,8 @@ impl ResponseCache {
             Some(l2) => l2.delete(key).await.unwrap_or(false),
             None => false,
         };
-        self.store.remove(key) || shared
+        self.refreshes.invalidate(key).await;
+        self.answers.remove(key).await.is_some() || shared
     }
 
     /// Removes every entry, here and in the second level (best effort, see [`Purged`]);
@@ -367,18 +316,17 @@ impl ResponseCache {
             Some(l2) => Some(l2.delete_all().await),
             None => None,
         };
-        self.store.clear();
-        self.loads.invalidate_all();
+        self.answers.invalidate_all();
+        self.refreshes.invalidate_all();
         shared
     }
 
-    /// Removes the expired entries and sets the entry and byte gauges (when `/metrics` is
-    /// scraped).
+    /// Applies moka's pending evictions and expiries, and sets the entry and byte gauges (when
+    /// `/metrics` is scraped).
     pub async fn export(&self, metrics: &Metrics) {
-        self.store.sweep(Instant::now());
-        let (entries, bytes) = self.store.size();
-        metrics.cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
-        metrics.cache_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.answers.run_pending_tasks().await;
+        metrics.cache_entries.set(i64::try_from(self.answers.entry_count()).unwrap_or(i64::MAX));
+        metrics.cache_bytes.set(i64::try_from(self.answers.weighted_size()).unwrap_or(i64::MAX));
     }
 }
 

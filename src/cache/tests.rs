@@ -1,8 +1,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use futures_util::future::join_all;
 
 use super::*;
+use crate::shared::cache::{unix_ms_now, Record};
 
 const MS: Duration = Duration::from_millis(1);
 

@@ -30,7 +30,7 @@
 //!
 //! # Memory, and the eviction trade-off
 //!
-//! The first level is bounded by `EXTERNAL_API_CACHE_MAX_BYTES` per replica; the second
+//! The first level is bounded by `COURIER_CACHE_MAX_BYTES` per replica; the second
 //! level's size is Redis's business. Key expiry alone bounds it by what the fleet fetches in
 //! one TTL. For a hard bound, set `maxmemory` with `maxmemory-policy allkeys-lru` (or
 //! `volatile-lru`) **on a separate Redis database or instance for the cache**: the Redis job
