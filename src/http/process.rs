@@ -232,9 +232,10 @@ mod tests {
     fn a_request_in_flight_holds_a_small_future() {
         // actix allocates the handler's future for every request until it is answered: what
         // only a cache miss needs (the coalesced load under its timeout, the attempt loop) is
-        // boxed where a miss takes it, so hits and pass-through do not carry it.
+        // boxed where a miss takes it, so hits and pass-through do not carry it. A hit's own
+        // lookup (moka's) stays inline: boxing it would cost every hit an allocation.
         let size = future_size(process);
-        assert!(size <= 2560, "the process handler's future is {size} bytes");
+        assert!(size <= 3072, "the process handler's future is {size} bytes");
     }
 
     fn accepts(content_type: Option<&[u8]>) -> bool {
