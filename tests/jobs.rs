@@ -199,16 +199,7 @@ async fn callback_urls_that_reach_inside_are_refused() {
 }
 
 fn clients_file() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("courier-jobs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("clients.toml");
-    let text = format!(
-        "[[client]]\nname = \"alpha\"\nkey_sha256 = \"{}\"\n\n[[client]]\nname = \"beta\"\nkey_sha256 = \"{}\"\n",
-        courier::config::key_sha256_hex("alpha-key"),
-        courier::config::key_sha256_hex("beta-key"),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    support::two_clients_file("jobs")
 }
 
 #[actix_rt::test]

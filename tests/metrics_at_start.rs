@@ -186,16 +186,7 @@ fn exposition(text: &str) -> BTreeSet<Series> {
 }
 
 fn clients_file(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("courier-metrics-at-start-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("clients.toml");
-    let text = format!(
-        "[[client]]\nname = \"alpha\"\nkey_sha256 = \"{}\"\n\n[[client]]\nname = \"beta\"\nkey_sha256 = \"{}\"\n",
-        courier::config::key_sha256_hex("alpha-key"),
-        courier::config::key_sha256_hex("beta-key"),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    support::two_clients_file(&format!("metrics-at-start-{tag}"))
 }
 
 /// Asserts that every series a query selects is among `exported`.

@@ -308,3 +308,18 @@ pub fn count(stats: &Value, path: &[&str]) -> u64 {
     }
     v.as_u64().unwrap_or_else(|| panic!("stats have no {path:?}: {stats}"))
 }
+
+/// A clients file with the clients `alpha` (key `alpha-key`) and `beta` (key `beta-key`), in a
+/// directory of its own named by `tag`.
+pub fn two_clients_file(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("courier-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("clients.toml");
+    let text = format!(
+        "[[client]]\nname = \"alpha\"\nkey_sha256 = \"{}\"\n\n[[client]]\nname = \"beta\"\nkey_sha256 = \"{}\"\n",
+        courier::config::key_sha256_hex("alpha-key"),
+        courier::config::key_sha256_hex("beta-key"),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
