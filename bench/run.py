@@ -368,20 +368,19 @@ backend sim
         `target`, the last loads are sized by the fill rate so far, to land just past it."""
         # A first load short enough not to pass a small target by much.
         started, seconds = time.monotonic(), min(1.0, target / 100_000) if target else 1.0
-        at_start = cache_metrics(admin).get("courier_cache_entries", 0)
         for round_no in range(400):
             # `{n}` counts from 0 in every run: the label and round keep the runs' bodies apart.
             body = '{"data": {"input": "' + f"{label}-{round_no}" + '-{n}-' + pad + '"}}'
-            loadgen(url, json_header, seconds=seconds, body=body, unique=True)
+            r = loadgen(url, json_header, seconds=seconds, body=body, unique=True)
             metrics = cache_metrics(admin)
             if until(metrics):
                 return metrics
             if time.monotonic() - started > 300:
                 break
-            entries = metrics.get("courier_cache_entries", 0)
-            rate = (entries - at_start) / (time.monotonic() - started)
-            if target and rate > 0:
-                seconds = max(0.2, min(3.0, (target - entries) / rate * 1.02))
+            # Every request is a new answer: the load's own rate sizes the next one.
+            rate = r["requests"] / max(r["seconds"], 1e-3)
+            if target:
+                seconds = max(0.02, min(3.0, (target - metrics.get("courier_cache_entries", 0)) / rate * 1.02))
         raise SystemExit(f"{label}: the cache did not fill")
 
     def sizes(name, binary):

@@ -142,57 +142,6 @@ pub fn parse(body: &[u8], rules: Rules) -> Result<ProcessRequest, ApiError> {
     Ok(ProcessRequest { upstream_body: out.freeze(), is_async, callback_url, cache_key })
 }
 
-/// Bodies a worker remembers having parsed (direct-mapped: a new body takes its slot).
-const RECENT_SLOTS: usize = 256;
-
-/// Longest body remembered: longer ones are parsed every time (a worker keeps at most
-/// `RECENT_SLOTS` of these and their upstream bodies, ~0.5 MiB).
-const RECENT_MAX_BODY: usize = 1024;
-
-/// The process requests a worker parsed lately, by their exact bytes, when the cache is on.
-///
-/// A cache hit's own work is mostly reading its body: checking the JSON, computing the
-/// canonical cache key and its SHA-256, and building the upstream body. The same body sent again
-/// byte for byte (a hot key from the same client library, which is what makes hits) is answered
-/// from here. Parsing is a pure function of the bytes, so what comes back is what parsing would
-/// give; the bytes are compared in full, the hash only picks the slot. Bodies that fail are not
-/// remembered. nginx's `proxy_cache` keyed by the body does the same with its raw bytes, without
-/// canonicalizing at all.
-pub struct Recent {
-    hasher: foldhash::fast::RandomState,
-    slots: Box<[Option<Remembered>]>,
-}
-
-struct Remembered {
-    hash: u64,
-    body: Box<[u8]>,
-    request: ProcessRequest,
-}
-
-impl Default for Recent {
-    fn default() -> Recent {
-        Recent { hasher: Default::default(), slots: (0..RECENT_SLOTS).map(|_| None).collect() }
-    }
-}
-
-impl Recent {
-    /// [`parse`], from memory when this exact body was parsed lately with `want_key` (and the
-    /// same rules: they are fixed for a worker's life).
-    pub fn parse(&mut self, body: &[u8], rules: Rules) -> Result<ProcessRequest, ApiError> {
-        if !rules.want_key || body.len() > RECENT_MAX_BODY {
-            return parse(body, rules);
-        }
-        let hash = std::hash::BuildHasher::hash_one(&self.hasher, body);
-        let slot = &mut self.slots[hash as usize % RECENT_SLOTS];
-        if let Some(seen) = slot.as_ref().filter(|seen| seen.hash == hash && *seen.body == *body) {
-            return Ok(seen.request.clone());
-        }
-        let request = parse(body, rules)?;
-        *slot = Some(Remembered { hash, body: body.into(), request: request.clone() });
-        Ok(request)
-    }
-}
-
 /// The head every JSON answer of the gateway carries: `status`, `X-Request-Id` and a
 /// `Content-Type` built from a static value (no copy per answer).
 pub fn json_head(status: StatusCode, request_id: &RequestId) -> HttpResponseBuilder {
@@ -225,52 +174,6 @@ pub fn success_body(result: &[u8], request_id: &str, upstream_request_id: Option
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn same(a: &ProcessRequest, b: &ProcessRequest) -> bool {
-        (a.upstream_body == b.upstream_body && a.is_async == b.is_async)
-            && (a.callback_url == b.callback_url && a.cache_key.map(|k| k.hex()) == b.cache_key.map(|k| k.hex()))
-    }
-
-    #[test]
-    fn a_body_sent_again_is_not_parsed_again_and_comes_back_the_same() {
-        let mut recent = Recent::default();
-        let body = br#"{"data": {"input": "x", "b": [1, 2]}, "options": {"p": "q", "callback_url": "http://h/c"}}"#;
-        let first = recent.parse(body, Rules::new(true)).unwrap();
-        let again = recent.parse(body, Rules::new(true)).unwrap();
-        assert!(same(&first, &parse(body, Rules::new(true)).unwrap()) && same(&again, &first));
-        assert_eq!(again.upstream_body.as_ptr(), first.upstream_body.as_ptr(), "the same upstream body: remembered");
-        // The same request written differently is parsed, and keyed the same.
-        let spaced = br#"{"options": {"callback_url": "http://h/c", "p": "q"}, "data": {"b": [1,2], "input": "x"}}"#;
-        let other = recent.parse(spaced, Rules::new(true)).unwrap();
-        assert_ne!(other.upstream_body.as_ptr(), first.upstream_body.as_ptr());
-        assert_eq!(other.cache_key.map(|k| k.hex()), first.cache_key.map(|k| k.hex()));
-        // Without the cache, or too long, a body is parsed every time.
-        let plain = recent.parse(body, Rules::new(false)).unwrap();
-        assert!(plain.cache_key.is_none());
-        assert_ne!(recent.parse(body, Rules::new(false)).unwrap().upstream_body.as_ptr(), plain.upstream_body.as_ptr());
-        let long = format!(r#"{{"data": {{"input": "{}"}}}}"#, "x".repeat(RECENT_MAX_BODY));
-        let long_first = recent.parse(long.as_bytes(), Rules::new(true)).unwrap();
-        assert_ne!(
-            recent.parse(long.as_bytes(), Rules::new(true)).unwrap().upstream_body.as_ptr(),
-            long_first.upstream_body.as_ptr()
-        );
-    }
-
-    #[test]
-    fn bodies_sharing_a_slot_each_get_their_own_answer_and_failures_are_not_remembered() {
-        let mut recent = Recent::default();
-        // More bodies than slots: some share one, and each must still come back as itself.
-        let bodies: Vec<String> = (0..3 * RECENT_SLOTS).map(|i| format!(r#"{{"data": {{"input": {i}}}}}"#)).collect();
-        for _ in 0..2 {
-            for body in &bodies {
-                let got = recent.parse(body.as_bytes(), Rules::new(true)).unwrap();
-                assert!(same(&got, &parse(body.as_bytes(), Rules::new(true)).unwrap()), "{body}");
-            }
-        }
-        for _ in 0..2 {
-            assert!(recent.parse(br#"{"data": {}}"#, Rules::new(true)).is_err(), "a bad body fails every time");
-        }
-    }
 
     fn parse_plain(body: &[u8]) -> Result<ProcessRequest, ApiError> {
         parse(body, Rules::new(false))

@@ -94,7 +94,7 @@ async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -
             .await
             .ok_or_else(|| worker.refused(ApiError::RequestBodyTimeout(body_timeout)))??;
         let rules = body::Rules { want_key: worker.shared.cache.enabled(), max_depth: config.limits.max_json_depth };
-        let request = worker.recent.borrow_mut().parse(&bytes, rules)?;
+        let request = body::parse(&bytes, rules)?;
         Ok::<_, ApiError>((request, deadline))
     };
     let (request, deadline) = match prepared.await {

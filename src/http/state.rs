@@ -78,8 +78,6 @@ pub struct Worker {
     pub log: Logger,
     /// This thread's copy of the client list and the version it was published under.
     clients: RefCell<(u64, Arc<Option<Clients>>)>,
-    /// Process request bodies this worker parsed lately (used when the cache is on).
-    pub recent: RefCell<super::body::Recent>,
 }
 
 impl Shared {
@@ -98,7 +96,7 @@ impl Worker {
     pub fn new(shared: Arc<Shared>, pipeline: Pipeline, log: Logger) -> Worker {
         let cell = &shared.credentials.clients;
         let clients = RefCell::new((cell.version(), cell.load()));
-        Worker { shared, pipeline, request_metrics: Default::default(), log, clients, recent: Default::default() }
+        Worker { shared, pipeline, request_metrics: Default::default(), log, clients }
     }
 
     /// Identifies the caller by `Authorization: Bearer <key>` when clients are configured.
