@@ -218,13 +218,17 @@ impl Gateway {
         let server = http::connection::server(listener, &how, guard, factory).map_err(bind_error)?;
 
         let admin_shared = web::Data::new(gateway.shared.clone());
-        let admin =
-            HttpServer::new(move || App::new().app_data(admin_shared.clone()).configure(http::admin::configure))
-                .workers(1)
-                .shutdown_timeout(1)
-                .disable_signals()
-                .bind(config.admin_listen)
-                .map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_shared.clone())
+                .wrap(actix_web::middleware::from_fn(http::admin_lock::lock))
+                .configure(http::admin::configure)
+        })
+        .workers(1)
+        .shutdown_timeout(1)
+        .disable_signals()
+        .bind(config.admin_listen)
+        .map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
         let admin_addr = admin.addrs()[0];
         let admin = admin.run();
 
@@ -250,7 +254,7 @@ impl Gateway {
         actix_rt::spawn(admin);
         info!(running.log, "listening"; "gateway" => %addr, "admin" => %admin_addr, "upstream" => &config.base_url,
             "max_connections" => limits.max_connections_per_worker.saturating_mul(config.workers),
-            "client_max_in_flight" => limits.client_max_in_flight);
+            "client_max_in_flight" => limits.client_max_in_flight, "admin_locked" => config.admin.token.is_some());
         Ok(running)
     }
 }

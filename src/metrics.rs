@@ -143,6 +143,10 @@ pub struct Metrics {
     /// Inbound requests refused by a limit of the gateway listener, by limit
     /// (`client_in_flight`, `header_size`, `body_timeout`, `header_timeout`, `malformed_head`).
     pub limit_rejections: IntCounterVec,
+    /// Requests to the locked admin routes (every route but /metrics, /healthz and /readyz),
+    /// by outcome (`allowed`, `unlocked`: no admin token configured, `missing_token`,
+    /// `wrong_token`); each also writes an `admin_request` audit log line.
+    pub admin_requests: IntCounterVec,
 }
 
 /// Creates metrics in the `courier` namespace and registers each once, noting its name.
@@ -388,6 +392,11 @@ impl Metrics {
                 "limit_rejections_total",
                 "Inbound requests refused by a limit of the gateway listener, by limit (client_in_flight, header_size, body_timeout, header_timeout, malformed_head: not valid HTTP/1.1).",
                 &["limit"],
+            ),
+            admin_requests: r.counter_vec(
+                "admin_requests_total",
+                "Requests to the locked admin routes (every route but /metrics, /healthz and /readyz), by outcome (allowed, unlocked: no admin token configured, missing_token, wrong_token); each also writes an admin_request audit log line.",
+                &["outcome"],
             ),
             registry: r.0.clone(),
             names: Vec::new(),

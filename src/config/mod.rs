@@ -10,6 +10,7 @@
 //! mutating the process environment. Secrets are held in [`SecretString`] and never printed:
 //! `Debug` of [`Config`] shows `[REDACTED]` in their place.
 
+mod admin;
 mod clients;
 mod limits;
 mod pem;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 
+pub use admin::{is_loopback, token_fingerprint, token_problem, AdminConfig, AdminToken};
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
 pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
 pub use pem::load_ca_file;
@@ -155,6 +157,8 @@ pub struct Config {
     pub replicas: u32,
     /// Limits of the gateway listener.
     pub limits: LimitsConfig,
+    /// The admin token (`COURIER_ADMIN_TOKEN` / `_FILE`).
+    pub admin: AdminConfig,
 }
 
 /// Async job and callback settings.
@@ -265,6 +269,7 @@ impl fmt::Debug for Config {
             .field("jobs", &self.jobs)
             .field("replicas", &self.replicas)
             .field("limits", &self.limits)
+            .field("admin", &self.admin)
             .finish()
     }
 }
@@ -318,6 +323,7 @@ impl Config {
         let redis_url = r.optional_secret_url("REDIS_URL");
         let listen = r.addr("COURIER_LISTEN", "127.0.0.1:8080");
         let admin_listen = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
+        let admin = AdminConfig::read(r, admin_listen);
         let clients_file = r.optional("COURIER_CLIENTS_FILE").map(PathBuf::from);
         let clients = clients_file.as_deref().and_then(|path| match Clients::load(path) {
             Ok(clients) => Some(clients),
@@ -425,6 +431,7 @@ impl Config {
             jobs,
             replicas,
             limits,
+            admin,
         }
     }
 }

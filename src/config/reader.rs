@@ -174,7 +174,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Whether a problem with `var` is already recorded (each variable gets one line).
-    fn reported(&self, var: &str) -> bool {
+    pub(super) fn reported(&self, var: &str) -> bool {
         self.errors.iter().any(|e| e.var == var)
     }
 

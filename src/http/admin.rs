@@ -1,10 +1,13 @@
 //! The admin listener: `/metrics` for Prometheus, `/healthz` (the process runs), `/readyz`
-//! (a usable upstream token is held) and `POST /admin/breaker` (force the circuit).
+//! (a usable upstream token is held), open to scrapers and probes; and the `/admin/*` routes
+//! (force the circuit, purge the cache, see the state), locked by the admin token (see
+//! [`super::admin_lock`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse, Route};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -12,16 +15,33 @@ use super::state::Shared;
 use crate::actors::{BreakerSnapshot, Force, GetSnapshot, Mode, TokenHealth};
 use crate::key::Key;
 
-/// Registers the admin routes. The app must carry a `web::Data<Arc<Shared>>`.
+/// Every route of the admin listener: method, path pattern, handler. Each is locked by the
+/// admin token unless its path is in [`super::admin_lock::OPEN_PATHS`].
+fn admin_routes() -> Vec<(Method, &'static str, Route)> {
+    vec![
+        (Method::GET, "/metrics", web::to(metrics)),
+        (Method::GET, "/healthz", web::to(healthz)),
+        (Method::GET, "/readyz", web::to(readyz)),
+        (Method::GET, "/admin/state", web::to(state)),
+        (Method::POST, "/admin/breaker", web::to(force_breaker)),
+        (Method::GET, "/admin/breaker", web::to(breaker_state)),
+        (Method::DELETE, "/admin/cache", web::to(purge_cache)),
+        (Method::DELETE, "/admin/cache/{key}", web::to(purge_cache_entry)),
+    ]
+}
+
+/// The admin routes as (method, path pattern): the audit names a request by its pattern, and
+/// tests check every locked one.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    admin_routes().into_iter().map(|(method, path, _)| (method, path)).collect()
+}
+
+/// Registers the admin routes. The app must carry a `web::Data<Arc<Shared>>`, and be wrapped
+/// in [`super::admin_lock::lock`].
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/admin/state", web::get().to(state))
-        .route("/admin/breaker", web::post().to(force_breaker))
-        .route("/admin/breaker", web::get().to(breaker_state))
-        .route("/admin/cache", web::delete().to(purge_cache))
-        .route("/admin/cache/{key}", web::delete().to(purge_cache_entry));
+    for (method, path, route) in admin_routes() {
+        cfg.route(path, route.method(method));
+    }
 }
 
 /// Brings the gauges that describe state (budget, cache, jobs, token) up to date.

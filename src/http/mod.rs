@@ -2,6 +2,7 @@
 //! for operators, on separate listeners.
 
 pub mod admin;
+pub mod admin_lock;
 pub mod body;
 pub mod connection;
 pub mod errors;

@@ -166,6 +166,41 @@ impl ReloadTrigger {
     }
 }
 
+/// How a request to a locked admin route was judged, the `outcome` label of
+/// `courier_admin_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminOutcome {
+    /// The admin token was presented.
+    Allowed,
+    /// No admin token is configured (the listener is on loopback): let through unchecked.
+    Unlocked,
+    /// Refused: no `Authorization: Bearer` token.
+    MissingToken,
+    /// Refused: a token that is not the admin token.
+    WrongToken,
+}
+
+impl AdminOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [AdminOutcome; 4] =
+        [AdminOutcome::Allowed, AdminOutcome::Unlocked, AdminOutcome::MissingToken, AdminOutcome::WrongToken];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminOutcome::Allowed => "allowed",
+            AdminOutcome::Unlocked => "unlocked",
+            AdminOutcome::MissingToken => "missing_token",
+            AdminOutcome::WrongToken => "wrong_token",
+        }
+    }
+
+    /// Whether the request was let through.
+    pub fn allowed(self) -> bool {
+        matches!(self, AdminOutcome::Allowed | AdminOutcome::Unlocked)
+    }
+}
+
 /// How a credential reload ended, the `result` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReloadResult {
@@ -299,6 +334,7 @@ impl Metrics {
         each(&self.callback_attempts, &CALLBACK_ATTEMPT_RESULTS);
         each(&self.token_shared_looks, &LookResult::ALL.map(LookResult::as_str));
         each(&self.limit_rejections, &LIMITS);
+        each(&self.admin_requests, &AdminOutcome::ALL.map(AdminOutcome::as_str));
         for (gauge, values) in [
             (&self.breaker_state, &BREAKER_STATES[..]),
             (&self.breaker_mode, &BREAKER_MODES[..]),

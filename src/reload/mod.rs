@@ -1,12 +1,13 @@
 //! Credential rotation without a restart: on SIGHUP, and when a watched file changes, courier
 //! reads again the secrets given as `*_FILE` (the OAuth client secret, the API key, the
-//! callback signing secret) and the clients file, and puts them in use.
+//! callback signing secret, the admin token) and the clients file, and puts them in use. A new
+//! admin token replaces the old one at once: the old one is refused from then on.
 //!
 //! **All or nothing.** Every file is read and validated before anything is replaced. One
-//! unreadable file, empty secret, API key that cannot be a header, or malformed clients file
-//! fails the whole reload: every previous value stays in use, one log line says what was
-//! wrong (variable, path, reason; never a value), and `courier_config_reloads_total
-//! {result="failed"}` counts it. A reload that changes nothing is still a successful one.
+//! unreadable file, empty secret, API key that cannot be a header, admin token too short to be
+//! one, or malformed clients file fails the whole reload: every previous value stays in use,
+//! one log line says what was wrong (variable, path, reason; never a value), and
+//! `courier_config_reloads_total{result="failed"}` counts it. A reload that changes nothing is still a successful one.
 //!
 //! **Requests in flight are unaffected.** Nothing is torn down: new values are published
 //! ([`Published`]) and each reader picks them up at its next read. An upstream attempt keeps
@@ -38,7 +39,7 @@ pub use crate::published::Published;
 pub use sources::{Problem, Read, Sources, Stamps};
 
 use crate::actors::{SetClientSecret, TokenManager};
-use crate::config::{Clients, Config};
+use crate::config::{AdminToken, Clients, Config};
 use crate::metrics::{Metrics, ReloadResult, ReloadTrigger};
 
 /// The credentials a reload replaces that requests read, published for lock-free reads.
@@ -48,6 +49,8 @@ pub struct Credentials {
     /// The client list; `None` runs courier open (and stays so: without a clients file there
     /// is nothing to reload).
     pub clients: Arc<Published<Option<Clients>>>,
+    /// The admin token the locked admin routes require; `None`: they are open (loopback only).
+    pub admin_token: Arc<Published<Option<AdminToken>>>,
 }
 
 impl Credentials {
@@ -58,6 +61,7 @@ impl Credentials {
         Ok(Credentials {
             api_key: Arc::new(Published::new(api_key)),
             clients: Arc::new(Published::new(config.clients.clone())),
+            admin_token: Arc::new(Published::new(config.admin.token.as_ref().map(AdminToken::new))),
         })
     }
 }
@@ -81,6 +85,7 @@ struct Current {
     api_key: SecretString,
     callback_secret: Option<SecretString>,
     clients: Option<Clients>,
+    admin_token: Option<SecretString>,
 }
 
 struct Request {
@@ -120,6 +125,7 @@ impl Reloader {
             api_key: config.api_key.clone(),
             callback_secret: config.jobs.callback_secret.clone(),
             clients: config.clients.clone(),
+            admin_token: config.admin.token.clone(),
         };
         Reloader {
             stamps: sources.stamps(),
@@ -203,6 +209,8 @@ impl Reloader {
         let callback_secret = read
             .callback_secret
             .filter(|new| self.current.callback_secret.as_ref().is_none_or(|old| differs(new, old)));
+        let admin_token =
+            read.admin_token.filter(|new| self.current.admin_token.as_ref().is_none_or(|old| differs(new, old)));
         let clients = match (read.clients, &self.current.clients) {
             (Some(next), Some(current)) => Some(current.merged(next)).filter(|merged| !merged.same_as(current)),
             (next, _) => next,
@@ -229,6 +237,11 @@ impl Reloader {
             cell.publish(secret.clone());
             self.current.callback_secret = Some(secret);
             changed.push("callback_secret");
+        }
+        if let Some(token) = admin_token {
+            self.targets.credentials.admin_token.publish(Some(AdminToken::new(&token)));
+            self.current.admin_token = Some(token);
+            changed.push("admin_token");
         }
         let mut active_clients = None;
         if let Some(clients) = clients {

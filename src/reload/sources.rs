@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use actix_web::http::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{read_secret_file, Clients, Config, SecretSource};
+use crate::config::{read_secret_file, token_problem, Clients, Config, SecretSource};
 
 /// The files a reload reads. A `None` is a value that cannot change (given inline, or not
 /// configured).
@@ -33,6 +33,8 @@ pub struct Sources {
     pub callback_secret: Option<PathBuf>,
     /// `COURIER_CLIENTS_FILE`.
     pub clients: Option<PathBuf>,
+    /// `COURIER_ADMIN_TOKEN_FILE`.
+    pub admin_token: Option<PathBuf>,
 }
 
 /// The variable names of the sources, in [`Sources::files`] order.
@@ -40,6 +42,7 @@ const CLIENT_SECRET_VAR: &str = "EXTERNAL_OAUTH_CLIENT_SECRET_FILE";
 const API_KEY_VAR: &str = "EXTERNAL_API_KEY_FILE";
 const CALLBACK_SECRET_VAR: &str = "COURIER_CALLBACK_SECRET_FILE";
 const CLIENTS_VAR: &str = "COURIER_CLIENTS_FILE";
+const ADMIN_TOKEN_VAR: &str = "COURIER_ADMIN_TOKEN_FILE";
 
 /// One thing wrong with what a reload read: the variable and the problem, never a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +70,8 @@ pub struct Read {
     pub callback_secret: Option<SecretString>,
     /// The clients file, parsed (positions not yet merged with the current list).
     pub clients: Option<Clients>,
+    /// The admin token.
+    pub admin_token: Option<SecretString>,
 }
 
 /// What `stat` says about one file; equal stamps mean the file was not replaced or written.
@@ -96,6 +101,7 @@ impl Sources {
             api_key: file(&config.api_key_source),
             callback_secret: jobs.callback_secret.as_ref().and_then(|_| file(&jobs.callback_secret_source)),
             clients: config.clients_file.clone(),
+            admin_token: config.admin.token.as_ref().and_then(|_| file(&config.admin.token_source)),
         }
     }
 
@@ -106,6 +112,7 @@ impl Sources {
             (API_KEY_VAR, &self.api_key),
             (CALLBACK_SECRET_VAR, &self.callback_secret),
             (CLIENTS_VAR, &self.clients),
+            (ADMIN_TOKEN_VAR, &self.admin_token),
         ]
         .into_iter()
         .filter_map(|(var, path)| path.as_deref().map(|p| (var, p)))
@@ -128,6 +135,7 @@ impl Sources {
         let client_secret = secret(CLIENT_SECRET_VAR, &self.client_secret);
         let api_key = secret(API_KEY_VAR, &self.api_key);
         let callback_secret = secret(CALLBACK_SECRET_VAR, &self.callback_secret);
+        let admin_token = secret(ADMIN_TOKEN_VAR, &self.admin_token);
         let api_key = api_key.and_then(|key| match api_key_header(&key) {
             Some(header) => Some((key, header)),
             None => {
@@ -139,8 +147,15 @@ impl Sources {
         let clients = self.clients.as_deref().and_then(|path| {
             Clients::load(path).map_err(|problem| problems.push(Problem { var: CLIENTS_VAR, problem })).ok()
         });
+        let admin_token = admin_token.and_then(|token| match token_problem(&token) {
+            None => Some(token),
+            Some(problem) => {
+                problems.push(Problem { var: ADMIN_TOKEN_VAR, problem });
+                None
+            }
+        });
         if problems.is_empty() {
-            Ok(Read { client_secret, api_key, callback_secret, clients })
+            Ok(Read { client_secret, api_key, callback_secret, clients, admin_token })
         } else {
             Err(problems)
         }
@@ -204,8 +219,10 @@ mod tests {
             api_key: Some(dir.write("key", "key-1")),
             callback_secret: Some(dir.write("callback", "whsec")),
             clients: Some(dir.write("clients.toml", &clients_file("k-billing"))),
+            admin_token: Some(dir.write("admin", "admin-token-0123456789\n")),
         };
         let read = sources.read().unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(read.admin_token.unwrap().expose_secret(), "admin-token-0123456789");
         assert_eq!(read.client_secret.unwrap().expose_secret(), "s3cret");
         assert_eq!(read.api_key.unwrap().1.as_bytes(), b"key-1");
         assert_eq!(read.callback_secret.unwrap().expose_secret(), "whsec");
@@ -220,13 +237,14 @@ mod tests {
             api_key: Some(dir.write("key", "bad\u{7}key-value")),
             callback_secret: Some(dir.0.join("missing")),
             clients: Some(dir.write("clients.toml", "[[client]]\nname = \"x\"\n")),
+            admin_token: Some(dir.write("admin", "short-admin")),
         };
         let problems = sources.read().err().expect("nothing valid");
         let vars: Vec<&str> = problems.iter().map(|p| p.var).collect();
-        assert_eq!(vars, [CLIENT_SECRET_VAR, CALLBACK_SECRET_VAR, API_KEY_VAR, CLIENTS_VAR]);
+        assert_eq!(vars, [CLIENT_SECRET_VAR, CALLBACK_SECRET_VAR, API_KEY_VAR, CLIENTS_VAR, ADMIN_TOKEN_VAR]);
         let text: String = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
         assert!(text.contains("is empty") && text.contains("cannot read") && text.contains("not allowed"), "{text}");
-        assert!(!text.contains("key-value"), "{text}");
+        assert!(!text.contains("key-value") && !text.contains("short-admin"), "{text}");
     }
 
     #[test]
