@@ -4,13 +4,25 @@
 //!
 //! One client per actix worker thread (awc clients are not `Send`); the TLS configuration
 //! is built once and shared, because loading the system roots reads many files.
+//!
+//! **HTTP/1.1 only.** awc speaks HTTP/2 through the `h2` 0.3 crate, which has an advisory
+//! without a patched 0.3 release (RUSTSEC-2026-0258: a peer can make it queue empty DATA
+//! frames without limit, growing memory until it panics). awc picks HTTP/2 only when TLS's ALPN negotiates `h2` (no `dangerous-h2c`
+//! feature, so plain http is always HTTP/1.1); courier offers the upstream `http/1.1` alone,
+//! so no h2 code runs whatever the upstream prefers. Not through awc's
+//! `Connector::max_http_version`: it replaces the TLS configuration with awc's default one,
+//! dropping the roots and the CA file configured here. `tests/upstream_http1.rs` checks it
+//! against a TLS upstream that prefers h2, for the API and the token endpoint.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
-use rustls::RootCertStore;
+use rustls::{ClientConfig, RootCertStore};
+
+/// The one protocol courier offers the upstream by ALPN (see the module doc for why).
+const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 
 /// Pool and identity settings of a client.
 #[derive(Clone, Debug)]
@@ -29,7 +41,7 @@ impl Default for ClientSettings {
 
 /// Builds the TLS configuration: system roots plus, when given, the CA certificates of a PEM
 /// file. Fails with a message naming the file when it cannot be used.
-pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     let extra = match extra_ca {
         Some(path) => crate::config::load_ca_file(path)?,
         None => Vec::new(),
@@ -39,7 +51,7 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, 
 
 /// Builds the TLS configuration from the system roots plus `extra` CA certificates (already
 /// read by [`crate::config::load_ca_file`]).
-pub fn tls_config_with(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn tls_config_with(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
@@ -47,20 +59,30 @@ pub fn tls_config_with(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::
         roots.add(cert.clone()).map_err(|e| format!("unusable CA certificate: {e}"))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
     Ok(Arc::new(config))
 }
 
-/// Builds one upstream client. awc's own timeout is disabled: each attempt is bounded by
-/// the caller over head and body together.
-pub fn build_client(tls: Arc<rustls::ClientConfig>, settings: &ClientSettings) -> awc::Client {
+/// `tls`, offering `http/1.1` alone by ALPN whoever built it.
+fn http_1_1_only(tls: Arc<ClientConfig>) -> Arc<ClientConfig> {
+    if tls.alpn_protocols.len() == 1 && tls.alpn_protocols[0] == ALPN_HTTP_1_1 {
+        return tls;
+    }
+    let mut config = (*tls).clone();
+    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    Arc::new(config)
+}
+
+/// Builds one upstream client, speaking HTTP/1.1 only. awc's own timeout is disabled: each
+/// attempt is bounded by the caller over head and body together.
+pub fn build_client(tls: Arc<ClientConfig>, settings: &ClientSettings) -> awc::Client {
     let connector = awc::Connector::new()
-        .rustls_0_23(tls)
+        .rustls_0_23(http_1_1_only(tls))
         .limit(settings.pool_limit)
         .conn_keep_alive(settings.keep_alive)
         .timeout(Duration::from_secs(10));
@@ -71,4 +93,19 @@ pub fn build_client(tls: Arc<rustls::ClientConfig>, settings: &ClientSettings) -
         .no_default_headers()
         .add_default_header(("user-agent", concat!("courier/", env!("CARGO_PKG_VERSION"))))
         .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_offers_http_1_1_alone() {
+        let ours = tls_config_with(&[]).unwrap();
+        assert_eq!(ours.alpn_protocols, [ALPN_HTTP_1_1]);
+        assert!(Arc::ptr_eq(&http_1_1_only(ours.clone()), &ours), "already pinned: shared, not copied");
+        let mut offering_h2 = (*ours).clone();
+        offering_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        assert_eq!(http_1_1_only(Arc::new(offering_h2)).alpn_protocols, [ALPN_HTTP_1_1]);
+    }
 }
