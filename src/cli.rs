@@ -100,6 +100,7 @@ fn serve(config: Result<Config, ConfigErrors>) -> ExitCode {
         let hangups = hangups().map_err(|e| StartError::Setting(format!("signal handling: {e}")))?;
         let running = Gateway::start(config, metrics, log).await?.serve()?;
         running.reload_on_sighup(hangups);
+        running.notify_ready();
         running.stop_on_signal().await.map_err(|e| StartError::Setting(format!("signal handling: {e}")))
     });
     drop(logging);
