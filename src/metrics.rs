@@ -54,7 +54,8 @@ pub struct Metrics {
     pub token_expires_in: Gauge,
     /// Log lines dropped because the log writer fell behind.
     pub log_dropped: IntCounter,
-    /// Build information; the value is always 1.
+    /// Build information: the version and the git commit courier was built from (12 hex
+    /// digits, or `unknown`); the value is always 1.
     pub build_info: IntGaugeVec,
 
     /// Upstream requests per second the budget allows (`EXTERNAL_API_RATE_LIMIT` / 60).
@@ -236,7 +237,11 @@ impl Metrics {
                 "Seconds until the current upstream token expires (negative once it has; 0 without one).",
             ),
             log_dropped: r.counter("log_lines_dropped_total", "Log lines dropped because the log writer fell behind."),
-            build_info: r.int_gauge_vec("build_info", "Build information; the value is always 1.", &["version"]),
+            build_info: r.int_gauge_vec(
+                "build_info",
+                "Build information: the version and the git commit courier was built from (12 hex digits, or unknown); the value is always 1.",
+                &["version", "commit"],
+            ),
             budget_limit: r.gauge(
                 "budget_limit_requests_per_second",
                 "Upstream requests per second the budget allows (EXTERNAL_API_RATE_LIMIT / 60).",
@@ -392,7 +397,7 @@ impl Metrics {
             registry: r.0.clone(),
             names: Vec::new(),
         };
-        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("COURIER_GIT_COMMIT")]).set(1);
         metrics.create_known_label_sets();
         metrics.config_last_reload_successful.set(1);
         r.add(ProcessMetrics(std::sync::Arc::new(prometheus::process_collector::ProcessCollector::for_self())));
@@ -455,10 +460,26 @@ mod tests {
                 assert!(name.ends_with("_total"), "counter {name} lacks _total");
             }
         }
-        assert!(text.contains("courier_build_info{version=\""));
+        assert!(text.contains("courier_build_info{"));
         assert!(text.contains("courier_http_request_duration_seconds_bucket"));
         assert!(text.contains("process_cpu_seconds_total"));
         assert!(metrics.names().iter().any(|n| n == "courier_jobs_accepted_total"));
         assert!(metrics.names().iter().any(|n| n == "process_resident_memory_bytes"));
+    }
+
+    #[test]
+    fn build_info_names_the_version_and_the_commit_built_from() {
+        let metrics = Metrics::new();
+        let family = metrics.registry.gather().into_iter().find(|f| f.name() == "courier_build_info").unwrap();
+        let [series] = family.get_metric() else { panic!("one build_info series: {family:?}") };
+        let mut labels: Vec<(&str, &str)> = series.get_label().iter().map(|l| (l.name(), l.value())).collect();
+        labels.sort();
+        assert_eq!(labels, [("commit", env!("COURIER_GIT_COMMIT")), ("version", env!("CARGO_PKG_VERSION"))]);
+        assert_eq!(series.get_gauge().get_value(), 1.0);
+        let commit = env!("COURIER_GIT_COMMIT");
+        assert!(
+            commit == "unknown" || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{commit}"
+        );
     }
 }
