@@ -342,5 +342,14 @@ fn parse_level(s: &str) -> Option<slog::Level> {
     }
 }
 
+/// `COURIER_ADMIN_LISTEN` alone, read and checked as `serve` reads it, for `courier probe`: a
+/// health check asks the admin listener and must not fail on settings it does not use.
+pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
+    let no_file = FileValues::default();
+    let mut r = Reader::new(env, &no_file);
+    let addr = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
+    r.finish().map(|()| addr)
+}
+
 #[cfg(test)]
 mod tests;

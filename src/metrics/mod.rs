@@ -47,7 +47,8 @@ pub struct Metrics {
     pub token_expires_in: Gauge,
     /// Log lines dropped because the log writer fell behind.
     pub log_dropped: IntCounter,
-    /// Build information; the value is always 1.
+    /// Build information: the version and the git commit courier was built from (12 hex
+    /// digits, or `unknown`); the value is always 1.
     pub build_info: IntGaugeVec,
 
     /// Upstream requests per second the budget allows (`EXTERNAL_API_RATE_LIMIT` / 60).
@@ -180,7 +181,11 @@ impl Metrics {
                 "Seconds until the current upstream token expires (negative once it has; 0 without one).",
             ),
             log_dropped: r.counter("log_lines_dropped_total", "Log lines dropped because the log writer fell behind."),
-            build_info: r.int_gauge_vec("build_info", "Build information; the value is always 1.", &["version"]),
+            build_info: r.int_gauge_vec(
+                "build_info",
+                "Build information: the version and the git commit courier was built from (12 hex digits, or unknown); the value is always 1.",
+                &["version", "commit"],
+            ),
             budget_limit: r.gauge(
                 "budget_limit_requests_per_second",
                 "Upstream requests per second the budget allows (EXTERNAL_API_RATE_LIMIT / 60).",
@@ -336,7 +341,7 @@ impl Metrics {
             registry: r.0.clone(),
             names: Vec::new(),
         };
-        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("COURIER_GIT_COMMIT")]).set(1);
         metrics.create_known_label_sets();
         metrics.config_last_reload_successful.set(1);
         r.add(ProcessMetrics(std::sync::Arc::new(prometheus::process_collector::ProcessCollector::for_self())));

@@ -16,9 +16,22 @@ fn names_follow_prometheus_conventions() {
             assert!(name.ends_with("_total"), "counter {name} lacks _total");
         }
     }
-    assert!(text.contains("courier_build_info{version=\""));
+    assert!(text.contains("courier_build_info{"));
     assert!(text.contains("courier_http_request_duration_seconds_bucket"));
     assert!(text.contains("process_cpu_seconds_total"));
     assert!(metrics.names().iter().any(|n| n == "courier_jobs_accepted_total"));
     assert!(metrics.names().iter().any(|n| n == "process_resident_memory_bytes"));
+}
+
+#[test]
+fn build_info_names_the_version_and_the_commit_built_from() {
+    let metrics = Metrics::new();
+    let family = metrics.registry.gather().into_iter().find(|f| f.name() == "courier_build_info").unwrap();
+    let [series] = family.get_metric() else { panic!("one build_info series: {family:?}") };
+    let mut labels: Vec<(&str, &str)> = series.get_label().iter().map(|l| (l.name(), l.value())).collect();
+    labels.sort();
+    assert_eq!(labels, [("commit", env!("COURIER_GIT_COMMIT")), ("version", env!("CARGO_PKG_VERSION"))]);
+    assert_eq!(series.get_gauge().get_value(), 1.0);
+    let commit = env!("COURIER_GIT_COMMIT");
+    assert!(commit == "unknown" || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())), "{commit}");
 }
