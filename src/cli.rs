@@ -1,4 +1,6 @@
-//! The `courier` command line: `serve`, `simulate` and `demo`.
+//! The `courier` command line: `serve`, `simulate`, `demo` and `probe`.
+
+mod probe;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,10 +16,15 @@ use crate::gateway::{wait_for_signal, Gateway, StartError};
 use crate::logging::{LogTarget, Logging};
 use crate::metrics::Metrics;
 use crate::simulator::{SimArgs, SimConfig, Simulator};
+pub use probe::ProbeArgs;
+
+/// What `courier --version` prints after the name: the version and the git commit built from
+/// (build.rs records it; `unknown` for a build without git and without `COURIER_GIT_COMMIT`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("COURIER_GIT_COMMIT"), ")");
 
 /// courier: a resilient gateway in front of one rate-limited upstream API.
 #[derive(Parser, Debug)]
-#[command(name = "courier", version, about, long_about = None)]
+#[command(name = "courier", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -39,17 +46,21 @@ pub enum Command {
     /// Run the simulator and the gateway together, wired to each other, and print how to call
     /// them. Other COURIER_* variables in the environment still apply.
     Demo(DemoArgs),
+    /// Ask the admin listener whether courier is ready (/readyz) or alive (--live: /healthz);
+    /// exit 0 on 200, 1 otherwise, with one line. For container health checks and exec probes.
+    Probe(ProbeArgs),
 }
 
 /// Flags of `courier demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Gateway listener.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Admin listener (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub admin_listen: SocketAddr,
+    /// Gateway listener [default: COURIER_LISTEN, else 127.0.0.1:8080].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener: /metrics, /healthz, /readyz [default: COURIER_ADMIN_LISTEN, else
+    /// 127.0.0.1:9090].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_listen: Option<SocketAddr>,
     /// Simulator listener.
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub sim_listen: SocketAddr,
@@ -72,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Serve { config } => serve(Config::load(config.as_deref())),
         Command::Simulate(args) => simulate(args),
         Command::Demo(args) => demo(args),
+        Command::Probe(args) => probe::run(&args, &ProcessEnv),
     }
 }
 
@@ -100,6 +112,7 @@ fn serve(config: Result<Config, ConfigErrors>) -> ExitCode {
         let hangups = hangups().map_err(|e| StartError::Setting(format!("signal handling: {e}")))?;
         let running = Gateway::start(config, metrics, log).await?.serve()?;
         running.reload_on_sighup(hangups);
+        running.notify_ready();
         running.stop_on_signal().await.map_err(|e| StartError::Setting(format!("signal handling: {e}")))
     });
     drop(logging);
@@ -143,9 +156,15 @@ fn demo(args: DemoArgs) -> ExitCode {
             ("EXTERNAL_OAUTH_CLIENT_ID", sim_config.client_id.clone()),
             ("EXTERNAL_OAUTH_CLIENT_SECRET", sim_config.client_secret.clone()),
             ("EXTERNAL_API_RATE_LIMIT", args.rate_limit.to_string()),
-            ("COURIER_LISTEN", args.listen.to_string()),
-            ("COURIER_ADMIN_LISTEN", args.admin_listen.to_string()),
         ]);
+        // A flag wins over the environment; without either, the listeners keep their loopback
+        // defaults (in a container image the environment opens the gateway: docs/deployment.md).
+        if let Some(listen) = args.listen {
+            wiring.set("COURIER_LISTEN", listen.to_string());
+        }
+        if let Some(admin_listen) = args.admin_listen {
+            wiring.set("COURIER_ADMIN_LISTEN", admin_listen.to_string());
+        }
         let own_secret = wire_callbacks(&mut wiring, &sim);
         let config = Config::from_sources(&Layered(&wiring, &ProcessEnv), None).map_err(|e| e.to_string())?;
         sim.set_callback_secret(config.jobs.callback_secret.as_ref().map(|s| s.expose_secret().as_bytes()));

@@ -29,6 +29,7 @@ use crate::pipeline::{LaneSettings, Pipeline, Prober, RetryPolicy};
 use crate::reload::{Credentials, ReloadHandle, Reloader, SecretCell, Targets};
 use crate::shared::budget::SharedRate;
 use crate::shared::{self, SharedRedis};
+use crate::systemd;
 use crate::upstream::{self, Backoff};
 
 /// Why courier could not start.
@@ -300,9 +301,17 @@ impl Running {
         });
     }
 
-    /// Waits for SIGTERM or SIGINT, then stops gracefully.
+    /// Tells a service manager (systemd's `Type=notify`) that courier serves: see
+    /// [`crate::systemd`]. Nothing is sent when no manager asked (no `NOTIFY_SOCKET`).
+    pub fn notify_ready(&self) {
+        systemd::ready(self.addr, self.admin_addr, &self.log);
+    }
+
+    /// Waits for SIGTERM or SIGINT, tells a service manager that courier is stopping, then stops
+    /// gracefully.
     pub async fn stop_on_signal(&self) -> io::Result<()> {
         wait_for_signal().await?;
+        systemd::stopping(&self.log);
         self.stop().await;
         Ok(())
     }

@@ -19,6 +19,7 @@ pub mod reload;
 pub mod request_id;
 pub mod shared;
 pub mod simulator;
+pub mod systemd;
 pub mod upstream;
 
 pub use gateway::{Gateway, Running, StartError};

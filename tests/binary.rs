@@ -36,10 +36,30 @@ fn every_bad_setting_is_reported_on_its_own_line_without_secrets() {
 
 #[test]
 fn help_is_available_for_every_subcommand() {
-    for sub in ["serve", "simulate", "demo"] {
+    for sub in ["serve", "simulate", "demo", "probe"] {
         let output = Command::new(BIN).args([sub, "--help"]).output().unwrap();
         assert!(output.status.success());
         assert!(String::from_utf8_lossy(&output.stdout).contains("Usage: courier"), "{sub}");
+    }
+}
+
+#[test]
+fn version_names_the_version_and_the_git_commit() {
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    let commit = env!("COURIER_GIT_COMMIT");
+    let line = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(line.trim_end(), format!("courier {} (commit {commit})", env!("CARGO_PKG_VERSION")));
+    // build.rs took it from git: this test runs in a clone (a build without one says `unknown`).
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    match head {
+        Some(head) => assert!(String::from_utf8_lossy(&head.stdout).starts_with(commit), "{commit} is not HEAD"),
+        None => assert_eq!(commit, "unknown"),
     }
 }
 
@@ -89,8 +109,11 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
 
 #[actix_rt::test]
 async fn the_demo_serves_the_printed_curl_command() {
+    // The gateway's address from the environment, as a container image sets it (the flags of
+    // the other listeners are what tests/newcomer.rs runs).
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0"])
+        .args(["demo", "--admin-listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0"])
+        .env("COURIER_LISTEN", "127.0.0.1:0")
         .env_remove("COURIER_CLIENTS_FILE")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules by layer, lowest first. Modules of one layer do not import each other.
 const LAYERS: &[&[&str]] = &[
     // Leaves: types and tools that know nothing of courier's parts.
-    &["allocator", "json", "key", "logging", "metrics", "published", "request_id"],
+    &["allocator", "json", "key", "logging", "metrics", "published", "request_id", "systemd"],
     // Configuration (its settings name leaf limits).
     &["config"],
     // Talking to the upstream; shared state in Redis.

@@ -238,6 +238,7 @@ fn assert_label_values_bounded(exported: &BTreeSet<Series>, clients: &[&str]) {
                 "status" => value.parse::<u16>().is_ok_and(|s| (200..600).contains(&s)),
                 "status_class" => ["2xx", "3xx", "4xx", "5xx"].contains(&value.as_str()),
                 "version" => value == env!("CARGO_PKG_VERSION"),
+                "commit" => value == env!("COURIER_GIT_COMMIT"),
                 "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
                 "reason" if series.name == "courier_upstream_retries_total" => retry_reasons.contains(value.as_str()),
                 "state" if series.name == "courier_jobs_finished_total" => {

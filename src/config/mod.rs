@@ -12,9 +12,11 @@
 
 mod admin;
 mod clients;
+mod errors;
 mod limits;
 mod pem;
 mod reader;
+mod sections;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -26,44 +28,12 @@ use secrecy::SecretString;
 
 pub use admin::{is_loopback, token_fingerprint, token_problem, AdminConfig, AdminToken};
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
+pub use errors::{ConfigError, ConfigErrors};
 pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
 pub use pem::load_ca_file;
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
-
-/// Every configuration problem found at start-up, one per bad variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", self.lines())]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl ConfigErrors {
-    fn lines(&self) -> String {
-        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        lines.join("\n")
-    }
-}
-
-/// One bad setting: which variable, what is wrong with its value, and the expected form.
-/// The value itself is quoted only for settings that are not secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    /// The variable's name, e.g. `EXTERNAL_API_TIMEOUT`.
-    pub var: String,
-    /// What is wrong with the value.
-    pub problem: String,
-    /// The form a good value takes (empty when the problem says it all).
-    pub expected: &'static str,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.var, self.problem)?;
-        if !self.expected.is_empty() {
-            write!(f, " (expected: {})", self.expected)?;
-        }
-        Ok(())
-    }
-}
+pub use sections::{BreakerConfig, JobsConfig};
 
 /// Where a secret came from, kept so that a reload can read it again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,75 +129,6 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The admin token (`COURIER_ADMIN_TOKEN` / `_FILE`).
     pub admin: AdminConfig,
-}
-
-/// Async job and callback settings.
-#[derive(Clone)]
-pub struct JobsConfig {
-    /// How long after acceptance a job must be over.
-    pub deadline: Duration,
-    /// How long job and status entries are kept.
-    pub ttl: Duration,
-    /// Most entries the in-process store keeps.
-    pub max: usize,
-    /// Jobs run at once by this process.
-    pub concurrency: usize,
-    /// A job whose runner has not shown signs of life for this long is taken over (Redis).
-    pub lease: Duration,
-    /// Runs of a job that may end with their process before it is failed with
-    /// `job_run_interrupted` instead of being taken over again (Redis).
-    pub max_runs: u32,
-    /// Key of the HMAC signature on callbacks; callbacks are refused without it.
-    pub callback_secret: Option<SecretString>,
-    /// Where the callback secret came from.
-    pub callback_secret_source: SecretSource,
-    /// Delivery attempts per callback.
-    pub callback_max_attempts: u32,
-    /// Base of the backoff between delivery attempts.
-    pub callback_retry_delay: Duration,
-    /// Bound of one delivery attempt.
-    pub callback_timeout: Duration,
-    /// Hosts and CIDRs callbacks may go to although they are loopback, private or link-local.
-    pub callback_allow: String,
-}
-
-impl fmt::Debug for JobsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobsConfig")
-            .field("deadline", &self.deadline)
-            .field("ttl", &self.ttl)
-            .field("max", &self.max)
-            .field("concurrency", &self.concurrency)
-            .field("lease", &self.lease)
-            .field("max_runs", &self.max_runs)
-            .field("callback_secret", &self.callback_secret.as_ref().map(|_| "[REDACTED]"))
-            .field("callback_max_attempts", &self.callback_max_attempts)
-            .field("callback_retry_delay", &self.callback_retry_delay)
-            .field("callback_timeout", &self.callback_timeout)
-            .field("callback_allow", &self.callback_allow)
-            .finish()
-    }
-}
-
-/// Circuit breaker settings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BreakerConfig {
-    /// Consecutive upstream failures that open the circuit.
-    pub consecutive_failures: u32,
-    /// Failure rate over the window that opens the circuit.
-    pub failure_rate: f64,
-    /// Window of the failure rate (whole seconds).
-    pub window: Duration,
-    /// Attempts within the window before the failure rate counts.
-    pub min_requests: u32,
-    /// First open period; doubles on each failed probe.
-    pub open: Duration,
-    /// Longest open period.
-    pub open_max: Duration,
-    /// Probes let through at once while half-open.
-    pub probes: u32,
-    /// Spacing of the background probes sent while open.
-    pub probe_interval: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -446,6 +347,15 @@ fn parse_level(s: &str) -> Option<slog::Level> {
         "critical" | "crit" => Some(slog::Level::Critical),
         _ => None,
     }
+}
+
+/// `COURIER_ADMIN_LISTEN` alone, read and checked as `serve` reads it, for `courier probe`: a
+/// health check asks the admin listener and must not fail on settings it does not use.
+pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
+    let no_file = FileValues::default();
+    let mut r = Reader::new(env, &no_file);
+    let addr = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
+    r.finish().map(|()| addr)
 }
 
 #[cfg(test)]

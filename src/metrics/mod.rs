@@ -11,23 +11,16 @@
 pub mod labels;
 #[cfg(test)]
 mod labels_tests;
+mod registrar;
 
 pub use labels::*;
 
+use registrar::{ProcessMetrics, Registrar};
+
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
 };
-
-const NAMESPACE: &str = "courier";
-
-/// Latency buckets in seconds, from sub-millisecond (cache hits, fast rejections) to the
-/// longest deadline.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-
-/// Buckets of job durations in seconds, up to the longest job deadline.
-const JOB_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+use registrar::JOB_BUCKETS;
 
 /// courier's metrics.
 pub struct Metrics {
@@ -54,7 +47,8 @@ pub struct Metrics {
     pub token_expires_in: Gauge,
     /// Log lines dropped because the log writer fell behind.
     pub log_dropped: IntCounter,
-    /// Build information; the value is always 1.
+    /// Build information: the version and the git commit courier was built from (12 hex
+    /// digits, or `unknown`); the value is always 1.
     pub build_info: IntGaugeVec,
 
     /// Upstream requests per second the budget allows (`EXTERNAL_API_RATE_LIMIT` / 60).
@@ -149,55 +143,6 @@ pub struct Metrics {
     pub admin_requests: IntCounterVec,
 }
 
-/// Creates metrics in the `courier` namespace and registers each once, noting its name.
-struct Registrar(Registry, std::cell::RefCell<Vec<String>>);
-
-impl Registrar {
-    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
-        self.1.borrow_mut().extend(metric.desc().iter().map(|d| d.fq_name.clone()));
-        self.0.register(Box::new(metric.clone())).expect("metric registered once");
-        metric
-    }
-
-    fn opts(name: &str, help: &str) -> Opts {
-        Opts::new(name, help).namespace(NAMESPACE)
-    }
-
-    fn counter(&self, name: &str, help: &str) -> IntCounter {
-        self.add(IntCounter::with_opts(Self::opts(name, help)).expect("valid metric"))
-    }
-
-    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        self.add(IntCounterVec::new(Self::opts(name, help), labels).expect("valid metric"))
-    }
-
-    fn gauge(&self, name: &str, help: &str) -> Gauge {
-        self.add(Gauge::with_opts(Self::opts(name, help)).expect("valid metric"))
-    }
-
-    fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
-        self.add(IntGauge::with_opts(Self::opts(name, help)).expect("valid metric"))
-    }
-
-    fn int_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        self.add(IntGaugeVec::new(Self::opts(name, help), labels).expect("valid metric"))
-    }
-
-    fn histogram(&self, name: &str, help: &str) -> Histogram {
-        self.histogram_buckets(name, help, LATENCY_BUCKETS)
-    }
-
-    fn histogram_buckets(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-        let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(buckets.to_vec());
-        self.add(Histogram::with_opts(opts).expect("valid metric"))
-    }
-
-    fn histogram_vec(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-        let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(LATENCY_BUCKETS.to_vec());
-        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
-    }
-}
-
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
@@ -240,7 +185,11 @@ impl Metrics {
                 "Seconds until the current upstream token expires (negative once it has; 0 without one).",
             ),
             log_dropped: r.counter("log_lines_dropped_total", "Log lines dropped because the log writer fell behind."),
-            build_info: r.int_gauge_vec("build_info", "Build information; the value is always 1.", &["version"]),
+            build_info: r.int_gauge_vec(
+                "build_info",
+                "Build information: the version and the git commit courier was built from (12 hex digits, or unknown); the value is always 1.",
+                &["version", "commit"],
+            ),
             budget_limit: r.gauge(
                 "budget_limit_requests_per_second",
                 "Upstream requests per second the budget allows (EXTERNAL_API_RATE_LIMIT / 60).",
@@ -401,7 +350,7 @@ impl Metrics {
             registry: r.0.clone(),
             names: Vec::new(),
         };
-        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("COURIER_GIT_COMMIT")]).set(1);
         metrics.create_known_label_sets();
         metrics.config_last_reload_successful.set(1);
         r.add(ProcessMetrics(std::sync::Arc::new(prometheus::process_collector::ProcessCollector::for_self())));
@@ -424,20 +373,6 @@ impl Metrics {
     }
 }
 
-/// The process collector, clonable so it registers like the other metrics.
-#[derive(Clone)]
-struct ProcessMetrics(std::sync::Arc<prometheus::process_collector::ProcessCollector>);
-
-impl prometheus::core::Collector for ProcessMetrics {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.0.desc()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.0.collect()
-    }
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -445,29 +380,4 @@ impl Default for Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_follow_prometheus_conventions() {
-        let metrics = Metrics::new();
-        metrics.http_requests.with_label_values(&["process", "200", "open"]).inc();
-        metrics.upstream_attempts.with_label_values(&["success"]).inc();
-        metrics.upstream_retries.with_label_values(&["timeout"]).inc();
-        metrics.token_refreshes.with_label_values(&["success"]).inc();
-        metrics.http_duration.with_label_values(&["process", "2xx", "open"]).observe(0.01);
-        let text = String::from_utf8(metrics.render()).unwrap();
-        for family in metrics.registry.gather() {
-            let name = family.name();
-            assert!(name.starts_with("courier_") || name.starts_with("process_"), "{name}");
-            if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
-                assert!(name.ends_with("_total"), "counter {name} lacks _total");
-            }
-        }
-        assert!(text.contains("courier_build_info{version=\""));
-        assert!(text.contains("courier_http_request_duration_seconds_bucket"));
-        assert!(text.contains("process_cpu_seconds_total"));
-        assert!(metrics.names().iter().any(|n| n == "courier_jobs_accepted_total"));
-        assert!(metrics.names().iter().any(|n| n == "process_resident_memory_bytes"));
-    }
-}
+mod tests;

@@ -1,0 +1,281 @@
+"""Does deploy/systemd/courier.service fit courier? (scripts/deploy-check; stdlib only)
+
+    python3 deploy_systemd.py check UNIT ENV_EXAMPLE
+    python3 deploy_systemd.py trace UNIT COURIER_BINARY
+
+`check` reads the unit and the environment file example: every variable is one courier knows,
+every *_FILE points into the credentials directory at a credential the unit loads, Type=notify,
+and TimeoutStopSec holds courier's graceful stop.
+
+`trace` runs the real binary under strace the way the unit runs it (secrets in files, a notify
+socket), through READY=1, a sync request, an async job, a metrics scrape, a SIGHUP reload and a
+SIGTERM stop with STOPPING=1, then checks that every system call it made is one the unit's
+SystemCallFilter allows, every socket is of a family RestrictAddressFamilies allows, and no
+mapping is made writable and executable or made executable later (MemoryDenyWriteExecute).
+A call outside the filter would fail with EPERM under systemd: this finds it here first.
+"""
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import deploy_courier as courier  # noqa: E402
+
+
+def fail(problems):
+    for problem in problems:
+        print(f"deploy-check: {problem}", file=sys.stderr)
+    sys.exit(1)
+
+
+def unit_settings(path):
+    """(key, value) pairs of the unit, in order; commented-out `Environment=` and
+    `LoadCredential=` lines (the optional secrets) are returned with a key prefixed by '#'."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            m = re.match(r"^#\s*(Environment|LoadCredential)=(.*)$", line)
+            if m:
+                pairs.append(("#" + m.group(1), m.group(2)))
+            elif line and not line.startswith(("#", ";", "[")) and "=" in line:
+                key, _, value = line.partition("=")
+                pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def env_file(path):
+    env = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                env[key.strip()] = value.strip()
+    return env
+
+
+def check(unit, example):
+    problems = []
+    pairs = unit_settings(unit)
+    settings = {}
+    for key, value in pairs:
+        settings.setdefault(key, []).append(value)
+    known, documented, read = courier.known_variables()
+    env = env_file(example)
+    for name in env:
+        why = courier.unknown_variable(name, known, documented, read)
+        if why:
+            problems.append(f"deploy/systemd/courier.env.example: {why}")
+    for commented in (False, True):
+        credentials = {v.split(":", 1)[0] for v in settings.get(("#" if commented else "") + "LoadCredential", [])}
+        for assignment in settings.get(("#" if commented else "") + "Environment", []):
+            for word in shlex.split(assignment):
+                name, _, value = word.partition("=")
+                why = courier.unknown_variable(name, known, documented, read)
+                if why:
+                    problems.append(f"deploy/systemd/courier.service: {why}")
+                if name.endswith("_FILE"):
+                    credential = value[len("%d/"):] if value.startswith("%d/") else None
+                    if credential not in credentials:
+                        problems.append(f"deploy/systemd/courier.service: {name}={value} is not %d/<a credential "
+                                        f"the unit loads with LoadCredential=>")
+    if settings.get("Type") != ["notify"]:
+        problems.append("deploy/systemd/courier.service: Type= is not notify (courier sends READY=1 and STOPPING=1)")
+    if "AF_UNIX" not in " ".join(settings.get("RestrictAddressFamilies", [])):
+        problems.append("deploy/systemd/courier.service: RestrictAddressFamilies= lacks AF_UNIX, which READY=1 needs")
+    stop = settings.get("TimeoutStopSec", ["90"])[-1]
+    if not stop.isdigit():
+        problems.append(f"deploy/systemd/courier.service: TimeoutStopSec={stop} is not whole seconds")
+    else:
+        problems += courier.grace_problems("deploy/systemd/courier.service", int(stop), 0, env, "TimeoutStopSec")
+    if problems:
+        fail(problems)
+    print("courier.service and courier.env.example fit courier (variables, credentials, Type=notify, TimeoutStopSec)")
+
+
+def expand(group, seen=None):
+    """The system calls of a systemd syscall group, sub-groups expanded."""
+    seen = set() if seen is None else seen
+    if group in seen:
+        return set()
+    seen.add(group)
+    out = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager", group],
+                         check=True, capture_output=True, text=True).stdout
+    calls = set()
+    for line in out.splitlines()[1:]:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        calls |= expand(line, seen) if line.startswith("@") else {line}
+    return calls
+
+
+def allowed_calls(unit):
+    allow, deny = set(), set()
+    for key, value in unit_settings(unit):
+        if key != "SystemCallFilter":
+            continue
+        negate = value.startswith("~")
+        for word in value.lstrip("~").split():
+            calls = expand(word) if word.startswith("@") else {word}
+            (deny if negate else allow).update(calls)
+    return allow - deny
+
+
+def wait_for(what, predicate, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def http(method, url, body=None, headers=None):
+    headers = dict(headers or {}, **({"Content-Type": "application/json"} if body is not None else {}))
+    request = urllib.request.Request(url, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return None, b""
+
+
+def exercise(binary, work):
+    """Runs courier serve under strace through a little of everything; returns the trace path."""
+    sim = subprocess.Popen([binary, "simulate", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = sim.stdout.readline()
+        base = re.search(r"(http://\S+/v2)", line).group(1)
+        for name, value in (("api-key", "demo-api-key"), ("client-secret", "demo-secret"), ("admin-token", "t" * 32)):
+            with open(os.path.join(work, name), "w") as f:
+                f.write(value + "\n")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(os.path.join(work, "notify"))
+        notify.settimeout(20)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NOTIFY_SOCKET": os.path.join(work, "notify"),
+               "EXTERNAL_API_BASE_URL": base, "EXTERNAL_OAUTH_CLIENT_ID": "courier-demo",
+               "EXTERNAL_API_KEY_FILE": os.path.join(work, "api-key"),
+               "EXTERNAL_OAUTH_CLIENT_SECRET_FILE": os.path.join(work, "client-secret"),
+               "COURIER_ADMIN_TOKEN_FILE": os.path.join(work, "admin-token"),
+               "COURIER_LISTEN": "127.0.0.1:0", "COURIER_ADMIN_LISTEN": "127.0.0.1:0", "COURIER_WORKERS": "2"}
+        trace = os.path.join(work, "trace")
+        log = open(os.path.join(work, "courier.log"), "w")
+        child = subprocess.Popen(["strace", "-f", "-qq", "-o", trace, binary, "serve"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            ready = notify.recv(4096).decode()
+            if "READY=1" not in ready.splitlines():
+                raise RuntimeError(f"the first notification was not READY=1: {ready!r}")
+            gateway = re.search(r"gateway (\S+?),", ready).group(1)
+            admin = re.search(r"admin (\S+)", ready).group(1)
+            wait_for("/readyz", lambda: http("GET", f"http://{admin}/readyz")[0] == 200)
+            status, _ = http("POST", f"http://{gateway}/api/external/process", {"data": {"input": "traced"}})
+            if status != 200:
+                raise RuntimeError(f"a sync request answered {status}")
+            status, _ = http("POST", f"http://{gateway}/api/external/process",
+                             {"data": {"input": "traced later"}, "options": {"async": True}},
+                             {"X-Request-Id": "deploy-check-job"})
+            if status != 202:
+                raise RuntimeError(f"an async request answered {status}")
+            wait_for("the async job", lambda: b'"completed"' in http(
+                "GET", f"http://{gateway}/api/external/status/deploy-check-job")[1])
+            http("GET", f"http://{admin}/metrics")
+            child_pid = courier_pid(child.pid)
+            os.kill(child_pid, signal.SIGHUP)
+            wait_for("the SIGHUP reload", lambda: "credentials_reloaded" in open(log.name).read())
+            os.kill(child_pid, signal.SIGTERM)
+            stopping = notify.recv(4096).decode()
+            if "STOPPING=1" not in stopping.splitlines():
+                raise RuntimeError(f"SIGTERM did not announce STOPPING=1: {stopping!r}")
+            if child.wait(timeout=40) != 0:
+                raise RuntimeError("courier did not exit 0 after SIGTERM")
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            notify.close()
+    finally:
+        sim.terminate()
+        sim.wait()
+    return trace
+
+
+def courier_pid(strace_pid):
+    """The traced courier: strace's only child."""
+    with open(f"/proc/{strace_pid}/task/{strace_pid}/children") as f:
+        children = f.read().split()
+    if len(children) != 1:
+        raise RuntimeError(f"strace has {len(children)} children, expected courier alone")
+    return int(children[0])
+
+
+CALL = re.compile(r"^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)(?:\(| resumed>)")
+SOCKET = re.compile(r"^\d+\s+socket\((AF_[A-Z0-9]+|\d+)")
+EXEC_MAPPING = re.compile(r"^\d+\s+(mmap|mprotect|pkey_mprotect)\(.*?(PROT_[A-Z_|]+)")
+
+
+def analyse(trace, unit):
+    allowed = allowed_calls(unit)
+    families = set()
+    for key, value in unit_settings(unit):
+        if key == "RestrictAddressFamilies":
+            families |= set(value.split())
+    calls, used_families, problems = {}, set(), []
+    with open(trace, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = CALL.match(line)
+            if m:
+                calls[m.group(1)] = calls.get(m.group(1), 0) + 1
+            m = SOCKET.match(line)
+            if m:
+                used_families.add(m.group(1))
+            m = EXEC_MAPPING.match(line)
+            if m and "PROT_EXEC" in m.group(2) and (m.group(1) != "mmap" or "PROT_WRITE" in m.group(2)):
+                problems.append(f"MemoryDenyWriteExecute: courier made memory executable: {line.strip()[:160]}")
+    if not calls:
+        problems.append("the trace holds no system call: strace failed?")
+    for call in sorted(set(calls) - allowed):
+        problems.append(f"SystemCallFilter: courier calls {call} ({calls[call]}x), which the unit's filter refuses "
+                        "(EPERM under systemd)")
+    for family in sorted(used_families - families):
+        problems.append(f"RestrictAddressFamilies: courier opens {family} sockets, which the unit refuses")
+    if problems:
+        fail(problems)
+    print(f"courier under strace: {len(calls)} distinct system calls ({sum(calls.values())} calls), all allowed by "
+          f"SystemCallFilter; socket families {', '.join(sorted(used_families))}; no writable+executable memory")
+
+
+def main(argv):
+    if len(argv) == 3 and argv[0] == "check":
+        check(argv[1], argv[2])
+    elif len(argv) == 3 and argv[0] == "trace":
+        with tempfile.TemporaryDirectory(prefix="courier-deploy-check-") as work:
+            try:
+                trace = exercise(os.path.abspath(argv[2]), work)
+            except (RuntimeError, OSError, AttributeError) as error:
+                log = os.path.join(work, "courier.log")
+                tail = open(log).read()[-2000:] if os.path.exists(log) else ""
+                fail([f"tracing courier serve failed: {error}", f"courier's log ends: {tail}"])
+            analyse(trace, argv[1])
+    else:
+        sys.exit("usage: deploy_systemd.py check UNIT ENV_EXAMPLE | trace UNIT COURIER_BINARY")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
