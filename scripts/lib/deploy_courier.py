@@ -69,7 +69,8 @@ def seconds(env, name):
 
 def admin_routes():
     with open(os.path.join(ROOT, "src/http/admin.rs"), encoding="utf-8") as f:
-        return set(re.findall(r'\.route\("(/[^"]*)"', f.read()))
+        # The route table: `(Method::GET, "/healthz", web::to(healthz))`.
+        return set(re.findall(r'\(Method::[A-Z]+, "(/[^"]*)"', f.read()))
 
 
 def cargo_version():
