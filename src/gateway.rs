@@ -392,10 +392,13 @@ fn start_runner(gateway: &Gateway) -> Result<(RunnerHandle, Option<SecretCell>),
     };
     let settings = RunnerSettings { concurrency: jobs.concurrency, lease: jobs.lease };
     let callback_secret = delivery.as_ref().map(|d| d.secret_cell());
+    let callback_tls =
+        upstream::tls_config_with(&jobs.callback_ca).map_err(|e| StartError::Setting(format!("callback TLS: {e}")))?;
     let runner = runner::start(
         shared.jobs.store.clone(),
         gateway.pipeline(),
         delivery,
+        callback_tls,
         settings,
         shared.metrics.clone(),
         &shared.log,

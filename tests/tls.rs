@@ -2,7 +2,8 @@
 //! CA generated in the test (rcgen); courier trusts that CA through `EXTERNAL_API_CA_FILE`.
 //! A trusted certificate carries the token and the request; an untrusted one (another CA, a
 //! wrong host name) ends in a quick, unretried 502 `upstream_tls`; a bad CA file stops
-//! courier at start-up with one line naming the variable.
+//! courier at start-up with one line naming the variable. Callbacks over https reach a receiver
+//! whose CA courier trusts through `COURIER_CALLBACK_CA_FILE`, and not one it does not trust.
 
 mod support;
 
@@ -239,4 +240,76 @@ async fn without_tls_settings_the_simulator_stays_plain_http() {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
     assert!(sim.base_url().starts_with("http://127.0.0.1:"), "{}", sim.base_url());
     sim.stop().await;
+}
+
+const CALLBACK_SECRET: &str = "whsec_tls_7c1e";
+
+/// A pair whose simulator serves HTTPS (upstream and callback sink alike) and checks callback
+/// signatures; courier trusts the CA for the upstream and, with `trust_callbacks`, for callbacks.
+async fn https_pair(pki: &Pki, trust_callbacks: bool) -> Pair {
+    let (ca, ca_file) = pki.ca("ca");
+    let tls = pki.server("sim", &ca, LOOPBACK);
+    let mut builder = PairBuilder::default()
+        .sim(|s| {
+            s.tls = Some(tls);
+            s.callback_secret = Some(CALLBACK_SECRET.into());
+        })
+        .env("EXTERNAL_API_CA_FILE", ca_file.to_str().unwrap())
+        .env("COURIER_CALLBACK_SECRET", CALLBACK_SECRET)
+        .env("COURIER_CALLBACK_ALLOW", "127.0.0.1")
+        .env("COURIER_CALLBACK_MAX_ATTEMPTS", "1");
+    if trust_callbacks {
+        builder = builder.env("COURIER_CALLBACK_CA_FILE", ca_file.to_str().unwrap());
+    }
+    builder.start().await
+}
+
+/// Submits an async job whose callback goes to the simulator's HTTPS sink; returns its id.
+async fn submit_with_https_callback(pair: &Pair) -> String {
+    let sink = format!("https://{}/_sim/callbacks", pair.sim.addr());
+    let job = serde_json::json!({"data": {"input": "over tls"}, "options": {"async": true, "callback_url": sink}});
+    let accepted = pair.process(&job).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    accepted.body["request_id"].as_str().unwrap().to_owned()
+}
+
+/// The job's callback state once it is final (bounded wait).
+async fn final_callback(pair: &Pair, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status =
+            read_answer(pair.http.get(pair.url(&format!("/api/external/status/{id}"))).send().await.unwrap()).await;
+        let callback = status.body["callback"].clone();
+        if matches!(callback["state"].as_str(), Some("delivered" | "gave_up")) {
+            return callback;
+        }
+        assert!(Instant::now() < deadline, "callback never final: {status:?}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn an_https_callback_is_delivered_to_a_receiver_whose_ca_is_trusted() {
+    let pki = Pki::new("callback-trusted");
+    let pair = https_pair(&pki, true).await;
+    let id = submit_with_https_callback(&pair).await;
+    let callback = final_callback(&pair, &id).await;
+    assert_eq!((callback["state"].as_str(), callback["last_status_code"].as_u64()), (Some("delivered"), Some(200)));
+    let got = pair.sim.callbacks().callbacks;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].verified, "the signature verifies over TLS: {:?}", got[0].problem);
+    assert_eq!(got[0].request_id.as_deref(), Some(id.as_str()));
+    pair.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_https_callback_to_an_untrusted_certificate_is_not_delivered() {
+    let pki = Pki::new("callback-untrusted");
+    let pair = https_pair(&pki, false).await;
+    let id = submit_with_https_callback(&pair).await;
+    let callback = final_callback(&pair, &id).await;
+    assert_eq!((callback["state"].as_str(), callback["attempts"].as_u64()), (Some("gave_up"), Some(1)), "{callback}");
+    assert!(callback["last_status_code"].is_null(), "no HTTP answer: the handshake failed: {callback}");
+    assert!(pair.sim.callbacks().callbacks.is_empty(), "nothing reached the receiver");
+    pair.stop().await;
 }

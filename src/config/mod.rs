@@ -203,15 +203,7 @@ impl Config {
                 r.url("EXTERNAL_OAUTH_TOKEN_URL", Some(default)).unwrap_or_default()
             }
         };
-        let api_ca_file = r.optional("EXTERNAL_API_CA_FILE").map(PathBuf::from);
-        let api_ca = match api_ca_file.as_deref().map(pem::load_ca_file) {
-            None => Vec::new(),
-            Some(Ok(certs)) => certs,
-            Some(Err(problem)) => {
-                r.problem("EXTERNAL_API_CA_FILE", problem, "a readable PEM file of CA certificates");
-                Vec::new()
-            }
-        };
+        let (api_ca_file, api_ca) = ca_file(r, "EXTERNAL_API_CA_FILE");
         let (api_key, api_key_source) = r.secret("EXTERNAL_API_KEY");
         let client_id = r.required("EXTERNAL_OAUTH_CLIENT_ID", "a non-empty OAuth2 client id");
         let (client_secret, client_secret_source) = r.secret("EXTERNAL_OAUTH_CLIENT_SECRET");
@@ -269,6 +261,7 @@ impl Config {
             Some((secret, source)) => (Some(secret), source),
             None => (None, SecretSource::Inline),
         };
+        let (callback_ca_file, callback_ca) = ca_file(r, "COURIER_CALLBACK_CA_FILE");
         let jobs = JobsConfig {
             deadline: r.seconds("COURIER_JOB_DEADLINE", 600.0),
             ttl: r.seconds("COURIER_JOB_TTL", 86_400.0),
@@ -282,6 +275,8 @@ impl Config {
             callback_retry_delay: r.seconds("COURIER_CALLBACK_RETRY_DELAY", 1.0),
             callback_timeout: r.seconds("COURIER_CALLBACK_TIMEOUT", 10.0),
             callback_allow: r.optional("COURIER_CALLBACK_ALLOW").unwrap_or_default(),
+            callback_ca_file,
+            callback_ca,
         };
         let replicas = r.count("COURIER_REPLICAS", 1, 1..=10_000) as u32;
         let limits = LimitsConfig::read(r);
@@ -335,6 +330,21 @@ impl Config {
             admin,
         }
     }
+}
+
+/// An optional PEM file of extra CA certificates named by `var`: its path and its certificates,
+/// read and checked now (a problem is reported like any other bad setting).
+fn ca_file(r: &mut Reader<'_>, var: &'static str) -> (Option<PathBuf>, Vec<CertificateDer<'static>>) {
+    let path = r.optional(var).map(PathBuf::from);
+    let certs = match path.as_deref().map(pem::load_ca_file) {
+        None => Vec::new(),
+        Some(Ok(certs)) => certs,
+        Some(Err(problem)) => {
+            r.problem(var, problem, "a readable PEM file of CA certificates");
+            Vec::new()
+        }
+    };
+    (path, certs)
 }
 
 fn parse_level(s: &str) -> Option<slog::Level> {

@@ -1,8 +1,10 @@
 //! Settings grouped by the part of courier they configure.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 
 use super::SecretSource;
@@ -35,6 +37,10 @@ pub struct JobsConfig {
     pub callback_timeout: Duration,
     /// Hosts and CIDRs callbacks may go to although they are loopback, private or link-local.
     pub callback_allow: String,
+    /// PEM file of extra CA certificates trusted for `https` callbacks, beside the system roots.
+    pub callback_ca_file: Option<PathBuf>,
+    /// The certificates of `callback_ca_file`, read and checked at start-up (empty without it).
+    pub callback_ca: Vec<CertificateDer<'static>>,
 }
 
 impl fmt::Debug for JobsConfig {
@@ -51,6 +57,7 @@ impl fmt::Debug for JobsConfig {
             .field("callback_retry_delay", &self.callback_retry_delay)
             .field("callback_timeout", &self.callback_timeout)
             .field("callback_allow", &self.callback_allow)
+            .field("callback_ca_file", &self.callback_ca_file)
             .finish()
     }
 }

@@ -76,15 +76,15 @@ pub fn start(
     store: Arc<dyn JobStore>,
     pipeline: Pipeline,
     delivery: Option<Delivery>,
+    callback_tls: Arc<rustls::ClientConfig>,
     settings: RunnerSettings,
     metrics: Arc<Metrics>,
     log: &Logger,
 ) -> RunnerHandle {
-    let callback_client = awc::Client::builder()
-        .disable_redirects()
-        .disable_timeout()
-        .add_default_header(("user-agent", concat!("courier/", env!("CARGO_PKG_VERSION"))))
-        .finish();
+    // The upstream's client settings: redirects off, each attempt bounded by the delivery,
+    // HTTP/1.1 only, and certificates checked against `callback_tls`'s roots. awc's default
+    // connector has no TLS of its own with the features courier builds it with.
+    let callback_client = crate::upstream::build_client(callback_tls, &crate::upstream::ClientSettings::default());
     let state = Rc::new(State {
         store,
         pipeline,
