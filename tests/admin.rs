@@ -354,3 +354,43 @@ fn courier_refuses_to_start_with_an_open_admin_listener_off_loopback() {
         "{stderr}"
     );
 }
+
+/// The alert on refused admin requests, from the rules file, evaluated by a real Prometheus
+/// scraping courier: silent while only the token is used, firing after five refusals.
+#[actix_rt::test]
+async fn refused_admin_requests_raise_the_alert_in_a_real_prometheus() {
+    const RULES: &str = "grafana/alerts/courier.rules.yml";
+    let sim = simulator().await;
+    let courier = serve(&sim, &[("COURIER_ADMIN_TOKEN", TOKEN.into())]);
+    let (http, admin) = (client(), courier.admin.clone());
+    wait_ready(&http, &admin).await;
+    let prometheus =
+        support::prometheus::Prometheus::start(std::slice::from_ref(&admin), &[std::path::Path::new(RULES)]).await;
+    let rules = std::fs::read_to_string(RULES).unwrap();
+    let expr = rules
+        .lines()
+        .skip_while(|l| !l.contains("alert: CourierAdminTokenRefused"))
+        .find_map(|l| l.trim().strip_prefix("expr: "))
+        .expect("the rule's expression");
+    let scraped = prometheus.wait_for("courier_admin_requests_total", Duration::from_secs(15)).await;
+    assert!(!scraped.is_empty(), "Prometheus scraped courier");
+
+    assert_eq!(call(&http, &admin, &Method::GET, "/admin/state", Some(TOKEN)).await.status, 200);
+    let allowed =
+        prometheus.wait_for(r#"courier_admin_requests_total{outcome="allowed"} > 0"#, Duration::from_secs(15)).await;
+    assert!(!allowed.is_empty(), "the allowed request was scraped");
+    assert!(prometheus.query(expr).await.is_empty(), "no refusal, no alert");
+
+    for token in [None, Some(WRONG), Some(PREFIX), Some(WRONG), None] {
+        assert_refused(&call(&http, &admin, &Method::GET, "/admin/state", token).await, "a guess");
+    }
+    let firing = prometheus.wait_for(expr, Duration::from_secs(15)).await;
+    assert_eq!(firing.len(), 1, "{expr} returned {firing:?}");
+    let alerts = prometheus
+        .wait_for(r#"ALERTS{alertname="CourierAdminTokenRefused",alertstate="firing"}"#, Duration::from_secs(15))
+        .await;
+    assert_eq!(alerts.len(), 1, "the alert fires: {alerts:?}");
+    drop(prometheus);
+    stop(courier);
+    sim.stop().await;
+}
