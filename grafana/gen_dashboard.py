@@ -167,9 +167,13 @@ panel("Shared state (Redis)", [(f'max by (instance, mode) (courier_shared_state{
       kind="stat", w=6, description="off: no REDIS_URL; shared: budget, token, cache and jobs shared; degraded: Redis failing, this replica on its own.",
       extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                          "textMode": "name", "colorMode": "none", "graphMode": "none"}})
-panel("Version", [(f'count by (version) (courier_build_info{{{I}}})', "{{version}}")], kind="stat", w=6,
+panel("Version", [(f'count by (version, commit) (courier_build_info{{{I}}})', "{{version}} ({{commit}})")],
+      kind="stat", w=6, description="The running version and the git commit it was built from.",
       extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                          "textMode": "name", "colorMode": "none", "graphMode": "none"}})
+panel("Admin requests", [(f'sum by (outcome) (increase(courier_admin_requests_total{{{I}}}[{R}]))', "{{outcome}}")],
+      w=6, description="Requests to locked admin routes by outcome: allowed (token), unlocked (no token set, "
+      "loopback), missing_token and wrong_token (refused; see the CourierAdminTokenRefused alert).")
 endrow()
 
 def var(name, query, label):
