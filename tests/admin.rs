@@ -17,7 +17,7 @@ use courier::http::admin_lock::OPEN_PATHS;
 use courier::simulator::{SimConfig, Simulator};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::process::{signal, wait_exit, Serving, BIN};
+use support::process::{signal, sim_env, wait_exit, Serving, BIN};
 use support::{metric_value, read_answer, Answer};
 
 const TOKEN: &str = "admin-token-4f1c9a7e2b";
@@ -38,16 +38,8 @@ async fn simulator() -> Simulator {
 
 /// Starts `courier serve` against `sim` (admin on 127.0.0.1:0) with `extra` settings.
 fn serve(sim: &Simulator, extra: &[(&str, String)]) -> Serving {
-    let defaults = SimConfig::default();
-    let mut env = vec![
-        ("EXTERNAL_API_BASE_URL", sim.base_url()),
-        ("EXTERNAL_API_KEY", defaults.api_key),
-        ("EXTERNAL_OAUTH_CLIENT_ID", defaults.client_id),
-        ("EXTERNAL_OAUTH_CLIENT_SECRET", defaults.client_secret),
-        ("COURIER_WORKERS", "1".into()),
-        ("EXTERNAL_API_CACHE_TTL", "300".into()),
-        ("COURIER_SHUTDOWN_GRACE", "5".into()),
-    ];
+    let mut env: Vec<(&str, String)> = sim_env(sim);
+    env.extend([("EXTERNAL_API_CACHE_TTL", "300".into()), ("COURIER_SHUTDOWN_GRACE", "5".into())]);
     env.extend(extra.iter().cloned());
     Serving::start(&env)
 }

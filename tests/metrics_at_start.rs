@@ -208,26 +208,32 @@ fn assert_queried_series_exported(exported: &BTreeSet<Series>) {
     assert!(missing.is_empty(), "queried but not exported by a fresh courier:\n{}", Vec::from_iter(missing).join("\n"));
 }
 
-/// Asserts every label value is bounded (a name from a fixed list, a status code, a client of
-/// the file) and means something.
-fn assert_label_values_bounded(exported: &BTreeSet<Series>, clients: &[&str]) {
+/// One upstream attempt of each kind (two server errors: one retried, one not).
+fn attempts_of_every_kind() -> [courier::upstream::Attempt; 13] {
     use courier::upstream::Attempt;
-    let snake = regex_lite::Regex::new("^[a-z][a-z0-9_]{0,31}$").unwrap();
-    // One attempt of each kind: a retry's reason is the outcome of an attempt that is retried.
-    let attempts = [
+    [
         Attempt::Success(bytes::Bytes::new()),
         Attempt::Rejected { status: 422, message: String::new() },
         Attempt::Unauthorized,
         Attempt::Forbidden,
         Attempt::RateLimited,
         Attempt::ServerError(503),
+        Attempt::ServerError(501),
         Attempt::OtherStatus(404),
         Attempt::Timeout,
         Attempt::Connect("refused"),
         Attempt::Invalid("not JSON"),
         Attempt::Tls("tls: unknown CA"),
         Attempt::TooLarge,
-    ];
+    ]
+}
+
+/// Asserts every label value is bounded (a name from a fixed list, a status code, a client of
+/// the file) and means something.
+fn assert_label_values_bounded(exported: &BTreeSet<Series>, clients: &[&str]) {
+    let snake = regex_lite::Regex::new("^[a-z][a-z0-9_]{0,31}$").unwrap();
+    // One attempt of each kind: a retry's reason is the outcome of an attempt that is retried.
+    let attempts = attempts_of_every_kind();
     let retry_reasons: BTreeSet<&str> =
         attempts.iter().filter(|a| a.retryable()).map(|a| a.outcome().as_str()).collect();
     let mut bad = Vec::new();
@@ -392,22 +398,8 @@ fn the_label_lists_match_the_enums_they_copy() {
 #[test]
 fn retry_reasons_are_the_outcomes_of_the_attempts_that_are_retried() {
     use courier::pipeline::lane::RETRY_REASONS;
-    use courier::upstream::{Attempt, Outcome};
-    let attempts = [
-        Attempt::Success(bytes::Bytes::new()),
-        Attempt::Rejected { status: 422, message: String::new() },
-        Attempt::Unauthorized,
-        Attempt::Forbidden,
-        Attempt::RateLimited,
-        Attempt::ServerError(503),
-        Attempt::ServerError(501),
-        Attempt::OtherStatus(404),
-        Attempt::Timeout,
-        Attempt::Connect("refused"),
-        Attempt::Invalid("not JSON"),
-        Attempt::Tls("tls: unknown CA"),
-        Attempt::TooLarge,
-    ];
+    use courier::upstream::Outcome;
+    let attempts = attempts_of_every_kind();
     for outcome in Outcome::ALL {
         assert!(attempts.iter().any(|a| a.outcome() == outcome), "no attempt of {outcome:?}");
     }

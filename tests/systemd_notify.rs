@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use courier::simulator::{SimConfig, Simulator};
 use serde_json::Value;
-use support::process::{signal, wait_exit, wait_line, Serving, BIN};
+use support::process::{signal, sim_env, wait_exit, wait_line, Serving, BIN};
 
 /// The next notification, waited for (bounded) on a blocking thread.
 async fn next_notification(socket: &UnixDatagram) -> String {
@@ -45,14 +45,10 @@ async fn ready_once_it_answers_and_stopping_on_sigterm() {
     let mut child = Command::new(BIN)
         .arg("serve")
         .env_clear()
+        .envs(sim_env(&sim))
         .env("NOTIFY_SOCKET", &path)
-        .env("EXTERNAL_API_BASE_URL", sim.base_url())
-        .env("EXTERNAL_API_KEY", "demo-api-key")
-        .env("EXTERNAL_OAUTH_CLIENT_ID", "courier-demo")
-        .env("EXTERNAL_OAUTH_CLIENT_SECRET", "demo-secret")
         .env("COURIER_LISTEN", "127.0.0.1:0")
         .env("COURIER_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("COURIER_WORKERS", "1")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -81,14 +77,9 @@ async fn ready_once_it_answers_and_stopping_on_sigterm() {
 #[actix_rt::test]
 async fn a_manager_that_cannot_be_told_is_logged_and_courier_serves_anyway() {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
-    let serving = Serving::start(&[
-        ("NOTIFY_SOCKET", "/nonexistent/courier-test/notify.sock".into()),
-        ("EXTERNAL_API_BASE_URL", sim.base_url()),
-        ("EXTERNAL_API_KEY", "demo-api-key".into()),
-        ("EXTERNAL_OAUTH_CLIENT_ID", "courier-demo".into()),
-        ("EXTERNAL_OAUTH_CLIENT_SECRET", "demo-secret".into()),
-        ("COURIER_WORKERS", "1".into()),
-    ]);
+    let mut env = sim_env(&sim);
+    env.push(("NOTIFY_SOCKET", "/nonexistent/courier-test/notify.sock".into()));
+    let serving = Serving::start(&env);
     let state = wait_line(&serving.logs, |line| {
         let v: Value = serde_json::from_str(line).ok()?;
         (v["event"] == "service_manager_notify_failed").then(|| v["state"].as_str().unwrap_or_default().to_owned())

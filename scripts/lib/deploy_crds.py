@@ -65,26 +65,27 @@ POD_METRICS_ENDPOINT = {
     },
 }
 
-POD_MONITOR = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PodMonitor"},
-        "metadata": METADATA,
-        "spec": {
-            "type": "object",
-            "required": ["selector", "podMetricsEndpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "selector": LABEL_SELECTOR,
-                "jobLabel": {"type": "string"},
-                "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": POD_METRICS_ENDPOINT},
-            },
+
+def operator_object(kind, required, properties):
+    """The schema of a Prometheus Operator object of `kind` whose spec has these properties."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": METADATA,
+            "spec": {"type": "object", "required": required, "additionalProperties": False, "properties": properties},
         },
-    },
-}
+    }
+
+
+POD_MONITOR = operator_object("PodMonitor", ["selector", "podMetricsEndpoints"], {
+    "selector": LABEL_SELECTOR,
+    "jobLabel": {"type": "string"},
+    "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": POD_METRICS_ENDPOINT},
+})
 
 RULE = {
     "type": "object",
@@ -103,35 +104,20 @@ RULE = {
     },
 }
 
-PROMETHEUS_RULE = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": METADATA,
-        "spec": {
+PROMETHEUS_RULE = operator_object("PrometheusRule", ["groups"], {
+    "groups": {
+        "type": "array",
+        "items": {
             "type": "object",
-            "required": ["groups"],
+            "required": ["name", "rules"],
             "additionalProperties": False,
             "properties": {
-                "groups": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "rules"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "interval": DURATION,
-                            "rules": {"type": "array", "items": RULE},
-                        },
-                    },
-                },
+                "name": {"type": "string", "minLength": 1},
+                "interval": DURATION,
+                "rules": {"type": "array", "items": RULE},
             },
         },
     },
-}
+})
 
 SCHEMAS = {"PodMonitor": POD_MONITOR, "PrometheusRule": PROMETHEUS_RULE}

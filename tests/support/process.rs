@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_courier");
 
+/// The settings of a `courier serve` against `sim` with the simulator's default credentials, one
+/// worker (listeners are added by [`Serving::start`], or by the caller).
+pub fn sim_env(sim: &courier::simulator::Simulator) -> Vec<(&'static str, String)> {
+    let defaults = courier::simulator::SimConfig::default();
+    vec![
+        ("EXTERNAL_API_BASE_URL", sim.base_url()),
+        ("EXTERNAL_API_KEY", defaults.api_key),
+        ("EXTERNAL_OAUTH_CLIENT_ID", defaults.client_id),
+        ("EXTERNAL_OAUTH_CLIENT_SECRET", defaults.client_secret),
+        ("COURIER_WORKERS", "1".into()),
+    ]
+}
+
 /// Lines of a child's stream, read on a thread.
 pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();

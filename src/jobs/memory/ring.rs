@@ -96,9 +96,9 @@ fn offset(seq: u32, base: u64) -> usize {
 
 impl SyncRing {
     /// A ring with room for `room` entries before it grows. Growing doubles the ring and the
-    /// index, and mimalloc keeps the outgrown buffers (`src/allocator.rs`): grown from empty to
-    /// 100k hits, the ring and index held ~270 bytes per entry. Pages become resident only as
-    /// entries are written.
+    /// index, and mimalloc keeps the outgrown buffers (`src/allocator.rs`), so a ring grown from
+    /// empty holds several times the memory of one allocated up front (bench/README.md, "the
+    /// status store's footprint"). Pages become resident only as entries are written.
     pub(super) fn with_room(hasher: Hasher, room: usize) -> SyncRing {
         SyncRing {
             entries: VecDeque::with_capacity(room),
