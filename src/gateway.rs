@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Actor;
 use actix_web::dev::ServerHandle;
@@ -30,6 +30,7 @@ use crate::reload::{Credentials, ReloadHandle, Reloader, SecretCell, Targets};
 use crate::shared::budget::SharedRate;
 use crate::shared::{self, SharedRedis};
 use crate::systemd;
+use crate::trace::Tracing;
 use crate::upstream::{self, Backoff};
 
 /// Why courier could not start.
@@ -118,6 +119,7 @@ impl Gateway {
         let breaker = Breaker::new(&config.breaker, probe_lease, breaker_cell.clone(), metrics.clone(), &log)
             .map_err(|e| StartError::Setting(format!("COURIER_BREAKER_*: {e}")))?
             .start();
+        let tracing = Tracing::start(&config.tracing, &metrics, &log);
         let token_cell = Arc::new(TokenCell::default());
         let token_manager = TokenManager::new(
             TokenSettings {
@@ -132,6 +134,7 @@ impl Gateway {
             &log,
         )
         .with_shared(shared_redis.clone())
+        .with_tracing(tracing.clone())
         .start();
         if config.clients.is_none() {
             warn!(log, "open_mode"; "detail" => "COURIER_CLIENTS_FILE is not set: every caller is accepted as client \"open\"");
@@ -150,6 +153,7 @@ impl Gateway {
             jobs,
             redis: shared_redis.clone(),
             log: log.clone(),
+            tracing: tracing.clone(),
         });
         let lane = LaneSettings {
             process_uri,
@@ -164,6 +168,7 @@ impl Gateway {
             token_manager,
             metrics,
             log,
+            tracing,
         };
         // Background probes of an open circuit, from the main arbiter.
         Prober::start_here(lane.clone());
@@ -248,12 +253,14 @@ impl Gateway {
             admin: admin.handle(),
             runner,
             reload,
+            tracing: gateway.shared.tracing.clone(),
             log: gateway.shared.log.clone(),
             grace,
         };
         actix_rt::spawn(server);
         actix_rt::spawn(admin);
         info!(running.log, "listening"; "gateway" => %addr, "admin" => %admin_addr, "upstream" => &config.base_url,
+            "tracing" => running.tracing.is_on(),
             "max_connections" => limits.max_connections_per_worker.saturating_mul(config.workers),
             "client_max_in_flight" => limits.client_max_in_flight, "admin_locked" => config.admin.token.is_some());
         Ok(running)
@@ -270,6 +277,7 @@ pub struct Running {
     admin: ServerHandle,
     runner: RunnerHandle,
     reload: ReloadHandle,
+    tracing: Tracing,
     log: Logger,
     grace: Duration,
 }
@@ -279,7 +287,12 @@ impl Running {
     pub async fn stop(&self) {
         info!(self.log, "shutting_down"; "grace_seconds" => self.grace.as_secs_f64());
         // Requests in flight and jobs running get the same grace period, side by side.
+        let flush_by = Instant::now() + self.grace;
         futures_util::future::join(self.server.stop(true), self.runner.shutdown(self.grace)).await;
+        // The spans of the last requests and jobs, within what is left of the grace period
+        // (at least a second).
+        let left = flush_by.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        self.tracing.shutdown(left).await;
         self.admin.stop(true).await;
         info!(self.log, "stopped");
     }
@@ -386,7 +399,8 @@ fn start_runner(gateway: &Gateway) -> Result<(RunnerHandle, Option<SecretCell>),
                 jobs.callback_timeout,
             )
             .map_err(|e| StartError::Setting(format!("COURIER_CALLBACK_*: {e}")))?;
-            Some(delivery.with_logger(shared.log.new(slog::o!("actor" => "callbacks"))))
+            let log = shared.log.new(slog::o!("actor" => "callbacks"));
+            Some(delivery.with_logger(log).with_tracing(shared.tracing.clone()))
         }
         None => None,
     };

@@ -34,6 +34,11 @@ impl Key {
         HeaderValue::from_bytes(&text).expect("hex digits are a valid header")
     }
 
+    /// The key's 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Parses 64 hex digits.
     pub fn from_hex(text: &str) -> Option<Key> {
         let mut bytes = [0u8; 32];

@@ -20,6 +20,7 @@ pub mod request_id;
 pub mod shared;
 pub mod simulator;
 pub mod systemd;
+pub mod trace;
 pub mod upstream;
 
 pub use gateway::{Gateway, Running, StartError};

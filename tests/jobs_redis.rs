@@ -83,6 +83,7 @@ fn job(id: &str) -> Job {
             client: 1,
             deadline_unix_ms: 1_900_000_000_000,
             handoffs: 0,
+            trace: None,
         }),
     }
 }

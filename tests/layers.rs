@@ -17,6 +17,8 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     // Talking to the upstream; shared state in Redis.
     &["upstream", "shared"],
+    // Traces: the tracer, span helpers and the OTLP export (through upstream's awc client).
+    &["trace"],
     // State owners (actors) and the response cache.
     &["actors", "cache"],
     // The one way through courier; the credential reloader.

@@ -99,7 +99,7 @@ impl Cluster {
     /// one that is valid when it arrives.
     async fn ask_all(&self, rejected: impl Fn(usize) -> Option<u64>) -> Vec<Arc<Token>> {
         let asks = self.replicas.iter().enumerate().map(|(i, (manager, _))| {
-            let ask = manager.send(GetToken { rejected: rejected(i) });
+            let ask = manager.send(GetToken { rejected: rejected(i), trace: courier::trace::Parent::NONE });
             async move {
                 match ask.await.expect("mailbox open") {
                     Ok(token) => {

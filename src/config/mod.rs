@@ -17,6 +17,7 @@ mod limits;
 mod pem;
 mod reader;
 mod sections;
+mod tracing;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ pub use pem::load_ca_file;
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
 pub use sections::{BreakerConfig, JobsConfig};
+pub use tracing::{SamplerChoice, TracingConfig};
 
 /// Where a secret came from, kept so that a reload can read it again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +131,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The admin token (`COURIER_ADMIN_TOKEN` / `_FILE`).
     pub admin: AdminConfig,
+    /// Traces (`OTEL_*`).
+    pub tracing: TracingConfig,
 }
 
 impl fmt::Debug for Config {
@@ -171,6 +175,7 @@ impl fmt::Debug for Config {
             .field("replicas", &self.replicas)
             .field("limits", &self.limits)
             .field("admin", &self.admin)
+            .field("tracing", &self.tracing)
             .finish()
     }
 }
@@ -280,6 +285,7 @@ impl Config {
         };
         let replicas = r.count("COURIER_REPLICAS", 1, 1..=10_000) as u32;
         let limits = LimitsConfig::read(r);
+        let tracing = TracingConfig::read(r);
         let retry_budget_ratio = r.fraction("COURIER_RETRY_BUDGET_RATIO", 0.2, true);
         let retry_budget_min_per_second = r.parsed(
             "COURIER_RETRY_BUDGET_MIN_PER_SECOND",
@@ -328,6 +334,7 @@ impl Config {
             replicas,
             limits,
             admin,
+            tracing,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! request's id, sets `X-Request-Id`, and writes the request's log line and metrics from the
 //! same values (`observe`). A handler only says what it did in between.
 
+use std::cell::RefCell;
 use std::future::{ready, Ready};
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use super::observe;
 use super::state::{Caller, Worker, UNKNOWN_CALLER};
 use crate::metrics::Route;
 use crate::request_id::{self, RequestId};
+use crate::trace::{attrs, Parent, Span, Stored};
 
 /// An inbound request as every handler sees it first; see the module documentation.
 pub struct Inbound {
@@ -29,6 +31,8 @@ pub struct Inbound {
     /// This worker's state.
     pub worker: web::Data<Worker>,
     request: HttpRequest,
+    /// Its server span, when traced (boxed: every handler's future holds this field).
+    span: RefCell<Option<Box<Span>>>,
 }
 
 impl FromRequest for Inbound {
@@ -39,7 +43,14 @@ impl FromRequest for Inbound {
         let started = Instant::now();
         let worker = req.app_data::<web::Data<Worker>>().expect("the gateway app carries its Worker").clone();
         let caller = worker.check_head(req).and_then(|()| worker.identify(req));
-        ready(Ok(Inbound { started, request_id: RequestId::of(req.headers()), caller, worker, request: req.clone() }))
+        let request_id = RequestId::of(req.headers());
+        let span = worker.shared.tracing.server("HTTP", req.headers()).map(|mut span| {
+            if span.recording() {
+                server_span_start(&mut span, req, &request_id);
+            }
+            Box::new(span)
+        });
+        ready(Ok(Inbound { started, request_id, caller, worker, request: req.clone(), span: RefCell::new(span) }))
     }
 }
 
@@ -64,6 +75,16 @@ impl Inbound {
     /// The request.
     pub fn request(&self) -> &HttpRequest {
         &self.request
+    }
+
+    /// The parent of the spans of its stages (`Parent::NONE` when not traced).
+    pub fn trace(&self) -> Parent {
+        self.span.borrow().as_ref().map_or(Parent::NONE, |span| span.parent())
+    }
+
+    /// Its server span's context as text, for a job it submits.
+    pub fn stored_trace(&self) -> Option<Stored> {
+        self.span.borrow().as_deref().map(Stored::of)
     }
 
     /// The caller's name for logs and metrics (`unknown` before it is known).
@@ -101,8 +122,23 @@ impl Inbound {
                 attempts: done.attempts,
                 error,
                 cache: done.cache,
+                span: self.span.borrow_mut().take(),
             },
         );
         response
     }
+}
+
+/// The server span's attributes known on arrival, by the HTTP server conventions.
+fn server_span_start(span: &mut Span, req: &HttpRequest, request_id: &RequestId) {
+    span.set(attrs::HTTP_REQUEST_METHOD, req.method().as_str().to_owned());
+    span.set(attrs::URL_PATH, req.path().to_owned());
+    span.set(attrs::URL_SCHEME, "http");
+    if let Some(peer) = req.peer_addr() {
+        span.set(attrs::CLIENT_ADDRESS, peer.ip().to_string());
+    }
+    if let Some(agent) = req.headers().get(actix_web::http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        span.set(attrs::USER_AGENT_ORIGINAL, agent.to_owned());
+    }
+    span.set(attrs::REQUEST_ID, request_id.as_str().to_owned());
 }

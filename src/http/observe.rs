@@ -12,6 +12,7 @@ use slog::info;
 use super::state::Worker;
 use crate::metrics::{Metrics, Route};
 use crate::request_id::RequestId;
+use crate::trace::{attrs, LogIds, Span};
 
 type Hasher = foldhash::fast::RandomState;
 /// A client's request counter and duration histogram, by route and status.
@@ -73,12 +74,18 @@ pub struct Inbound<'a> {
     pub error: Option<&'static str>,
     /// What the cache did, when it was asked.
     pub cache: Option<&'static str>,
+    /// Its server span, when traced: ended here.
+    pub span: Option<Box<Span>>,
 }
 
 /// Logs and counts one answered inbound request.
-pub fn inbound(worker: &Worker, event: Inbound<'_>) {
+pub fn inbound(worker: &Worker, mut event: Inbound<'_>) {
     let elapsed = event.started.elapsed().as_secs_f64();
     worker.request_metrics.record(&worker.shared.metrics, event.route, event.status, event.client, elapsed);
+    let ids = LogIds::of(event.span.as_deref());
+    if let Some(span) = event.span.take() {
+        end_server_span(*span, &event);
+    }
     info!(worker.log, "gateway_request";
         "request_id" => event.request_id.as_str(),
         "endpoint" => event.endpoint,
@@ -89,5 +96,30 @@ pub fn inbound(worker: &Worker, event: Inbound<'_>) {
         "attempts" => event.attempts,
         "client" => event.client,
         "error" => event.error,
-        "cache" => event.cache);
+        "cache" => event.cache,
+        ids);
+}
+
+/// Ends a server span with what the answer came to; by the HTTP server conventions only a 5xx
+/// is an error of the server's.
+fn end_server_span(mut span: Span, event: &Inbound<'_>) {
+    if span.recording() {
+        span.rename(format!("{} {}", event.method.as_str(), event.endpoint));
+        span.set(attrs::HTTP_ROUTE, event.endpoint);
+        span.set(attrs::ROUTE, event.route.as_str());
+        span.set(attrs::HTTP_RESPONSE_STATUS_CODE, i64::from(event.status.as_u16()));
+        span.set(attrs::CLIENT, event.client.to_owned());
+        span.set(attrs::ATTEMPTS, i64::from(event.attempts));
+        if let Some(cache) = event.cache {
+            span.set(attrs::CACHE_OUTCOME, cache);
+        }
+        if let Some(code) = event.error {
+            span.set(attrs::ERROR_CODE, code);
+            if event.status.is_server_error() {
+                span.set(attrs::ERROR_TYPE, code);
+                span.fail(code);
+            }
+        }
+    }
+    span.end();
 }

@@ -112,6 +112,7 @@ async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -
             body: request.upstream_body,
             key: request.cache_key,
             callback_url: request.callback_url,
+            trace: inbound.stored_trace(),
         };
         let result = jobs::accept(worker, new).await;
         if let Err(error) = &result {
@@ -127,6 +128,7 @@ async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -
         key: request.cache_key,
         directives: directives(req.headers()),
         class: Class::Interactive,
+        trace: inbound.trace(),
     };
     let served = worker.pipeline.serve(ask).await;
     jobs::record_sync(worker, request_id, owner, created, &served);

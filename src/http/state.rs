@@ -42,6 +42,8 @@ pub struct Shared {
     pub log: Logger,
     /// Process requests in flight per client.
     pub in_flight: InFlight,
+    /// Traces (off without an OTLP endpoint).
+    pub tracing: crate::trace::Tracing,
 }
 
 /// Who is calling: a client of the clients file, or anyone when courier runs open.

@@ -16,6 +16,7 @@ pub mod runner;
 mod store;
 mod time;
 
+use crate::trace::Stored;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -227,6 +228,11 @@ pub struct JobWork {
     /// count against `COURIER_JOB_MAX_RUNS`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub handoffs: u32,
+    /// The submitting request's span as W3C `traceparent`/`tracestate`, when it was traced:
+    /// the job's spans join that trace. Left out of records made without one, and ignored by
+    /// a courier that does not know it, so replicas of either version share a store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Stored>,
 }
 
 /// A job as stored.

@@ -35,6 +35,8 @@ use crate::key::Key;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Directives, Pipeline, Request};
 use crate::request_id::RequestId;
+use crate::trace::{attrs, LogIds, Parent, Span};
+use opentelemetry::trace::SpanKind;
 
 /// How long the runner waits for new jobs before looking again.
 const POLL: Duration = Duration::from_secs(1);
@@ -173,43 +175,59 @@ async fn run_claim(state: &State, claim: &Claim) {
     }
 }
 
-/// Returns true when the job and its callback are settled.
+/// Returns true when the job and its callback are settled. Traced, the job's span
+/// (`courier.job`) is a child of the span of the request that submitted it.
 async fn run_job(state: &State, id: &str) -> bool {
-    let job = match state.store.start(id).await {
-        Ok(Some(Start::Run(job))) => match run_started(state, job).await {
-            Ok(job) => job,
-            Err(settled) => return settled,
-        },
-        Ok(Some(Start::Final(job))) => job,
-        Ok(Some(Start::Abandoned(job))) => {
-            record_abandoned(state, &job);
-            job
-        }
+    let start = match state.store.start(id).await {
+        Ok(Some(start)) => start,
         Ok(None) => return true,
         Err(error) => {
             warn!(state.log, "job_start_failed"; "request_id" => id, "error" => %error);
             return false;
         }
     };
-    deliver(state, job).await;
+    let (Start::Run(job) | Start::Final(job) | Start::Abandoned(job)) = &start;
+    let tracing = state.pipeline.tracing();
+    let submitted = tracing.stored_parent(job.work.as_ref().and_then(|w| w.trace.as_ref()));
+    let mut span = tracing.child(&submitted, "courier.job", SpanKind::Consumer);
+    let trace = span.as_ref().map_or(Parent::NONE, Span::parent);
+    let job = match start {
+        Start::Run(job) => match run_started(state, job, &trace).await {
+            Ok(job) => job,
+            Err(settled) => return settled,
+        },
+        Start::Final(job) => job,
+        Start::Abandoned(job) => {
+            record_abandoned(state, &job, LogIds::of_parent(&trace));
+            job
+        }
+    };
+    if let Some(span) = span.as_mut() {
+        span.set(attrs::JOB_STATUS, job.doc.status.as_str());
+        span.set(attrs::JOB_ATTEMPTS, i64::from(job.doc.attempts));
+        if let Some(error) = &job.doc.error {
+            span.fail(error.code.clone());
+        }
+    }
+    deliver(state, job, &trace).await;
     true
 }
 
 /// Runs a started job and saves its final state; returns it as stored, or whether the job is
 /// settled although there is nothing to deliver (false: its final state was not saved).
-async fn run_started(state: &State, job: Job) -> Result<Job, bool> {
+async fn run_started(state: &State, job: Job, trace: &Parent) -> Result<Job, bool> {
     let id = job.id().to_owned();
     if job.doc.takeovers > 0 {
         state.metrics.jobs_taken_over.inc();
         info!(state.log, "job_taken_over"; "request_id" => &id, "takeovers" => job.doc.takeovers);
     }
     state.started.borrow_mut().insert(id.clone());
-    let finished = execute(state, job).await;
+    let finished = execute(state, job, trace.clone()).await;
     let saved = state.store.finish(&finished).await;
     state.started.borrow_mut().remove(&id);
     match saved {
         Ok(true) => {
-            record_final(state, &finished);
+            record_final(state, &finished, LogIds::of_parent(trace));
             Ok(finished)
         }
         Ok(false) => {
@@ -228,7 +246,7 @@ async fn run_started(state: &State, job: Job) -> Result<Job, bool> {
     }
 }
 
-fn record_final(state: &State, job: &Job) {
+fn record_final(state: &State, job: &Job, ids: LogIds) {
     let status = job.doc.status.as_str();
     state.metrics.jobs_finished.with_label_values(&[status]).inc();
     let took = SystemTime::now().duration_since(job.doc.created_at.0).unwrap_or_default();
@@ -239,12 +257,13 @@ fn record_final(state: &State, job: &Job) {
         "attempts" => job.doc.attempts,
         "takeovers" => job.doc.takeovers,
         "error" => job.doc.error.as_ref().map(|e| e.code.as_str()),
-        "duration" => took.as_secs_f64());
+        "duration" => took.as_secs_f64(),
+        ids);
 }
 
 /// A job failed without running again because its runs kept ending with their process: a
 /// failed job, and one of `courier_jobs_run_interrupted_total`, with one warning.
-fn record_abandoned(state: &State, job: &Job) {
+fn record_abandoned(state: &State, job: &Job, ids: LogIds) {
     state.metrics.jobs_finished.with_label_values(&[JobStatus::Failed.as_str()]).inc();
     state.metrics.jobs_run_interrupted.inc();
     let took = SystemTime::now().duration_since(job.doc.created_at.0).unwrap_or_default();
@@ -255,7 +274,8 @@ fn record_abandoned(state: &State, job: &Job) {
         "error" => RUN_INTERRUPTED,
         "takeovers" => job.doc.takeovers,
         "detail" => job.doc.error.as_ref().map(|e| e.message.as_str()),
-        "duration" => took.as_secs_f64());
+        "duration" => took.as_secs_f64(),
+        ids);
 }
 
 /// Passing refusals: the same request may go through a little later, within the job's deadline.
@@ -269,7 +289,7 @@ fn passing(error: &pipeline::Error) -> Option<Duration> {
 }
 
 /// Runs the upstream part of a job and returns it in its final state.
-async fn execute(state: &State, mut job: Job) -> Job {
+async fn execute(state: &State, mut job: Job, trace: Parent) -> Job {
     let work = job.work.clone().unwrap_or_default();
     let deadline = job
         .deadline()
@@ -283,6 +303,7 @@ async fn execute(state: &State, mut job: Job) -> Job {
         key: work.cache_key.as_deref().and_then(Key::from_hex),
         directives: Directives::default(),
         class: Class::Background,
+        trace,
     };
     let outcome = loop {
         let served = state.pipeline.serve(request.clone()).await;
@@ -318,7 +339,7 @@ fn callback_body(job: &Job) -> Bytes {
 }
 
 /// Delivers the job's callback unless there is none or it is settled already.
-async fn deliver(state: &State, job: Job) {
+async fn deliver(state: &State, job: Job, trace: &Parent) {
     let (Some(url), Some(delivery)) = (job.work.as_ref().and_then(|w| w.callback_url.clone()), &state.delivery) else {
         return;
     };
@@ -329,7 +350,7 @@ async fn deliver(state: &State, job: Job) {
     let body = callback_body(&job);
     let (store, metrics, id) = (&state.store, &state.metrics, job.id().to_owned());
     let outcome = delivery
-        .deliver(&state.callback_client, &url, body, &mut callback, |now: &CallbackState| {
+        .deliver(&state.callback_client, &url, body, &mut callback, trace, |now: &CallbackState| {
             let result = if now.state == DeliveryState::Delivered { "success" } else { "failure" };
             metrics.callback_attempts.with_label_values(&[result]).inc();
             let (store, id, now) = (store.clone(), id.clone(), now.clone());
@@ -346,7 +367,8 @@ async fn deliver(state: &State, job: Job) {
     state.metrics.callbacks.with_label_values(&[result]).inc();
     if result != "delivered" {
         warn!(state.log, "callback_gave_up";
-            "request_id" => job.id(), "attempts" => callback.attempts, "last_status_code" => callback.last_status_code, "result" => result);
+            "request_id" => job.id(), "attempts" => callback.attempts, "last_status_code" => callback.last_status_code, "result" => result,
+            LogIds::of_parent(trace));
     }
 }
 
@@ -383,8 +405,10 @@ impl RunnerHandle {
             Ok(failed) => {
                 info!(state.log, "jobs_failed_at_shutdown"; "count" => failed.len());
                 let quick = failed.into_iter().map(|job| {
-                    record_final(state, &job);
-                    actix_rt::time::timeout(Duration::from_secs(2), deliver(state, job))
+                    let submitted = job.work.as_ref().and_then(|w| w.trace.as_ref());
+                    let trace = state.pipeline.tracing().stored_parent(submitted);
+                    record_final(state, &job, LogIds::of_parent(&trace));
+                    async move { actix_rt::time::timeout(Duration::from_secs(2), deliver(state, job, &trace)).await }
                 });
                 futures_util::future::join_all(quick).await;
             }

@@ -301,6 +301,9 @@ fn unknown_statuses(route: Route, keys: bool) -> &'static [u16] {
     }
 }
 
+/// The `result` label values of `courier_trace_spans_total`.
+pub const TRACE_SPAN_RESULTS: [&str; 3] = ["exported", "failed", "dropped"];
+
 /// The `status_class` label of a status.
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -335,6 +338,7 @@ impl Metrics {
         each(&self.token_shared_looks, &LookResult::ALL.map(LookResult::as_str));
         each(&self.limit_rejections, &LIMITS);
         each(&self.admin_requests, &AdminOutcome::ALL.map(AdminOutcome::as_str));
+        each(&self.trace_spans, &TRACE_SPAN_RESULTS);
         for (gauge, values) in [
             (&self.breaker_state, &BREAKER_STATES[..]),
             (&self.breaker_mode, &BREAKER_MODES[..]),

@@ -141,6 +141,9 @@ pub struct Metrics {
     /// by outcome (`allowed`, `unlocked`: no admin token configured, `missing_token`,
     /// `wrong_token`); each also writes an `admin_request` audit log line.
     pub admin_requests: IntCounterVec,
+    /// Trace spans by what became of them (`exported`, `failed`: the export was refused or did
+    /// not arrive, `dropped`: the export queue was full); all 0 while tracing is off.
+    pub trace_spans: IntCounterVec,
 }
 
 impl Metrics {
@@ -346,6 +349,11 @@ impl Metrics {
                 "admin_requests_total",
                 "Requests to the locked admin routes (every route but /metrics, /healthz and /readyz), by outcome (allowed, unlocked: no admin token configured, missing_token, wrong_token); each also writes an admin_request audit log line.",
                 &["outcome"],
+            ),
+            trace_spans: r.counter_vec(
+                "trace_spans_total",
+                "Trace spans by what became of them (exported; failed: the export was refused or did not arrive; dropped: the export queue was full); all 0 while tracing is off.",
+                &["result"],
             ),
             registry: r.0.clone(),
             names: Vec::new(),

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use opentelemetry::trace::SpanKind;
 use slog::info;
 
 use super::lane::Lane;
@@ -11,6 +12,7 @@ use super::retry::{conclude, decide, Next, Progress, Timing};
 use super::Error;
 use crate::actors::budget::Class;
 use crate::request_id::RequestId;
+use crate::trace::{attrs, LogIds, Parent, Span};
 use crate::upstream::{send_attempt, AttemptRequest, Outcome, SuccessBody};
 
 /// How a call takes its budget permits.
@@ -36,6 +38,8 @@ pub struct Call {
     pub class: Class,
     /// Whether to wait for a budget permit, or go only if one is free now.
     pub patience: Patience,
+    /// The span the attempts' spans go under.
+    pub trace: Parent,
 }
 
 /// What a call came to: the upstream's answer or why there is none, and the attempts made.
@@ -49,7 +53,8 @@ pub struct Called {
 
 /// Runs the attempts of one call.
 pub async fn run(lane: &Lane, call: Call) -> Called {
-    let Call { request_id, body, deadline, client, class, patience } = call;
+    let Call { request_id, body, deadline, client, class, patience, trace } = call;
+    let tracing = &lane.tracing;
     let mut attempts = 0u32;
     let mut progress = Progress::default();
     let mut rejected = None;
@@ -59,21 +64,39 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
             return done(attempts, Err(Error::DeadlineExceeded));
         }
         // 2. The breaker: may this attempt go?
-        let probe = match lane.circuit.gate().await {
+        let mut span = tracing.child(&trace, "courier.breaker", SpanKind::Internal);
+        let gate = lane.circuit.gate().await;
+        if let Some(mut span) = span.take() {
+            span.set(attrs::BREAKER_DECISION, breaker_decision(&gate));
+            if gate.is_err() {
+                span.fail("circuit_open");
+            }
+            span.end();
+        }
+        let probe = match gate {
             Ok(probe) => probe,
             Err(retry_after) => return done(attempts, Err(Error::CircuitOpen(retry_after))),
         };
         // 3. The budget: a permit.
+        let budget_span = tracing.child(&trace, "courier.budget", SpanKind::Internal);
+        let asked = budget_span.as_ref().map(|_| Instant::now());
         let permit = match patience {
             Patience::Queue => lane.budget.acquire(client, class, deadline, lane.latency.reserve()).await,
             Patience::NoWait => lane.budget.try_now(),
         };
+        if let (Some(mut span), Some(asked)) = (budget_span, asked) {
+            span.set(attrs::BUDGET_WAIT, asked.elapsed().as_secs_f64());
+            if permit.is_err() {
+                span.fail("rate_limited");
+            }
+            span.end();
+        }
         if let Err(refusal) = permit {
             lane.circuit.report(None, probe);
             return done(attempts, Err(Error::RateLimited(refusal.retry_after)));
         }
         // 4. A token.
-        let (authorization, generation) = match lane.credentials.token(rejected.take()).await {
+        let (authorization, generation) = match lane.credentials.token(rejected.take(), tracing, &trace).await {
             Ok(found) => found,
             Err(unavailable) => {
                 lane.circuit.report(None, probe);
@@ -95,6 +118,11 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
             lane.record_first_attempt(started);
         }
         // 5. The attempt, classified as it is read.
+        let mut span = tracing.child(&trace, "POST", SpanKind::Client);
+        if let Some(span) = span.as_mut().filter(|s| s.recording()) {
+            client_span_start(span, lane, attempts);
+        }
+        let trace_headers = tracing.headers(span.as_ref());
         let api_key = lane.credentials.api_key();
         let request = AttemptRequest {
             uri: &lane.process_uri,
@@ -105,6 +133,7 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
             timeout: lane.policy.attempt_timeout.min(time_left),
             max_body: lane.policy.max_body,
             max_depth: lane.policy.max_depth,
+            trace: &trace_headers,
         };
         let (attempt, signal) = send_attempt(&lane.client, request).await;
         let finished = Instant::now();
@@ -117,6 +146,10 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
         if attempt.status().is_some() {
             lane.latency.observe(elapsed);
         }
+        let ids = LogIds::of(span.as_ref());
+        if let Some(span) = span {
+            client_span_end(span, attempt.status(), outcome);
+        }
         lane.metrics.upstream_duration.observe(elapsed.as_secs_f64());
         info!(lane.log, "external_api_request";
             "request_id" => request_id.as_str(),
@@ -127,7 +160,8 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
             "retry_count" => progress.retries,
             "attempt" => attempts,
             "outcome" => outcome.as_str(),
-            "error" => attempt.error());
+            "error" => attempt.error(),
+            ids);
         // 6. Retry, refresh the token, or answer.
         let timing = Timing { now: finished, deadline, expected_attempt: lane.latency.expected() };
         let next = match decide(&attempt, &signal, &lane.policy, progress, timing, rand::random::<f64>()) {
@@ -154,4 +188,52 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
             }
         }
     }
+}
+
+/// The breaker's decision as a span shows it.
+fn breaker_decision<P, E>(gate: &Result<Option<P>, E>) -> &'static str {
+    match gate {
+        Ok(None) => "pass",
+        Ok(Some(_)) => "probe",
+        Err(_) => "reject",
+    }
+}
+
+/// The client span of an attempt, by the HTTP client conventions.
+fn client_span_start(span: &mut Span, lane: &Lane, attempt: u32) {
+    span.set(attrs::HTTP_REQUEST_METHOD, "POST");
+    if let Some(url) = &lane.url_full {
+        span.set(attrs::URL_FULL, url.clone());
+    }
+    if let Some(host) = lane.process_uri.host() {
+        span.set(attrs::SERVER_ADDRESS, host.to_owned());
+    }
+    let port = lane.process_uri.port_u16().unwrap_or(match lane.process_uri.scheme_str() {
+        Some("http") => 80,
+        _ => 443,
+    });
+    span.set(attrs::SERVER_PORT, i64::from(port));
+    span.set(attrs::ATTEMPT, i64::from(attempt));
+    if attempt > 1 {
+        span.set(attrs::HTTP_REQUEST_RESEND_COUNT, i64::from(attempt - 1));
+    }
+}
+
+/// Ends an attempt's client span: its status, and why it failed (a status of 400 or more, or
+/// no answer, is an error of a client span).
+fn client_span_end(mut span: Span, status: Option<u16>, outcome: Outcome) {
+    if let Some(status) = status {
+        span.set(attrs::HTTP_RESPONSE_STATUS_CODE, i64::from(status));
+    }
+    span.set(attrs::OUTCOME, outcome.as_str());
+    let error = match status {
+        Some(status) if status >= 400 => Some(std::borrow::Cow::Owned(status.to_string())),
+        Some(_) => None,
+        None => Some(std::borrow::Cow::Borrowed(outcome.as_str())),
+    };
+    if let Some(error) = error {
+        span.set(attrs::ERROR_TYPE, error.clone());
+        span.fail(error);
+    }
+    span.end();
 }

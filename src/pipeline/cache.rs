@@ -13,14 +13,41 @@ use crate::actors::budget::Class;
 use crate::cache::{CacheStatus, Entry, Lookup};
 use crate::key::Key;
 use crate::request_id::RequestId;
+use opentelemetry::trace::SpanKind;
+use crate::trace::attrs;
 
 /// Why a load failed (shared by every coalesced waiter).
 struct LoadFailure {
     error: Error,
 }
 
-/// Serves `request`, from the cache when it can.
-pub async fn serve(pipeline: &Pipeline, request: Request) -> Served {
+/// Serves `request`, from the cache when it can, under a `courier.cache` span when traced.
+pub async fn serve(pipeline: &Pipeline, mut request: Request) -> Served {
+    let Some(mut span) = pipeline.lane.tracing.child(&request.trace, "courier.cache", SpanKind::Internal) else {
+        return lookup(pipeline, request).await;
+    };
+    if let (Some(key), true) = (&request.key, span.recording()) {
+        span.set(attrs::CACHE_KEY, key.hex());
+    }
+    request.trace = span.parent();
+    let key = request.key;
+    let served = lookup(pipeline, request).await;
+    span.set(attrs::CACHE_OUTCOME, served.status.label());
+    if served.status == CacheStatus::Coalesced {
+        let loaded = key.and_then(|key| pipeline.lane.tracing.loads()?.of(key.as_bytes()));
+        if let Some(load) = loaded {
+            span.link(load, "coalesced_onto");
+        }
+    }
+    if let Err(error) = &served.result {
+        span.fail(error.code());
+    }
+    span.end();
+    served
+}
+
+/// The cache stage proper.
+async fn lookup(pipeline: &Pipeline, request: Request) -> Served {
     let cache = &pipeline.cache;
     let directives = request.directives;
     let key = match request.key {
@@ -62,6 +89,7 @@ async fn call(
         client: request.client,
         class: request.class,
         patience,
+        trace: request.trace.clone(),
     };
     // Boxed: the attempt loop's state (awc's send future included) is large, and inline it
     // would make every caller's future that large, copied whole when actix boxes it.
@@ -97,6 +125,10 @@ async fn fetch(pipeline: &Pipeline, request: &Request, key: Key, stale: Option<A
         let (pipeline, request, ran) = (pipeline.clone(), request.clone(), ran.clone());
         async move {
             ran.set(Some(0));
+            // Coalesced waiters link to this load's span (a waiter reads it after the load ends).
+            if let (Some(loads), Some(span)) = (pipeline.lane.tracing.loads(), request.trace.span_context()) {
+                loads.started(key.as_bytes(), span);
+            }
             let (result, made) = call(&pipeline, &request, Patience::Queue, true).await;
             ran.set(Some(made));
             result.map_err(|error| LoadFailure { error })
@@ -142,6 +174,8 @@ fn revalidate(pipeline: &Pipeline, request: &Request, key: Key) {
     request.request_id = RequestId::generate();
     request.class = Class::Background;
     request.deadline = Instant::now() + pipeline.refresh_deadline;
+    // The request that asked has its answer already: the refresh is not part of its trace.
+    request.trace = crate::trace::Parent::NONE;
     actix_rt::spawn(async move {
         let (result, _) = call(&pipeline, &request, Patience::NoWait, true).await;
         if let Ok(entry) = result {

@@ -16,6 +16,8 @@ use actix_web::http::header::HeaderValue;
 
 use crate::actors::{GetToken, Token, TokenCell, TokenUnavailable};
 use crate::published::Published;
+use crate::trace::{Parent, Span, Tracing};
+use opentelemetry::trace::SpanKind;
 
 /// This thread's token and API key.
 pub struct Credentials {
@@ -42,18 +44,41 @@ impl Credentials {
 
     /// A valid token and its generation: this thread's copy when current, else from the
     /// TokenManager. With `rejected`, the upstream refused that generation and a new token is
-    /// needed.
-    pub async fn token(&self, rejected: Option<u64>) -> Result<(HeaderValue, u64), TokenUnavailable> {
+    /// needed. Only asking the TokenManager makes a `courier.token` span under `trace`, linked
+    /// to the refresh that obtained the token (or failed).
+    pub async fn token(
+        &self,
+        rejected: Option<u64>,
+        tracing: &Tracing,
+        trace: &Parent,
+    ) -> Result<(HeaderValue, u64), TokenUnavailable> {
         if rejected.is_none() {
             if let Some(found) = self.local_token(Instant::now()) {
                 return Ok(found);
             }
         }
-        let token = self.token_manager.send(GetToken { rejected }).await.map_err(|_| TokenUnavailable {
+        let mut span = tracing.child(trace, "courier.token", SpanKind::Internal);
+        let ask = GetToken { rejected, trace: span.as_ref().map_or(Parent::NONE, Span::parent) };
+        let answer = self.token_manager.send(ask).await.map_err(|_| TokenUnavailable {
             retry_after: Duration::from_secs(1),
             reason: "token manager busy".into(),
             tls: false,
-        })??;
+            refresh: None,
+        });
+        let answer = answer.and_then(|answer| answer);
+        if let Some(span) = span.as_mut() {
+            let refresh = match &answer {
+                Ok(token) => token.refresh.clone(),
+                Err(unavailable) => unavailable.refresh.clone(),
+            };
+            if let Some(refresh) = refresh {
+                span.link(refresh, "token_from");
+            }
+            if answer.is_err() {
+                span.fail("upstream_auth_unavailable");
+            }
+        }
+        let token = answer?;
         Ok((token.authorization.clone(), token.generation))
     }
 
@@ -104,14 +129,14 @@ mod tests {
         type Result = Result<Arc<Token>, TokenUnavailable>;
 
         fn handle(&mut self, _: GetToken, _: &mut Context<Self>) -> Self::Result {
-            Err(TokenUnavailable { retry_after: Duration::from_secs(1), reason: "none".into(), tls: false })
+            Err(TokenUnavailable { retry_after: Duration::from_secs(1), reason: "none".into(), tls: false, refresh: None })
         }
     }
 
     fn token(value: &str, generation: u64, valid_for: Duration) -> Arc<Token> {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {value}")).unwrap();
         authorization.set_sensitive(true);
-        Arc::new(Token { authorization, generation, expires_at: Instant::now() + valid_for })
+        Arc::new(Token { authorization, generation, expires_at: Instant::now() + valid_for, refresh: None })
     }
 
     #[actix_rt::test]
@@ -121,14 +146,14 @@ mod tests {
         let credentials = Credentials::new(cell.clone(), NoManager.start().recipient(), key.clone());
 
         assert_eq!(credentials.local_token(Instant::now()), None, "nothing published yet");
-        assert!(credentials.token(None).await.is_err(), "without a copy the manager is asked");
+        assert!(credentials.token(None, &Tracing::off(), &Parent::NONE).await.is_err(), "without a copy the manager is asked");
         cell.publish(token("one", 1, Duration::from_secs(60)));
         let (authorization, generation) = credentials.local_token(Instant::now()).unwrap();
         assert_eq!((authorization.to_str().unwrap(), generation), ("Bearer one", 1));
         assert!(authorization.is_sensitive());
         cell.publish(token("two", 2, Duration::from_secs(60)));
-        assert_eq!(credentials.token(None).await.unwrap().1, 2, "a new version is copied");
-        assert!(credentials.token(Some(2)).await.is_err(), "a rejected generation is not served from the copy");
+        assert_eq!(credentials.token(None, &Tracing::off(), &Parent::NONE).await.unwrap().1, 2, "a new version is copied");
+        assert!(credentials.token(Some(2), &Tracing::off(), &Parent::NONE).await.is_err(), "a rejected generation is not served from the copy");
         let later = Instant::now() + Duration::from_secs(61);
         assert_eq!(credentials.local_token(later), None, "past its expiry the copy is not used");
 

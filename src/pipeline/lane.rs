@@ -27,6 +27,7 @@ use crate::actors::budget::BudgetHandle;
 use crate::actors::{Breaker, BreakerCell, TokenCell, TokenManager};
 use crate::metrics::Metrics;
 use crate::published::Published;
+use crate::trace::Tracing;
 use crate::upstream::{self, Outcome};
 
 /// The outcomes an attempt is retried after (`courier_upstream_retries_total{reason}`, whose
@@ -62,6 +63,8 @@ pub struct LaneSettings {
     pub metrics: Arc<Metrics>,
     /// Parent logger.
     pub log: Logger,
+    /// Traces (off without an OTLP endpoint).
+    pub tracing: Tracing,
 }
 
 /// Attempts and retries counted by outcome, their children resolved once.
@@ -119,6 +122,10 @@ pub struct Lane {
     pub metrics: Arc<Metrics>,
     /// This lane's logger.
     pub log: Logger,
+    /// Traces.
+    pub tracing: Tracing,
+    /// The upstream `/process` URL as spans name it (`url.full`, no query or credentials).
+    pub url_full: Option<opentelemetry::Value>,
 }
 
 impl Lane {
@@ -126,6 +133,7 @@ impl Lane {
     /// [`super::circuit::FLUSH_EVERY`] on the same thread (the pipeline spawns that task).
     pub fn new(settings: LaneSettings) -> Lane {
         let metrics = settings.metrics;
+        let url_full = settings.tracing.is_on().then(|| url_full(&settings.process_uri).into());
         Lane {
             client: upstream::build_client(settings.tls.clone(), &upstream::ClientSettings::default()),
             process_uri: settings.process_uri,
@@ -144,6 +152,8 @@ impl Lane {
             counters: Counters::new(&metrics),
             log: settings.log.new(o!("part" => "pipeline")),
             metrics,
+            url_full,
+            tracing: settings.tracing,
         }
     }
 
@@ -165,4 +175,11 @@ impl Lane {
         }
         granted
     }
+}
+
+/// `uri` without userinfo or query, as the `url.full` attribute may show it.
+fn url_full(uri: &Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{}://{host}{port}{}", uri.scheme_str().unwrap_or("https"), uri.path())
 }

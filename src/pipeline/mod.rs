@@ -50,6 +50,7 @@ use crate::actors::budget::Class;
 use crate::cache::{CacheStatus, Entry, ResponseCache};
 use crate::key::Key;
 use crate::request_id::RequestId;
+use crate::trace::{Parent, Tracing};
 
 /// What the caller asked of the cache (`Cache-Control` on a sync request).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,6 +78,8 @@ pub struct Request {
     pub directives: Directives,
     /// Its budget class: sync requests are interactive, async jobs background.
     pub class: Class,
+    /// The span its stages' spans go under (`Parent::NONE` when tracing is off).
+    pub trace: Parent,
 }
 
 /// The answer for a request, with what the cache did and the upstream attempts it took.
@@ -122,6 +125,11 @@ impl Pipeline {
     /// Takes `request` through every stage; see the module documentation.
     pub async fn serve(&self, request: Request) -> Served {
         cache::serve(self, request).await
+    }
+
+    /// Traces.
+    pub fn tracing(&self) -> &Tracing {
+        &self.lane.tracing
     }
 
     /// The cache stage's shared cache.

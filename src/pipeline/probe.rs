@@ -20,6 +20,7 @@ use bytes::Bytes;
 use super::lane::{Lane, LaneSettings};
 use crate::actors::breaker::{Breaker, ProbeRan, RunProbe, UseProber};
 use crate::request_id::RequestId;
+use crate::trace::Parent;
 use crate::upstream::{send_attempt, AttemptRequest, Outcome};
 
 /// The probe's body: the smallest request the upstream processes.
@@ -67,7 +68,7 @@ impl Handler<RunProbe> for Prober {
 /// (429 is the budget's business, a refused certificate configuration's).
 async fn probe(lane: &Lane) -> Option<bool> {
     lane.budget.try_now().ok()?;
-    let (authorization, _) = lane.credentials.token(None).await.ok()?;
+    let (authorization, _) = lane.credentials.token(None, &lane.tracing, &Parent::NONE).await.ok()?;
     let api_key = lane.credentials.api_key();
     let request_id = RequestId::generate();
     let request = AttemptRequest {
@@ -79,6 +80,7 @@ async fn probe(lane: &Lane) -> Option<bool> {
         timeout: lane.policy.attempt_timeout,
         max_body: lane.policy.max_body,
         max_depth: lane.policy.max_depth,
+        trace: &[],
     };
     let started = Instant::now();
     let (attempt, signal) = send_attempt(&lane.client, request).await;

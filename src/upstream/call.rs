@@ -34,17 +34,23 @@ pub struct AttemptRequest<'a> {
     pub max_body: usize,
     /// Deepest nesting accepted in a success body.
     pub max_depth: usize,
+    /// `traceparent`/`tracestate` for the attempt's span (none when tracing is off).
+    pub trace: &'a [(HeaderName, HeaderValue)],
 }
 
 /// Sends one attempt and classifies what came back, with the rate headers of the answer.
 pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Attempt, RateSignal) {
     let exchange = async {
-        let mut response = client
+        let mut outbound = client
             .post(req.uri.clone())
             .insert_header((AUTHORIZATION, req.authorization.clone()))
             .insert_header((API_KEY, req.api_key.clone()))
             .insert_header((crate::request_id::HEADER, req.request_id.clone()))
-            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        for header in req.trace {
+            outbound = outbound.insert_header(header.clone());
+        }
+        let mut response = outbound
             .send_body(req.body)
             .await
             .map_err(classify_send_error)?;

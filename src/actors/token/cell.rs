@@ -1,5 +1,6 @@
 //! The published token: written only by the TokenManager, read lock-free by every worker.
 
+use opentelemetry::trace::SpanContext;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,9 @@ pub struct Token {
     pub expires_at: Instant,
     /// `Bearer <token>`, marked sensitive so it is never printed.
     pub authorization: HeaderValue,
+    /// The span of the refresh that obtained it, when traced: requests that waited for it link
+    /// to that span.
+    pub refresh: Option<SpanContext>,
 }
 
 impl Token {
@@ -30,7 +34,7 @@ impl Token {
         let mut authorization =
             HeaderValue::from_bytes(self.authorization.as_bytes()).expect("a valid header stays valid");
         authorization.set_sensitive(true);
-        Token { generation: self.generation, expires_at: self.expires_at, authorization }
+        Token { generation: self.generation, expires_at: self.expires_at, authorization, refresh: self.refresh.clone() }
     }
 }
 
@@ -144,7 +148,7 @@ mod tests {
     use std::time::Duration;
 
     fn token(generation: u64, expires_at: Instant) -> Arc<Token> {
-        Arc::new(Token { generation, expires_at, authorization: HeaderValue::from_static("Bearer t") })
+        Arc::new(Token { generation, expires_at, authorization: HeaderValue::from_static("Bearer t"), refresh: None })
     }
 
     #[test]

@@ -37,11 +37,14 @@ use slog::{info, o, warn, Logger};
 use tokio::sync::oneshot;
 
 use adopt::Wanted;
+use opentelemetry::trace::{SpanContext, SpanKind};
+
 pub use cell::{Token, TokenCell, TokenHealth, TokenTrouble};
 use lifecycle::Lifecycle;
 use refresh::{Obtained, Refresh};
 
 use crate::metrics::{Metrics, RefreshResult};
+use crate::trace::{attrs, Parent, Span, Tracing};
 use crate::shared::token::SharedTokens;
 use crate::shared::SharedRedis;
 use crate::upstream::{self, Backoff, ClientSettings, TokenError};
@@ -59,6 +62,8 @@ pub struct TokenUnavailable {
     pub reason: String,
     /// Whether the last refresh failed for want of a trusted TLS connection (not transient).
     pub tls: bool,
+    /// The span of the failed refresh this answer waited on, when traced.
+    pub refresh: Option<SpanContext>,
 }
 
 /// Asks for a valid token. `rejected` names the generation the upstream just refused with
@@ -68,6 +73,8 @@ pub struct TokenUnavailable {
 pub struct GetToken {
     /// The generation the upstream rejected, if that is why a token is asked for.
     pub rejected: Option<u64>,
+    /// The asking request's `courier.token` span: a refresh it starts goes under it.
+    pub trace: Parent,
 }
 
 /// A reload replaced the OAuth client secret. The token held stays in use while it is valid
@@ -126,6 +133,9 @@ pub struct TokenManager {
     looking: bool,
     metrics: Arc<Metrics>,
     log: Logger,
+    tracing: Tracing,
+    /// The span of the refresh in flight, when traced.
+    refresh_span: Option<Span>,
 }
 
 impl TokenManager {
@@ -152,7 +162,15 @@ impl TokenManager {
             looking: false,
             metrics,
             log: log.new(o!("actor" => "token_manager")),
+            tracing: Tracing::off(),
+            refresh_span: None,
         }
+    }
+
+    /// Traces refreshes (`courier.token.refresh`) with `tracing`.
+    pub fn with_tracing(mut self, tracing: Tracing) -> Self {
+        self.tracing = tracing;
+        self
     }
 
     /// Shares the token with other replicas through `shared` (Redis); `None` keeps this
@@ -185,14 +203,21 @@ impl TokenManager {
             wanted: self.wanted(),
             floor: self.generation,
             log: self.log.clone(),
+            span: self.refresh_span.as_ref().map(|s| s.span_context().clone()),
         }
     }
 
-    fn start_refresh(&mut self, ctx: &mut Context<Self>) {
+    /// Starts a refresh unless one is out; `trace` is the span of the request that caused it
+    /// (`Parent::NONE` for the timer's: a refresh of its own then starts a trace when traced).
+    fn start_refresh(&mut self, trace: &Parent, ctx: &mut Context<Self>) {
         if self.refreshing {
             return;
         }
         self.refreshing = true;
+        self.refresh_span = match trace.is_some() {
+            true => self.tracing.child(trace, "courier.token.refresh", SpanKind::Internal),
+            false => self.tracing.root("courier.token.refresh", SpanKind::Internal),
+        };
         self.refresh_secret = self.secret_version;
         let refresh = self.refresh();
         ctx.spawn(refresh.run().into_actor(self).map(|result, act, ctx| act.finish_refresh(result, ctx)));
@@ -201,6 +226,16 @@ impl TokenManager {
     fn finish_refresh(&mut self, result: Result<Obtained, TokenError>, ctx: &mut Context<Self>) {
         self.refreshing = false;
         let now = Instant::now();
+        let refresh_span = self.refresh_span.take();
+        let refresh = refresh_span.as_ref().map(|s| s.span_context().clone());
+        if let Some(mut span) = refresh_span {
+            span.set(attrs::TOKEN_RESULT, if result.is_ok() { "fetched" } else { "failed" });
+            span.set(attrs::TOKEN_WAITERS, self.waiters.len() as i64);
+            if result.is_err() {
+                span.fail("token_refresh_failed");
+            }
+            span.end();
+        }
         match result {
             Ok(obtained) => {
                 self.lifecycle.on_success();
@@ -243,7 +278,7 @@ impl TokenManager {
                     // The secret was replaced while this refresh was out: the waiters wait
                     // for a fetch with the new one, which starts now.
                     warn!(self.log, "token_refresh_failed"; "error" => %error, "retry_in" => 0.0);
-                    self.start_refresh(ctx);
+                    self.start_refresh(&Parent::NONE, ctx);
                     return;
                 }
                 let wait = if error.is_outage() {
@@ -256,7 +291,7 @@ impl TokenManager {
                 self.cell.report_trouble(TokenTrouble { reason: error.to_string(), retry_at: Some(now + wait) });
                 self.failed_on_tls = matches!(error, TokenError::Tls(_));
                 let unavailable =
-                    TokenUnavailable { retry_after: wait, reason: error.to_string(), tls: self.failed_on_tls };
+                    TokenUnavailable { retry_after: wait, reason: error.to_string(), tls: self.failed_on_tls, refresh };
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(Err(unavailable.clone()));
                 }
@@ -272,7 +307,7 @@ impl TokenManager {
         }
         self.timer = Some(ctx.run_later(after, |act, ctx| {
             act.timer = None;
-            act.start_refresh(ctx);
+            act.start_refresh(&Parent::NONE, ctx);
         }));
     }
 }
@@ -287,7 +322,7 @@ impl Actor for TokenManager {
             &ClientSettings { pool_limit: 4, ..ClientSettings::default() },
         ));
         // Fetch eagerly, so the gateway is ready before the first request needs a token.
-        self.start_refresh(ctx);
+        self.start_refresh(&Parent::NONE, ctx);
     }
 }
 
@@ -302,7 +337,7 @@ impl Handler<SetClientSecret> for TokenManager {
             "token_kept" => has_valid, "refreshing" => self.refreshing, "next_fetch" => "uses the new secret");
         if !has_valid && !self.refreshing {
             self.lifecycle.on_success();
-            self.start_refresh(ctx);
+            self.start_refresh(&Parent::NONE, ctx);
         }
     }
 }
@@ -323,7 +358,7 @@ impl Handler<GetToken> for TokenManager {
                 let reason = format!("the upstream rejected token generation {rejected}");
                 if self.lifecycle.on_rejected(now) {
                     self.cell.report_trouble(TokenTrouble { reason, retry_at: Some(now) });
-                    self.start_refresh(ctx);
+                    self.start_refresh(&msg.trace, ctx);
                 } else if let Some(wait) = self.lifecycle.blocked_for(now) {
                     self.cell.report_trouble(TokenTrouble { reason, retry_at: Some(now + wait) });
                     self.schedule_refresh(wait, ctx);
@@ -340,24 +375,31 @@ impl Handler<GetToken> for TokenManager {
                     retry_after: wait,
                     reason: "token endpoint backing off".into(),
                     tls: self.failed_on_tls,
+                    refresh: None,
                 };
                 return Box::pin(async move { Err(unavailable) });
             }
         }
         if self.waiters.len() >= MAX_WAITERS {
             let unavailable =
-                TokenUnavailable { retry_after: Duration::from_secs(1), reason: "too many waiting".into(), tls: false };
+                TokenUnavailable {
+                    retry_after: Duration::from_secs(1),
+                    reason: "too many waiting".into(),
+                    tls: false,
+                    refresh: None,
+                };
             return Box::pin(async move { Err(unavailable) });
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
-        self.start_refresh(ctx);
+        self.start_refresh(&msg.trace, ctx);
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
                 Err(TokenUnavailable {
                     retry_after: Duration::from_secs(1),
                     reason: "token manager stopped".into(),
                     tls: false,
+                    refresh: None,
                 })
             })
         })

@@ -13,6 +13,7 @@
 //! the token is used anyway (Redis only loses the chance to share it). Generations counted
 //! alone stay above every generation seen, so they never go backwards.
 
+use opentelemetry::trace::SpanContext;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -70,6 +71,8 @@ pub struct Refresh {
     pub floor: u64,
     /// The TokenManager's logger.
     pub log: Logger,
+    /// This refresh's span, when traced (the tokens it obtains name it).
+    pub span: Option<SpanContext>,
 }
 
 /// Why a shared refresh gave up on sharing.
@@ -159,7 +162,12 @@ impl Refresh {
             // adopt the newer one; this token is still good here.
             let _ = shared.publish(&doc).await;
         }
-        let token = Arc::new(Token { generation, expires_at: requested_at + fetched.lifetime, authorization });
+        let token = Arc::new(Token {
+            generation,
+            expires_at: requested_at + fetched.lifetime,
+            authorization,
+            refresh: self.span.clone(),
+        });
         Ok(Obtained::Fetched { token, expires_at_unix_ms, requested_at, shared: is_shared })
     }
 
@@ -167,7 +175,12 @@ impl Refresh {
         let (fetched, requested_at, requested_unix) = self.fetch().await?;
         let authorization = authorization(&fetched.access_token)?;
         let token =
-            Arc::new(Token { generation: self.floor + 1, expires_at: requested_at + fetched.lifetime, authorization });
+            Arc::new(Token {
+            generation: self.floor + 1,
+            expires_at: requested_at + fetched.lifetime,
+            authorization,
+            refresh: self.span.clone(),
+        });
         let expires_at_unix_ms = unix_ms(requested_unix + fetched.lifetime);
         Ok(Obtained::Fetched { token, expires_at_unix_ms, requested_at, shared: false })
     }
@@ -194,7 +207,12 @@ impl Refresh {
         let expires = UNIX_EPOCH + Duration::from_millis(doc.expires_at_unix_ms);
         let remaining = expires.duration_since(SystemTime::now()).ok()?;
         let token =
-            Arc::new(Token { generation: doc.generation, expires_at: Instant::now() + remaining, authorization });
+            Arc::new(Token {
+            generation: doc.generation,
+            expires_at: Instant::now() + remaining,
+            authorization,
+            refresh: self.span.clone(),
+        });
         Some(Obtained::Adopted { token, expires_at_unix_ms: doc.expires_at_unix_ms })
     }
 }

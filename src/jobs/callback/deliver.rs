@@ -38,7 +38,9 @@ use super::policy::{CallbackPolicy, RefusalKind, Refused, Target};
 use super::sign::{sign, SIGNATURE_HEADER};
 use crate::jobs::{CallbackState, DeliveryState, Timestamp};
 use crate::published::Published;
+use crate::trace::{attrs, LogIds, Parent, Span, Tracing};
 use crate::upstream::Backoff;
+use opentelemetry::trace::SpanKind;
 
 /// The `User-Agent` of callback requests.
 pub const USER_AGENT: &str = concat!("courier/", env!("CARGO_PKG_VERSION"));
@@ -88,6 +90,7 @@ pub struct Delivery {
     backoff: Backoff,
     timeout: Duration,
     log: Logger,
+    tracing: Tracing,
 }
 
 /// The result of one attempt.
@@ -119,7 +122,14 @@ impl Delivery {
         }
         let log = Logger::root(slog::Discard, o!());
         let secret = Arc::new(Published::new(secret));
-        Ok(Delivery { secret, policy, max_attempts, backoff, timeout, log })
+        Ok(Delivery { secret, policy, max_attempts, backoff, timeout, log, tracing: Tracing::off() })
+    }
+
+    /// Traces deliveries (`courier.callback` and a client span per attempt, whose
+    /// `traceparent` the receiver gets).
+    pub fn with_tracing(mut self, tracing: Tracing) -> Delivery {
+        self.tracing = tracing;
+        self
     }
 
     /// Logs each attempt (host, attempt, status or error, body size; never the path, query,
@@ -152,7 +162,8 @@ impl Delivery {
         url: &str,
         body: Bytes,
         state: &mut CallbackState,
-        mut on_attempt: F,
+        trace: &Parent,
+        on_attempt: F,
     ) -> DeliveryOutcome
     where
         F: FnMut(&CallbackState) -> Fut,
@@ -163,6 +174,36 @@ impl Delivery {
             DeliveryState::GaveUp => return DeliveryOutcome::GaveUp,
             DeliveryState::Pending | DeliveryState::Failing => {}
         }
+        let mut span = self.tracing.child(trace, "courier.callback", SpanKind::Internal);
+        let outcome = self.attempts(client, url, body, state, span.as_ref(), on_attempt).await;
+        if let Some(span) = span.as_mut() {
+            let result = match &outcome {
+                DeliveryOutcome::Delivered => "delivered",
+                DeliveryOutcome::GaveUp => "gave_up",
+                DeliveryOutcome::Refused(_) => "refused",
+            };
+            span.set(attrs::CALLBACK_RESULT, result);
+            if result != "delivered" {
+                span.fail(result);
+            }
+        }
+        outcome
+    }
+
+    async fn attempts<F, Fut>(
+        &self,
+        client: &awc::Client,
+        url: &str,
+        body: Bytes,
+        state: &mut CallbackState,
+        span: Option<&Span>,
+        mut on_attempt: F,
+    ) -> DeliveryOutcome
+    where
+        F: FnMut(&CallbackState) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let parent = span.map_or(Parent::NONE, Span::parent);
         let mut first = true;
         while state.attempts < self.max_attempts {
             if !first {
@@ -184,10 +225,18 @@ impl Delivery {
             state.attempts += 1;
             state.last_attempt_at = Some(Timestamp::now());
             let started = Instant::now();
+            let mut span = self.tracing.child(&parent, "POST", SpanKind::Client);
+            if let (Some(span), Ok(target)) = (span.as_mut().filter(|s| s.recording()), &checked) {
+                attempt_span_start(span, target, state.attempts);
+            }
             let attempt = match &checked {
-                Ok(target) => self.attempt(client, target, &body, state.attempts).await,
+                Ok(target) => self.attempt(client, target, &body, state.attempts, span.as_ref()).await,
                 Err(_) => Attempt::NoAnswer("unresolvable"),
             };
+            let ids = LogIds::of(span.as_ref());
+            if let Some(span) = span {
+                attempt_span_end(span, &attempt);
+            }
             let (status, error) = match attempt {
                 Attempt::Answered(status) => (Some(status), None),
                 Attempt::NoAnswer(why) => (None, Some(why)),
@@ -205,7 +254,8 @@ impl Delivery {
                 "host" => checked.as_ref().ok().and_then(|t| t.url().host_str()).unwrap_or("-"),
                 "attempt" => state.attempts, "status_code" => state.last_status_code, "error" => error,
                 "state" => format!("{:?}", state.state), "body_bytes" => body.len(),
-                "duration_ms" => started.elapsed().as_millis() as u64);
+                "duration_ms" => started.elapsed().as_millis() as u64,
+                ids);
             on_attempt(state).await;
             if delivered {
                 return DeliveryOutcome::Delivered;
@@ -220,7 +270,14 @@ impl Delivery {
     }
 
     /// One POST to `target`, bounded by the attempt timeout.
-    async fn attempt(&self, client: &awc::Client, target: &Target, body: &Bytes, attempt: u32) -> Attempt {
+    async fn attempt(
+        &self,
+        client: &awc::Client,
+        target: &Target,
+        body: &Bytes,
+        attempt: u32,
+        span: Option<&Span>,
+    ) -> Attempt {
         let Some((uri, host)) = request_url(target, attempt) else { return Attempt::NoAnswer("bad_url") };
         let signature = sign(self.secret.load().expose_secret().as_bytes(), unix_now(), body);
         let mut request = client
@@ -232,6 +289,9 @@ impl Delivery {
         if let Some(host) = host {
             request = request.insert_header((HOST, host));
         }
+        for header in self.tracing.headers(span) {
+            request = request.insert_header(header);
+        }
         match actix_rt::time::timeout(self.timeout, request.send_body(body.clone())).await {
             Ok(Ok(response)) => Attempt::Answered(response.status()),
             Ok(Err(SendRequestError::Connect(_))) => Attempt::NoAnswer("connect"),
@@ -239,6 +299,47 @@ impl Delivery {
             Ok(Err(_)) => Attempt::NoAnswer("send"),
         }
     }
+}
+
+/// An attempt's client span, by the HTTP client conventions: the URL without its query (it may
+/// carry the receiver's token) or credentials, the host it names, the address it was pinned to.
+fn attempt_span_start(span: &mut Span, target: &Target, attempt: u32) {
+    let mut url = target.url().clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    span.set(attrs::HTTP_REQUEST_METHOD, "POST");
+    span.set(attrs::URL_FULL, url.to_string());
+    if let Some(host) = url.host_str() {
+        span.set(attrs::SERVER_ADDRESS, host.to_owned());
+    }
+    if let Some(port) = url.port_or_known_default() {
+        span.set(attrs::SERVER_PORT, i64::from(port));
+    }
+    if let Some(addr) = target.addrs().first().filter(|_| url.scheme() == "http" && !target.ip_literal) {
+        span.set(attrs::NETWORK_PEER_ADDRESS, addr.ip().to_string());
+    }
+    span.set(attrs::ATTEMPT, i64::from(attempt));
+    if attempt > 1 {
+        span.set(attrs::HTTP_REQUEST_RESEND_COUNT, i64::from(attempt - 1));
+    }
+}
+
+/// Ends an attempt's span: a status of 400 or more, or no answer, is an error.
+fn attempt_span_end(mut span: Span, attempt: &Attempt) {
+    let error = match attempt {
+        Attempt::Answered(status) => {
+            span.set(attrs::HTTP_RESPONSE_STATUS_CODE, i64::from(status.as_u16()));
+            (status.as_u16() >= 400).then(|| status.as_str().to_owned())
+        }
+        Attempt::NoAnswer(why) => Some((*why).to_owned()),
+    };
+    if let Some(error) = error {
+        span.set(attrs::ERROR_TYPE, error.clone());
+        span.fail(error);
+    }
+    span.end();
 }
 
 /// The URL to request and the `Host` header to send with it. For `http` URLs with a host
