@@ -17,6 +17,7 @@ mod limits;
 mod pem;
 mod reader;
 mod sections;
+mod tracing;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ pub use pem::load_ca_file;
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
 pub use sections::{BreakerConfig, JobsConfig};
+pub use tracing::{SamplerChoice, TracingConfig};
 
 /// Where a secret came from, kept so that a reload can read it again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +131,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The admin token (`COURIER_ADMIN_TOKEN` / `_FILE`).
     pub admin: AdminConfig,
+    /// Traces: the `OTEL_*` variables (off without an endpoint).
+    pub tracing: TracingConfig,
 }
 
 impl fmt::Debug for Config {
@@ -171,6 +175,7 @@ impl fmt::Debug for Config {
             .field("replicas", &self.replicas)
             .field("limits", &self.limits)
             .field("admin", &self.admin)
+            .field("tracing", &self.tracing)
             .finish()
     }
 }
@@ -287,6 +292,7 @@ impl Config {
             "a number of retries per second >= 0, e.g. 1 or 0.5",
             |s| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e6),
         );
+        let tracing = TracingConfig::read(r);
         Config {
             base_url,
             token_url,
@@ -328,6 +334,7 @@ impl Config {
             replicas,
             limits,
             admin,
+            tracing,
         }
     }
 }
@@ -370,3 +377,5 @@ pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tracing_tests;
