@@ -131,7 +131,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The admin token (`COURIER_ADMIN_TOKEN` / `_FILE`).
     pub admin: AdminConfig,
-    /// Traces (`OTEL_*`).
+    /// Traces: the `OTEL_*` variables (off without an endpoint).
     pub tracing: TracingConfig,
 }
 
@@ -285,7 +285,6 @@ impl Config {
         };
         let replicas = r.count("COURIER_REPLICAS", 1, 1..=10_000) as u32;
         let limits = LimitsConfig::read(r);
-        let tracing = TracingConfig::read(r);
         let retry_budget_ratio = r.fraction("COURIER_RETRY_BUDGET_RATIO", 0.2, true);
         let retry_budget_min_per_second = r.parsed(
             "COURIER_RETRY_BUDGET_MIN_PER_SECOND",
@@ -293,6 +292,7 @@ impl Config {
             "a number of retries per second >= 0, e.g. 1 or 0.5",
             |s| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e6),
         );
+        let tracing = TracingConfig::read(r);
         Config {
             base_url,
             token_url,
@@ -377,3 +377,5 @@ pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tracing_tests;

@@ -249,20 +249,35 @@ impl<'a> Reader<'a> {
     }
 
     pub(super) fn count(&mut self, var: &str, default: u64, range: RangeInclusive<u64>) -> u64 {
-        match self.optional(var) {
-            None => default,
-            Some(raw) => match raw.parse::<u64>() {
-                Ok(v) if range.contains(&v) => v,
-                Ok(_) => {
-                    let msg = format!("{raw} is out of range {}..={}", range.start(), range.end());
-                    self.problem(var, msg, "a whole number within the range");
-                    default
-                }
-                Err(_) => {
-                    self.problem(var, format!("{raw:?} is not a whole number"), "a whole number");
-                    default
-                }
-            },
+        self.whole(var, default, range, ("a whole number", "a whole number within the range"))
+    }
+
+    /// Whole milliseconds, the unit of the OpenTelemetry variables (courier's own are seconds).
+    pub(super) fn millis(&mut self, var: &str, default_ms: u64, range: RangeInclusive<u64>) -> Duration {
+        let expected = ("a whole number of milliseconds", "a whole number of milliseconds within the range");
+        Duration::from_millis(self.whole(var, default_ms, range, expected))
+    }
+
+    /// A whole number in `range`; `expected` is said when it is not a number, or out of range.
+    fn whole(
+        &mut self,
+        var: &str,
+        default: u64,
+        range: RangeInclusive<u64>,
+        expected: (&'static str, &'static str),
+    ) -> u64 {
+        let Some(raw) = self.optional(var) else { return default };
+        match raw.parse::<u64>() {
+            Ok(v) if range.contains(&v) => v,
+            Ok(_) => {
+                let msg = format!("{raw} is out of range {}..={}", range.start(), range.end());
+                self.problem(var, msg, expected.1);
+                default
+            }
+            Err(_) => {
+                self.problem(var, format!("{raw:?} is not a whole number"), expected.0);
+                default
+            }
         }
     }
 
