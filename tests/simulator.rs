@@ -600,3 +600,28 @@ async fn start_and_stop() {
     let after = awc::Client::default().get(format!("http://{addr}/_sim/stats")).send().await;
     assert!(after.is_err(), "server still answering after stop");
 }
+
+#[actix_rt::test]
+async fn traceparents_of_process_requests_are_kept_until_reset() {
+    let h = Harness::default().await;
+    let token = h.token().await;
+    let first = format!("00-{}-{}-01", "1a".repeat(16), "2b".repeat(8));
+    let second = format!("00-{}-{}-00", "3c".repeat(16), "4d".repeat(8));
+    let body = json!({"data": {"input": "x"}});
+    let resp = h.process_request(&token).insert_header(("traceparent", first.as_str())).send_json(&body).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    h.ok(&token).await;
+    // Recorded on arrival: an attempt the upstream fails carries its traceparent too.
+    h.patch(json!({"error_count": 1, "error_status": 503})).await;
+    let resp =
+        h.process_request(&token).insert_header(("traceparent", second.as_str())).send_json(&body).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let stats = h.stats().await;
+    assert_eq!(stats.traceparents, [first, second], "in order, and only requests that had one");
+    assert_eq!(stats.process.total, 3);
+    let reset = read(h.client.post(format!("{}/_sim/stats/reset", h.root)).send().await.unwrap()).await;
+    assert_eq!(reset.body["traceparents"], json!([]));
+    assert!(h.stats().await.traceparents.is_empty());
+    h.finish().await;
+}

@@ -54,7 +54,7 @@ pub use callbacks::{CallbacksReport, ReceivedCallback};
 pub use config::{SimArgs, SimConfig};
 pub use credentials::{CredentialUses, CredentialsPatch};
 pub use faults::{Faults, FaultsPatch};
-pub use stats::{ProcessStats, SimStats, TokenStats};
+pub use stats::{ProcessStats, SimStats, TokenStats, TRACEPARENTS_KEPT};
 pub use tls::SimTls;
 
 use state::Shared;

@@ -16,6 +16,7 @@ use super::tokens::{unix_ms, TokenError};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
@@ -36,6 +37,9 @@ pub(crate) async fn process(
     sim: web::Data<Shared>,
 ) -> HttpResponse {
     let _in_flight = sim.stats.enter();
+    if let Some(traceparent) = req.headers().get(TRACEPARENT) {
+        sim.stats.note_traceparent(traceparent.as_bytes());
+    }
     let started = Instant::now();
     match handle(&req, body, &sim, started).await {
         Reply::Drop => {

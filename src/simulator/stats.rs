@@ -1,7 +1,10 @@
-//! Request counters (`GET /_sim/stats`), all plain atomics.
+//! Request counters (`GET /_sim/stats`), all plain atomics, plus the last few `traceparent`
+//! headers (a lock taken only for requests that carry one, which courier sends only with
+//! tracing on).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +27,14 @@ pub struct SimStats {
     /// The `X-Request-Id` of a recent `/v2/process` request (best effort: recorded only when
     /// no other worker is recording at the same instant, so it never blocks a request).
     pub last_request_id: Option<String>,
+    /// The `traceparent` headers of the last [`TRACEPARENTS_KEPT`] `/v2/process` requests that
+    /// had one, oldest first, recorded on arrival.
+    #[serde(default)]
+    pub traceparents: Vec<String>,
 }
+
+/// How many `traceparent` values [`SimStats::traceparents`] keeps.
+pub const TRACEPARENTS_KEPT: usize = 64;
 
 /// Per-outcome counts of `POST /v2/process` answers; `total` is the sum of the others.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +124,7 @@ pub(crate) struct Counters {
     peak: AtomicU64,
     limiter_refusals: AtomicU64,
     last_request_id: Mutex<Option<Box<str>>>,
+    traceparents: Mutex<VecDeque<Box<str>>>,
 }
 
 impl Counters {
@@ -132,6 +143,16 @@ impl Counters {
         if let Ok(mut last) = self.last_request_id.try_lock() {
             *last = Some(String::from_utf8_lossy(id).into());
         }
+    }
+
+    /// Keeps a request's `traceparent`, dropping the oldest beyond [`TRACEPARENTS_KEPT`]. Unlike
+    /// the request id it waits for the lock: a test asserts every value an attempt carried.
+    pub(crate) fn note_traceparent(&self, value: &[u8]) {
+        let mut ring = self.traceparents.lock().unwrap_or_else(PoisonError::into_inner);
+        if ring.len() == TRACEPARENTS_KEPT {
+            ring.pop_front();
+        }
+        ring.push_back(String::from_utf8_lossy(value).into());
     }
 
     /// Counts one refusal by the rate limiter.
@@ -155,6 +176,7 @@ impl Counters {
         self.limiter_refusals.store(0, Relaxed);
         self.received.store(0, Relaxed);
         self.peak.store(self.in_flight.load(Relaxed), Relaxed);
+        self.traceparents.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
     /// A consistent-enough snapshot (each counter is read once).
@@ -194,6 +216,13 @@ impl Counters {
             peak_concurrency: self.peak.load(Relaxed).max(in_flight),
             rate_limited_total: self.limiter_refusals.load(Relaxed),
             last_request_id: self.last_request_id.lock().ok().and_then(|id| id.as_deref().map(str::to_owned)),
+            traceparents: self
+                .traceparents
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
         }
     }
 }
@@ -234,5 +263,20 @@ mod tests {
         c.reset();
         let s = c.snapshot();
         assert_eq!((s.process.total, s.token.total, s.peak_concurrency, s.received), (0, 0, 1, 0));
+    }
+
+    #[test]
+    fn keeps_the_last_traceparents_until_reset() {
+        let c = Counters::default();
+        assert!(c.snapshot().traceparents.is_empty());
+        for i in 0..TRACEPARENTS_KEPT + 3 {
+            c.note_traceparent(format!("00-{i:032x}-{i:016x}-01").as_bytes());
+        }
+        let kept = c.snapshot().traceparents;
+        assert_eq!(kept.len(), TRACEPARENTS_KEPT);
+        assert_eq!(kept[0], format!("00-{:032x}-{:016x}-01", 3, 3), "the oldest three were dropped");
+        assert_eq!(kept[TRACEPARENTS_KEPT - 1], format!("00-{0:032x}-{0:016x}-01", TRACEPARENTS_KEPT + 2));
+        c.reset();
+        assert!(c.snapshot().traceparents.is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! and talks to them over real HTTP.
 #![allow(dead_code)]
 
+pub mod otlp;
 pub mod process;
 pub mod prometheus;
 pub mod receiver;
@@ -62,6 +63,14 @@ impl PairBuilder {
     pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
         self.env.set(name, value.into());
         self
+    }
+
+    /// Exports courier's traces to `otlp`, in batches every 50 ms, sampling every trace that has
+    /// no sampled-out parent.
+    pub fn tracing(self, otlp: &otlp::Otlp) -> Self {
+        self.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp.endpoint())
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
     }
 
     /// Sets courier's log level.

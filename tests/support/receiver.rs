@@ -15,7 +15,11 @@ use sha2::Sha256;
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Delivery {
+    /// The `X-Courier-Signature` header.
     pub signature: Option<String>,
+    /// The `traceparent` header (courier sends one only with tracing on).
+    pub traceparent: Option<String>,
+    /// The body as received.
     pub body: Vec<u8>,
 }
 
@@ -66,8 +70,9 @@ pub struct Receiver {
 
 async fn hook(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<Mutex<State>>>) -> HttpResponse {
     let mut state = state.lock().unwrap();
-    let signature = req.headers().get("x-courier-signature").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    state.got.push(Delivery { signature, body: body.to_vec() });
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (signature, traceparent) = (header("x-courier-signature"), header("traceparent"));
+    state.got.push(Delivery { signature, traceparent, body: body.to_vec() });
     let status = state.script.pop_front().unwrap_or(200);
     HttpResponse::build(StatusCode::from_u16(status).unwrap()).finish()
 }
