@@ -8,6 +8,9 @@ Targets (all on loopback, one worker each, per-request logging off for all):
   haproxy        HAProxy with connection reuse
   floor          examples/floor.rs: bare actix-web (+ awc for pass-through) with none of courier's
                  work, the floor of courier's own stack (a reference, like nginx's fixed 429)
+With TRACE_RATIOS (e.g. 1.0,0.01), extra pass-through and cache-hit couriers trace at each ratio,
+exporting to bench/otlp_sink.py (its own process, on loopback), and the spans they exported,
+failed and dropped are reported per 10k requests.
 Each scenario runs every target in turn (A B C D, A B C D, ...) for several rounds; figures are
 medians with min-max. CPU is the target process's own user+system time from /proc.
 """
@@ -40,6 +43,11 @@ STEADY_RATE = 4000
 # The memory part: the cache's realistic sizes, and the byte bound it is filled past.
 MEMORY_SIZES = [int(n) for n in os.environ.get("MEMORY_SIZES", "5000,50000").split(",")]
 MEMORY_BOUND_MIB = int(os.environ.get("MEMORY_BOUND_MIB", "64"))
+# Sampling ratios at which to measure couriers with tracing on (none by default: an unchanged run).
+TRACE_RATIOS = [r.strip() for r in os.environ.get("TRACE_RATIOS", "").split(",") if r.strip()]
+# After a traced run, spans still queued are exported within the batch delay (5 s by default):
+# the counters are read (and the CPU counted) once they have not moved for longer than that.
+TRACE_SETTLE_SECONDS = 6
 if os.environ.get("PHASES") == "memory":
     PARTS = {"memory"}
 CONNS = 64
@@ -122,6 +130,28 @@ def nginx_workers(pid):
         if b"worker process" in cmdline or b"cache manager" in cmdline:
             keep.append(int(child))
     return keep
+
+
+def trace_spans(admin):
+    """courier_trace_spans_total by result from a courier's /metrics; None without that metric."""
+    text = urllib.request.urlopen(admin + "/metrics", timeout=10).read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("courier_trace_spans_total{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('result="', 1)[1].split('"', 1)[0]] = float(value)
+    return found or None
+
+
+def settled_trace_spans(admin):
+    """The span counters once they stop moving (bounded: at most 30 s)."""
+    last, still, deadline = trace_spans(admin), time.monotonic(), time.monotonic() + 30
+    while last is not None and time.monotonic() - still < TRACE_SETTLE_SECONDS and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = trace_spans(admin)
+        if now != last:
+            last, still = now, time.monotonic()
+    return last
 
 
 def loadgen(url, headers, rate=0, seconds=SECONDS, body=BODY, unique=False):
@@ -268,11 +298,20 @@ backend sim
 
     results = {}
 
+    traced = {}  # target name -> its admin URL, for the tracing couriers
+
     def measure(scenario, name, url, headers, pids, rate=0):
+        admin = traced.get(name)
+        spans_before = settled_trace_spans(admin) if admin else None
         user_before, system_before = cpu_seconds(pids)
         r = loadgen(url, headers, rate=rate)
+        # A tracing courier's work includes exporting the run's spans, which may come after it.
+        spans_after = settled_trace_spans(admin) if admin else None
         user_after, system_after = cpu_seconds(pids)
         per_10k = 10000 / max(r["requests"], 1)
+        if spans_before is not None and spans_after is not None:
+            r["spans_per_10k"] = {k: (spans_after.get(k, 0) - spans_before.get(k, 0)) * per_10k
+                                  for k in ("exported", "failed", "dropped")}
         r["user_per_10k"] = (user_after - user_before) * per_10k
         r["system_per_10k"] = (system_after - system_before) * per_10k
         r["cpu_per_10k"] = r["user_per_10k"] + r["system_per_10k"]
@@ -280,8 +319,9 @@ backend sim
         results.setdefault(scenario, {}).setdefault(name, []).append(r)
         codes = ",".join(f"{k}:{v}" for k, v in r["statuses"].items())
         print(f"  {scenario:<22} {name:<18} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f}  p99 {r['p99_ms']:.3f} ms"
-              f"  cpu/10k {r['cpu_per_10k']:.3f} s (user {r['user_per_10k']:.3f})  [{codes}] errors {r['errors']}",
-              flush=True)
+              f"  cpu/10k {r['cpu_per_10k']:.3f} s (user {r['user_per_10k']:.3f})  [{codes}] errors {r['errors']}"
+              + ("  spans/10k " + " ".join(f"{k} {v:.0f}" for k, v in r["spans_per_10k"].items())
+                 if "spans_per_10k" in r else ""), flush=True)
 
     # The targets of every pass-through scenario (closed loop, fixed rate, 20 ms upstream).
     passing = ["direct", "courier", "nginx", "haproxy", "actix-web + awc floor"]
@@ -303,6 +343,26 @@ backend sim
         for _ in range(2):
             post(b_cache_url, BODY, {"Content-Type": "application/json"})
         plan[1][2].insert(2, "courier B (cache)")
+    if TRACE_RATIOS:
+        sink_port = free_port()
+        start("otlp-sink", [sys.executable, os.path.join(ROOT, "bench", "otlp_sink.py"), str(sink_port)])
+        wait_http(f"http://127.0.0.1:{sink_port}/v1/traces", method="POST")
+        for r in TRACE_RATIOS:
+            tracing = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces",
+                       "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": r}
+            t_pass, t_pass_url, t_pass_admin = courier(f"courier-pass-trace{r}", tracing)
+            t_cache, t_cache_url, t_cache_admin = courier(f"courier-cache-trace{r}",
+                                                          {"EXTERNAL_API_CACHE_TTL": "3600", **tracing})
+            pass_name, cache_name = f"courier, traces {r}", f"courier (cache), traces {r}"
+            targets[pass_name] = (t_pass_url, json_header, [t_pass.pid])
+            targets[cache_name] = (t_cache_url, json_header, [t_cache.pid])
+            traced[pass_name], traced[cache_name] = t_pass_admin, t_cache_admin
+            for _ in range(2):
+                post(t_cache_url, BODY, {"Content-Type": "application/json"})
+            # After courier (and the ratios before), in the order given.
+            passing.insert(passing.index("courier") + 1 + TRACE_RATIOS.index(r), pass_name)
+            hits = plan[1][2]
+            hits.insert(hits.index("courier (cache)") + 1 + TRACE_RATIOS.index(r), cache_name)
     for rnd in range(1, ROUNDS + 1 if PARTS - {"memory"} else 1):
         print(f"round {rnd}", flush=True)
         for part, scenario, names, rate in plan:
@@ -447,6 +507,23 @@ def report(results, memory):
             rss = max(r["peak_rss_mib"] for r in runs)
             print(f"| {name} | {rps[0]:.0f} ({rps[1]:.0f}–{rps[2]:.0f}) | {ratio} | {p50:.3f} | {p99:.3f} | "
                   f"{cpu[0]:.3f} ({cpu[1]:.3f}–{cpu[2]:.3f}) | {user:.3f} / {system:.3f} | {rss:.1f} |")
+    spans = [(scenario, name, runs) for scenario, by_target in results.items() for name, runs in by_target.items()
+             if any("spans_per_10k" in r for r in runs)]
+    if spans:
+        print()
+        print("### trace spans")
+        print()
+        print("Spans per 10k requests, median (min–max) of the rounds: exported to the sink, failed (the "
+              "export refused or lost), dropped (the queue full).")
+        print()
+        print("| scenario | target | exported | failed | dropped |")
+        print("|---|---|---|---|---|")
+        for scenario, name, runs in spans:
+            cells = []
+            for k in ("exported", "failed", "dropped"):
+                v = med([r["spans_per_10k"][k] for r in runs if "spans_per_10k" in r])
+                cells.append(f"{v[0]:.0f} ({v[1]:.0f}–{v[2]:.0f})")
+            print(f"| {scenario} | {name} | " + " | ".join(cells) + " |")
     m = memory
     if m is None:
         return

@@ -2,6 +2,13 @@
 """Generates grafana/provisioning/dashboards/courier.json (the dashboard is code: edit here, then
 run: python3 grafana/gen_dashboard.py > grafana/provisioning/dashboards/courier.json)."""
 import json
+import re
+import urllib.parse
+
+# The "Trace spans by result" panel queries courier_trace_spans_total, which courier exports only
+# once its tracing (issue 21) is merged: tests/observability.rs and tests/metrics_at_start.rs
+# fail on a panel whose metric is not exported. Set to True with that merge, then regenerate.
+TRACE_SPANS_PANEL = False
 
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 I = 'instance=~"$instance"'
@@ -19,15 +26,47 @@ def row(title):
                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y[0]}, "panels": []})
     y[0] += 1
 
+def explore(pane):
+    """A link into Grafana Explore showing `pane`. The pane's JSON is percent-encoded, all but its
+    ${...} placeholders, which Grafana fills in when the link is clicked (quoted, they would not be
+    recognised)."""
+    text = json.dumps(pane, separators=(",", ":"))
+    found = re.findall(r"\$\{[^}]+\}", text)
+    for i, placeholder in enumerate(found):
+        text = text.replace(placeholder, f"PLACEHOLDER{i}X", 1)
+    quoted = urllib.parse.quote(text, safe="")
+    for i, placeholder in enumerate(found):
+        quoted = quoted.replace(f"PLACEHOLDER{i}X", placeholder, 1)
+    return "/explore?schemaVersion=1&orgId=${__org}&panes=" + quoted
+
+RANGE = {"from": "${__from}", "to": "${__to}"}
+
+def trace_links(traceql, jaeger):
+    """The two data links of a latency panel: traces at least as slow as the clicked point, of the
+    service ${trace_service}, in Tempo (`traceql`: the TraceQL conditions after the service and
+    before the duration) and in Jaeger (`jaeger`: operation and tags of its search)."""
+    service = 'resource.service.name="${trace_service}"'
+    query = "{" + " && ".join([service] + traceql + ["duration >= ${__value.raw}s"]) + "}"
+    tempo = {"t": {"datasource": "${DS_TEMPO}", "range": RANGE, "queries": [
+        {"refId": "A", "datasource": {"type": "tempo", "uid": "${DS_TEMPO}"}, "queryType": "traceql",
+         "query": query, "limit": 20}]}}
+    search = {"refId": "A", "datasource": {"type": "jaeger", "uid": "${DS_JAEGER}"}, "queryType": "search",
+              "service": "${trace_service}", "minDuration": "${__value.raw}s", "limit": 20}
+    search.update(jaeger)
+    return [{"title": "Slow traces in Tempo", "url": explore(tempo), "targetBlank": False},
+            {"title": "Slow traces in Jaeger", "url": explore({"j": {"datasource": "${DS_JAEGER}", "range": RANGE,
+                                                                     "queries": [search]}}),
+             "targetBlank": False}]
+
 x = [0]
-def panel(title, targets, kind="timeseries", unit="short", w=8, h=8, description="", extra=None):
+def panel(title, targets, kind="timeseries", unit="short", w=8, h=8, description="", extra=None, links=None):
     if x[0] + w > 24:
         x[0] = 0
         y[0] += h
     p = {
         "type": kind, "title": title, "id": nid(), "datasource": DS, "description": description,
         "gridPos": {"h": h, "w": w, "x": x[0], "y": y[0]},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "fieldConfig": {"defaults": {"unit": unit, **({"links": links} if links else {})}, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                     "tooltip": {"mode": "multi", "sort": "desc"}},
         "targets": [{"datasource": DS, "expr": e, "legendFormat": l, "refId": chr(65 + i)}
@@ -56,13 +95,16 @@ panel("Error ratio (5xx)",
 panel("Latency p50 / p99 by route",
       [(f'histogram_quantile(0.5, sum by (le, route) (rate(courier_http_request_duration_seconds_bucket{{{I}, client=~"$client"}}[{R}])))', "p50 {{route}}"),
        (f'histogram_quantile(0.99, sum by (le, route) (rate(courier_http_request_duration_seconds_bucket{{{I}, client=~"$client"}}[{R}])))', "p99 {{route}}")],
-      unit="s", description="Time to answer, from courier's point of view.")
+      unit="s", description="Time to answer, from courier's point of view.",
+      links=trace_links(['kind=server', 'span.courier.route="${__field.labels.route}"'],
+                        {"tags": "span.kind=server courier.route=${__field.labels.route}"}))
 panel("Requests per second by client",
       [(f'sum by (client, status) (rate(courier_http_requests_total{{{I}, client=~"$client"}}[{R}]))', "{{client}} {{status}}")],
       unit="reqps", w=12, description="Who is calling, and what they get.")
 panel("Latency p99 by status class",
       [(f'histogram_quantile(0.99, sum by (le, status_class) (rate(courier_http_request_duration_seconds_bucket{{{I}, client=~"$client"}}[{R}])))', "p99 {{status_class}}")],
-      unit="s", w=12, description="Fast failures should stay fast.")
+      unit="s", w=12, description="Fast failures should stay fast.",
+      links=trace_links(["kind=server"], {"tags": "span.kind=server"}))
 endrow()
 
 row("Upstream health")
@@ -72,7 +114,8 @@ panel("Upstream attempts by outcome",
 panel("Upstream attempt latency",
       [(f'histogram_quantile(0.5, sum by (le) (rate(courier_upstream_attempt_duration_seconds_bucket{{{I}}}[{R}])))', "p50"),
        (f'histogram_quantile(0.99, sum by (le) (rate(courier_upstream_attempt_duration_seconds_bucket{{{I}}}[{R}])))', "p99")],
-      unit="s", description="Duration of one upstream attempt, head and body.")
+      unit="s", description="Duration of one upstream attempt, head and body.",
+      links=trace_links(["kind=client"], {"tags": "span.kind=client"}))
 panel("Retries and retry-budget refusals",
       [(f'sum by (reason) (rate(courier_upstream_retries_total{{{I}}}[{R}]))', "retry: {{reason}}"),
        (f'sum(rate(courier_retry_budget_refusals_total{{{I}}}[{R}]))', "refused by the retry budget")],
@@ -95,7 +138,8 @@ panel("Budget rejections and learned pauses",
 panel("Queue wait p50 / p99",
       [(f'histogram_quantile(0.5, sum by (le) (rate(courier_budget_wait_seconds_bucket{{{I}}}[{R}])))', "p50"),
        (f'histogram_quantile(0.99, sum by (le) (rate(courier_budget_wait_seconds_bucket{{{I}}}[{R}])))', "p99")],
-      unit="s", w=12, description="Time requests waited for a permit.")
+      unit="s", w=12, description="Time requests waited for a permit.",
+      links=trace_links(['name="courier.budget"'], {"operation": "courier.budget"}))
 panel("Permits granted by path",
       [(f'sum by (path) (rate(courier_budget_grants_total{{{I}}}[{R}]))', "{{path}}")],
       unit="reqps", w=12, description="fast: free at once, lock-free; queued: after waiting.")
@@ -151,7 +195,8 @@ panel("Jobs by state",
 panel("Job duration p50 / p99",
       [(f'histogram_quantile(0.5, sum by (le) (rate(courier_job_duration_seconds_bucket{{{I}}}[{R}])))', "p50"),
        (f'histogram_quantile(0.99, sum by (le) (rate(courier_job_duration_seconds_bucket{{{I}}}[{R}])))', "p99")],
-      unit="s", description="From acceptance to the final state.")
+      unit="s", description="From acceptance to the final state.",
+      links=trace_links(['name="courier.job"'], {"operation": "courier.job"}))
 panel("Callbacks",
       [(f'sum by (result) (increase(courier_callbacks_total{{{I}}}[{R}]))', "delivery: {{result}}"),
        (f'sum by (result) (increase(courier_callback_attempts_total{{{I}}}[{R}]))', "attempt: {{result}}")],
@@ -174,6 +219,10 @@ panel("Version", [(f'count by (version, commit) (courier_build_info{{{I}}})', "{
 panel("Admin requests", [(f'sum by (outcome) (increase(courier_admin_requests_total{{{I}}}[{R}]))', "{{outcome}}")],
       w=6, description="Requests to locked admin routes by outcome: allowed (token), unlocked (no token set, "
       "loopback), missing_token and wrong_token (refused; see the CourierAdminTokenRefused alert).")
+if TRACE_SPANS_PANEL:
+    panel("Trace spans by result", [(f'sum by (result) (rate(courier_trace_spans_total{{{I}}}[{R}]))', "{{result}}")],
+          unit="short", w=6, description="Spans sent to the OTLP endpoint (exported), refused by it or lost "
+          "on the way (failed), and dropped because the export queue was full (dropped).")
 endrow()
 
 def var(name, query, label):
@@ -205,6 +254,14 @@ dashboard = {
          "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
         var("instance", "label_values(courier_build_info, instance)", "Instance"),
         var("client", 'label_values(courier_http_requests_total{instance=~"$instance"}, client)', "Client"),
+        # Where the latency panels' links look for traces: a datasource variable lists one plugin
+        # type only, hence one for Tempo and one for Jaeger (an unused one simply stays empty).
+        {"name": "DS_TEMPO", "label": "Traces (Tempo)", "type": "datasource", "query": "tempo",
+         "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
+        {"name": "DS_JAEGER", "label": "Traces (Jaeger)", "type": "datasource", "query": "jaeger",
+         "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
+        {"name": "trace_service", "label": "service.name", "type": "textbox", "query": "courier",
+         "current": {"text": "courier", "value": "courier"}, "hide": 0},
     ]},
     "panels": panels,
 }

@@ -1,6 +1,7 @@
-//! What SREs see: the alert rules pass promtool, the dashboard is well formed and names only
-//! metrics courier exports, and a real Prometheus scraping courier through traffic and faults
-//! gets data for every dashboard panel and fires the breaker-open alert's expression.
+//! What SREs see: the alert rules pass promtool, the dashboard is well formed, names only metrics
+//! courier exports and links its latency panels to their slow traces (Tempo, Jaeger), and a real
+//! Prometheus scraping courier through traffic and faults gets data for every dashboard panel and
+//! fires the breaker-open alert's expression.
 
 mod support;
 
@@ -85,7 +86,7 @@ fn the_dashboard_is_well_formed_and_names_only_exported_metrics() {
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 39);
     let variables: Vec<&str> =
         dashboard["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-    assert_eq!(variables, ["DS_PROMETHEUS", "instance", "client"]);
+    assert_eq!(variables, ["DS_PROMETHEUS", "instance", "client", "DS_TEMPO", "DS_JAEGER", "trace_service"]);
     let rows: Vec<&str> = dashboard["panels"]
         .as_array()
         .unwrap()
@@ -128,6 +129,108 @@ fn the_dashboard_is_well_formed_and_names_only_exported_metrics() {
             }
         }
     }
+}
+
+/// Percent-decodes a URL component (`%XX`, nothing else).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("a bad escape %{hex} in {text}")));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The one pane of a data link into Grafana Explore, its JSON decoded. Grafana fills in `${...}`
+/// placeholders only where they stand unquoted, so everything else must be percent-encoded and
+/// they must not be.
+fn explore_pane(url: &str) -> Value {
+    let (path, query) = url.split_once('?').unwrap_or_else(|| panic!("no query: {url}"));
+    assert_eq!(path, "/explore", "{url}");
+    let panes: Vec<&str> = query.split('&').filter_map(|p| p.strip_prefix("panes=")).collect();
+    assert_eq!(panes.len(), 1, "{url}");
+    let raw = panes[0];
+    assert!(!raw.contains("%24%7B"), "a quoted placeholder Grafana will not fill in: {raw}");
+    let unquoted = regex_lite::Regex::new(r"\$\{[A-Za-z_.]+\}").unwrap().replace_all(raw, "");
+    assert!(unquoted.chars().all(|c| c.is_ascii_alphanumeric() || "%-_.~".contains(c)), "not percent-encoded: {raw}");
+    let panes: Value = serde_json::from_str(&percent_decode(raw)).expect("the panes are JSON");
+    let panes = panes.as_object().unwrap();
+    assert_eq!(panes.len(), 1, "{panes:?}");
+    panes.values().next().unwrap().clone()
+}
+
+#[test]
+fn every_latency_panel_links_to_its_slow_traces_in_tempo_and_jaeger() {
+    let dashboard = dashboard();
+    let latency: Vec<Value> = panels(&dashboard)
+        .into_iter()
+        .filter(|p| {
+            p["fieldConfig"]["defaults"]["unit"] == "s" && exprs(p).iter().all(|e| e.starts_with("histogram_quantile("))
+        })
+        .collect();
+    let titles: Vec<&str> = latency.iter().map(|p| p["title"].as_str().unwrap()).collect();
+    for title in [
+        "Latency p50 / p99 by route",
+        "Latency p99 by status class",
+        "Upstream attempt latency",
+        "Job duration p50 / p99",
+    ] {
+        assert!(titles.contains(&title), "{title} is not among the latency panels {titles:?}");
+    }
+    let range = json!({"from": "${__from}", "to": "${__to}"});
+    for panel in &latency {
+        let title = panel["title"].as_str().unwrap();
+        let links = panel["fieldConfig"]["defaults"]["links"].as_array().unwrap_or_else(|| panic!("{title}: no links"));
+        let names: Vec<&str> = links.iter().map(|l| l["title"].as_str().unwrap()).collect();
+        assert_eq!(names, ["Slow traces in Tempo", "Slow traces in Jaeger"], "{title}");
+        // Spans carry courier.route = the metric's route label: a panel by route filters by it.
+        let by_route = exprs(panel).iter().any(|e| e.contains("by (le, route)"));
+
+        let tempo = explore_pane(links[0]["url"].as_str().unwrap());
+        assert_eq!(tempo["datasource"], "${DS_TEMPO}", "{title}");
+        assert_eq!(tempo["range"], range, "{title}");
+        let query = &tempo["queries"][0];
+        assert_eq!(query["datasource"], json!({"type": "tempo", "uid": "${DS_TEMPO}"}), "{title}");
+        assert_eq!(query["queryType"], "traceql", "{title}");
+        let traceql = query["query"].as_str().unwrap();
+        assert!(traceql.starts_with(r#"{resource.service.name="${trace_service}" && "#), "{title}: {traceql}");
+        assert!(traceql.ends_with(" && duration >= ${__value.raw}s}"), "{title}: {traceql}");
+        assert_eq!(
+            traceql.contains(r#" && span.courier.route="${__field.labels.route}""#),
+            by_route,
+            "{title}: {traceql}"
+        );
+
+        let jaeger = explore_pane(links[1]["url"].as_str().unwrap());
+        assert_eq!(jaeger["datasource"], "${DS_JAEGER}", "{title}");
+        assert_eq!(jaeger["range"], range, "{title}");
+        let query = &jaeger["queries"][0];
+        assert_eq!(query["datasource"], json!({"type": "jaeger", "uid": "${DS_JAEGER}"}), "{title}");
+        assert_eq!(query["queryType"], "search", "{title}");
+        assert_eq!(query["service"], "${trace_service}", "{title}");
+        assert_eq!(query["minDuration"], "${__value.raw}s", "{title}");
+        let tags = query["tags"].as_str().unwrap_or_default();
+        assert_eq!(tags.split(' ').any(|t| t == "courier.route=${__field.labels.route}"), by_route, "{title}: {tags}");
+        let operation = query["operation"].as_str().unwrap_or_default();
+        assert!(!(tags.is_empty() && operation.is_empty()), "{title}: the search is not narrowed to its spans");
+    }
+    // The variables the links name.
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let variable = |name: &str| variables.iter().find(|v| v["name"] == name).unwrap().clone();
+    for (name, plugin) in [("DS_TEMPO", "tempo"), ("DS_JAEGER", "jaeger")] {
+        assert_eq!(variable(name)["type"], "datasource", "{name}");
+        assert_eq!(variable(name)["query"], plugin, "{name} lists the {plugin} data sources");
+    }
+    assert_eq!(variable("trace_service")["type"], "textbox");
+    assert_eq!(variable("trace_service")["current"]["value"], "courier", "service.name defaults to courier");
 }
 
 /// The dashboard's variables filled in, as Grafana would with "All" selected.
