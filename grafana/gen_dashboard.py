@@ -8,7 +8,7 @@ import urllib.parse
 # The "Trace spans by result" panel queries courier_trace_spans_total, which courier exports only
 # once its tracing (issue 21) is merged: tests/observability.rs and tests/metrics_at_start.rs
 # fail on a panel whose metric is not exported. Set to True with that merge, then regenerate.
-TRACE_SPANS_PANEL = False
+TRACE_SPANS_PANEL = True
 
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 I = 'instance=~"$instance"'

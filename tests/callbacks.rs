@@ -115,10 +115,17 @@ async fn run(delivery: &Delivery, url: &str, state: &mut CallbackState) -> (Deli
     let snapshots = Rc::new(RefCell::new(Vec::new()));
     let record = snapshots.clone();
     let outcome = delivery
-        .deliver(&client(), url, Bytes::from_static(BODY), state, &courier::trace::Parent::NONE, move |s: &CallbackState| {
-            record.borrow_mut().push(s.clone());
-            std::future::ready(())
-        })
+        .deliver(
+            &client(),
+            url,
+            Bytes::from_static(BODY),
+            state,
+            &courier::trace::Parent::NONE,
+            move |s: &CallbackState| {
+                record.borrow_mut().push(s.clone());
+                std::future::ready(())
+            },
+        )
         .await;
     let snapshots = snapshots.borrow().clone();
     (outcome, snapshots)

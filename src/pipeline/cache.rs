@@ -13,8 +13,8 @@ use crate::actors::budget::Class;
 use crate::cache::{CacheStatus, Entry, Lookup};
 use crate::key::Key;
 use crate::request_id::RequestId;
-use opentelemetry::trace::SpanKind;
 use crate::trace::attrs;
+use opentelemetry::trace::SpanKind;
 
 /// Why a load failed (shared by every coalesced waiter).
 struct LoadFailure {

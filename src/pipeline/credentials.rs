@@ -129,7 +129,12 @@ mod tests {
         type Result = Result<Arc<Token>, TokenUnavailable>;
 
         fn handle(&mut self, _: GetToken, _: &mut Context<Self>) -> Self::Result {
-            Err(TokenUnavailable { retry_after: Duration::from_secs(1), reason: "none".into(), tls: false, refresh: None })
+            Err(TokenUnavailable {
+                retry_after: Duration::from_secs(1),
+                reason: "none".into(),
+                tls: false,
+                refresh: None,
+            })
         }
     }
 
@@ -146,14 +151,24 @@ mod tests {
         let credentials = Credentials::new(cell.clone(), NoManager.start().recipient(), key.clone());
 
         assert_eq!(credentials.local_token(Instant::now()), None, "nothing published yet");
-        assert!(credentials.token(None, &Tracing::off(), &Parent::NONE).await.is_err(), "without a copy the manager is asked");
+        assert!(
+            credentials.token(None, &Tracing::off(), &Parent::NONE).await.is_err(),
+            "without a copy the manager is asked"
+        );
         cell.publish(token("one", 1, Duration::from_secs(60)));
         let (authorization, generation) = credentials.local_token(Instant::now()).unwrap();
         assert_eq!((authorization.to_str().unwrap(), generation), ("Bearer one", 1));
         assert!(authorization.is_sensitive());
         cell.publish(token("two", 2, Duration::from_secs(60)));
-        assert_eq!(credentials.token(None, &Tracing::off(), &Parent::NONE).await.unwrap().1, 2, "a new version is copied");
-        assert!(credentials.token(Some(2), &Tracing::off(), &Parent::NONE).await.is_err(), "a rejected generation is not served from the copy");
+        assert_eq!(
+            credentials.token(None, &Tracing::off(), &Parent::NONE).await.unwrap().1,
+            2,
+            "a new version is copied"
+        );
+        assert!(
+            credentials.token(Some(2), &Tracing::off(), &Parent::NONE).await.is_err(),
+            "a rejected generation is not served from the copy"
+        );
         let later = Instant::now() + Duration::from_secs(61);
         assert_eq!(credentials.local_token(later), None, "past its expiry the copy is not used");
 

@@ -50,10 +50,7 @@ pub async fn send_attempt(client: &awc::Client, req: AttemptRequest<'_>) -> (Att
         for header in req.trace {
             outbound = outbound.insert_header(header.clone());
         }
-        let mut response = outbound
-            .send_body(req.body)
-            .await
-            .map_err(classify_send_error)?;
+        let mut response = outbound.send_body(req.body).await.map_err(classify_send_error)?;
         let status = response.status().as_u16();
         let signal = RateSignal::from_headers(response.headers());
         let attempt = if response.status().is_success() {

@@ -44,9 +44,9 @@ use lifecycle::Lifecycle;
 use refresh::{Obtained, Refresh};
 
 use crate::metrics::{Metrics, RefreshResult};
-use crate::trace::{attrs, Parent, Span, Tracing};
 use crate::shared::token::SharedTokens;
 use crate::shared::SharedRedis;
+use crate::trace::{attrs, Parent, Span, Tracing};
 use crate::upstream::{self, Backoff, ClientSettings, TokenError};
 
 /// Most requests that may wait for one refresh; more get `TokenUnavailable` at once.
@@ -381,13 +381,12 @@ impl Handler<GetToken> for TokenManager {
             }
         }
         if self.waiters.len() >= MAX_WAITERS {
-            let unavailable =
-                TokenUnavailable {
-                    retry_after: Duration::from_secs(1),
-                    reason: "too many waiting".into(),
-                    tls: false,
-                    refresh: None,
-                };
+            let unavailable = TokenUnavailable {
+                retry_after: Duration::from_secs(1),
+                reason: "too many waiting".into(),
+                tls: false,
+                refresh: None,
+            };
             return Box::pin(async move { Err(unavailable) });
         }
         let (tx, rx) = oneshot::channel();

@@ -174,8 +174,7 @@ impl Refresh {
     async fn fetch_alone(&self) -> Result<Obtained, TokenError> {
         let (fetched, requested_at, requested_unix) = self.fetch().await?;
         let authorization = authorization(&fetched.access_token)?;
-        let token =
-            Arc::new(Token {
+        let token = Arc::new(Token {
             generation: self.floor + 1,
             expires_at: requested_at + fetched.lifetime,
             authorization,
@@ -206,8 +205,7 @@ impl Refresh {
         let authorization = authorization(&doc.access_token).ok()?;
         let expires = UNIX_EPOCH + Duration::from_millis(doc.expires_at_unix_ms);
         let remaining = expires.duration_since(SystemTime::now()).ok()?;
-        let token =
-            Arc::new(Token {
+        let token = Arc::new(Token {
             generation: doc.generation,
             expires_at: Instant::now() + remaining,
             authorization,
