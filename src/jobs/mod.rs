@@ -342,3 +342,34 @@ impl Job {
         self.work.as_ref().map(|w| SystemTime::UNIX_EPOCH + Duration::from_millis(w.deadline_unix_ms))
     }
 }
+
+#[cfg(test)]
+mod work_tests {
+    use super::*;
+
+    /// `JobWork` as couriers before traces wrote and read it.
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct BeforeTraces {
+        body: String,
+        cache_key: Option<String>,
+        callback_url: Option<String>,
+        client: usize,
+        deadline_unix_ms: u64,
+    }
+
+    #[test]
+    fn records_with_and_without_a_trace_are_read_by_either_version() {
+        let old = r#"{"body":"{}","cache_key":null,"callback_url":null,"client":1,"deadline_unix_ms":5}"#;
+        let read: JobWork = serde_json::from_str(old).unwrap();
+        assert_eq!(read.trace, None);
+        assert!(!serde_json::to_string(&read).unwrap().contains("trace"), "no trace, no field");
+
+        let stored =
+            Stored { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(), tracestate: None };
+        let new = JobWork { trace: Some(stored.clone()), ..read };
+        let text = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<JobWork>(&text).unwrap().trace, Some(stored));
+        let by_old: BeforeTraces = serde_json::from_str(&text).unwrap();
+        assert_eq!(by_old.client, 1, "a courier without traces reads the record and ignores the trace");
+    }
+}
