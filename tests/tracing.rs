@@ -160,7 +160,7 @@ async fn token_waiters_link_to_the_one_refresh() {
 
     let spans = otlp.spans();
     // The start-up fetch is a refresh of its own (a root); the revocation's is one more.
-    let refreshes: Vec<_> = named(&spans, "courier.token.refresh").into_iter().filter(|s| s.parent != "").collect();
+    let refreshes: Vec<_> = named(&spans, "courier.token.refresh").into_iter().filter(|s| !s.parent.is_empty()).collect();
     let refresh = only(refreshes, "refresh caused by a request");
     assert_eq!(refresh.attr_str("courier.token.result"), Some("fetched"));
     assert!(refresh.attr_i64("courier.token.waiters").is_some_and(|n| n >= 1), "{refresh:?}");
