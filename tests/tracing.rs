@@ -160,7 +160,8 @@ async fn token_waiters_link_to_the_one_refresh() {
 
     let spans = otlp.spans();
     // The start-up fetch is a refresh of its own (a root); the revocation's is one more.
-    let refreshes: Vec<_> = named(&spans, "courier.token.refresh").into_iter().filter(|s| !s.parent.is_empty()).collect();
+    let refreshes: Vec<_> =
+        named(&spans, "courier.token.refresh").into_iter().filter(|s| !s.parent.is_empty()).collect();
     let refresh = only(refreshes, "refresh caused by a request");
     assert_eq!(refresh.attr_str("courier.token.result"), Some("fetched"));
     assert!(refresh.attr_i64("courier.token.waiters").is_some_and(|n| n >= 1), "{refresh:?}");
@@ -209,6 +210,11 @@ async fn sampling_is_honoured() {
         let pair = PairBuilder::default().tracing(&otlp).env("OTEL_TRACES_SAMPLER", sampler).start().await;
         let answer = pair.process_with(body("not sampled"), &[("traceparent", &traceparent(TRACE, flags))]).await;
         assert_eq!(answer.status, 200);
+        let stats = pair.sim_stats().await;
+        let sent = stats["traceparents"][0].as_str().unwrap().to_owned();
+        let (trace, parent, sampled) = split_traceparent(&sent).unwrap();
+        assert_eq!((trace, sampled), (TRACE, "00"), "the caller's trace goes on, unsampled: {sent}");
+        assert_ne!(parent, PARENT, "with a span id of courier's");
         pair.stop().await;
         assert!(in_trace(&otlp.spans(), TRACE).is_empty(), "{sampler} with flags {flags}: {:#?}", otlp.spans());
     }

@@ -47,6 +47,9 @@ struct Inner {
     provider: SdkTracerProvider,
     /// Whether `traceparent`/`tracestate` are read and sent (`OTEL_PROPAGATORS`).
     propagate: bool,
+    /// Whether the sampler follows the parent's decision (then an unsampled parent's children
+    /// are made without the SDK: see [`Span::start`]).
+    parent_based: bool,
     /// The cache span of the load last started per key slot, for coalesced waiters' links.
     loads: Loads,
     /// The export arbiter, stopped after the provider has flushed.
@@ -124,6 +127,12 @@ impl Tracing {
             tracer,
             provider,
             propagate: config.propagate,
+            parent_based: matches!(
+                config.sampler,
+                SamplerChoice::ParentBasedAlwaysOn
+                    | SamplerChoice::ParentBasedAlwaysOff
+                    | SamplerChoice::ParentBasedRatio(_)
+            ),
             loads: Loads::new(),
             transport: Mutex::new(Some(transport)),
         })))
@@ -142,19 +151,19 @@ impl Tracing {
             true => propagate::extract(headers),
             false => Context::new(),
         };
-        Some(Span::start(&inner.tracer, name, SpanKind::Server, &parent))
+        Some(Span::start(&inner.tracer, name, SpanKind::Server, &parent, inner.parent_based))
     }
 
     /// A span under `parent`, or `None` when there is no parent (tracing off).
     pub fn child(&self, parent: &Parent, name: &'static str, kind: SpanKind) -> Option<Span> {
         let (inner, cx) = (self.0.as_ref()?, parent.0.as_ref()?);
-        Some(Span::start(&inner.tracer, name, kind, cx))
+        Some(Span::start(&inner.tracer, name, kind, cx, inner.parent_based))
     }
 
     /// The root span of a new trace (work no request asked for), or `None` when tracing is off.
     pub fn root(&self, name: &'static str, kind: SpanKind) -> Option<Span> {
         let inner = self.0.as_ref()?;
-        Some(Span::start(&inner.tracer, name, kind, &Context::new()))
+        Some(Span::start(&inner.tracer, name, kind, &Context::new(), inner.parent_based))
     }
 
     /// The parent a stored `traceparent` (an async job's) stands for; a new root when it is

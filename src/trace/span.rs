@@ -1,7 +1,7 @@
 //! A span as courier's stages use it: attributes set only when it records, ended once (when
 //! dropped at the latest), and its ids for log lines.
 
-use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, Tracer};
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::SdkTracer;
 use slog::{Record, Serializer, KV};
@@ -10,17 +10,50 @@ use super::Parent;
 
 /// One span of courier's; see the module documentation.
 pub struct Span {
-    inner: opentelemetry_sdk::trace::Span,
+    inner: Inner,
     /// Whether the sampler kept it: a span that does not record takes no attributes, so none
     /// is built.
     recording: bool,
 }
 
+enum Inner {
+    /// Boxed: a span of the SDK's is large, and an unsampled one is held in its place.
+    Sdk(Box<opentelemetry_sdk::trace::Span>),
+    /// A span under a parent that was not sampled, with a parent-based sampler: the SDK would
+    /// make the same decision (drop) at the cost of a sampler call, a span builder and a
+    /// reference to the provider; only its ids are needed, to carry the trace on.
+    Unsampled(SpanContext),
+}
+
 impl Span {
-    pub(super) fn start(tracer: &SdkTracer, name: &'static str, kind: SpanKind, parent: &Context) -> Span {
+    /// Starts a span under `parent` (an empty context: a root). With `parent_based`, a parent
+    /// that was not sampled gives an unsampled span without asking the SDK.
+    pub(super) fn start(
+        tracer: &SdkTracer,
+        name: &'static str,
+        kind: SpanKind,
+        parent: &Context,
+        parent_based: bool,
+    ) -> Span {
+        if parent_based && parent.has_active_span() {
+            let above = parent.span().span_context().clone();
+            if above.is_valid() && !above.is_sampled() {
+                let id = SpanId::from(rand::random::<u64>().max(1));
+                let context =
+                    SpanContext::new(above.trace_id(), id, TraceFlags::default(), false, above.trace_state().clone());
+                return Span { inner: Inner::Unsampled(context), recording: false };
+            }
+        }
         let inner = tracer.span_builder(name).with_kind(kind).start_with_context(tracer, parent);
         let recording = opentelemetry::trace::Span::is_recording(&inner);
-        Span { inner, recording }
+        Span { inner: Inner::Sdk(Box::new(inner)), recording }
+    }
+
+    fn sdk(&mut self) -> Option<&mut opentelemetry_sdk::trace::Span> {
+        match &mut self.inner {
+            Inner::Sdk(span) if self.recording => Some(span.as_mut()),
+            _ => None,
+        }
     }
 
     /// Whether it records (was sampled): worth building an attribute value for.
@@ -30,35 +63,38 @@ impl Span {
 
     /// Sets an attribute.
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
-        if self.recording {
-            opentelemetry::trace::Span::set_attribute(&mut self.inner, KeyValue::new(key, value));
+        if let Some(span) = self.sdk() {
+            opentelemetry::trace::Span::set_attribute(span, KeyValue::new(key, value));
         }
     }
 
     /// Marks it failed, with `code` as the status description.
     pub fn fail(&mut self, code: impl Into<std::borrow::Cow<'static, str>>) {
-        if self.recording {
-            opentelemetry::trace::Span::set_status(&mut self.inner, Status::error(code));
+        if let Some(span) = self.sdk() {
+            opentelemetry::trace::Span::set_status(span, Status::error(code));
         }
     }
 
     /// Renames it (a server span learns its route when it is answered).
     pub fn rename(&mut self, name: String) {
-        if self.recording {
-            opentelemetry::trace::Span::update_name(&mut self.inner, name);
+        if let Some(span) = self.sdk() {
+            opentelemetry::trace::Span::update_name(span, name);
         }
     }
 
     /// Links it to `other`, with the link's `courier.link` attribute saying why.
     pub fn link(&mut self, other: SpanContext, why: &'static str) {
-        if self.recording {
-            opentelemetry::trace::Span::add_link(&mut self.inner, other, vec![KeyValue::new("courier.link", why)]);
+        if let Some(span) = self.sdk() {
+            opentelemetry::trace::Span::add_link(span, other, vec![KeyValue::new("courier.link", why)]);
         }
     }
 
     /// Its span context.
     pub fn span_context(&self) -> &SpanContext {
-        opentelemetry::trace::Span::span_context(&self.inner)
+        match &self.inner {
+            Inner::Sdk(span) => opentelemetry::trace::Span::span_context(span.as_ref()),
+            Inner::Unsampled(context) => context,
+        }
     }
 
     /// The parent its children are made under.
@@ -74,7 +110,9 @@ impl Span {
 
     /// Ends it now (else when it is dropped).
     pub fn end(mut self) {
-        opentelemetry::trace::Span::end(&mut self.inner);
+        if let Inner::Sdk(span) = &mut self.inner {
+            opentelemetry::trace::Span::end(span.as_mut());
+        }
     }
 }
 
