@@ -100,7 +100,9 @@ impl Tracing {
             .with_http_client(transport.client())
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(endpoint.clone())
-            .with_timeout(config.timeout)
+            // The SDK's batch thread has no bound of its own on an export (OTEL_BSP_EXPORT_TIMEOUT
+            // applies only to its async-runtime variant): the exporter's, retries included, is it.
+            .with_timeout(config.timeout.min(config.export_timeout))
             .with_headers(headers.collect())
             .build()
             .expect("an OTLP/HTTP exporter with a client and an endpoint builds");

@@ -38,7 +38,7 @@ impl Transport {
         let (tx, mut rx) = mpsc::channel::<Job>(WAITING);
         // A CA file that does not parse was refused by the configuration already.
         let tls = tls_config_with(&config.ca).unwrap_or_else(|_| tls_config_with(&[]).expect("system roots load"));
-        let (timeout, reasons) = (config.timeout, counters.clone());
+        let (timeout, reasons) = (config.timeout.min(config.export_timeout), counters.clone());
         let arbiter = actix_rt::Arbiter::new();
         // awc is single-threaded: the client is built, and its task spawned, on the arbiter.
         arbiter.spawn_fn(move || {
