@@ -5,11 +5,6 @@ import json
 import re
 import urllib.parse
 
-# The "Trace spans by result" panel queries courier_trace_spans_total, which courier exports only
-# once its tracing (issue 21) is merged: tests/observability.rs and tests/metrics_at_start.rs
-# fail on a panel whose metric is not exported. Set to True with that merge, then regenerate.
-TRACE_SPANS_PANEL = True
-
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 I = 'instance=~"$instance"'
 R = '$__rate_interval'
@@ -219,10 +214,9 @@ panel("Version", [(f'count by (version, commit) (courier_build_info{{{I}}})', "{
 panel("Admin requests", [(f'sum by (outcome) (increase(courier_admin_requests_total{{{I}}}[{R}]))', "{{outcome}}")],
       w=6, description="Requests to locked admin routes by outcome: allowed (token), unlocked (no token set, "
       "loopback), missing_token and wrong_token (refused; see the CourierAdminTokenRefused alert).")
-if TRACE_SPANS_PANEL:
-    panel("Trace spans by result", [(f'sum by (result) (rate(courier_trace_spans_total{{{I}}}[{R}]))', "{{result}}")],
-          unit="short", w=6, description="Spans sent to the OTLP endpoint (exported), refused by it or lost "
-          "on the way (failed), and dropped because the export queue was full (dropped).")
+panel("Trace spans by result", [(f'sum by (result) (rate(courier_trace_spans_total{{{I}}}[{R}]))', "{{result}}")],
+      unit="short", w=6, description="Spans sent to the OTLP endpoint (exported), refused by it or lost "
+      "on the way (failed), and dropped because the export queue was full (dropped).")
 endrow()
 
 def var(name, query, label):
