@@ -6,7 +6,7 @@
 //! request's id, sets `X-Request-Id`, and writes the request's log line and metrics from the
 //! same values (`observe`). A handler only says what it did in between.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::future::{ready, Ready};
 use std::time::Instant;
 
@@ -31,8 +31,9 @@ pub struct Inbound {
     /// This worker's state.
     pub worker: web::Data<Worker>,
     request: HttpRequest,
-    /// Its server span, when traced (boxed: every handler's future holds this field).
-    span: RefCell<Option<Box<Span>>>,
+    /// Its server span, when traced (boxed, in a `Cell`: every handler's future holds this
+    /// field, 8 bytes when not traced).
+    span: Cell<Option<Box<Span>>>,
 }
 
 impl FromRequest for Inbound {
@@ -50,7 +51,7 @@ impl FromRequest for Inbound {
             }
             Box::new(span)
         });
-        ready(Ok(Inbound { started, request_id, caller, worker, request: req.clone(), span: RefCell::new(span) }))
+        ready(Ok(Inbound { started, request_id, caller, worker, request: req.clone(), span: Cell::new(span) }))
     }
 }
 
@@ -79,12 +80,20 @@ impl Inbound {
 
     /// The parent of the spans of its stages (`Parent::NONE` when not traced).
     pub fn trace(&self) -> Parent {
-        self.span.borrow().as_ref().map_or(Parent::NONE, |span| span.parent())
+        self.with_span(|span| span.map_or(Parent::NONE, Span::parent))
+    }
+
+    /// `read` applied to the server span (a `Cell`: the span is taken out and put back).
+    fn with_span<T>(&self, read: impl FnOnce(Option<&Span>) -> T) -> T {
+        let span = self.span.take();
+        let value = read(span.as_deref());
+        self.span.set(span);
+        value
     }
 
     /// Its server span's context as text, for a job it submits.
-    pub fn stored_trace(&self) -> Option<Stored> {
-        self.span.borrow().as_deref().map(Stored::of)
+    pub fn stored_trace(&self) -> Option<Box<Stored>> {
+        self.with_span(|span| span.map(|span| Box::new(Stored::of(span))))
     }
 
     /// The caller's name for logs and metrics (`unknown` before it is known).
@@ -122,7 +131,7 @@ impl Inbound {
                 attempts: done.attempts,
                 error,
                 cache: done.cache,
-                span: self.span.borrow_mut().take(),
+                span: self.span.take(),
             },
         );
         response

@@ -50,8 +50,8 @@ pub struct NewJob {
     pub key: Option<Key>,
     /// Where to deliver the final status document.
     pub callback_url: Option<String>,
-    /// The submitting request's span, when traced.
-    pub trace: Option<crate::trace::Stored>,
+    /// The submitting request's span, when traced (boxed: the handler's future holds this).
+    pub trace: Option<Box<crate::trace::Stored>>,
 }
 
 /// The status route of a request id; a `/` in the id is percent-encoded, so the URL names
@@ -119,7 +119,7 @@ pub async fn accept(worker: &Worker, new: NewJob) -> Result<HttpResponse, ApiErr
             client: new.client,
             deadline_unix_ms: unix_ms(now + jobs.deadline),
             handoffs: 0,
-            trace: new.trace,
+            trace: new.trace.map(|stored| *stored),
         }),
     };
     match jobs.store.submit(&job).await {

@@ -26,10 +26,8 @@ use bytes::Bytes;
 use slog::{info, o, warn, Logger};
 use tokio::sync::{Notify, Semaphore};
 
-use super::callback::{Delivery, DeliveryOutcome};
-use super::{
-    CallbackState, Claim, DeliveryState, Job, JobError, JobStatus, JobStore, RawJson, Start, Timestamp, RUN_INTERRUPTED,
-};
+use super::callback::Delivery;
+use super::{Claim, Job, JobError, JobStatus, JobStore, RawJson, Start, Timestamp, RUN_INTERRUPTED};
 use crate::actors::budget::Class;
 use crate::key::Key;
 use crate::metrics::Metrics;
@@ -37,6 +35,10 @@ use crate::pipeline::{self, Directives, Pipeline, Request};
 use crate::request_id::RequestId;
 use crate::trace::{attrs, LogIds, Parent, Span};
 use opentelemetry::trace::SpanKind;
+
+mod deliver;
+
+use deliver::deliver;
 
 /// How long the runner waits for new jobs before looking again.
 const POLL: Duration = Duration::from_secs(1);
@@ -329,47 +331,6 @@ async fn execute(state: &State, mut job: Job, trace: Parent) -> Job {
         }
     }
     job
-}
-
-/// The body a callback carries: the final status document, without the delivery state.
-fn callback_body(job: &Job) -> Bytes {
-    let mut doc = job.doc.clone();
-    doc.callback = None;
-    Bytes::from(serde_json::to_vec(&doc).expect("status documents serialise"))
-}
-
-/// Delivers the job's callback unless there is none or it is settled already.
-async fn deliver(state: &State, job: Job, trace: &Parent) {
-    let (Some(url), Some(delivery)) = (job.work.as_ref().and_then(|w| w.callback_url.clone()), &state.delivery) else {
-        return;
-    };
-    let mut callback = job.doc.callback.clone().unwrap_or_default();
-    if matches!(callback.state, DeliveryState::Delivered | DeliveryState::GaveUp) {
-        return;
-    }
-    let body = callback_body(&job);
-    let (store, metrics, id) = (&state.store, &state.metrics, job.id().to_owned());
-    let outcome = delivery
-        .deliver(&state.callback_client, &url, body, &mut callback, trace, |now: &CallbackState| {
-            let result = if now.state == DeliveryState::Delivered { "success" } else { "failure" };
-            metrics.callback_attempts.with_label_values(&[result]).inc();
-            let (store, id, now) = (store.clone(), id.clone(), now.clone());
-            async move {
-                let _ = store.update_callback(&id, &now).await;
-            }
-        })
-        .await;
-    let result = match outcome {
-        DeliveryOutcome::Delivered => "delivered",
-        DeliveryOutcome::GaveUp => "gave_up",
-        DeliveryOutcome::Refused(_) => "refused",
-    };
-    state.metrics.callbacks.with_label_values(&[result]).inc();
-    if result != "delivered" {
-        warn!(state.log, "callback_gave_up";
-            "request_id" => job.id(), "attempts" => callback.attempts, "last_status_code" => callback.last_status_code, "result" => result,
-            LogIds::of_parent(trace));
-    }
 }
 
 impl RunnerHandle {

@@ -13,7 +13,7 @@ use crate::actors::budget::Class;
 use crate::cache::{CacheStatus, Entry, Lookup};
 use crate::key::Key;
 use crate::request_id::RequestId;
-use crate::trace::attrs;
+use crate::trace::{attrs, Span};
 use opentelemetry::trace::SpanKind;
 
 /// Why a load failed (shared by every coalesced waiter).
@@ -22,8 +22,20 @@ struct LoadFailure {
 }
 
 /// Serves `request`, from the cache when it can, under a `courier.cache` span when traced.
-pub async fn serve(pipeline: &Pipeline, mut request: Request) -> Served {
-    let Some(mut span) = pipeline.lane.tracing.child(&request.trace, "courier.cache", SpanKind::Internal) else {
+pub async fn serve(pipeline: &Pipeline, request: Request) -> Served {
+    if !request.trace.is_some() {
+        return lookup(pipeline, request).await;
+    }
+    // Boxed, and the span made only here: held inline (or alive across the untraced path's
+    // await), it would make every request's future larger, traced or not.
+    let span = pipeline.lane.tracing.child(&request.trace, "courier.cache", SpanKind::Internal);
+    Box::pin(traced(pipeline, request, span)).await
+}
+
+/// The cache stage under its span: the outcome, and a coalesced request's link to the load it
+/// waited on.
+async fn traced(pipeline: &Pipeline, mut request: Request, span: Option<Span>) -> Served {
+    let Some(mut span) = span else {
         return lookup(pipeline, request).await;
     };
     if let (Some(key), true) = (&request.key, span.recording()) {

@@ -57,9 +57,10 @@ struct Inner {
 }
 
 /// Where a span's parent comes from: a span of this request, an inbound or stored
-/// `traceparent`, or none (tracing off). `Parent::NONE` makes no span.
+/// `traceparent`, or none (tracing off). `Parent::NONE` makes no span. Boxed: every request
+/// carries one, and untraced it is a null pointer.
 #[derive(Clone, Debug, Default)]
-pub struct Parent(Option<Context>);
+pub struct Parent(Option<Box<Context>>);
 
 impl Parent {
     /// No parent: tracing is off for this request, or it is not traced.
@@ -76,7 +77,7 @@ impl Parent {
     }
 
     fn of(span_context: SpanContext) -> Parent {
-        Parent(Some(Context::new().with_remote_span_context(span_context)))
+        Parent(Some(Box::new(Context::new().with_remote_span_context(span_context))))
     }
 }
 
@@ -174,7 +175,7 @@ impl Tracing {
         if self.0.is_none() {
             return Parent::NONE;
         }
-        Parent(Some(stored.map_or_else(Context::new, propagate::from_stored)))
+        Parent(Some(Box::new(stored.map_or_else(Context::new, propagate::from_stored))))
     }
 
     /// The `traceparent`/`tracestate` headers that carry `span` to the next service, when
