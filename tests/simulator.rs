@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderMap;
 use actix_web::http::StatusCode;
-use courier::simulator::{FaultsPatch, SimConfig, SimStats, Simulator};
+use courier::simulator::{FaultsPatch, QuotaHeaders, QuotasReport, SimConfig, SimStats, Simulator};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
@@ -111,6 +111,30 @@ impl Harness {
         assert_eq!(reply.status, StatusCode::OK);
         let stats: SimStats = serde_json::from_value(reply.body).expect("stats shape");
         stats
+    }
+
+    async fn quotas(&self) -> QuotasReport {
+        let reply = read(self.client.get(format!("{}/_sim/quotas", self.root)).send().await.unwrap()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        serde_json::from_value(reply.body).expect("quotas shape")
+    }
+
+    async fn set_quotas(&self, patch: Value) -> Reply {
+        read(self.client.post(format!("{}/_sim/quotas", self.root)).send_json(&patch).await.unwrap()).await
+    }
+
+    /// Polls `/_sim/quotas` (bounded) until the first window's instance starts at or after
+    /// `unix_s`: the window boundary is the event waited for.
+    async fn until_window_starts(&self, unix_s: u64) -> QuotasReport {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let report = self.quotas().await;
+            if report.windows[0].start >= unix_s {
+                return report;
+            }
+            assert!(Instant::now() < deadline, "no window started at {unix_s}: {report:?}");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Drops the client (closing its keep-alive connections) and stops the server.
@@ -624,4 +648,116 @@ async fn traceparents_of_process_requests_are_kept_until_reset() {
     assert_eq!(reset.body["traceparents"], json!([]));
     assert!(h.stats().await.traceparents.is_empty());
     h.finish().await;
+}
+
+fn unix_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[actix_rt::test]
+async fn quota_windows_refuse_with_headers_and_reset() {
+    let h = Harness::start(SimConfig { quotas: vec!["5/2s".into()], ..rate_limited(6000, 100) }).await;
+    let token = h.token().await;
+    // Start at a fresh 2 s instance, so the six requests below fall in one instance.
+    let start = h.until_window_starts(h.quotas().await.windows[0].reset_at).await.windows[0].start;
+    for remaining in (0..5).rev() {
+        let reply = h.ok(&token).await;
+        assert_eq!(reply.header("ratelimit-policy"), Some("6000;w=60, 5;w=2"));
+        let ratelimit = reply.header("ratelimit").unwrap();
+        assert!(ratelimit.starts_with(&format!("limit=5, remaining={remaining}, reset=")), "{ratelimit}");
+        assert_eq!(reply.header_u64("x-ratelimit-limit"), 6000, "the minute triple is unchanged");
+    }
+    let refused = h.process(&token, &json!({"data": {"input": "x"}})).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.error_code(), "quota_exceeded");
+    let retry_after = refused.header_u64("retry-after");
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(refused.header("ratelimit"), Some(format!("limit=5, remaining=0, reset={retry_after}").as_str()));
+
+    let stats = h.stats().await;
+    assert_eq!((stats.process.ok, stats.process.rate_limited), (5, 1));
+    assert_eq!((stats.quota_refused, stats.rate_limited_total), (1, 0));
+    let window = &stats.quotas[0];
+    assert_eq!((window.name.as_str(), window.limit, window.used, window.refused), ("2s", 5, 5, 1));
+    assert_eq!((window.start, window.reset_at), (start, start + 2), "all six in one instance");
+    let arrivals: u32 = h.quotas().await.arrivals.iter().map(|&(_, n)| n).sum();
+    assert_eq!(arrivals, 6, "every authenticated request arrives, the refused one too");
+
+    // After the reset the account is served again, with the window full.
+    h.until_window_starts(start + 2).await;
+    let served = h.ok(&token).await;
+    assert!(served.header("ratelimit").unwrap().starts_with("limit=5, remaining=4, "));
+    let window = &h.stats().await.quotas[0];
+    assert_eq!((window.used, window.refused), (1, 1));
+    h.finish().await;
+}
+
+#[actix_rt::test]
+async fn quotas_change_at_run_time_and_reset_with_the_stats() {
+    let h = Harness::start(rate_limited(6000, 100)).await;
+    let token = h.token().await;
+    // Default: no quotas, no quota headers, nothing counted.
+    let plain = h.ok(&token).await;
+    assert_eq!((plain.header("ratelimit-policy"), plain.header_u64("x-ratelimit-limit")), (None, 6000));
+    assert_eq!(h.quotas().await, QuotasReport::default());
+
+    let set = h.set_quotas(json!({"quotas": "2/hour, 100/day"})).await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    let reply = h.ok(&token).await;
+    assert_eq!(reply.header("ratelimit-policy"), Some("6000;w=60, 2;w=3600, 100;w=86400"));
+    // Set the hour to its limit, as if another consumer had spent it.
+    let set = h.set_quotas(json!({"used": {"hour": 2}})).await;
+    assert_eq!(set.body["windows"][0]["remaining"], 0, "{}", set.body);
+    let refused = h.process(&token, &json!({"data": {"input": "x"}})).await;
+    assert_eq!((refused.status, refused.error_code()), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"));
+    let next_hour = (unix_s() / 3600 + 1) * 3600;
+    let retry_after = refused.header_u64("retry-after");
+    assert!(retry_after <= next_hour - unix_s() + 1 && retry_after >= 1, "Retry-After {retry_after}");
+
+    // The GitHub-style triple describes the longest window, its reset in Unix seconds.
+    h.set_quotas(json!({"headers": "x-ratelimit"})).await;
+    let refused = h.process(&token, &json!({"data": {"input": "x"}})).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!((refused.header_u64("x-ratelimit-limit"), refused.header_u64("x-ratelimit-remaining")), (100, 99));
+    assert_eq!(refused.header_u64("x-ratelimit-reset"), (unix_s() / 86_400 + 1) * 86_400);
+    assert_eq!(refused.header("ratelimit-policy"), None);
+
+    // Bad patches are refused whole.
+    for bad in [json!({"quotas": "10/fortnight"}), json!({"used": {"week": 1}}), json!({"quota": "1/day"})] {
+        let reply = h.set_quotas(bad.clone()).await;
+        assert_eq!((reply.status, reply.error_code()), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}");
+    }
+    let report = h.quotas().await;
+    assert_eq!(report.headers, QuotaHeaders::XRateLimit);
+    let counts: Vec<_> = report.windows.iter().map(|w| (w.name.as_str(), w.used, w.refused)).collect();
+    assert_eq!(counts, [("hour", 2, 2), ("day", 1, 0)]);
+    assert_eq!(report.arrivals.iter().map(|&(_, n)| n).sum::<u32>(), 3);
+
+    // A stats reset zeroes the refusals and arrivals; the used counts are the account's, and stay.
+    let stats = h.stats().await;
+    assert_eq!((stats.quota_refused, stats.process.rate_limited), (2, 2));
+    read(h.client.post(format!("{}/_sim/stats/reset", h.root)).send().await.unwrap()).await;
+    let stats = h.stats().await;
+    assert_eq!(stats.quota_refused, 0);
+    let counts: Vec<_> = stats.quotas.iter().map(|w| (w.name.as_str(), w.used, w.refused)).collect();
+    assert_eq!(counts, [("hour", 2, 0), ("day", 1, 0)]);
+    assert!(h.quotas().await.arrivals.is_empty());
+
+    // `reset` gives the windows back; removing them restores the plain simulator.
+    h.set_quotas(json!({"reset": true, "headers": "ietf"})).await;
+    assert!(h.ok(&token).await.header("ratelimit").unwrap().starts_with("limit=2, remaining=1, "));
+    h.set_quotas(json!({"quotas": ""})).await;
+    let plain = h.ok(&token).await;
+    assert_eq!((plain.header("ratelimit-policy"), plain.header_u64("x-ratelimit-limit")), (None, 6000));
+    assert!(h.stats().await.quotas.is_empty());
+    h.finish().await;
+}
+
+#[actix_rt::test]
+async fn a_bad_quota_entry_stops_the_start() {
+    let err = Simulator::start(SimConfig { quotas: vec!["5/2s, 1/fortnight".into()], ..SimConfig::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("quota entry 2 \"1/fortnight\": unknown window"), "{err}");
 }

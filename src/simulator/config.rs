@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::faults::Faults;
+use super::quota::QuotaHeaders;
 use super::tls::SimTls;
 
 /// Everything needed to start a [`Simulator`](super::Simulator).
@@ -36,6 +37,12 @@ pub struct SimConfig {
     /// Key the callback sink (`/_sim/callbacks`) checks signatures with, as courier's
     /// `COURIER_CALLBACK_SECRET` (none: callbacks are recorded as unverified).
     pub callback_secret: Option<String>,
+    /// Quota windows, each a `COUNT/WINDOW` (or a comma list of them) as in courier's
+    /// `EXTERNAL_API_QUOTAS`, e.g. `"5/2s"`, `"50000/day, 2000000/month"`; none by default.
+    /// A bad entry makes `Simulator::start` fail.
+    pub quotas: Vec<String>,
+    /// Which headers describe the quota windows (used only when windows are set).
+    pub quota_headers: QuotaHeaders,
 }
 
 impl Default for SimConfig {
@@ -53,6 +60,8 @@ impl Default for SimConfig {
             ietf_headers: false,
             tls: None,
             callback_secret: None,
+            quotas: Vec::new(),
+            quota_headers: QuotaHeaders::Ietf,
         }
     }
 }
@@ -118,6 +127,14 @@ pub struct SimArgs {
     /// COURIER_CALLBACK_SECRET of the courier sending the callbacks (read from that variable too).
     #[arg(long, value_name = "SECRET", env = "COURIER_CALLBACK_SECRET", hide_env_values = true)]
     pub callback_secret: Option<String>,
+    /// A quota window, COUNT/WINDOW: WINDOW is hour, day, month (calendar, UTC) or a duration
+    /// like 20s, 15m, 6h, 2d (aligned to the Unix epoch). Repeatable; over it: 429 quota_exceeded.
+    #[arg(long = "quota", value_name = "COUNT/WINDOW", action = clap::ArgAction::Append, value_parser = parse_quota)]
+    pub quotas: Vec<String>,
+    /// Headers describing the quota windows: ietf (RateLimit-Policy / RateLimit) or x-ratelimit
+    /// (X-RateLimit-* of the longest window, reset as Unix seconds).
+    #[arg(long, value_enum, default_value_t = QuotaHeaders::Ietf)]
+    pub quota_headers: QuotaHeaders,
 }
 
 impl SimArgs {
@@ -146,6 +163,8 @@ impl SimArgs {
             ietf_headers: self.ietf_headers,
             tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| SimTls { cert, key }),
             callback_secret: self.callback_secret,
+            quotas: self.quotas,
+            quota_headers: self.quota_headers,
         }
     }
 }
@@ -153,6 +172,10 @@ impl SimArgs {
 /// Number of CPUs available to this process (1 if unknown).
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn parse_quota(s: &str) -> Result<String, String> {
+    super::window::parse_list(s).map(|_| s.to_owned())
 }
 
 fn parse_workers(s: &str) -> Result<usize, String> {
@@ -230,6 +253,8 @@ mod tests {
         assert!(cfg.workers >= 1);
         assert!(!cfg.ietf_headers);
         assert_eq!(cfg.tls, None);
+        assert!(cfg.quotas.is_empty());
+        assert_eq!(cfg.quota_headers, QuotaHeaders::Ietf);
     }
 
     #[test]
@@ -257,6 +282,10 @@ mod tests {
         assert_eq!(cfg.faults.drop_rate, 1.0);
         assert!(cfg.ietf_headers);
         assert_eq!(cfg.workers, 3);
+        let cfg =
+            parse(&["--quota", "5/2s", "--quota=50000/day, 2000000/month", "--quota-headers", "x-ratelimit"]).unwrap();
+        assert_eq!(cfg.quotas, ["5/2s", "50000/day, 2000000/month"]);
+        assert_eq!(cfg.quota_headers, QuotaHeaders::XRateLimit);
         let tls = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap().tls.unwrap();
         assert_eq!((tls.cert, tls.key), (PathBuf::from("c.pem"), PathBuf::from("k.pem")));
     }
@@ -274,6 +303,9 @@ mod tests {
             "--workers=0",
             "--tls-cert=cert.pem",
             "--tls-key=key.pem",
+            "--quota=10/fortnight",
+            "--quota=0/day",
+            "--quota-headers=github",
         ] {
             assert!(parse(&[bad]).is_err(), "{bad} should be rejected");
         }

@@ -7,14 +7,16 @@
 //! `POST /v2/process`) and adds an unauthenticated control plane under
 //! `/_sim` to inject faults (errors, latency, outages, dropped connections,
 //! token failures and revocation, foreign rate-limit consumption), to replace
-//! the accepted credentials (a rotation), to read request counters, and a
-//! sink that records and verifies courier's signed callbacks.
+//! the accepted credentials (a rotation), to set quota windows (hour, day,
+//! month or fixed spans on top of the per-minute rate), to read request
+//! counters, and a sink that records and verifies courier's signed callbacks.
 //!
 //! Because it is the upstream of benchmarks, the simulator must never be the
 //! bottleneck. The request path therefore takes no locks: tokens validate
 //! themselves with a MAC (no token table), faults and counters are atomics,
 //! and the rate limiter is a GCRA whose whole state is a single `AtomicU64`
-//! updated by compare-and-swap. A mutex-guarded bucket would serialise every
+//! updated by compare-and-swap. (Quota windows, off by default, are the one
+//! exception: their counts must be exact, so they take a lock while set.) A mutex-guarded bucket would serialise every
 //! worker on one lock exactly at the point a benchmark is trying to saturate,
 //! and would distort the latency and concurrency figures being measured.
 //!
@@ -35,6 +37,7 @@ mod config;
 mod credentials;
 mod faults;
 mod process;
+mod quota;
 mod ratelimit;
 mod reply;
 mod routes;
@@ -42,6 +45,7 @@ mod state;
 mod stats;
 mod tls;
 mod tokens;
+mod window;
 
 use std::io;
 use std::net::SocketAddr;
@@ -54,6 +58,7 @@ pub use callbacks::{CallbacksReport, ReceivedCallback};
 pub use config::{SimArgs, SimConfig};
 pub use credentials::{CredentialUses, CredentialsPatch};
 pub use faults::{Faults, FaultsPatch};
+pub use quota::{QuotaHeaders, QuotaWindowStats, QuotasPatch, QuotasReport, ARRIVALS_KEPT_SECS};
 pub use stats::{ProcessStats, SimStats, TokenStats, TRACEPARENTS_KEPT};
 pub use tls::SimTls;
 
@@ -78,10 +83,12 @@ impl std::fmt::Debug for Simulator {
 
 impl Simulator {
     /// Binds `cfg.listen` (over TLS when `cfg.tls` is set), spawns the HTTP server on the
-    /// current actix System and returns as soon as it is accepting connections.
+    /// current actix System and returns as soon as it is accepting connections. A bad
+    /// `cfg.quotas` entry is an `InvalidInput` error.
     pub async fn start(cfg: SimConfig) -> io::Result<Simulator> {
         let tls = cfg.tls.as_ref().map(SimTls::server_config).transpose()?;
-        let shared = Arc::new(Shared::new(&cfg));
+        let shared = Shared::new(&cfg).map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+        let shared = Arc::new(shared);
         let data = web::Data::from(Arc::clone(&shared));
         let server = HttpServer::new(move || App::new().configure(routes::configure(data.clone())))
             .workers(cfg.workers.max(1))
@@ -120,7 +127,18 @@ impl Simulator {
 
     /// Current counters (the same document as `GET /_sim/stats`).
     pub fn stats(&self) -> SimStats {
-        self.shared.stats.snapshot()
+        self.shared.stats_snapshot()
+    }
+
+    /// The quota windows and per-second arrivals (the same document as `GET /_sim/quotas`).
+    pub fn quotas(&self) -> QuotasReport {
+        self.shared.quotas.report(tokens::unix_ms())
+    }
+
+    /// Applies a quotas patch, like `POST /_sim/quotas`; an invalid one changes nothing and
+    /// its error says why.
+    pub fn set_quotas(&self, patch: &QuotasPatch) -> Result<QuotasReport, String> {
+        self.shared.apply_quotas(patch)
     }
 
     /// Applies a fault patch, like `POST /_sim/faults`, and returns the new faults.

@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::quota::{Admission, MinuteView};
 use super::ratelimit::Decision;
 use super::reply::{dropped_connection, json_response, raw_json, ApiError, RETRY_AFTER_ONE};
 use super::state::{header_value, Shared};
@@ -81,16 +82,24 @@ async fn handle(
         return Reply::Respond(resp);
     }
 
-    // Past authentication: every answer from here on carries the rate-limit headers.
+    // Past authentication: every answer from here on carries the rate-limit headers. A request
+    // the minute limiter lets through counts in every quota window (or is refused by a spent one).
     let decision = sim.limiter.check(sim.clock.now_ns());
+    let quota = sim.quotas.admit(unix_ms(), decision.allowed);
     let with_limits = |mut resp: HttpResponse| {
-        rate_headers(resp.headers_mut(), sim, &decision);
+        rate_headers(resp.headers_mut(), sim, &decision, quota.as_ref());
         Reply::Respond(resp)
     };
     if !decision.allowed {
         sim.stats.record_limiter_refusal();
         let err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limit exceeded");
         let retry_after = HeaderValue::from(decision.retry_after_secs);
+        return with_limits(with_retry_after(err.into_response(), retry_after));
+    }
+    if let Some(spent) = quota.as_ref().and_then(|q| q.refused.as_ref()) {
+        sim.stats.record_quota_refusal();
+        let err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "quota exceeded");
+        let retry_after = HeaderValue::from(spent.reset_secs);
         return with_limits(with_retry_after(err.into_response(), retry_after));
     }
     let input = match parse_body(body) {
@@ -174,7 +183,7 @@ fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-fn rate_headers(headers: &mut HeaderMap, sim: &Shared, d: &Decision) {
+fn rate_headers(headers: &mut HeaderMap, sim: &Shared, d: &Decision, quota: Option<&Admission>) {
     headers.insert(X_RATELIMIT_LIMIT, sim.headers.limit.clone());
     headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
     headers.insert(X_RATELIMIT_RESET, HeaderValue::from(d.reset_secs));
@@ -182,6 +191,14 @@ fn rate_headers(headers: &mut HeaderMap, sim: &Shared, d: &Decision) {
         headers.insert(RATELIMIT_POLICY, policy.clone());
         let value = format!("limit={}, remaining={}, reset={}", sim.rate_limit_per_minute, d.remaining, d.reset_secs);
         headers.insert(RATELIMIT, header_value(&value));
+    }
+    if let Some(quota) = quota {
+        let minute = MinuteView {
+            limit: u64::from(sim.rate_limit_per_minute),
+            remaining: d.remaining,
+            reset_secs: d.reset_secs,
+        };
+        quota.write_headers(headers, minute);
     }
 }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::credentials::CredentialsPatch;
 use super::faults::FaultsPatch;
 use super::process::process;
+use super::quota::QuotasPatch;
 use super::reply::{api_error, json_response, raw_json};
 use super::state::Shared;
 use super::stats::TokenOutcome;
@@ -46,6 +47,12 @@ pub(crate) fn configure(sim: web::Data<Shared>) -> impl FnOnce(&mut web::Service
                         web::resource("/callbacks")
                             .route(web::get().to(get_callbacks))
                             .route(web::post().to(post_callback))
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/quotas")
+                            .route(web::get().to(get_quotas))
+                            .route(web::post().to(post_quotas))
                             .default_service(web::to(method_not_allowed)),
                     )
                     .service(endpoint("/stats", web::get().to(get_stats)))
@@ -161,11 +168,27 @@ async fn post_callback(req: HttpRequest, body: web::Bytes, sim: web::Data<Shared
     json_response(StatusCode::OK, &sim.callbacks.receive(signature, &body))
 }
 
+async fn get_quotas(sim: web::Data<Shared>) -> HttpResponse {
+    json_response(StatusCode::OK, &sim.quotas.report(unix_ms()))
+}
+
+/// Replaces the windows, sets used counts, resets or switches the header style; a bad patch is
+/// refused whole with 400.
+async fn post_quotas(body: web::Bytes, sim: web::Data<Shared>) -> HttpResponse {
+    let result = serde_json::from_slice::<QuotasPatch>(&body)
+        .map_err(|err| format!("invalid quotas patch: {err}"))
+        .and_then(|patch| sim.apply_quotas(&patch));
+    match result {
+        Ok(report) => json_response(StatusCode::OK, &report),
+        Err(message) => api_error(StatusCode::BAD_REQUEST, "invalid_request", &message),
+    }
+}
+
 async fn get_stats(sim: web::Data<Shared>) -> HttpResponse {
-    json_response(StatusCode::OK, &sim.stats.snapshot())
+    json_response(StatusCode::OK, &sim.stats_snapshot())
 }
 
 async fn reset_stats(sim: web::Data<Shared>) -> HttpResponse {
-    sim.stats.reset();
-    json_response(StatusCode::OK, &sim.stats.snapshot())
+    sim.reset_stats();
+    json_response(StatusCode::OK, &sim.stats_snapshot())
 }

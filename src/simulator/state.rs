@@ -10,9 +10,10 @@ use super::callbacks::Sink;
 use super::config::SimConfig;
 use super::credentials::Credentials;
 use super::faults::{FaultState, Faults, FaultsPatch};
+use super::quota::{QuotaWindows, QuotasPatch, QuotasReport};
 use super::ratelimit::{Clock, Gcra};
-use super::stats::Counters;
-use super::tokens::TokenIssuer;
+use super::stats::{Counters, SimStats};
+use super::tokens::{unix_ms, TokenIssuer};
 
 /// Header values that never change, computed once at start.
 #[derive(Debug)]
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) faults: FaultState,
     /// Request counters.
     pub(crate) stats: Counters,
+    /// The account's quota windows (none by default).
+    pub(crate) quotas: QuotaWindows,
     /// The callback sink (`/_sim/callbacks`).
     pub(crate) callbacks: Sink,
     /// Source of `up_…` request ids.
@@ -55,8 +58,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state for `cfg`.
-    pub(crate) fn new(cfg: &SimConfig) -> Self {
+    /// Builds the shared state for `cfg`; fails on a bad quota entry.
+    pub(crate) fn new(cfg: &SimConfig) -> Result<Self, String> {
         let limit = cfg.rate_limit_per_minute;
         let ttl = cfg.token_ttl.as_secs_f64();
         let expires_in = if ttl.fract() == 0.0 {
@@ -64,7 +67,8 @@ impl Shared {
         } else {
             serde_json::Number::from_f64(ttl).map_or_else(|| "0".to_owned(), |n| n.to_string())
         };
-        Self {
+        let quotas = QuotaWindows::new(&cfg.quotas, cfg.quota_headers, unix_ms())?;
+        Ok(Self {
             client_id: cfg.client_id.clone(),
             credentials: Credentials::new(&cfg.client_secret, &cfg.api_key),
             rate_limit_per_minute: limit,
@@ -78,10 +82,27 @@ impl Shared {
             tokens: TokenIssuer::new(cfg.token_ttl, cfg.faults.revocation_epoch),
             faults: FaultState::new(&cfg.faults),
             stats: Counters::default(),
+            quotas,
             callbacks: Sink::new(cfg.callback_secret.as_deref()),
             request_ids: RequestIds::new(),
             patch_lock: Mutex::new(()),
-        }
+        })
+    }
+
+    /// The `/_sim/stats` document: the counters and the quota windows.
+    pub(crate) fn stats_snapshot(&self) -> SimStats {
+        SimStats { quotas: self.quotas.report(unix_ms()).windows, ..self.stats.snapshot() }
+    }
+
+    /// Zeroes the counters, the windows' refused counts and the arrivals.
+    pub(crate) fn reset_stats(&self) {
+        self.stats.reset();
+        self.quotas.reset_stats();
+    }
+
+    /// Applies a quotas patch now (nothing when it is invalid) and returns the quotas.
+    pub(crate) fn apply_quotas(&self, patch: &QuotasPatch) -> Result<QuotasReport, String> {
+        self.quotas.apply(patch, unix_ms())
     }
 
     /// The current faults document.
@@ -150,9 +171,9 @@ mod tests {
     #[test]
     fn expires_in_is_integer_when_whole() {
         let mut cfg = SimConfig::default();
-        assert_eq!(Shared::new(&cfg).headers.expires_in, "3600");
+        assert_eq!(Shared::new(&cfg).unwrap().headers.expires_in, "3600");
         cfg.token_ttl = Duration::from_millis(1500);
-        assert_eq!(Shared::new(&cfg).headers.expires_in, "1.5");
+        assert_eq!(Shared::new(&cfg).unwrap().headers.expires_in, "1.5");
     }
 
     #[test]
@@ -168,7 +189,7 @@ mod tests {
 
     #[test]
     fn patch_reset_keeps_epoch_and_revoke_bumps_it() {
-        let sim = Shared::new(&SimConfig::default());
+        let sim = Shared::new(&SimConfig::default()).unwrap();
         let f = sim.apply_patch(&FaultsPatch { outage: Some(true), revoke_tokens: true, ..FaultsPatch::default() });
         assert!(f.outage);
         assert_eq!(f.revocation_epoch, 1);

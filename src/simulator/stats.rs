@@ -8,6 +8,8 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use super::quota::QuotaWindowStats;
+
 /// Snapshot of the simulator's counters, as returned by `GET /_sim/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimStats {
@@ -24,6 +26,12 @@ pub struct SimStats {
     pub peak_concurrency: u64,
     /// Requests refused by the rate limiter itself (injected 429s are not counted here).
     pub rate_limited_total: u64,
+    /// Requests refused because a quota window was spent (429 `quota_exceeded`).
+    #[serde(default)]
+    pub quota_refused: u64,
+    /// The quota windows (none unless set): used and refused per window.
+    #[serde(default)]
+    pub quotas: Vec<QuotaWindowStats>,
     /// The `X-Request-Id` of a recent `/v2/process` request (best effort: recorded only when
     /// no other worker is recording at the same instant, so it never blocks a request).
     pub last_request_id: Option<String>,
@@ -49,7 +57,7 @@ pub struct ProcessStats {
     pub unauthorized: u64,
     /// 403 answers.
     pub forbidden: u64,
-    /// 429 answers (limiter refusals and injected 429s).
+    /// 429 answers (limiter refusals, quota refusals and injected 429s).
     pub rate_limited: u64,
     /// 5xx answers (outage and injected errors).
     pub server_error: u64,
@@ -123,6 +131,7 @@ pub(crate) struct Counters {
     received: AtomicU64,
     peak: AtomicU64,
     limiter_refusals: AtomicU64,
+    quota_refusals: AtomicU64,
     last_request_id: Mutex<Option<Box<str>>>,
     traceparents: Mutex<VecDeque<Box<str>>>,
 }
@@ -160,6 +169,11 @@ impl Counters {
         self.limiter_refusals.fetch_add(1, Relaxed);
     }
 
+    /// Counts one refusal by a spent quota window.
+    pub(crate) fn record_quota_refusal(&self) {
+        self.quota_refusals.fetch_add(1, Relaxed);
+    }
+
     /// Marks a `/v2/process` request as in flight until the guard is dropped.
     pub(crate) fn enter(&self) -> InFlight<'_> {
         self.received.fetch_add(1, Relaxed);
@@ -174,6 +188,7 @@ impl Counters {
             c.store(0, Relaxed);
         }
         self.limiter_refusals.store(0, Relaxed);
+        self.quota_refusals.store(0, Relaxed);
         self.received.store(0, Relaxed);
         self.peak.store(self.in_flight.load(Relaxed), Relaxed);
         self.traceparents.lock().unwrap_or_else(PoisonError::into_inner).clear();
@@ -215,6 +230,8 @@ impl Counters {
             received: self.received.load(Relaxed),
             peak_concurrency: self.peak.load(Relaxed).max(in_flight),
             rate_limited_total: self.limiter_refusals.load(Relaxed),
+            quota_refused: self.quota_refusals.load(Relaxed),
+            quotas: Vec::new(),
             last_request_id: self.last_request_id.lock().ok().and_then(|id| id.as_deref().map(str::to_owned)),
             traceparents: self
                 .traceparents
