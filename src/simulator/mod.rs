@@ -38,6 +38,7 @@ mod credentials;
 mod faults;
 mod process;
 mod quota;
+mod quota_headers;
 mod ratelimit;
 mod reply;
 mod routes;

@@ -8,7 +8,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::quota::{Admission, MinuteView};
+use super::quota::Admission;
+use super::quota_headers::MinuteView;
 use super::ratelimit::Decision;
 use super::reply::{dropped_connection, json_response, raw_json, ApiError, RETRY_AFTER_ONE};
 use super::state::{header_value, Shared};
