@@ -11,15 +11,12 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::json;
-use support::otlp::{children, in_trace, named, split_traceparent, Got, Mode, Otlp};
-use support::{body, PairBuilder};
+use support::otlp::{children, in_trace, named, only, split_traceparent, Got, Mode, Otlp, CLIENT, ERROR, SERVER};
+use support::{body, Pair, PairBuilder};
 
 /// A trace id and parent span id a caller might send.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
-const SERVER: i32 = 2;
-const CLIENT: i32 = 3;
-const ERROR: i32 = 2;
 
 fn traceparent(trace: &str, flags: &str) -> String {
     format!("00-{trace}-{PARENT}-{flags}")
@@ -31,9 +28,16 @@ fn server_span<'a>(spans: &'a [Got], trace: &str) -> &'a Got {
     servers[0]
 }
 
-fn only<'a>(spans: Vec<&'a Got>, what: &str) -> &'a Got {
-    assert_eq!(spans.len(), 1, "one {what}: {spans:#?}");
-    spans[0]
+/// Sends `rounds` rounds of 10 concurrent requests, each with a 2 s deadline, and checks that
+/// every one is answered 200.
+async fn load(pair: &Pair, rounds: usize, tag: &str) {
+    for round in 0..rounds {
+        let answers = join_all(
+            (0..10).map(|i| pair.process_with(body(&format!("{tag} {round} {i}")), &[("x-request-timeout", "2")])),
+        )
+        .await;
+        assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
+    }
 }
 
 #[actix_rt::test]
@@ -233,13 +237,7 @@ async fn requests_do_not_wait_for_a_receiver_that_is_down_then_spans_flow_when_i
         .env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1000")
         .start()
         .await;
-    for round in 0..10 {
-        let answers = join_all(
-            (0..10).map(|i| pair.process_with(body(&format!("down {round} {i}")), &[("x-request-timeout", "2")])),
-        )
-        .await;
-        assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
-    }
+    load(&pair, 10, "down").await;
     let failed = wait_metric(&pair, "failed", |v| v > 0.0).await;
     assert!(failed > 0.0);
     // Back: the next batches arrive and the recovery is logged.
@@ -265,13 +263,7 @@ async fn a_hanging_receiver_fills_the_queue_and_spans_are_dropped_not_waited_for
         .env("COURIER_SHUTDOWN_GRACE", "2")
         .start()
         .await;
-    for round in 0..30 {
-        let answers = join_all(
-            (0..10).map(|i| pair.process_with(body(&format!("hang {round} {i}")), &[("x-request-timeout", "2")])),
-        )
-        .await;
-        assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
-    }
+    load(&pair, 30, "hang").await;
     let dropped = pair.metric("courier_trace_spans_total", &[("result", "dropped")]).await;
     assert!(dropped > 0.0, "300 requests' spans do not fit a queue of 64 behind a hanging export");
     // Stopping the receiver drops its hanging connections, so the stop is not held up.
@@ -311,7 +303,7 @@ async fn the_exporter_sends_the_service_name_resource_and_headers_and_no_secret(
 }
 
 /// Waits (bounded) until `courier_trace_spans_total{result}` satisfies `ok`; returns it.
-async fn wait_metric(pair: &support::Pair, result: &str, ok: impl Fn(f64) -> bool) -> f64 {
+async fn wait_metric(pair: &Pair, result: &str, ok: impl Fn(f64) -> bool) -> f64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let value = pair.metric("courier_trace_spans_total", &[("result", result)]).await;

@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::otlp::{children, in_trace, named, split_traceparent, Got, Mode, Otlp};
+use support::otlp::{children, in_trace, named, only, split_traceparent, Mode, Otlp, CLIENT, CONSUMER, SERVER};
 use support::receiver::Receiver;
 use support::redis::RedisServer;
 use support::PairBuilder;
@@ -13,17 +13,9 @@ use support::PairBuilder;
 const SECRET: &str = "whsec_trace_4c1e";
 const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
 const PARENT: &str = "10f067aa0ba902b8";
-const SERVER: i32 = 2;
-const CLIENT: i32 = 3;
-const CONSUMER: i32 = 5;
 
 fn async_body(input: &str, callback: &str) -> Value {
     json!({"data": {"input": input, "format": "text"}, "options": {"async": true, "callback_url": callback}})
-}
-
-fn only<'a>(spans: Vec<&'a Got>, what: &str) -> &'a Got {
-    assert_eq!(spans.len(), 1, "one {what}: {spans:#?}");
-    spans[0]
 }
 
 /// Submits a job with a callback under trace [`TRACE`] and checks every span of it.

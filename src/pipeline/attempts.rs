@@ -64,9 +64,9 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
             return done(attempts, Err(Error::DeadlineExceeded));
         }
         // 2. The breaker: may this attempt go?
-        let mut span = tracing.child(&trace, "courier.breaker", SpanKind::Internal);
+        let breaker_span = tracing.child(&trace, "courier.breaker", SpanKind::Internal);
         let gate = lane.circuit.gate().await;
-        if let Some(mut span) = span.take() {
+        if let Some(mut span) = breaker_span {
             span.set(attrs::BREAKER_DECISION, breaker_decision(&gate));
             if gate.is_err() {
                 span.fail("circuit_open");

@@ -1,7 +1,8 @@
 //! The headers that describe the quota windows, beside the per-minute limiter's.
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderValue};
 
+use super::process::{RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
 use super::quota::{Admission, QuotaHeaders};
 use super::state::header_value;
 
@@ -15,12 +16,6 @@ pub(crate) struct MinuteView {
     /// Whole seconds until the bucket is full.
     pub(crate) reset_secs: u64,
 }
-
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 impl Admission {
     /// Adds the quota headers on top of the per-minute ones. `ietf`: `RateLimit-Policy` lists

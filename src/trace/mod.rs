@@ -94,16 +94,18 @@ impl Tracing {
             return Tracing::off();
         };
         let counters = SpanCounters::new(metrics, config.queue_max, endpoint, log);
-        let transport = transport::Transport::start(config, counters.clone());
+        // The SDK's batch thread has no bound of its own on an export (OTEL_BSP_EXPORT_TIMEOUT
+        // applies only to its async-runtime variant): the exporter's, retries included, is it,
+        // and each of its requests is bounded by the same.
+        let timeout = config.timeout.min(config.export_timeout);
+        let transport = transport::Transport::start(&config.ca, timeout, counters.clone());
         let headers = config.headers.iter().map(|(name, value)| (name.clone(), value.expose_secret().to_owned()));
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(transport.client())
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(endpoint.clone())
-            // The SDK's batch thread has no bound of its own on an export (OTEL_BSP_EXPORT_TIMEOUT
-            // applies only to its async-runtime variant): the exporter's, retries included, is it.
-            .with_timeout(config.timeout.min(config.export_timeout))
+            .with_timeout(timeout)
             .with_headers(headers.collect())
             .build()
             .expect("an OTLP/HTTP exporter with a client and an endpoint builds");

@@ -16,8 +16,8 @@ use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use tokio::sync::{mpsc, oneshot};
 
 use super::export::SpanCounters;
-use crate::config::TracingConfig;
 use crate::upstream::{build_client, tls_config_with, ClientSettings};
+use rustls::pki_types::CertificateDer;
 
 /// Largest answer body read from the collector (its answers are small status messages).
 const ANSWER_LIMIT: usize = 64 * 1024;
@@ -33,12 +33,13 @@ pub(super) struct Transport {
 }
 
 impl Transport {
-    /// Starts the arbiter with its client.
-    pub(super) fn start(config: &TracingConfig, counters: SpanCounters) -> Transport {
+    /// Starts the arbiter with its client: `ca` trusted beside the system roots, each request
+    /// bounded by `timeout`.
+    pub(super) fn start(ca: &[CertificateDer<'static>], timeout: Duration, counters: SpanCounters) -> Transport {
         let (tx, mut rx) = mpsc::channel::<Job>(WAITING);
         // A CA file that does not parse was refused by the configuration already.
-        let tls = tls_config_with(&config.ca).unwrap_or_else(|_| tls_config_with(&[]).expect("system roots load"));
-        let (timeout, reasons) = (config.timeout.min(config.export_timeout), counters.clone());
+        let tls = tls_config_with(ca).unwrap_or_else(|_| tls_config_with(&[]).expect("system roots load"));
+        let reasons = counters.clone();
         let arbiter = actix_rt::Arbiter::new();
         // awc is single-threaded: the client is built, and its task spawned, on the arbiter.
         arbiter.spawn_fn(move || {

@@ -117,6 +117,21 @@ impl Got {
     }
 }
 
+/// `Got::kind` of a server span (OTLP's `SpanKind`).
+pub const SERVER: i32 = 2;
+/// `Got::kind` of a client span.
+pub const CLIENT: i32 = 3;
+/// `Got::kind` of a consumer span.
+pub const CONSUMER: i32 = 5;
+/// `Got::status_code` of a span marked failed.
+pub const ERROR: i32 = 2;
+
+/// The one span of `spans`; panics naming `what` (and listing them) otherwise.
+pub fn only<'a>(spans: Vec<&'a Got>, what: &str) -> &'a Got {
+    assert_eq!(spans.len(), 1, "one {what}: {spans:#?}");
+    spans[0]
+}
+
 /// The spans whose parent is `parent` (same trace), in order of start.
 pub fn children<'a>(spans: &'a [Got], parent: &Got) -> Vec<&'a Got> {
     let mut found: Vec<&Got> =
