@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The expected form of the clients file, for error lines.
-pub(super) const EXPECTED: &str =
-    "a TOML file of [[client]] tables with name = \"...\", key_sha256 = \"<64 hex>\", weight = 1";
+pub(super) const EXPECTED: &str = "a TOML file of [[client]] tables with name = \"...\", key_sha256 = \"<64 hex>\", \
+                                   weight = 1, quota_max = 1.0, quota_reserved = 0.0";
 
 /// One client identity.
 #[derive(Clone)]
@@ -31,6 +31,11 @@ pub struct ClientEntry {
     pub name: &'static str,
     /// Its share of the upstream budget, relative to the other clients.
     pub weight: u32,
+    /// The most it may use of each quota window, as a fraction of the window's limit.
+    pub quota_max: f64,
+    /// The fraction of each quota window held for it, which other clients cannot take while it
+    /// may still need it (0 for a removed client).
+    pub quota_reserved: f64,
     /// The key's hash; `None` once a reload removed the client (no key matches it).
     key_sha256: Option<[u8; 32]>,
 }
@@ -47,6 +52,8 @@ impl fmt::Debug for ClientEntry {
         f.debug_struct("ClientEntry")
             .field("name", &self.name)
             .field("weight", &self.weight)
+            .field("quota_max", &self.quota_max)
+            .field("quota_reserved", &self.quota_reserved)
             .field("key_sha256", &"[REDACTED]")
             .field("active", &self.is_active())
             .finish()
@@ -88,10 +95,23 @@ struct EntryForm {
     key_sha256: String,
     #[serde(default = "default_weight")]
     weight: u32,
+    #[serde(default = "default_quota_max")]
+    quota_max: f64,
+    #[serde(default)]
+    quota_reserved: f64,
 }
 
 fn default_weight() -> u32 {
     1
+}
+
+fn default_quota_max() -> f64 {
+    1.0
+}
+
+/// Whether a quota fraction is one: finite, from 0 to 1 (NaN fails both comparisons).
+fn fraction(value: f64) -> bool {
+    (0.0..=1.0).contains(&value)
 }
 
 impl Clients {
@@ -125,19 +145,62 @@ impl Clients {
             if !(1..=1000).contains(&entry.weight) {
                 return Err(format!("client {:?} has weight {} (1..=1000)", entry.name, entry.weight));
             }
-            entries.push(ClientEntry { name: intern(&entry.name), weight: entry.weight, key_sha256: Some(key_sha256) });
+            for (field, value) in [("quota_max", entry.quota_max), ("quota_reserved", entry.quota_reserved)] {
+                if !fraction(value) {
+                    return Err(format!("client {:?} has {field} {value} (0.0..=1.0)", entry.name));
+                }
+            }
+            if entry.quota_reserved > entry.quota_max {
+                return Err(format!(
+                    "client {:?} has quota_reserved {} above its quota_max {}",
+                    entry.name, entry.quota_reserved, entry.quota_max
+                ));
+            }
+            entries.push(ClientEntry {
+                name: intern(&entry.name),
+                weight: entry.weight,
+                quota_max: entry.quota_max,
+                quota_reserved: entry.quota_reserved,
+                key_sha256: Some(key_sha256),
+            });
         }
-        Ok(Clients { entries })
+        let clients = Clients { entries };
+        clients.check_reserved()?;
+        Ok(clients)
+    }
+
+    /// Whether the active clients' `quota_reserved` add up to at most 1.0: reservations above the
+    /// whole window could not all be honoured. [`Clients::parse`] checks it; a reload may check
+    /// the merged list again.
+    pub fn check_reserved(&self) -> Result<(), String> {
+        let total = self.reserved_total();
+        // A small tolerance: ten clients of 0.1 add up to 1.0000000000000002 in binary.
+        if total > 1.0 + 1e-9 {
+            return Err(format!("the clients' quota_reserved add up to {} (at most 1.0)", round(total)));
+        }
+        Ok(())
+    }
+
+    /// The sum of the active clients' `quota_reserved` (removed clients hold nothing).
+    pub fn reserved_total(&self) -> f64 {
+        self.entries.iter().filter(|e| e.is_active()).map(|e| e.quota_reserved).sum()
     }
 
     /// The list to use after a reload read `next`: every client keeps the position it has
     /// here, clients missing from `next` stay as tombstones, new ones go at the end (see the
-    /// module doc).
+    /// module doc). A tombstone reserves no quota, so the merged list's reservations are exactly
+    /// those of `next`, which [`Clients::parse`] checked.
     pub fn merged(&self, next: Clients) -> Clients {
         let mut entries: Vec<ClientEntry> = self
             .entries
             .iter()
-            .map(|old| ClientEntry { name: old.name, weight: old.weight, key_sha256: None })
+            .map(|old| ClientEntry {
+                name: old.name,
+                weight: old.weight,
+                quota_max: old.quota_max,
+                quota_reserved: 0.0,
+                key_sha256: None,
+            })
             .collect();
         for new in next.entries {
             match entries.iter_mut().find(|e| e.name == new.name) {
@@ -159,14 +222,16 @@ impl Clients {
     }
 
     /// Whether `other` lists the same clients at the same positions, with the same keys and
-    /// weights (nothing for a reload to change).
+    /// weights and quota fractions (nothing for a reload to change).
     pub fn same_as(&self, other: &Clients) -> bool {
         self.entries.len() == other.entries.len()
-            && self
-                .entries
-                .iter()
-                .zip(&other.entries)
-                .all(|(a, b)| a.name == b.name && a.weight == b.weight && a.key_sha256 == b.key_sha256)
+            && self.entries.iter().zip(&other.entries).all(|(a, b)| {
+                a.name == b.name
+                    && a.weight == b.weight
+                    && a.quota_max.to_bits() == b.quota_max.to_bits()
+                    && a.quota_reserved.to_bits() == b.quota_reserved.to_bits()
+                    && a.key_sha256 == b.key_sha256
+            })
     }
 
     /// The position and name of the client whose key this is, compared by hash in constant
@@ -183,6 +248,11 @@ impl Clients {
         }
         found
     }
+}
+
+/// A sum for an error line, without binary noise (1.2, not 1.2000000000000002).
+fn round(value: f64) -> f64 {
+    (value * 1e6).round() / 1e6
 }
 
 /// The hex SHA-256 of a key, as written in the clients file.
@@ -253,6 +323,69 @@ mod tests {
         assert!(after.same_as(&before));
         let rotated = before.merged(Clients::parse(&file(&[("billing", "k2", 3), ("search", "k-search", 1)])).unwrap());
         assert!(!rotated.same_as(&before));
+    }
+
+    /// A client with these quota lines (TOML values as written, e.g. "0.3" or "nan").
+    fn quota_client(name: &str, lines: &str) -> String {
+        format!("[[client]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{lines}\n", key_sha256_hex(name))
+    }
+
+    #[test]
+    fn quota_fractions_are_checked() {
+        let plain = Clients::parse(&file(&[("billing", "k-billing", 1)])).unwrap();
+        let billing = &plain.entries()[0];
+        assert_eq!((billing.quota_max, billing.quota_reserved), (1.0, 0.0), "the defaults");
+        assert_eq!(plain.reserved_total(), 0.0);
+
+        let set =
+            quota_client("billing", "quota_max = 0.3\nquota_reserved = 0.2") + &quota_client("search", "quota_max = 0");
+        let set = Clients::parse(&set).unwrap();
+        assert_eq!((set.entries()[0].quota_max, set.entries()[0].quota_reserved), (0.3, 0.2));
+        assert_eq!(set.entries()[1].quota_max, 0.0, "a cache-only client");
+
+        let refused = |text: String| Clients::parse(&text).map(|_| ()).unwrap_err();
+        assert_eq!(
+            refused(quota_client("search", "quota_max = 1.5")),
+            r#"client "search" has quota_max 1.5 (0.0..=1.0)"#
+        );
+        assert_eq!(
+            refused(quota_client("search", "quota_max = nan")),
+            r#"client "search" has quota_max NaN (0.0..=1.0)"#
+        );
+        assert_eq!(
+            refused(quota_client("search", "quota_reserved = -0.1")),
+            r#"client "search" has quota_reserved -0.1 (0.0..=1.0)"#
+        );
+        assert_eq!(
+            refused(quota_client("billing", "quota_max = 0.3\nquota_reserved = 0.5")),
+            r#"client "billing" has quota_reserved 0.5 above its quota_max 0.3"#
+        );
+        let over = quota_client("a", "quota_reserved = 0.6") + &quota_client("b", "quota_reserved = 0.6");
+        assert_eq!(refused(over), "the clients' quota_reserved add up to 1.2 (at most 1.0)");
+        // Ten tenths are 1.0 to the operator, though not quite in binary.
+        let tenths: String = (0..10).map(|i| quota_client(&format!("c{i}"), "quota_reserved = 0.1")).collect();
+        assert!(Clients::parse(&tenths).is_ok());
+    }
+
+    #[test]
+    fn a_reload_frees_removed_clients_reservations_and_sees_changed_fractions() {
+        let before = quota_client("billing", "quota_reserved = 0.6") + &quota_client("search", "quota_reserved = 0.4");
+        let before = Clients::parse(&before).unwrap();
+        // billing is removed; search and the new reports take up what it held.
+        let next = quota_client("search", "quota_reserved = 0.5") + &quota_client("reports", "quota_reserved = 0.5");
+        let after = before.merged(Clients::parse(&next).unwrap());
+        let reserved: Vec<f64> = after.entries().iter().map(|e| e.quota_reserved).collect();
+        assert_eq!(reserved, [0.0, 0.5, 0.5], "the tombstone of billing holds nothing");
+        assert_eq!(after.reserved_total(), 1.0);
+        assert_eq!(after.check_reserved(), Ok(()));
+
+        let text = quota_client("billing", "quota_max = 0.5") + &quota_client("search", "");
+        let current = Clients::parse(&text).unwrap();
+        assert!(current.merged(Clients::parse(&text).unwrap()).same_as(&current));
+        let capped = quota_client("billing", "quota_max = 0.4") + &quota_client("search", "");
+        assert!(!current.merged(Clients::parse(&capped).unwrap()).same_as(&current), "a changed quota_max");
+        let held = quota_client("billing", "quota_max = 0.5") + &quota_client("search", "quota_reserved = 0.1");
+        assert!(!current.merged(Clients::parse(&held).unwrap()).same_as(&current), "a changed quota_reserved");
     }
 
     #[test]

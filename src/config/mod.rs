@@ -15,6 +15,7 @@ mod clients;
 mod errors;
 mod limits;
 mod pem;
+mod quota;
 mod reader;
 mod sections;
 mod tracing;
@@ -32,6 +33,7 @@ pub use clients::{key_sha256_hex, ClientEntry, Clients};
 pub use errors::{ConfigError, ConfigErrors};
 pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
 pub use pem::load_ca_file;
+pub use quota::{Pacing, QuotaConfig, QuotaSpec, WindowKind};
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
 pub use sections::{BreakerConfig, JobsConfig};
@@ -133,6 +135,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Traces: the `OTEL_*` variables (off without an endpoint).
     pub tracing: TracingConfig,
+    /// Quota windows, pacing and where counts are kept (`EXTERNAL_API_QUOTAS` and others).
+    pub quota: QuotaConfig,
 }
 
 impl fmt::Debug for Config {
@@ -176,6 +180,7 @@ impl fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("admin", &self.admin)
             .field("tracing", &self.tracing)
+            .field("quota", &self.quota)
             .finish()
     }
 }
@@ -293,6 +298,7 @@ impl Config {
             |s| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e6),
         );
         let tracing = TracingConfig::read(r);
+        let quota = QuotaConfig::read(r, redis_url.is_some());
         Config {
             base_url,
             token_url,
@@ -335,6 +341,7 @@ impl Config {
             limits,
             admin,
             tracing,
+            quota,
         }
     }
 }
@@ -375,6 +382,8 @@ pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
     r.finish().map(|()| addr)
 }
 
+#[cfg(test)]
+mod quota_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
