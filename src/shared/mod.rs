@@ -1,6 +1,6 @@
 //! State shared by several courier replicas through Redis (`REDIS_URL`): the upstream rate
-//! budget, the upstream token, and a second level of the response cache. (Jobs have their own
-//! store, `jobs::redis`.)
+//! budget, the upstream token, a second level of the response cache, and the counts of the
+//! quota windows. (Jobs have their own store, `jobs::redis`.)
 //!
 //! Redis is a dependency courier must survive: every call is bounded by a timeout, and a
 //! failure marks shared state *degraded*. While degraded, callers fall back to what one
@@ -22,6 +22,7 @@
 
 pub mod budget;
 pub mod cache;
+pub mod quota;
 pub mod token;
 
 use std::future::Future;
@@ -40,7 +41,7 @@ use crate::metrics::Metrics;
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The `operation` label values of shared-state calls in `courier_redis_errors_total`.
-const OPERATIONS: [&str; 11] = [
+const OPERATIONS: [&str; 16] = [
     "budget_acquire",
     "budget_pause",
     "budget_cap",
@@ -52,6 +53,11 @@ const OPERATIONS: [&str; 11] = [
     "cache_get",
     "cache_set",
     "cache_purge",
+    "quota_reserve",
+    "quota_release",
+    "quota_set",
+    "quota_adopt",
+    "quota_read",
 ];
 
 /// Sets the one-hot `courier_shared_state{mode}` gauge.
