@@ -11,12 +11,14 @@
 pub mod labels;
 #[cfg(test)]
 mod labels_tests;
+mod quota;
 mod registrar;
 
 pub use labels::*;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder,
 };
 
 /// courier's metrics (created and registered by [`Metrics::new`], in `registrar.rs`).
@@ -67,6 +69,26 @@ pub struct Metrics {
     /// Retries the retry budget refused (the failure was returned instead).
     pub retry_budget_refusals: IntCounter,
 
+    /// Upstream attempts allowed in the window's current instance (the configured limit, or the
+    /// upstream's when lower).
+    pub quota_limit: IntGaugeVec,
+    /// Attempts counted in the current instance (reserved blocks included: never below the true
+    /// count).
+    pub quota_used: IntGaugeVec,
+    /// Unix time at which the current instance ends.
+    pub quota_reset: GaugeVec,
+    /// Length of the current instance (a month 28–31 days, a day 23–25 hours in zones with DST).
+    pub quota_window: GaugeVec,
+    /// Remaining count over remaining time: the even pace that lasts to the reset.
+    pub quota_pace: GaugeVec,
+    /// Attempts counted for the client in the current instance.
+    pub quota_client_used: IntGaugeVec,
+    /// Counts refused: `window_spent`, `client_max`, `reserved` (answered 429 quota_exhausted),
+    /// `unavailable` (503 quota_unavailable).
+    pub quota_refusals: IntCounterVec,
+    /// Writes of the quota state file (`ok`, `failed`).
+    pub quota_state_writes: IntCounterVec,
+
     /// Circuit breaker state: 1 for the current state (`closed`, `open`, `half_open`), else 0.
     pub breaker_state: IntGaugeVec,
     /// Circuit breaker mode: 1 for the current mode (`auto`, `forced_open`, `forced_closed`), else 0.
@@ -114,7 +136,7 @@ pub struct Metrics {
     /// `degraded`: Redis failing, replica on its own), else 0.
     pub shared_state: IntGaugeVec,
     /// Failed or timed-out Redis calls, by operation (shared state: `budget_*`, `token_*`,
-    /// `cache_*`; the job store: `job_*`).
+    /// `cache_*`, `quota_*`; the job store: `job_*`).
     pub redis_errors: IntCounterVec,
     /// Upstream token requests avoided because another replica's token was used.
     pub token_shared_uses: IntCounter,

@@ -5,7 +5,8 @@
 use super::Metrics;
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 const NAMESPACE: &str = "courier";
@@ -42,6 +43,10 @@ impl Registrar {
 
     pub(super) fn gauge(&self, name: &str, help: &str) -> Gauge {
         self.add(Gauge::with_opts(Self::opts(name, help)).expect("valid metric"))
+    }
+
+    pub(super) fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Self::opts(name, help), labels).expect("valid metric"))
     }
 
     pub(super) fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
@@ -162,6 +167,46 @@ impl Metrics {
                 "retry_budget_refusals_total",
                 "Retries the retry budget refused (the failure was returned instead).",
             ),
+            quota_limit: r.int_gauge_vec(
+                "quota_limit_requests",
+                "Upstream attempts allowed in the window's current instance (the configured limit, or the upstream's when lower).",
+                &["window"],
+            ),
+            quota_used: r.int_gauge_vec(
+                "quota_used_requests",
+                "Attempts counted in the current instance (reserved blocks included: never below the true count).",
+                &["window"],
+            ),
+            quota_reset: r.gauge_vec(
+                "quota_reset_timestamp_seconds",
+                "Unix time at which the current instance ends.",
+                &["window"],
+            ),
+            quota_window: r.gauge_vec(
+                "quota_window_seconds",
+                "Length of the current instance (a month 28–31 days, a day 23–25 hours in zones with DST).",
+                &["window"],
+            ),
+            quota_pace: r.gauge_vec(
+                "quota_pace_requests_per_second",
+                "Remaining count over remaining time: the even pace that lasts to the reset.",
+                &["window"],
+            ),
+            quota_client_used: r.int_gauge_vec(
+                "quota_client_used_requests",
+                "Attempts counted for the client in the current instance.",
+                &["window", "client"],
+            ),
+            quota_refusals: r.counter_vec(
+                "quota_refusals_total",
+                "Counts refused: window_spent, client_max, reserved (answered 429 quota_exhausted), unavailable (503 quota_unavailable).",
+                &["reason"],
+            ),
+            quota_state_writes: r.counter_vec(
+                "quota_state_writes_total",
+                "Writes of the quota state file (ok, failed).",
+                &["result"],
+            ),
             breaker_state: r.int_gauge_vec(
                 "breaker_state",
                 "Circuit breaker state: 1 for the current state (closed, open, half_open), else 0.",
@@ -245,7 +290,7 @@ impl Metrics {
             ),
             redis_errors: r.counter_vec(
                 "redis_errors_total",
-                "Failed or timed-out Redis calls, by operation (shared state: budget_*, token_*, cache_*; the job store: job_*).",
+                "Failed or timed-out Redis calls, by operation (shared state: budget_*, token_*, cache_*, quota_*; the job store: job_*).",
                 &["operation"],
             ),
             token_shared_uses: r.counter(

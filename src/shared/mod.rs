@@ -40,7 +40,7 @@ use crate::metrics::Metrics;
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The `operation` label values of shared-state calls in `courier_redis_errors_total`.
-const OPERATIONS: [&str; 11] = [
+const OPERATIONS: [&str; 16] = [
     "budget_acquire",
     "budget_pause",
     "budget_cap",
@@ -52,6 +52,11 @@ const OPERATIONS: [&str; 11] = [
     "cache_get",
     "cache_set",
     "cache_purge",
+    "quota_reserve",
+    "quota_release",
+    "quota_set",
+    "quota_adopt",
+    "quota_read",
 ];
 
 /// Sets the one-hot `courier_shared_state{mode}` gauge.
