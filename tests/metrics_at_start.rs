@@ -232,6 +232,8 @@ fn attempts_of_every_kind() -> [courier::upstream::Attempt; 13] {
 /// the file) and means something.
 fn assert_label_values_bounded(exported: &BTreeSet<Series>, clients: &[&str]) {
     let snake = regex_lite::Regex::new("^[a-z][a-z0-9_]{0,31}$").unwrap();
+    // A quota window: a calendar window or a fixed length as configured (`20s`, `15m`).
+    let window = regex_lite::Regex::new("^(hour|day|month|[1-9][0-9]*[smhd])$").unwrap();
     // One attempt of each kind: a retry's reason is the outcome of an attempt that is retried.
     let attempts = attempts_of_every_kind();
     let retry_reasons: BTreeSet<&str> =
@@ -246,6 +248,7 @@ fn assert_label_values_bounded(exported: &BTreeSet<Series>, clients: &[&str]) {
                 "version" => value == env!("CARGO_PKG_VERSION"),
                 "commit" => value == env!("COURIER_GIT_COMMIT"),
                 "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
+                "window" => window.is_match(value),
                 "reason" if series.name == "courier_upstream_retries_total" => retry_reasons.contains(value.as_str()),
                 "state" if series.name == "courier_jobs_finished_total" => {
                     ["completed", "failed"].contains(&value.as_str())

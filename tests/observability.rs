@@ -18,6 +18,8 @@ use support::{body, PairBuilder};
 
 const DASHBOARD: &str = "grafana/provisioning/dashboards/courier.json";
 const RULES: &str = "grafana/alerts/courier.rules.yml";
+/// promtool's unit tests of the rules (`promtool test rules`).
+const RULE_TESTS: &str = "grafana/alerts/courier.rules.test.yml";
 
 fn dashboard() -> Value {
     serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).expect("the dashboard is JSON")
@@ -60,14 +62,21 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
-#[test]
-fn the_alert_rules_pass_promtool() {
+/// Runs promtool with `args`; returns whether it succeeded and what it wrote. A missing promtool
+/// fails the test, naming what to install.
+fn promtool(args: &[&str]) -> (bool, String) {
     let promtool = which("promtool").unwrap_or_else(|| {
         panic!("promtool is missing: install the Debian package `prometheus` (scripts/test-all does)")
     });
-    let output = Command::new(promtool).args(["check", "rules", RULES]).output().unwrap();
+    let output = Command::new(promtool).args(args).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{text}");
+    (output.status.success(), text)
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let (success, text) = promtool(&["check", "rules", RULES]);
+    assert!(success, "{text}");
     let rules = std::fs::read_to_string(RULES).unwrap();
     let count = rules.lines().filter(|l| l.trim().starts_with("- alert: ")).count();
     assert!(count >= 9, "the alert rules lost some: {count}");
@@ -78,6 +87,30 @@ fn the_alert_rules_pass_promtool() {
     }
     assert_eq!(rules.matches("summary:").count(), count);
     assert_eq!(rules.matches("description:").count(), count);
+}
+
+/// The quota alerts on synthetic series (grafana/alerts/courier.rules.test.yml): a linear
+/// forecast above the limit fires after its 30 minutes, not when the reset comes first or the
+/// count is flat; a spent window pages after a minute; windows under an hour alert nothing.
+#[test]
+fn the_quota_alerts_fire_on_a_forecast_and_on_exhaustion() {
+    let (success, text) = promtool(&["test", "rules", RULE_TESTS]);
+    assert!(success && text.contains("SUCCESS"), "{text}");
+    // Each quota alert is expected both to fire and to stay silent somewhere in the tests.
+    let tests = std::fs::read_to_string(RULE_TESTS).unwrap();
+    let mut cases = BTreeSet::new();
+    let mut alert = "";
+    for line in tests.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("alertname: ") {
+            alert = name;
+        } else if let Some(expected) = line.strip_prefix("exp_alerts:") {
+            cases.insert((alert, expected.trim() != "[]"));
+        }
+    }
+    for alert in ["CourierQuotaExhaustionPredicted", "CourierQuotaExhausted"] {
+        assert!(cases.contains(&(alert, true)), "{RULE_TESTS} never expects {alert} to fire");
+        assert!(cases.contains(&(alert, false)), "{RULE_TESTS} never expects {alert} to stay silent");
+    }
 }
 
 #[test]

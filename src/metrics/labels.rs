@@ -2,8 +2,9 @@
 //! for the labels whose enum lives with the code that counts (upstream outcomes, the budget,
 //! the breaker, the cache, the job runner), which sits above this leaf module and cannot be
 //! imported from it; `tests/metrics_at_start.rs` checks that each list matches its enum. Every
-//! combination of them exists at 0 from start-up ([`Metrics::new`]), and every client's from the
-//! moment the clients file is read ([`Metrics::add_clients`]): a fresh process exports every
+//! combination of them exists at 0 from start-up ([`Metrics::new`]), every client's from the
+//! moment the clients file is read ([`Metrics::add_clients`]), and every quota window's from
+//! the moment the quotas are set up ([`Metrics::add_quota`]): a fresh process exports every
 //! series a dashboard or an alert asks for, and `increase()` sees the first event of each (a
 //! series born at its first event has no earlier sample to count from).
 
@@ -250,6 +251,10 @@ pub const GRANT_PATHS: [&str; 2] = ["fast", "queued"];
 pub const REFUSAL_REASONS: [&str; 2] = ["queue_full", "deadline"];
 /// `courier_budget_pauses_total{source}` (the budget's `PauseSource`).
 pub const PAUSE_SOURCES: [&str; 2] = ["retry_after", "remaining"];
+/// `courier_quota_refusals_total{reason}` (the quota's `QuotaReason`).
+pub const QUOTA_REFUSAL_REASONS: [&str; 4] = ["window_spent", "client_max", "reserved", "unavailable"];
+/// `courier_quota_state_writes_total{result}`.
+pub const QUOTA_WRITE_RESULTS: [&str; 2] = ["ok", "failed"];
 /// `courier_breaker_state{state}`, and the `to` of `courier_breaker_transitions_total` (the
 /// breaker's `State`: each is entered from another).
 pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
@@ -329,6 +334,8 @@ impl Metrics {
         each(&self.budget_grants, &GRANT_PATHS);
         each(&self.budget_rejections, &REFUSAL_REASONS);
         each(&self.budget_pauses, &PAUSE_SOURCES);
+        each(&self.quota_refusals, &QUOTA_REFUSAL_REASONS);
+        each(&self.quota_state_writes, &QUOTA_WRITE_RESULTS);
         each(&self.breaker_transitions, &BREAKER_STATES);
         each(&self.cache_lookups, &CACHE_RESULTS);
         each(&self.cache_evictions, &EVICTION_CAUSES);

@@ -11,18 +11,17 @@
 pub mod labels;
 #[cfg(test)]
 mod labels_tests;
+mod quota;
 mod registrar;
 
 pub use labels::*;
 
-use registrar::{ProcessMetrics, Registrar};
-
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder,
 };
-use registrar::JOB_BUCKETS;
 
-/// courier's metrics.
+/// courier's metrics (created and registered by [`Metrics::new`], in `registrar.rs`).
 pub struct Metrics {
     registry: Registry,
     names: Vec<String>,
@@ -69,6 +68,26 @@ pub struct Metrics {
     pub budget_pauses: IntCounterVec,
     /// Retries the retry budget refused (the failure was returned instead).
     pub retry_budget_refusals: IntCounter,
+
+    /// Upstream attempts allowed in the window's current instance (the configured limit, or the
+    /// upstream's when lower).
+    pub quota_limit: IntGaugeVec,
+    /// Attempts counted in the current instance (reserved blocks included: never below the true
+    /// count).
+    pub quota_used: IntGaugeVec,
+    /// Unix time at which the current instance ends.
+    pub quota_reset: GaugeVec,
+    /// Length of the current instance (a month 28–31 days, a day 23–25 hours in zones with DST).
+    pub quota_window: GaugeVec,
+    /// Remaining count over remaining time: the even pace that lasts to the reset.
+    pub quota_pace: GaugeVec,
+    /// Attempts counted for the client in the current instance.
+    pub quota_client_used: IntGaugeVec,
+    /// Counts refused: `window_spent`, `client_max`, `reserved` (answered 429 quota_exhausted),
+    /// `unavailable` (503 quota_unavailable).
+    pub quota_refusals: IntCounterVec,
+    /// Writes of the quota state file (`ok`, `failed`).
+    pub quota_state_writes: IntCounterVec,
 
     /// Circuit breaker state: 1 for the current state (`closed`, `open`, `half_open`), else 0.
     pub breaker_state: IntGaugeVec,
@@ -117,7 +136,7 @@ pub struct Metrics {
     /// `degraded`: Redis failing, replica on its own), else 0.
     pub shared_state: IntGaugeVec,
     /// Failed or timed-out Redis calls, by operation (shared state: `budget_*`, `token_*`,
-    /// `cache_*`; the job store: `job_*`).
+    /// `cache_*`, `quota_*`; the job store: `job_*`).
     pub redis_errors: IntCounterVec,
     /// Upstream token requests avoided because another replica's token was used.
     pub token_shared_uses: IntCounter,
@@ -147,226 +166,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Metrics {
-        let r = Registrar(Registry::new(), Default::default());
-        let metrics = Metrics {
-            http_requests: r.counter_vec(
-                "http_requests_total",
-                "Inbound requests answered, by route, status code and client.",
-                &["route", "status", "client"],
-            ),
-            http_duration: r.histogram_vec(
-                "http_request_duration_seconds",
-                "Time from receiving an inbound request to answering it, by route, status class (2xx, 4xx, 5xx) and client.",
-                &["route", "status_class", "client"],
-            ),
-            upstream_attempts: r.counter_vec(
-                "upstream_attempts_total",
-                "Upstream attempts (retries included), by classified outcome.",
-                &["outcome"],
-            ),
-            upstream_duration: r
-                .histogram("upstream_attempt_duration_seconds", "Duration of one upstream attempt, head and body."),
-            upstream_retries: r.counter_vec(
-                "upstream_retries_total",
-                "Retries of upstream attempts, by the reason of the failed attempt.",
-                &["reason"],
-            ),
-            token_refreshes: r.counter_vec(
-                "token_refreshes_total",
-                "Requests to the upstream token endpoint, by result.",
-                &["result"],
-            ),
-            token_expiry: r.gauge(
-                "token_expiry_timestamp_seconds",
-                "Unix time at which the current upstream token expires (0 when there is none).",
-            ),
-            ready: r.int_gauge("ready", "1 while a usable upstream token is held (what /readyz checks), else 0."),
-            token_expires_in: r.gauge(
-                "token_expires_in_seconds",
-                "Seconds until the current upstream token expires (negative once it has; 0 without one).",
-            ),
-            log_dropped: r.counter("log_lines_dropped_total", "Log lines dropped because the log writer fell behind."),
-            build_info: r.int_gauge_vec(
-                "build_info",
-                "Build information: the version and the git commit courier was built from (12 hex digits, or unknown); the value is always 1.",
-                &["version", "commit"],
-            ),
-            budget_limit: r.gauge(
-                "budget_limit_requests_per_second",
-                "Upstream requests per second the budget allows (EXTERNAL_API_RATE_LIMIT / 60).",
-            ),
-            budget_burst: r.int_gauge(
-                "budget_burst_requests",
-                "Upstream requests the budget lets through at once (EXTERNAL_API_RATE_BURST).",
-            ),
-            budget_available: r.int_gauge("budget_permits_available", "Permits available right now."),
-            budget_queue_depth: r
-                .int_gauge("budget_queue_depth", "Requests waiting in the budget's queue for a permit."),
-            budget_grants: r.counter_vec(
-                "budget_grants_total",
-                "Permits granted, by path (fast: free at once, lock-free; queued: after waiting).",
-                &["path"],
-            ),
-            budget_wait: r.histogram(
-                "budget_wait_seconds",
-                "Time a request waited in the budget's queue before it got a permit.",
-            ),
-            budget_rejections: r.counter_vec(
-                "budget_rejections_total",
-                "Requests refused a permit, by reason (queue_full, deadline).",
-                &["reason"],
-            ),
-            budget_pauses: r.counter_vec(
-                "budget_pauses_total",
-                "Pauses learned from the upstream, by source (retry_after, remaining).",
-                &["source"],
-            ),
-            retry_budget_refusals: r.counter(
-                "retry_budget_refusals_total",
-                "Retries the retry budget refused (the failure was returned instead).",
-            ),
-            breaker_state: r.int_gauge_vec(
-                "breaker_state",
-                "Circuit breaker state: 1 for the current state (closed, open, half_open), else 0.",
-                &["state"],
-            ),
-            breaker_mode: r.int_gauge_vec(
-                "breaker_mode",
-                "Circuit breaker mode: 1 for the current mode (auto, forced_open, forced_closed), else 0.",
-                &["mode"],
-            ),
-            breaker_transitions: r.counter_vec(
-                "breaker_transitions_total",
-                "Circuit breaker transitions, by the state entered.",
-                &["to"],
-            ),
-            breaker_rejections: r.counter(
-                "breaker_rejections_total",
-                "Requests failed fast because the circuit was open (or its probes were taken).",
-            ),
-            breaker_reports_dropped: r.counter(
-                "breaker_reports_dropped_total",
-                "Outcome reports the breaker could not take because its mailbox was full.",
-            ),
-            breaker_probes: r.counter_vec(
-                "breaker_probes_total",
-                "Probes of the upstream's health, by kind (background: sent by courier while the circuit is open; half_open: a client request let through while half-open) and result (success, failure, no_verdict: no attempt made, or an answer that says nothing).",
-                &["kind", "result"],
-            ),
-            cache_lookups: r.counter_vec(
-                "cache_lookups_total",
-                "Answers by what the cache did (hit, miss, coalesced, stale, bypass).",
-                &["result"],
-            ),
-            cache_entries: r.int_gauge("cache_entries", "Answers held in the response cache."),
-            cache_bytes: r
-                .int_gauge("cache_bytes", "Bytes held in the response cache (answers plus per-entry overhead)."),
-            cache_evictions: r.counter_vec(
-                "cache_evictions_total",
-                "Answers removed from the cache, by cause (expired, size, explicit, replaced).",
-                &["cause"],
-            ),
-            jobs_accepted: r.counter("jobs_accepted_total", "Async jobs accepted (202)."),
-            jobs: r.int_gauge_vec(
-                "jobs",
-                "Jobs by state: pending (accepted, not yet running) and processing (running in this process).",
-                &["state"],
-            ),
-            jobs_finished: r.counter_vec(
-                "jobs_finished_total",
-                "Jobs that reached a final state in this process, by state (completed, failed).",
-                &["state"],
-            ),
-            job_duration: r.histogram_buckets(
-                "job_duration_seconds",
-                "Time from accepting a job to its final state.",
-                JOB_BUCKETS,
-            ),
-            jobs_taken_over: r.counter("jobs_taken_over_total", "Jobs taken over from a runner that died."),
-            jobs_run_interrupted: r.counter(
-                "jobs_run_interrupted_total",
-                "Jobs failed with job_run_interrupted instead of being run again: each of their runs ended with its process, COURIER_JOB_MAX_RUNS times (counted in jobs_finished_total too).",
-            ),
-            callbacks: r.counter_vec(
-                "callbacks_total",
-                "Callback deliveries, by result (delivered, gave_up, refused).",
-                &["result"],
-            ),
-            callback_attempts: r.counter_vec(
-                "callback_attempts_total",
-                "Callback delivery attempts, by result (success, failure).",
-                &["result"],
-            ),
-            status_records_dropped: r.counter(
-                "status_records_dropped_total",
-                "Status entries of sync requests the store could not take (dropped, not blocking).",
-            ),
-            shared_state: r.int_gauge_vec(
-                "shared_state",
-                "Shared state through Redis: 1 for the current mode (off: no REDIS_URL; shared; degraded: Redis failing, replica on its own), else 0.",
-                &["mode"],
-            ),
-            redis_errors: r.counter_vec(
-                "redis_errors_total",
-                "Failed or timed-out Redis calls, by operation (shared state: budget_*, token_*, cache_*; the job store: job_*).",
-                &["operation"],
-            ),
-            token_shared_uses: r.counter(
-                "token_shared_uses_total",
-                "Upstream token requests avoided because another replica's token was used.",
-            ),
-            token_shared_looks: r.counter_vec(
-                "token_shared_looks_total",
-                "Looks for another replica's token in Redis while this replica's token refresh backs off, by result (adopted, none: nothing newer there, error: Redis failed).",
-                &["result"],
-            ),
-            cache_l2_reads: r.counter_vec(
-                "cache_l2_reads_total",
-                "Second-level (Redis) cache reads, by result (hit, miss, error: failed, timed out, or not tried while shared state is degraded).",
-                &["result"],
-            ),
-            config_reloads: r.counter_vec(
-                "config_reloads_total",
-                "Credential reloads (secrets from *_FILE variables and the clients file), by result (ok, failed: every previous value kept) and trigger (signal, file_change).",
-                &["result", "trigger"],
-            ),
-            config_last_reload_successful: r.int_gauge(
-                "config_last_reload_successful",
-                "1 when the last credential reload succeeded (or none was tried yet), 0 when it failed.",
-            ),
-            config_last_reload_success: r.gauge(
-                "config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful credential reload (0 until one succeeds).",
-            ),
-            limit_rejections: r.counter_vec(
-                "limit_rejections_total",
-                "Inbound requests refused by a limit of the gateway listener, by limit (client_in_flight, header_size, body_timeout, header_timeout, malformed_head: not valid HTTP/1.1).",
-                &["limit"],
-            ),
-            admin_requests: r.counter_vec(
-                "admin_requests_total",
-                "Requests to the locked admin routes (every route but /metrics, /healthz and /readyz), by outcome (allowed, unlocked: no admin token configured, missing_token, wrong_token); each also writes an admin_request audit log line.",
-                &["outcome"],
-            ),
-            trace_spans: r.counter_vec(
-                "trace_spans_total",
-                "Trace spans by what became of them (exported; failed: the export was refused or did not arrive; dropped: the export queue was full); all 0 while tracing is off.",
-                &["result"],
-            ),
-            registry: r.0.clone(),
-            names: Vec::new(),
-        };
-        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("COURIER_GIT_COMMIT")]).set(1);
-        metrics.create_known_label_sets();
-        metrics.config_last_reload_successful.set(1);
-        r.add(ProcessMetrics(std::sync::Arc::new(prometheus::process_collector::ProcessCollector::for_self())));
-        let mut metrics = metrics;
-        metrics.names = r.1.into_inner();
-        metrics
-    }
-
     /// The name of every metric courier exports (histograms without their `_bucket`, `_sum`
     /// and `_count` series), registered or not yet observed.
     pub fn names(&self) -> &[String] {
