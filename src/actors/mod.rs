@@ -12,6 +12,7 @@
 
 pub mod breaker;
 pub mod budget;
+pub mod quota;
 pub mod token;
 
 pub use breaker::{
