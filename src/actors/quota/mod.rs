@@ -2,3 +2,4 @@
 //! the clients by their allocations, persisted before they are spent.
 
 pub mod alloc;
+pub mod window;
