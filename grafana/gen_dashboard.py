@@ -140,6 +140,31 @@ panel("Permits granted by path",
       unit="reqps", w=12, description="fast: free at once, lock-free; queued: after waiting.")
 endrow()
 
+row("Quotas")
+# The upstream's quota windows (EXTERNAL_API_QUOTAS). max by (window): with Redis every replica
+# exports the same fleet-wide count; without, each replica its own.
+FORECAST = (f'courier_quota_used_requests{{{I}}} + clamp_min(deriv(courier_quota_used_requests{{{I}}}[1h]), 0)'
+            f' * (courier_quota_reset_timestamp_seconds{{{I}}} - time())')
+panel("Quota used and limit",
+      [(f'max by (window) (courier_quota_used_requests{{{I}}})', "used {{window}}"),
+       (f'max by (window) (courier_quota_limit_requests{{{I}}})', "limit {{window}}")],
+      description="Upstream attempts counted in each window's current instance (reserved blocks included), and its limit (the configured one, or the upstream's when lower).")
+panel("Quota forecast at reset",
+      [(f'max by (window) ({FORECAST})', "forecast {{window}}"),
+       (f'max by (window) (courier_quota_limit_requests{{{I}}})', "limit {{window}}")],
+      description="Where each window's count ends at its reset if the last hour's pace goes on (the CourierQuotaExhaustionPredicted alert's expression), beside the limit.")
+panel("Quota used by client",
+      [(f'max by (window, client) (courier_quota_client_used_requests{{{I}, client=~"$client"}})', "{{client}} {{window}}")],
+      description="Attempts counted for each client in each window's current instance (quota_max and quota_reserved of the clients file bound them).")
+panel("Pacing target vs upstream attempts",
+      [(f'min(courier_quota_pace_requests_per_second{{{I}}})', "pacing target/s"),
+       (f'sum(rate(courier_upstream_attempts_total{{{I}}}[{R}]))', "attempts/s")],
+      unit="reqps", w=12, description="The even pace that makes the tightest window last to its reset (remaining count over remaining time), against the attempts sent; with COURIER_QUOTA_PACING=even courier holds attempts to it.")
+panel("Quota refusals by reason",
+      [(f'sum by (reason) (rate(courier_quota_refusals_total{{{I}}}[{R}]))', "{{reason}}")],
+      unit="reqps", w=12, description="Counts refused: window_spent, client_max, reserved (answered 429 quota_exhausted), unavailable (503 quota_unavailable: the quota store failed).")
+endrow()
+
 row("Circuit breaker")
 panel("Breaker state",
       [(f'max by (state) (courier_breaker_state{{{I}}})', "{{state}}")],
@@ -232,7 +257,7 @@ dashboard = {
                    {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
     "uid": "courier-overview",
     "title": "courier",
-    "description": "courier: traffic, upstream health, rate budget, circuit breaker, token, cache, async jobs.",
+    "description": "courier: traffic, upstream health, rate budget, quotas, circuit breaker, token, cache, async jobs.",
     "tags": ["courier", "gateway"],
     "timezone": "utc",
     "schemaVersion": 39,

@@ -133,6 +133,7 @@ fn the_dashboard_is_well_formed_and_names_only_exported_metrics() {
             "Traffic (RED)",
             "Upstream health",
             "Rate budget",
+            "Quotas",
             "Circuit breaker",
             "Token lifecycle",
             "Response cache",
