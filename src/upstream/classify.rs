@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 use actix_web::http::header::{HeaderMap, HeaderValue, HttpDate};
 use bytes::Bytes;
 
+use super::policy::{self, Policies, QuotaSignal, Triple};
+
 /// The classified result of one upstream attempt.
 #[derive(Debug)]
 pub enum Attempt {
@@ -222,6 +224,11 @@ pub struct RateSignal {
     pub remaining: Option<u64>,
     /// `X-RateLimit-Reset` (or the IETF `RateLimit` `reset`), as a delay from now.
     pub reset: Option<Duration>,
+    /// The items of `RateLimit-Policy`.
+    pub policies: Policies,
+    /// A triple that describes a window longer than a minute (then not in the three fields
+    /// above, which the budget reads as the per-minute rate).
+    pub quota: Option<QuotaSignal>,
 }
 
 /// Resets above this many seconds are taken as Unix times, not delays.
@@ -229,11 +236,13 @@ const EPOCH_THRESHOLD: u64 = 1_000_000_000;
 
 impl RateSignal {
     /// Reads the rate headers of an answer; absent or malformed headers stay `None`. A header sent
-    /// more than once counts by its first value.
+    /// more than once counts by its first value. A triple that describes a window longer than a
+    /// minute goes to `quota`, not to the minute fields (`policy.rs` says how it is told).
     pub fn from_headers(headers: &HeaderMap) -> RateSignal {
         // One pass over the answer's few headers: each `HeaderMap::get` hashes the name with
-        // SipHash, and five of them cost more than reading every header once.
-        let (mut retry_after, mut limit, mut remaining, mut reset, mut ratelimit) = (None, None, None, None, None);
+        // SipHash, and six of them cost more than reading every header once.
+        let (mut retry_after, mut limit, mut remaining, mut reset) = (None, None, None, None);
+        let (mut ratelimit, mut policy) = (None, None);
         for (name, value) in headers.iter() {
             let slot = match name.as_str() {
                 "retry-after" => &mut retry_after,
@@ -241,6 +250,7 @@ impl RateSignal {
                 "x-ratelimit-remaining" => &mut remaining,
                 "x-ratelimit-reset" => &mut reset,
                 "ratelimit" => &mut ratelimit,
+                "ratelimit-policy" => &mut policy,
                 _ => continue,
             };
             slot.get_or_insert(value);
@@ -251,29 +261,18 @@ impl RateSignal {
         fn number(value: Option<&HeaderValue>) -> Option<u64> {
             text(value).and_then(|v| v.trim().parse::<u64>().ok())
         }
-        let mut signal = RateSignal {
+        let x = Triple { limit: number(limit), remaining: number(remaining), reset: number(reset).map(reset_delay) };
+        let ietf = text(ratelimit).map(policy::ietf_triple).unwrap_or_default();
+        let policies = text(policy).map(Policies::parse).unwrap_or_default();
+        let (minute, quota) = policy::split(x, ietf, &policies);
+        RateSignal {
             retry_after: text(retry_after).and_then(parse_retry_after),
-            limit: number(limit),
-            remaining: number(remaining),
-            reset: number(reset).map(reset_delay),
-        };
-        if let Some(ietf) = text(ratelimit) {
-            for item in ietf.split(',') {
-                let Some((key, value)) = item.trim().split_once('=') else {
-                    continue;
-                };
-                let Ok(value) = value.trim().trim_matches('"').parse::<u64>() else {
-                    continue;
-                };
-                match key.trim() {
-                    "limit" => signal.limit = signal.limit.or(Some(value)),
-                    "remaining" | "r" => signal.remaining = signal.remaining.or(Some(value)),
-                    "reset" | "t" => signal.reset = signal.reset.or(Some(reset_delay(value))),
-                    _ => {}
-                }
-            }
+            limit: minute.limit,
+            remaining: minute.remaining,
+            reset: minute.reset,
+            policies,
+            quota,
         }
-        signal
     }
 
     /// Whether the answer carried any rate information.
@@ -282,7 +281,8 @@ impl RateSignal {
     }
 }
 
-fn reset_delay(value: u64) -> Duration {
+/// A reset value as a delay from now: Unix times (above [`EPOCH_THRESHOLD`]) are converted.
+pub(super) fn reset_delay(value: u64) -> Duration {
     if value > EPOCH_THRESHOLD {
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         Duration::from_secs(value.saturating_sub(now))

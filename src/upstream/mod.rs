@@ -10,10 +10,12 @@ mod backoff;
 mod call;
 mod classify;
 mod client;
+mod policy;
 mod wire;
 
 pub use backoff::{Backoff, InvalidBackoff};
 pub use call::{read_success, send_attempt, AttemptRequest};
 pub use classify::{tls_failure, Attempt, Outcome, RateSignal};
 pub use client::{build_client, tls_config, tls_config_with, ClientSettings};
+pub use policy::{Policies, QuotaSignal};
 pub use wire::{fetch_token, upstream_error_message, FetchedToken, SuccessBody, TokenError};
