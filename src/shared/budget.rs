@@ -89,6 +89,8 @@ pub struct SharedRate {
     redis: Arc<SharedRedis>,
     key: String,
     emission_us: u64,
+    /// The interval in force: `emission_us`, or longer while quota pacing slows the fleet.
+    paced_us: std::sync::atomic::AtomicU64,
     tolerance_us: u64,
     acquire: Script,
     pause: Script,
@@ -103,11 +105,19 @@ impl SharedRate {
             key: redis.key("budget:tat"),
             redis,
             emission_us,
+            paced_us: std::sync::atomic::AtomicU64::new(emission_us),
             tolerance_us: emission_us * u64::from(burst.max(1) - 1),
             acquire: Script::new(ACQUIRE),
             pause: Script::new(PAUSE),
             cap: Script::new(CAP),
         }
+    }
+
+    /// Paces the fleet: permits at most every `interval` (`None`: the configured rate); the
+    /// burst stays the rate's.
+    pub fn set_pace(&self, interval: Option<Duration>) {
+        let paced = interval.map_or(0, |d| d.as_micros().min(u128::from(u64::MAX)) as u64);
+        self.paced_us.store(paced.max(self.emission_us), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The connection (for its health).
@@ -123,7 +133,7 @@ impl SharedRate {
             .run("budget_acquire", |mut conn| async move {
                 self.acquire
                     .key(&self.key)
-                    .arg(self.emission_us)
+                    .arg(self.paced_us.load(std::sync::atomic::Ordering::Relaxed))
                     .arg(self.tolerance_us)
                     .arg(want)
                     .arg(u8::from(drain))

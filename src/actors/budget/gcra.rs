@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Gcra {
     base: Instant,
-    emission_ns: u64,
+    /// The interval at the configured rate.
+    rate_emission_ns: u64,
+    /// The interval in force: the rate's, or a longer one while quota pacing slows it.
+    emission_ns: AtomicU64,
     tolerance_ns: u64,
     burst: u32,
     tat: AtomicU64,
@@ -39,16 +42,28 @@ impl Gcra {
         let emission_ns = 60_000_000_000 / u64::from(per_minute);
         Ok(Gcra {
             base: Instant::now(),
-            emission_ns,
+            rate_emission_ns: emission_ns,
+            emission_ns: AtomicU64::new(emission_ns),
             tolerance_ns: emission_ns * u64::from(burst - 1),
             burst,
             tat: AtomicU64::new(0),
         })
     }
 
-    /// The time between permits at the steady rate.
+    /// The time between permits at the steady rate (slower while paced).
     pub fn emission_interval(&self) -> Duration {
-        Duration::from_nanos(self.emission_ns)
+        Duration::from_nanos(self.emission())
+    }
+
+    fn emission(&self) -> u64 {
+        self.emission_ns.load(Ordering::Relaxed)
+    }
+
+    /// Paces the budget: permits at most every `interval` (`None`: the configured rate). The
+    /// burst stays the rate's, so a paced budget still lets a short burst through.
+    pub fn set_pace(&self, interval: Option<Duration>) {
+        let paced = interval.map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        self.emission_ns.store(paced.max(self.rate_emission_ns), Ordering::Relaxed);
     }
 
     /// The burst.
@@ -69,7 +84,7 @@ impl Gcra {
             if start - now > self.tolerance_ns {
                 return Err(Duration::from_nanos(start - self.tolerance_ns - now));
             }
-            match self.tat.compare_exchange_weak(tat, start + self.emission_ns, Ordering::AcqRel, Ordering::Acquire) {
+            match self.tat.compare_exchange_weak(tat, start + self.emission(), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),
                 Err(current) => tat = current,
             }
@@ -90,7 +105,7 @@ impl Gcra {
         if backlog > self.tolerance_ns {
             return 0;
         }
-        (((self.tolerance_ns - backlog) / self.emission_ns) as u32 + 1).min(self.burst)
+        (((self.tolerance_ns - backlog) / self.emission()) as u32 + 1).min(self.burst)
     }
 
     /// How long until the whole burst is available again.
@@ -111,7 +126,7 @@ impl Gcra {
     pub fn cap_remaining(&self, now: Instant, remaining: u64) -> bool {
         let now = self.ns(now);
         let Some(target) =
-            (now + self.tolerance_ns + self.emission_ns).checked_sub(remaining.saturating_mul(self.emission_ns))
+            (now + self.tolerance_ns + self.emission()).checked_sub(remaining.saturating_mul(self.emission()))
         else {
             return false;
         };

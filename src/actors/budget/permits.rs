@@ -61,6 +61,7 @@ pub struct BudgetShared {
     /// Waiters in the actor's queue, as the actor last published it.
     waiting: AtomicUsize,
     per_minute: u32,
+    replicas: u32,
     weights: Vec<u32>,
     total_weight: u32,
 }
@@ -87,7 +88,17 @@ impl BudgetShared {
             return Err(InvalidRate("no clients"));
         }
         let total_weight = weights.iter().sum::<u32>().max(1);
-        Ok(BudgetShared { gcra, fleet, waiting: AtomicUsize::new(0), per_minute, weights, total_weight })
+        Ok(BudgetShared { gcra, fleet, waiting: AtomicUsize::new(0), per_minute, replicas, weights, total_weight })
+    }
+
+    /// Paces the budget (quota pacing): permits at most every `interval` across the fleet
+    /// (`None`: the configured rate). A replica on its own while Redis fails keeps its share
+    /// of that pace.
+    pub fn set_pace(&self, interval: Option<Duration>) {
+        self.gcra.set_pace(interval.map(|d| d * self.replicas));
+        if let Some(fleet) = &self.fleet {
+            fleet.rate.set_pace(interval);
+        }
     }
 
     /// The rate algorithm.
