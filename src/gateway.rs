@@ -29,6 +29,7 @@ use crate::trace::Tracing;
 use crate::upstream::{self, Backoff};
 
 mod jobs;
+mod quota;
 
 use jobs::{jobs_shared, start_runner};
 
@@ -98,6 +99,7 @@ impl Gateway {
             BudgetShared::try_with_shared(config.rate_limit_per_minute, config.rate_burst, weights, shared_rate)
                 .map_err(|e| StartError::Setting(format!("EXTERNAL_API_RATE_LIMIT / EXTERNAL_API_RATE_BURST: {e}")))?,
         );
+        let quota = quota::start(&config, shared_redis.clone(), budget_shared.clone(), &metrics, &log)?;
         let budget_actor = Budget::new(budget_shared.clone(), config.queue_max, metrics.clone(), &log).start();
         let budget = BudgetHandle::new(budget_shared.clone(), budget_actor, &metrics);
         let retry_budget = (config.retry_budget_ratio, config.retry_budget_min_per_second / config.workers as f64);
@@ -147,6 +149,7 @@ impl Gateway {
             metrics: metrics.clone(),
             token_cell: token_cell.clone(),
             budget: budget_shared,
+            quota: quota.clone(),
             breaker: breaker.clone(),
             cache,
             jobs,
@@ -159,6 +162,7 @@ impl Gateway {
             api_key: credentials.api_key.clone(),
             policy,
             budget,
+            quota,
             breaker_cell,
             breaker,
             retry_budget,
@@ -242,6 +246,7 @@ impl Gateway {
             credentials: gateway.shared.credentials.clone(),
             token_manager: gateway.lane.token_manager.clone(),
             callback_secret,
+            quota: gateway.shared.quota.clone(),
         };
         let poll = Some(config.secret_poll_interval).filter(|p| !p.is_zero());
         let reload = Reloader::new(&config, targets, gateway.shared.metrics.clone(), &gateway.shared.log).start(poll);
@@ -252,6 +257,7 @@ impl Gateway {
             admin: admin.handle(),
             runner,
             reload,
+            quota: gateway.shared.quota.clone(),
             tracing: gateway.shared.tracing.clone(),
             log: gateway.shared.log.clone(),
             grace,
@@ -276,6 +282,7 @@ pub struct Running {
     admin: ServerHandle,
     runner: RunnerHandle,
     reload: ReloadHandle,
+    quota: Option<Arc<crate::actors::quota::Quota>>,
     tracing: Tracing,
     log: Logger,
     grace: Duration,
@@ -288,6 +295,10 @@ impl Running {
         // Requests in flight and jobs running get the same grace period, side by side.
         let flush_by = Instant::now() + self.grace;
         futures_util::future::join(self.server.stop(true), self.runner.shutdown(self.grace)).await;
+        // No attempt is sent any more: unspent counts go back, the store gets the exact count.
+        if let Some(quota) = &self.quota {
+            quota.stop().await;
+        }
         // The spans of the last requests and jobs, within what is left of the grace period
         // (at least a second).
         let left = flush_by.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));

@@ -27,6 +27,7 @@ fn admin_routes() -> Vec<(Method, &'static str, Route)> {
         (Method::GET, "/admin/breaker", web::to(breaker_state)),
         (Method::DELETE, "/admin/cache", web::to(purge_cache)),
         (Method::DELETE, "/admin/cache/{key}", web::to(purge_cache_entry)),
+        (Method::PUT, "/admin/quota/{window}", web::to(super::admin_quota::set_used)),
     ]
 }
 
@@ -49,6 +50,9 @@ async fn refresh(shared: &Shared) {
     let metrics = &shared.metrics;
     let now = Instant::now();
     shared.budget.export(metrics, now);
+    if let Some(quota) = &shared.quota {
+        quota.export();
+    }
     shared.cache.export(metrics).await;
     if let Ok(backlog) = shared.jobs.store.backlog().await {
         let processing = metrics.jobs.with_label_values(&["processing"]).get();
@@ -98,6 +102,7 @@ async fn state(shared: web::Data<Arc<Shared>>) -> HttpResponse {
             "queue_max": shared.config.queue_max,
         },
         "breaker": snapshot(&shared).await,
+        "quota": shared.quota.as_ref().map(|q| q.state_json()),
         "cache": {
             "enabled": shared.cache.enabled(),
             "entries": m.cache_entries.get(),
@@ -154,7 +159,7 @@ struct ForceRequest {
     mode: String,
 }
 
-fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
+pub(super) fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status)
         .json(json!({"success": false, "error": {"code": code, "message": message, "retryable": false}}))
 }

@@ -296,8 +296,10 @@ fn pipeline_status(error: &pipeline::Error) -> StatusCode {
     match error {
         Error::Rejected { status: 413, .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Rejected { .. } => StatusCode::BAD_REQUEST,
-        Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-        Error::AuthUnavailable(_) | Error::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::RateLimited(_) | Error::QuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::AuthUnavailable(_) | Error::CircuitOpen(_) | Error::QuotaUnavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::Failed(Outcome::Timeout) | Error::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Error::Failed(_) => StatusCode::BAD_GATEWAY,
     }
@@ -325,6 +327,15 @@ mod tests {
                 "upstream_auth_unavailable",
             ),
             (ApiError::Pipeline(pipeline::Error::RateLimited(Duration::from_secs(3))), 429, "budget_exhausted"),
+            (
+                ApiError::Pipeline(pipeline::Error::QuotaExhausted {
+                    retry_after: Duration::from_secs(30),
+                    reason: crate::actors::quota::QuotaReason::WindowSpent,
+                }),
+                429,
+                "quota_exhausted",
+            ),
+            (ApiError::Pipeline(pipeline::Error::QuotaUnavailable(Duration::from_secs(1))), 503, "quota_unavailable"),
             (ApiError::PayloadTooLarge(10), 413, "payload_too_large"),
             (ApiError::HeadersTooLarge(10), 431, "headers_too_large"),
             (ApiError::ClientConcurrencyExceeded(4), 429, "client_concurrency_exceeded"),

@@ -66,7 +66,10 @@ pub async fn process(inbound: Inbound, mut payload: web::Payload) -> HttpRespons
         };
         let headers = response.headers_mut();
         if let Ok(caller) = &inbound.caller {
-            for (name, value) in ratelimit::headers(&worker.shared.budget, caller.index(), Instant::now()) {
+            let quota = worker.shared.quota.as_ref().map(|q| q.client_quota(caller.index()));
+            for (name, value) in
+                ratelimit::headers(&worker.shared.budget, quota.as_ref(), caller.index(), Instant::now())
+            {
                 headers.insert(name, value);
             }
         }

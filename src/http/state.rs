@@ -30,6 +30,8 @@ pub struct Shared {
     pub token_cell: Arc<TokenCell>,
     /// The upstream rate budget (headers and gauges read it).
     pub budget: Arc<BudgetShared>,
+    /// The quota windows (`None` without `EXTERNAL_API_QUOTAS`).
+    pub quota: Option<Arc<crate::actors::quota::Quota>>,
     /// The response cache.
     pub cache: Arc<ResponseCache>,
     /// Jobs: the store, the callback policy, the job deadline.

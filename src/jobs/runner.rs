@@ -285,7 +285,9 @@ fn passing(error: &pipeline::Error) -> Option<Duration> {
     match error {
         pipeline::Error::RateLimited(wait)
         | pipeline::Error::CircuitOpen(wait)
-        | pipeline::Error::AuthUnavailable(wait) => Some((*wait).max(MIN_PAUSE)),
+        | pipeline::Error::AuthUnavailable(wait)
+        | pipeline::Error::QuotaUnavailable(wait)
+        | pipeline::Error::QuotaExhausted { retry_after: wait, .. } => Some((*wait).max(MIN_PAUSE)),
         _ => None,
     }
 }

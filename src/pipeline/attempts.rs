@@ -2,7 +2,7 @@
 //! a budget permit, a token, the attempt itself, its classification and the decision to retry,
 //! and the reports to the Breaker and the Budget.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use opentelemetry::trace::SpanKind;
 use slog::info;
@@ -11,6 +11,7 @@ use super::lane::Lane;
 use super::retry::{conclude, decide, Next, Progress, Timing};
 use super::Error;
 use crate::actors::budget::Class;
+use crate::actors::quota::{QuotaReason, TakeError};
 use crate::request_id::RequestId;
 use crate::trace::{attrs, LogIds, Parent, Span};
 use crate::upstream::{send_attempt, AttemptRequest, Outcome, SuccessBody};
@@ -77,7 +78,11 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
             Ok(probe) => probe,
             Err(retry_after) => return done(attempts, Err(Error::CircuitOpen(retry_after))),
         };
-        // 3. The budget: a permit.
+        // 3. The quota (a spent window is refused here, never queued), then the budget: a permit.
+        if let Some(refusal) = lane.quota.as_ref().and_then(|q| q.check(Some(client)).err()) {
+            lane.circuit.report(None, probe);
+            return done(attempts, Err(refusal.into()));
+        }
         let budget_span = tracing.child(&trace, "courier.budget", SpanKind::Internal);
         let asked = budget_span.as_ref().map(|_| Instant::now());
         let permit = match patience {
@@ -113,6 +118,17 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
             lane.circuit.report(None, probe);
             return done(attempts, Err(Error::DeadlineExceeded));
         };
+        // The attempt's quota count, taken last so that only an attempt that is sent counts.
+        if let Some(quota) = &lane.quota {
+            if let Err(refused) = Box::pin(quota.take(Some(client), deadline)).await {
+                lane.circuit.report(None, probe);
+                let error = match refused {
+                    TakeError::Refused(refusal) => refusal.into(),
+                    TakeError::Deadline => Error::DeadlineExceeded,
+                };
+                return done(attempts, Err(error));
+            }
+        }
         attempts += 1;
         if attempts == 1 {
             lane.record_first_attempt(started);
@@ -141,7 +157,9 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
         let outcome = attempt.outcome();
         // 7. Reports: the rate headers to the Budget, the verdict to the Breaker.
         lane.counters.attempt(outcome);
-        lane.budget.learn(&signal, outcome == Outcome::RateLimited);
+        let rate_limited = outcome == Outcome::RateLimited;
+        let quota_spent = lane.quota.as_ref().is_some_and(|q| q.learn(&signal, rate_limited));
+        lane.budget.learn(&signal, rate_limited && !quota_spent);
         lane.circuit.report(attempt.breaker_verdict(), probe);
         if attempt.status().is_some() {
             lane.latency.observe(elapsed);
@@ -162,6 +180,12 @@ pub async fn run(lane: &Lane, call: Call) -> Called {
             "outcome" => outcome.as_str(),
             "error" => attempt.error(),
             ids);
+        if quota_spent {
+            // The upstream refused for a quota window courier knows: no retry before its reset.
+            let retry_after =
+                signal.retry_after.or(signal.quota.and_then(|q| q.reset)).unwrap_or(Duration::from_secs(1));
+            return done(attempts, Err(Error::QuotaExhausted { retry_after, reason: QuotaReason::WindowSpent }));
+        }
         // 6. Retry, refresh the token, or answer.
         let timing = Timing { now: finished, deadline, expected_attempt: lane.latency.expected() };
         let next = match decide(&attempt, &signal, &lane.policy, progress, timing, rand::random::<f64>()) {

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::actors::quota::{QuotaReason, QuotaRefusal};
 use crate::upstream::Outcome;
 
 /// Why a request got no answer.
@@ -37,6 +38,27 @@ pub enum Error {
     /// The circuit is open; ask again after this long.
     #[error("the circuit is open")]
     CircuitOpen(Duration),
+    /// A quota window (or the client's share of one) is spent until its reset.
+    #[error("the upstream quota is spent")]
+    QuotaExhausted {
+        /// Until the window resets.
+        retry_after: Duration,
+        /// Which limit: the window's, the client's cap, or other clients' reservations.
+        reason: QuotaReason,
+    },
+    /// The quota's store (Redis, the state file) cannot count now; ask again after this long.
+    #[error("the quota store is unavailable")]
+    QuotaUnavailable(Duration),
+}
+
+impl From<QuotaRefusal> for Error {
+    fn from(refusal: QuotaRefusal) -> Error {
+        let wait = Duration::from_millis(refusal.retry_after_ms.max(0) as u64);
+        match refusal.reason {
+            QuotaReason::Unavailable => Error::QuotaUnavailable(wait),
+            reason => Error::QuotaExhausted { retry_after: wait, reason },
+        }
+    }
 }
 
 impl Error {
@@ -49,6 +71,8 @@ impl Error {
             Error::RateLimited(wait),
             Error::DeadlineExceeded,
             Error::CircuitOpen(wait),
+            Error::QuotaExhausted { retry_after: wait, reason: QuotaReason::WindowSpent },
+            Error::QuotaUnavailable(wait),
         ];
         every.extend(Outcome::ALL.into_iter().filter(|o| *o != Outcome::Success).map(Error::Failed));
         every
@@ -68,6 +92,8 @@ impl Error {
             Error::Failed(_) => "upstream_unavailable",
             Error::DeadlineExceeded => "deadline_exceeded",
             Error::CircuitOpen(_) => "circuit_open",
+            Error::QuotaExhausted { .. } => "quota_exhausted",
+            Error::QuotaUnavailable(_) => "quota_unavailable",
         }
     }
 
@@ -95,6 +121,14 @@ impl Error {
             }
             Error::DeadlineExceeded => "the request's deadline passed before the upstream answered",
             Error::CircuitOpen(_) => "the upstream is failing; courier is not calling it for now",
+            Error::QuotaExhausted { reason: QuotaReason::ClientMax, .. } => {
+                "this client's share of the upstream quota (quota_max) is spent until the window resets; retry after it"
+            }
+            Error::QuotaExhausted { reason: QuotaReason::Reserved, .. } => {
+                "what is left of the upstream quota is reserved for other clients until the window resets; retry after it"
+            }
+            Error::QuotaExhausted { .. } => "the upstream quota is spent until the window resets; retry after it",
+            Error::QuotaUnavailable(_) => "courier cannot count the upstream quota right now (its store is unavailable)",
         }
     }
 
@@ -109,14 +143,20 @@ impl Error {
             | Error::RateLimited(_)
             | Error::Failed(_)
             | Error::DeadlineExceeded
-            | Error::CircuitOpen(_) => true,
+            | Error::CircuitOpen(_)
+            | Error::QuotaExhausted { .. }
+            | Error::QuotaUnavailable(_) => true,
         }
     }
 
     /// When asking again makes sense, for refusals that say so.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::AuthUnavailable(wait) | Error::RateLimited(wait) | Error::CircuitOpen(wait) => Some(*wait),
+            Error::AuthUnavailable(wait)
+            | Error::RateLimited(wait)
+            | Error::CircuitOpen(wait)
+            | Error::QuotaUnavailable(wait)
+            | Error::QuotaExhausted { retry_after: wait, .. } => Some(*wait),
             _ => None,
         }
     }
@@ -138,7 +178,7 @@ mod tests {
         let mut codes: Vec<&str> = every.iter().map(Error::code).collect();
         codes.sort_unstable();
         codes.dedup();
-        assert_eq!(codes.len(), 11, "{codes:?}");
+        assert_eq!(codes.len(), 13, "{codes:?}");
         assert!(!Error::Failed(Outcome::TlsError).retryable());
         assert!(!Error::Failed(Outcome::OtherStatus).retryable());
         assert!(Error::Failed(Outcome::ConnectError).retryable());

@@ -24,6 +24,7 @@ use super::latency::AttemptLatency;
 use super::retry::RetryPolicy;
 use super::retry_budget::RetryBudget;
 use crate::actors::budget::BudgetHandle;
+use crate::actors::quota::Quota;
 use crate::actors::{Breaker, BreakerCell, TokenCell, TokenManager};
 use crate::metrics::Metrics;
 use crate::published::Published;
@@ -49,6 +50,8 @@ pub struct LaneSettings {
     pub tls: Arc<rustls::ClientConfig>,
     /// The upstream rate budget.
     pub budget: BudgetHandle,
+    /// The quota windows (`None` without `EXTERNAL_API_QUOTAS`).
+    pub quota: Option<Arc<Quota>>,
     /// The circuit breaker's published state.
     pub breaker_cell: Arc<BreakerCell>,
     /// The circuit breaker.
@@ -107,6 +110,8 @@ pub struct Lane {
     pub policy: RetryPolicy,
     /// The upstream rate budget (stage 3).
     pub budget: BudgetHandle,
+    /// The quota windows (stage 3), when configured.
+    pub quota: Option<Arc<Quota>>,
     /// The link to the Breaker (stages 2 and 7).
     pub circuit: Circuit,
     /// The token and API key copies (stage 4).
@@ -139,6 +144,7 @@ impl Lane {
             process_uri: settings.process_uri,
             policy: settings.policy,
             budget: settings.budget,
+            quota: settings.quota,
             circuit: Circuit::new(
                 settings.breaker_cell,
                 settings.breaker,

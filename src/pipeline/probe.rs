@@ -68,6 +68,11 @@ impl Handler<RunProbe> for Prober {
 /// (429 is the budget's business, a refused certificate configuration's).
 async fn probe(lane: &Lane) -> Option<bool> {
     lane.budget.try_now().ok()?;
+    if let Some(quota) = &lane.quota {
+        // A probe is an attempt like any other: it counts, unattributed, or is not sent.
+        quota.check(None).ok()?;
+        Box::pin(quota.take(None, Instant::now() + lane.policy.attempt_timeout)).await.ok()?;
+    }
     let (authorization, _) = lane.credentials.token(None, &lane.tracing, &Parent::NONE).await.ok()?;
     let api_key = lane.credentials.api_key();
     let request_id = RequestId::generate();
@@ -86,7 +91,9 @@ async fn probe(lane: &Lane) -> Option<bool> {
     let (attempt, signal) = send_attempt(&lane.client, request).await;
     let outcome = attempt.outcome();
     lane.counters.attempt(outcome);
-    lane.budget.learn(&signal, outcome == Outcome::RateLimited);
+    let rate_limited = outcome == Outcome::RateLimited;
+    let quota_spent = lane.quota.as_ref().is_some_and(|q| q.learn(&signal, rate_limited));
+    lane.budget.learn(&signal, rate_limited && !quota_spent);
     lane.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
     attempt.breaker_verdict()
 }

@@ -77,6 +77,8 @@ pub struct Targets {
     pub token_manager: Addr<TokenManager>,
     /// The callback signing secret, when callbacks are on.
     pub callback_secret: Option<SecretCell>,
+    /// The quota windows, whose allocations follow the clients file.
+    pub quota: Option<Arc<crate::actors::quota::Quota>>,
 }
 
 /// The values in use, to tell what a reload changed.
@@ -247,6 +249,10 @@ impl Reloader {
         if let Some(clients) = clients {
             active_clients = Some(clients.entries().iter().filter(|c| c.is_active()).count());
             self.metrics.add_clients(Some(&clients.names()));
+            if let Some(quota) = &self.targets.quota {
+                let (names, allocs) = crate::actors::quota::allocations(Some(&clients));
+                quota.set_clients(names, allocs);
+            }
             self.targets.credentials.clients.publish(Some(clients.clone()));
             self.current.clients = Some(clients);
             changed.push("clients");
