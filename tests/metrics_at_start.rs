@@ -298,6 +298,8 @@ async fn a_fresh_courier_exports_every_series_its_dashboards_and_alerts_query() 
         .env("COURIER_CLIENTS_FILE", path.to_str().unwrap())
         .env("COURIER_CALLBACK_SECRET", "whsec_at_start")
         .env("COURIER_CALLBACK_ALLOW", "127.0.0.1")
+        .env("EXTERNAL_API_QUOTAS", "100000/day, 5000/1h")
+        .env("COURIER_STATE_DIR", support::quota::state_dir("at-start"))
         .start_unready()
         .await;
     let before = exposition(&pair.metrics().await);
@@ -358,7 +360,11 @@ async fn a_fresh_courier_exports_every_series_its_dashboards_and_alerts_query() 
 
 #[actix_rt::test]
 async fn without_a_clients_file_the_one_client_is_open_from_the_start() {
-    let pair = PairBuilder::default().start_unready().await;
+    let pair = PairBuilder::default()
+        .env("EXTERNAL_API_QUOTAS", "100000/day")
+        .env("COURIER_STATE_DIR", support::quota::state_dir("open-at-start"))
+        .start_unready()
+        .await;
     let before = exposition(&pair.metrics().await);
     assert_queried_series_exported(&before);
     assert_label_values_bounded(&before, &["open", "unknown"]);

@@ -288,6 +288,9 @@ async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
         .env("COURIER_BREAKER_OPEN", "60")
         .env("COURIER_CALLBACK_SECRET", "whsec_prom")
         .env("COURIER_CALLBACK_ALLOW", "127.0.0.1")
+        // Quota windows, so the Quotas row has data; far from spent by this test's attempts.
+        .env("EXTERNAL_API_QUOTAS", "100000/day, 5000/1h")
+        .env("COURIER_STATE_DIR", support::quota::state_dir("panels"))
         .log_level("warning")
         .start()
         .await;

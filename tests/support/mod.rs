@@ -5,6 +5,7 @@
 pub mod otlp;
 pub mod process;
 pub mod prometheus;
+pub mod quota;
 pub mod receiver;
 pub mod redis;
 
