@@ -30,6 +30,7 @@ use crate::upstream::{self, Backoff};
 
 mod jobs;
 mod quota;
+mod sentinel;
 
 use jobs::{jobs_shared, start_runner};
 
@@ -80,11 +81,16 @@ impl Gateway {
             Some(clients) => clients.entries().iter().map(|c| c.weight).collect(),
             None => vec![1],
         };
+        let sentinel_target = sentinel::sentinel_target(&config, &log).await?;
         let shared_redis = match &config.redis_url {
             Some(url) => Some(Arc::new(
-                SharedRedis::connect(url, "courier", REDIS_TIMEOUT, metrics.clone(), &log)
-                    .await
-                    .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?,
+                match &sentinel_target {
+                    Some(target) => {
+                        SharedRedis::connect_to(target.clone(), "courier", REDIS_TIMEOUT, metrics.clone(), &log).await
+                    }
+                    None => SharedRedis::connect(url, "courier", REDIS_TIMEOUT, metrics.clone(), &log).await,
+                }
+                .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?,
             )),
             None => {
                 shared::set_mode(&metrics, "off");
@@ -113,7 +119,7 @@ impl Gateway {
             &metrics,
             shared_redis.clone(),
         ));
-        let jobs = jobs_shared(&config, shared_redis.clone()).await?;
+        let jobs = jobs_shared(&config, shared_redis.clone(), sentinel_target).await?;
         let breaker_cell = Arc::new(BreakerCell::new());
         // A probe that never reports (its request was dropped) frees its slot after this.
         let probe_lease = config.attempt_timeout + Duration::from_secs(1);

@@ -13,6 +13,7 @@ use crate::jobs::redis::{RedisSettings, RedisStore};
 use crate::jobs::runner::{self, RunnerHandle, RunnerSettings};
 use crate::jobs::JobStore;
 use crate::reload::SecretCell;
+use crate::shared::sentinel::Target;
 use crate::shared::{self, SharedRedis};
 use crate::upstream::{self, Backoff};
 
@@ -22,6 +23,7 @@ use crate::upstream::{self, Backoff};
 pub(super) async fn jobs_shared(
     config: &Config,
     shared_redis: Option<Arc<SharedRedis>>,
+    sentinel_target: Option<Arc<Target>>,
 ) -> Result<JobsShared, StartError> {
     let jobs = &config.jobs;
     let store: Arc<dyn JobStore> = match &config.redis_url {
@@ -32,12 +34,16 @@ pub(super) async fn jobs_shared(
                 op_timeout: REDIS_TIMEOUT,
                 stream_max_len: jobs.max,
                 max_runs: jobs.max_runs,
+                min_replicas: config.redis_ha.min_replicas,
+                wait_timeout: config.redis_ha.wait_timeout,
                 ..RedisSettings::default()
             };
             let health = shared_redis.map(|redis| redis as Arc<dyn shared::RedisHealth>);
-            let store = RedisStore::connect_with(url, settings, health)
-                .await
-                .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
+            let store = match sentinel_target {
+                Some(target) => RedisStore::connect_to(target, settings, health).await,
+                None => RedisStore::connect_with(url, settings, health).await,
+            }
+            .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
             Arc::new(store)
         }
         None => Arc::new(MemoryStore::new(jobs.max, jobs.ttl)),

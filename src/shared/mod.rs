@@ -19,10 +19,16 @@
 //! connection whose last call failed is first refreshed with a `PING` (which starts a new
 //! reconnect when it meets that stale failure), and the call itself goes to the Redis that is
 //! back instead of counting one more error and degrading the replica for another second.
+//!
+//! Where Redis is, is a [`sentinel::Target`]: the address of `REDIS_URL`, or the primary that
+//! Sentinels name, followed across failovers. Every connection ([`conn::RedisConn`]) goes where
+//! its target points now.
 
 pub mod budget;
 pub mod cache;
+pub mod conn;
 pub mod quota;
+pub mod sentinel;
 pub mod token;
 
 use std::future::Future;
@@ -30,12 +36,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::RedisError;
 use secrecy::{ExposeSecret, SecretString};
 use slog::{info, o, warn, Logger};
 
 use crate::metrics::Metrics;
+use conn::RedisConn;
+use sentinel::Target;
 
 /// How long a degraded replica leaves Redis alone before trying it again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -105,7 +113,7 @@ pub trait RedisHealth: Send + Sync {
 
 /// The connection to Redis for shared state, with its health.
 pub struct SharedRedis {
-    conn: ConnectionManager,
+    conn: RedisConn,
     namespace: String,
     timeout: Duration,
     up: AtomicBool,
@@ -128,11 +136,22 @@ impl SharedRedis {
         log: &Logger,
     ) -> Result<SharedRedis, Degraded> {
         let client = redis::Client::open(url.expose_secret()).map_err(|_| Degraded("the Redis URL is not valid"))?;
+        SharedRedis::connect_to(Target::fixed(client), namespace, timeout, metrics, log).await
+    }
+
+    /// Like [`SharedRedis::connect`], to a target that may move (Sentinel).
+    pub async fn connect_to(
+        target: Arc<Target>,
+        namespace: &str,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+        log: &Logger,
+    ) -> Result<SharedRedis, Degraded> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
             .set_number_of_retries(0);
-        let conn = tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+        let conn = tokio::time::timeout(timeout, RedisConn::connect(target, config))
             .await
             .map_err(|_| Degraded("connect timed out"))?
             .map_err(|_| Degraded("cannot connect"))?;
@@ -172,7 +191,7 @@ impl SharedRedis {
     /// health it shows. When degraded and not yet due for another try, fails at once.
     pub async fn run<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, Degraded>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.run_within(op, self.timeout, call).await
@@ -182,7 +201,7 @@ impl SharedRedis {
     /// the request path such as cache reads).
     pub async fn run_within<T, F, Fut>(&self, op: &'static str, limit: Duration, call: F) -> Result<T, Degraded>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.should_try() {

@@ -4,8 +4,9 @@
 //! # Data model (`{ns}` is [`RedisSettings::namespace`], `courier` by default)
 //!
 //! - **`{ns}:job:{id}`**, a hash per job: `state` (the [`JobStatus`](super::JobStatus)
-//!   string), `doc` (the JSON of the whole [`Job`]; its `doc.status` always equals `state`) and
-//!   `ver` (a counter bumped by every change). It expires [`RedisSettings::job_ttl`] after it
+//!   string), `doc` (the JSON of the whole [`Job`]; its `doc.status` always equals `state`),
+//!   `ver` (a counter bumped by every change), and `held` while a submit waits for replicas
+//!   to acknowledge it (`durable`). It expires [`RedisSettings::job_ttl`] after it
 //!   is written; later changes keep that expiry.
 //! - **`{ns}:jobs`**, a stream with one entry `id=<request id>` per queued job, read by the
 //!   consumer group **`runners`**. Every process is one consumer ([`RedisSettings::consumer`]).
@@ -52,8 +53,10 @@
 //!   data is in the OS page cache). Jobs 202'd in that second may vanish.
 //!
 //! RDB snapshots alone lose everything since the last snapshot. Replication is asynchronous,
-//! so a failover can lose the latest writes. `maxmemory-policy` must be `noeviction`: an
-//! evicting policy may delete job documents or the stream itself.
+//! so a failover can lose the latest writes, accepted jobs among them, unless
+//! [`RedisSettings::min_replicas`] makes each submit wait for replicas (`durable`).
+//! `maxmemory-policy` must be `noeviction`: an evicting policy may delete job documents or the
+//! stream itself.
 //!
 //! # Runtime
 //!
@@ -62,6 +65,7 @@
 //! entries there. The store itself is `Send + Sync` and may be used from every worker thread.
 
 mod cas;
+mod durable;
 mod errors;
 mod queue;
 mod records;
@@ -75,12 +79,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 
 use super::{CallbackState, Claim, Job, JobStore, Start, StoreError, StoreFuture};
+use crate::shared::conn::RedisConn;
+use crate::shared::sentinel::Target;
 use crate::shared::RedisHealth;
 use errors::Health;
 use scripts::Scripts;
@@ -109,11 +115,12 @@ impl Keys {
 /// Jobs and the job queue in Redis, shared by every replica. See the module documentation.
 pub struct RedisStore {
     /// Multiplexed, reconnecting connection for every non-blocking call.
-    conn: ConnectionManager,
-    /// Opens the dedicated connections of blocking reads.
-    client: redis::Client,
-    /// Idle dedicated connections for blocking reads (the lock is never held across an await).
-    idle_blocking: Mutex<Vec<MultiplexedConnection>>,
+    conn: RedisConn,
+    /// Where Redis is: opens the dedicated connections of blocking calls.
+    target: Arc<Target>,
+    /// Idle dedicated connections for blocking calls, with the generation of the node they
+    /// go to (the lock is never held across an await).
+    idle_blocking: Mutex<Vec<(u64, MultiplexedConnection)>>,
     keys: Keys,
     settings: RedisSettings,
     scripts: Scripts,
@@ -149,9 +156,6 @@ impl RedisStore {
         settings: RedisSettings,
         health: Option<Arc<dyn RedisHealth>>,
     ) -> Result<RedisStore, StoreError> {
-        if let Some(problem) = settings.problem() {
-            return Err(StoreError::Unavailable(format!("invalid Redis settings: {problem}")));
-        }
         let client = redis::Client::open(url.expose_secret()).map_err(|_| {
             let text = if url.expose_secret().starts_with("rediss:") {
                 "rediss:// (TLS) is not supported: the redis crate is built without TLS"
@@ -160,12 +164,25 @@ impl RedisStore {
             };
             StoreError::Unavailable(text.into())
         })?;
+        RedisStore::connect_to(Target::fixed(client), settings, health).await
+    }
+
+    /// [`RedisStore::connect_with`], to a target that may move (Sentinel).
+    pub async fn connect_to(
+        target: Arc<Target>,
+        settings: RedisSettings,
+        health: Option<Arc<dyn RedisHealth>>,
+    ) -> Result<RedisStore, StoreError> {
+        if let Some(problem) = settings.problem() {
+            return Err(StoreError::Unavailable(format!("invalid Redis settings: {problem}")));
+        }
         let keys = Keys::new(&settings.namespace);
         let limit = settings.op_timeout;
         let health = Health::new(health);
 
         // One plain connection first: it fails fast and clearly, and becomes the first
         // dedicated connection for blocking reads.
+        let (generation, client) = target.current();
         let first = health
             .bounded("connect", limit, async {
                 let config = blocking_config(limit);
@@ -186,7 +203,7 @@ impl RedisStore {
             .set_number_of_retries(0);
         let conn = health
             .bounded("connect", limit, async {
-                ConnectionManager::new_with_config(client.clone(), config).await.map_err(health.fail("connect"))
+                RedisConn::connect(target.clone(), config).await.map_err(health.fail("connect"))
             })
             .await?;
 
@@ -204,8 +221,8 @@ impl RedisStore {
 
         Ok(RedisStore {
             conn,
-            client,
-            idle_blocking: Mutex::new(vec![first]),
+            target,
+            idle_blocking: Mutex::new(vec![(generation, first)]),
             keys,
             settings,
             scripts: Scripts::new(),
@@ -244,7 +261,8 @@ impl RedisStore {
         match outcome {
             1 => Ok(()),
             0 => Err(StoreError::Exists),
-            _ => Err(StoreError::Full),
+            -1 => Err(StoreError::Full),
+            _ => Err(StoreError::Unavailable(durable::HELD_ELSEWHERE.into())),
         }
     }
 
@@ -265,10 +283,20 @@ impl RedisStore {
         op: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> StoreFuture<'a, T> {
+        self.bounded_for(op, self.settings.op_timeout, call)
+    }
+
+    /// [`RedisStore::bounded`] by `limit`.
+    fn bounded_for<'a, T: Send + 'a>(
+        &'a self,
+        op: &'static str,
+        limit: Duration,
+        call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
         Box::pin(async move {
             let answer = self
                 .health
-                .bounded(op, self.settings.op_timeout, async {
+                .bounded(op, limit, async {
                     self.health.refresh(&self.conn).await;
                     call.await
                 })
@@ -288,7 +316,16 @@ impl RedisStore {
 
 impl JobStore for RedisStore {
     fn submit<'a>(&'a self, job: &'a Job) -> StoreFuture<'a, ()> {
-        self.bounded("submit", self.submit_job(job))
+        if self.settings.min_replicas == 0 {
+            return self.bounded("submit", self.submit_job(job));
+        }
+        // Bounded step by step inside (see `durable`).
+        Box::pin(async move {
+            self.health.refresh(&self.conn).await;
+            let answer = self.submit_replicated(job).await;
+            self.answered(&answer);
+            answer
+        })
     }
 
     fn record(&self, job: Job) {
@@ -316,7 +353,12 @@ impl JobStore for RedisStore {
     }
 
     fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Start>> {
-        self.bounded("start", self.start_job(id))
+        // A held job is left alone until its submit settles it (see `durable`).
+        let limit = self.hold_limit() + self.settings.op_timeout;
+        self.bounded_for("start", limit, async move {
+            self.await_hold(id).await?;
+            self.start_job(id).await
+        })
     }
 
     fn release<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {

@@ -20,8 +20,8 @@ use redis::RedisError;
 use super::{blocking_config, RedisStore, GROUP};
 use crate::jobs::{Claim, StoreError};
 
-/// Most idle dedicated connections kept for blocking reads.
-const IDLE_BLOCKING_MAX: usize = 8;
+/// Most idle dedicated connections kept for blocking calls (reads, and `WAIT` after a submit).
+const IDLE_BLOCKING_MAX: usize = 32;
 
 /// Creates the consumer group (and the stream) if missing. From `0`, not `$`: jobs queued
 /// before the group existed are delivered too.
@@ -108,40 +108,59 @@ impl RedisStore {
         &self,
         read: &redis::Cmd,
     ) -> Result<Result<Option<StreamReadReply>, RedisError>, StoreError> {
-        let pooled = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(mut conn) = pooled {
+        if let Some((generation, mut conn)) = self.pooled() {
             let reply = read.query_async(&mut conn).await;
             if !matches!(&reply, Err(e) if e.is_io_error() || e.is_unrecoverable_error()) {
-                self.pool(conn, &reply);
+                self.pool(generation, conn, &reply);
                 return Ok(reply);
             }
         }
-        let mut conn = self.open_dedicated().await?;
+        let (generation, mut conn) = self.open_dedicated("next").await?;
         let reply = read.query_async(&mut conn).await;
-        self.pool(conn, &reply);
+        self.pool(generation, conn, &reply);
         Ok(reply)
     }
 
-    /// Keeps a dedicated connection for the next blocking read, unless its read failed.
-    fn pool<T>(&self, conn: MultiplexedConnection, reply: &Result<T, RedisError>) {
-        if reply.is_ok() {
-            let mut idle = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < IDLE_BLOCKING_MAX {
-                idle.push(conn);
-            }
+    /// An idle dedicated connection to the current node, if any (those to an earlier node,
+    /// before a failover, are dropped).
+    pub(super) fn pooled(&self) -> Option<(u64, MultiplexedConnection)> {
+        let generation = self.target.generation();
+        let mut idle = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(g, _)| *g == generation);
+        idle.pop()
+    }
+
+    /// Keeps a dedicated connection for the next blocking call, unless its call failed (a
+    /// failure that may mean the primary moved is reported to the target).
+    fn pool<T>(&self, generation: u64, conn: MultiplexedConnection, reply: &Result<T, RedisError>) {
+        match reply {
+            Ok(_) => self.keep(generation, conn),
+            Err(e) => self.target.saw(e),
         }
     }
 
-    async fn open_dedicated(&self) -> Result<MultiplexedConnection, StoreError> {
+    /// Keeps a dedicated connection whose last call answered, for the next blocking call.
+    pub(super) fn keep(&self, generation: u64, conn: MultiplexedConnection) {
+        let mut idle = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_BLOCKING_MAX {
+            idle.push((generation, conn));
+        }
+    }
+
+    /// A new dedicated connection to the current node, bounded by `op_timeout`.
+    pub(super) async fn open_dedicated(&self, op: &'static str) -> Result<(u64, MultiplexedConnection), StoreError> {
         let limit = self.settings.op_timeout;
-        self.health
-            .bounded("next", limit, async {
-                self.client
-                    .get_multiplexed_async_connection_with_config(&blocking_config(limit))
-                    .await
-                    .map_err(self.health.fail("next"))
+        let (generation, client) = self.target.current();
+        let conn = self
+            .health
+            .bounded(op, limit, async {
+                client.get_multiplexed_async_connection_with_config(&blocking_config(limit)).await.map_err(|e| {
+                    self.target.saw(&e);
+                    self.health.fail(op)(e)
+                })
             })
-            .await
+            .await?;
+        Ok((generation, conn))
     }
 
     /// `NOGROUP` (the stream was deleted under us): recreates the group and reports no jobs;
