@@ -1,5 +1,7 @@
 //! A real `redis-server` for one test: on a free loopback port, without persistence, killed
-//! when dropped. Needs the Debian package `redis-server`; without it the test fails loudly.
+//! when dropped; also as a replica of another, and Sentinels watching them. Needs the Debian
+//! package `redis-server` (a Sentinel is the same program run with `--sentinel`, which is all
+//! the package `redis-sentinel` adds); without it the test fails loudly.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -52,6 +54,42 @@ impl RedisServer {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Starts a replica of `primary` and waits (bounded) until it holds the primary's data.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        replica.wait_replicating(START_TIMEOUT);
+        replica
+    }
+
+    /// Waits (bounded, blocking the thread: not while courier runs in this process) until
+    /// this server is a synced replica.
+    pub fn wait_replicating(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while !self.is_replicating() {
+            assert!(Instant::now() < deadline, "port {} did not become a synced replica within {bound:?}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether this server is a replica whose link to its primary is up and synchronised.
+    pub fn is_replicating(&self) -> bool {
+        let info = self.info("replication");
+        info.contains("role:slave")
+            && info.contains("master_link_status:up")
+            && info.contains("master_sync_in_progress:0")
+    }
+
+    /// `INFO <section>` (empty when the server does not answer within a second).
+    pub fn info(&self, section: &str) -> String {
+        self.command(&["INFO", section]).unwrap_or_default()
+    }
+
+    /// Sends one command over a fresh connection and returns the reply as text; `None` when
+    /// the server does not answer within a second or answers an error.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        command(self.port, args)
     }
 
     /// Kills the server (SIGKILL: no shutdown, as in a crash) and waits for it to exit.
@@ -130,6 +168,132 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Sends one command to the server on `port` over a fresh connection (bounded by a second
+/// each way) and returns the reply as text (an array's items one per line); `None` when the
+/// server does not answer or answers an error.
+pub fn command(port: u16, args: &[&str]) -> Option<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(1)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    conn.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    let value: redis::Value = cmd.query(&mut conn).ok()?;
+    Some(text(&value))
+}
+
+fn text(value: &redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => s.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        redis::Value::Array(items) | redis::Value::Set(items) => items.iter().map(text).collect::<Vec<_>>().join("\n"),
+        redis::Value::Nil => String::new(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A Redis Sentinel watching master `master` at `primary_port`, on a free port, with the
+/// given down-after and failover timeouts; killed on drop. Its configuration file (which the
+/// Sentinel rewrites as it learns) lives in a temporary directory removed on drop.
+pub struct Sentinel {
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Sentinel {
+    /// Starts a Sentinel (quorum 2, down after 1 s, failover timeout 5 s).
+    pub fn start(master: &str, primary_port: u16) -> Sentinel {
+        for attempt in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("courier-sentinel-{}-{port}-{attempt}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("sentinel dir");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\nprotected-mode no\ndir {dir}\nlogfile \"\"\n\
+                     sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
+                     sentinel down-after-milliseconds {master} 1000\n\
+                     sentinel failover-timeout {master} 5000\n\
+                     sentinel parallel-syncs {master} 1\n",
+                    dir = dir.display()
+                ),
+            )
+            .expect("sentinel config");
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .args(["--loglevel", "warning"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel runs (Debian package redis-server)");
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if answers(port) {
+                    return Sentinel { child: Some(child), port, dir };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("sentinel on port {port} did not answer within {START_TIMEOUT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        panic!("redis sentinel did not start on any of 5 free ports");
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `SENTINEL <args...>` on this Sentinel, the raw reply as text.
+    pub fn ask(&self, args: &[&str]) -> String {
+        let mut full = vec!["SENTINEL"];
+        full.extend_from_slice(args);
+        command(self.port, &full).unwrap_or_default()
+    }
+
+    /// A field of `SENTINEL master <master>` (e.g. `num-slaves`, `num-other-sentinels`).
+    pub fn master_field(&self, master: &str, field: &str) -> Option<String> {
+        let reply = self.ask(&["master", master]);
+        let mut lines = reply.lines();
+        while let Some(line) = lines.next() {
+            if line == field {
+                return lines.next().map(str::to_owned);
+            }
+        }
+        None
+    }
+
+    /// The port of the primary this Sentinel names for `master` (0 when it names none).
+    pub fn primary_port(&self, master: &str) -> u16 {
+        let reply = self.ask(&["get-master-addr-by-name", master]);
+        reply.lines().nth(1).and_then(|p| p.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
