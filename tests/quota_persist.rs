@@ -15,8 +15,8 @@ use support::process::{signal, sim_env, wait_exit, Serving, BIN};
 use support::quota::state_dir;
 use support::{body, read_answer};
 
-/// A large window, so that blocks hold 16 counts (a thousandth of the limit, at most 16).
-const QUOTA: &str = "64000/600s";
+/// A window large enough that blocks hold 16 counts (a thousandth of the limit).
+const QUOTA: &str = "16000/600s";
 const BLOCK: u64 = 16;
 
 async fn simulator() -> Simulator {

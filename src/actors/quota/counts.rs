@@ -18,8 +18,9 @@ use super::window;
 pub use super::window::EDGE_MS;
 use crate::config::QuotaSpec;
 
-/// The most counts one block holds.
-const MAX_BLOCK: u64 = 16;
+/// The most counts one block holds: a block costs one store write (an fsync, or a Redis round
+/// trip), and what a crash can over-count is one block per client, a thousandth of the window.
+const MAX_BLOCK: u64 = 1000;
 
 /// A client's block: counts held in the store and not yet spent.
 #[derive(Clone, Debug, Default)]
@@ -77,7 +78,7 @@ impl Counts {
         }
     }
 
-    /// Counts of a block: a thousandth of the smallest limit, 1 to 16, so a small window is
+    /// Counts of a block: a thousandth of the smallest limit, 1 to 1000, so a small window is
     /// counted exactly and a large one costs a store write every few counts.
     pub fn block_size(&self) -> u64 {
         self.block_size
