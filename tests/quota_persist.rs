@@ -133,6 +133,7 @@ async fn after_kill_9_the_count_is_never_below_what_was_sent() {
         // The one client's unspent block, and the attempts in flight at the kill.
         let bound = BLOCK + SENDERS;
         let added = counted - sent - excess;
+        println!("kill -9 round {round}: upstream received {sent}, counted {counted}, this kill added {added}");
         assert!(added <= bound, "round {round}: this kill over-counted by {added} > {bound}");
         excess = counted - sent;
         drop(restarted);
