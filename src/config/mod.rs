@@ -382,6 +382,21 @@ pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
     r.finish().map(|()| addr)
 }
 
+/// A valid minimal environment plus `pairs` (tests of every config part start from it).
+#[cfg(test)]
+pub(crate) fn test_env(pairs: &[(&str, &str)]) -> MapEnv {
+    let mut env = MapEnv::new([
+        ("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2/"),
+        ("EXTERNAL_API_KEY", "key-123456"),
+        ("EXTERNAL_OAUTH_CLIENT_ID", "client"),
+        ("EXTERNAL_OAUTH_CLIENT_SECRET", "secret-abcdef"),
+    ]);
+    for (name, value) in pairs {
+        env.set(*name, *value);
+    }
+    env
+}
+
 #[cfg(test)]
 mod quota_tests;
 #[cfg(test)]

@@ -98,20 +98,7 @@ impl Counts {
     /// Moves every window to the instance that holds `now_ms`, and ends blocks that ran out
     /// of time; returns what the blocks give back.
     pub fn roll(&mut self, now_ms: i64) -> Vec<Release> {
-        let mut released = Vec::new();
-        for (client, block) in self.blocks.iter_mut().enumerate() {
-            if block.left > 0 && block.until_ms <= now_ms {
-                released.push(Release {
-                    client: Some(client),
-                    k: block.left,
-                    targets: std::mem::take(&mut block.targets),
-                });
-                block.left = 0;
-            }
-        }
-        for release in &released {
-            self.give_back(release);
-        }
+        let released = self.end_blocks(|block| block.until_ms <= now_ms);
         for w in &mut self.windows {
             if now_ms < w.current.instance.end_ms {
                 continue;
@@ -285,15 +272,16 @@ impl Counts {
 
     /// Every block's rest, given back (a graceful stop).
     pub fn release_all(&mut self) -> Vec<Release> {
+        self.end_blocks(|_| true)
+    }
+
+    /// Ends the blocks that still hold counts and that `ending` picks; their rest is given back.
+    fn end_blocks(&mut self, ending: impl Fn(&Block) -> bool) -> Vec<Release> {
         let mut released = Vec::new();
         for (client, block) in self.blocks.iter_mut().enumerate() {
-            if block.left > 0 {
-                released.push(Release {
-                    client: Some(client),
-                    k: block.left,
-                    targets: std::mem::take(&mut block.targets),
-                });
-                block.left = 0;
+            if block.left > 0 && ending(block) {
+                let targets = std::mem::take(&mut block.targets);
+                released.push(Release { client: Some(client), k: std::mem::take(&mut block.left), targets });
             }
         }
         for release in &released {
