@@ -1,6 +1,6 @@
 //! State shared by several courier replicas through Redis (`REDIS_URL`): the upstream rate
 //! budget, the upstream token, a second level of the response cache, and the counts of the
-//! quota windows. (Jobs have their own store, `jobs::redis`.)
+//! quota windows. (Jobs have their own store, `jobs::redis`.) Every key is named by [`keys`].
 //!
 //! Redis is a dependency courier must survive: every call is bounded by a timeout, and a
 //! failure marks shared state *degraded*. While degraded, callers fall back to what one
@@ -22,6 +22,7 @@
 
 pub mod budget;
 pub mod cache;
+pub mod keys;
 pub mod quota;
 pub mod token;
 
@@ -136,6 +137,11 @@ impl SharedRedis {
             .await
             .map_err(|_| Degraded("connect timed out"))?
             .map_err(|_| Degraded("cannot connect"))?;
+        let log = log.new(o!("component" => "shared_state"));
+        if let Some(queued) = keys::legacy_queue(&conn, namespace).await {
+            warn!(log, "legacy_jobs_queued"; "jobs" => queued, "stream" => format!("{namespace}:jobs"),
+                "action" => "run by the older version only: see docs/operations.md, Redis in production");
+        }
         set_mode(&metrics, "shared");
         for op in OPERATIONS {
             metrics.redis_errors.with_label_values(&[op]);
@@ -149,13 +155,13 @@ impl SharedRedis {
             base: Instant::now(),
             retry_at_ms: AtomicU64::new(0),
             metrics,
-            log: log.new(o!("component" => "shared_state")),
+            log,
         })
     }
 
-    /// A key in courier's namespace.
+    /// A key in courier's namespace, with its hash tag ([`keys`]).
     pub fn key(&self, suffix: &str) -> String {
-        format!("{}:{suffix}", self.namespace)
+        keys::key_in(&self.namespace, suffix)
     }
 
     /// Whether shared state works now (the last call succeeded).

@@ -1,7 +1,10 @@
 //! The Redis job store: jobs shared by every replica, queued in a Redis stream, each held by
 //! one runner under a lease.
 //!
-//! # Data model (`{ns}` is [`RedisSettings::namespace`], `courier` by default)
+//! # Data model (`{ns}`: [`RedisSettings::namespace`] in braces, `{courier}` by default)
+//!
+//! Every key carries the namespace as its hash tag (`{courier}:…`, see
+//! [`crate::shared::keys`]), so the scripts' keys share one slot in a Redis Cluster.
 //!
 //! - **`{ns}:job:{id}`**, a hash per job: `state` (the [`JobStatus`](super::JobStatus)
 //!   string), `doc` (the JSON of the whole [`Job`]; its `doc.status` always equals `state`) and
@@ -81,6 +84,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 
 use super::{CallbackState, Claim, Job, JobStore, Start, StoreError, StoreFuture};
+use crate::shared::keys::key_in;
 use crate::shared::RedisHealth;
 use errors::Health;
 use scripts::Scripts;
@@ -98,7 +102,7 @@ struct Keys {
 
 impl Keys {
     fn new(namespace: &str) -> Keys {
-        Keys { job_prefix: format!("{namespace}:job:"), stream: format!("{namespace}:jobs") }
+        Keys { job_prefix: key_in(namespace, "job:"), stream: key_in(namespace, "jobs") }
     }
 
     fn job(&self, id: &str) -> String {
@@ -377,8 +381,8 @@ mod tests {
     #[test]
     fn keys_are_namespaced() {
         let keys = Keys::new("courier");
-        assert_eq!(keys.job("r-1"), "courier:job:r-1");
-        assert_eq!(keys.stream, "courier:jobs");
+        assert_eq!(keys.job("r-1"), "{courier}:job:r-1");
+        assert_eq!(keys.stream, "{courier}:jobs");
     }
 
     #[actix_rt::test]
