@@ -17,6 +17,7 @@ mod limits;
 mod pem;
 mod quota;
 mod reader;
+mod redis_tls;
 mod sections;
 mod tracing;
 
@@ -36,6 +37,7 @@ pub use pem::load_ca_file;
 pub use quota::{Pacing, QuotaConfig, QuotaSpec, WindowKind};
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
+pub use redis_tls::{RedisClientCert, RedisTls};
 pub use sections::{BreakerConfig, JobsConfig};
 pub use tracing::{SamplerChoice, TracingConfig};
 
@@ -81,8 +83,10 @@ pub struct Config {
     pub cache_ttl: Duration,
     /// Upstream requests per minute.
     pub rate_limit_per_minute: u32,
-    /// Redis URL for shared state, when set.
+    /// Redis URL for shared state, when set (it may hold the ACL user's password).
     pub redis_url: Option<SecretString>,
+    /// TLS material for a `rediss://` Redis URL (`REDIS_CA_FILE`, `REDIS_CLIENT_*_FILE`).
+    pub redis_tls: RedisTls,
     /// Address of the gateway listener.
     pub listen: SocketAddr,
     /// Address of the admin listener (/metrics, /healthz, /readyz).
@@ -156,6 +160,7 @@ impl fmt::Debug for Config {
             .field("cache_ttl", &self.cache_ttl)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("redis_url", &self.redis_url.as_ref().map(|_| REDACTED))
+            .field("redis_tls", &self.redis_tls)
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("clients", &self.clients)
@@ -224,6 +229,7 @@ impl Config {
         let cache_ttl = r.seconds_or_zero("EXTERNAL_API_CACHE_TTL", 300.0);
         let rate_limit_per_minute = r.count("EXTERNAL_API_RATE_LIMIT", 1000, 1..=10_000_000);
         let redis_url = r.optional_secret_url("REDIS_URL");
+        let redis_tls = RedisTls::read(r, redis_url.as_ref());
         let listen = r.addr("COURIER_LISTEN", "127.0.0.1:8080");
         let admin_listen = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
         let admin = AdminConfig::read(r, admin_listen);
@@ -316,6 +322,7 @@ impl Config {
             cache_ttl,
             rate_limit_per_minute: rate_limit_per_minute as u32,
             redis_url,
+            redis_tls,
             listen,
             admin_listen,
             clients,
@@ -399,6 +406,8 @@ pub(crate) fn test_env(pairs: &[(&str, &str)]) -> MapEnv {
 
 #[cfg(test)]
 mod quota_tests;
+#[cfg(test)]
+mod redis_tls_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

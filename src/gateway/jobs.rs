@@ -24,8 +24,8 @@ pub(super) async fn jobs_shared(
     shared_redis: Option<Arc<SharedRedis>>,
 ) -> Result<JobsShared, StartError> {
     let jobs = &config.jobs;
-    let store: Arc<dyn JobStore> = match &config.redis_url {
-        Some(url) => {
+    let store: Arc<dyn JobStore> = match super::redis_endpoint(config) {
+        Some(endpoint) => {
             let settings = RedisSettings {
                 lease: jobs.lease,
                 job_ttl: jobs.ttl,
@@ -35,7 +35,7 @@ pub(super) async fn jobs_shared(
                 ..RedisSettings::default()
             };
             let health = shared_redis.map(|redis| redis as Arc<dyn shared::RedisHealth>);
-            let store = RedisStore::connect_with(url, settings, health)
+            let store = RedisStore::connect_with(endpoint, settings, health)
                 .await
                 .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
             Arc::new(store)

@@ -16,7 +16,7 @@
 //! The window instance (its key and expiry) is chosen by the caller with its own clock: the
 //! calendar arithmetic of days and months does not belong in Lua.
 //!
-//! # Data model (`{ns}` is the shared-state namespace)
+//! # Data model (`{ns}`: the shared-state namespace in braces, its hash tag: `{courier}`)
 //!
 //! **`{ns}:quota:{window}:{start_ms}`** is a hash: `total` (every count of the instance,
 //! unattributed ones included) and `c:<client>` (the counts of each client), expiring at the
