@@ -267,8 +267,11 @@ fn a_certificate_refused_either_way_stops_the_start_with_one_line_saying_which()
 
     // courier's certificate, missing or from a CA Redis does not trust.
     assert_eq!(refused_start(&url, &[("REDIS_CA_FILE", &ca.1)]), CLIENT_REFUSED);
-    let strange_client =
-        [("REDIS_CA_FILE", &ca.1), ("REDIS_CLIENT_CERT_FILE", &stranger.cert), ("REDIS_CLIENT_KEY_FILE", &stranger.key)];
+    let strange_client = [
+        ("REDIS_CA_FILE", &ca.1),
+        ("REDIS_CLIENT_CERT_FILE", &stranger.cert),
+        ("REDIS_CLIENT_KEY_FILE", &stranger.key),
+    ];
     assert_eq!(refused_start(&url, &strange_client), CLIENT_REFUSED);
 }
 

@@ -105,7 +105,8 @@ async fn the_upgrade_script_moves_jobs_and_quota_counts_of_the_layout_before_has
     })
     .await;
     assert_eq!(last["result"]["processed_data"], "QUEUED BEFORE THE UPGRADE");
-    let total: String = redis::cmd("HGET").arg("{courier}:quota:day:0").arg("total").query_async(&mut conn).await.unwrap();
+    let total: String =
+        redis::cmd("HGET").arg("{courier}:quota:day:0").arg("total").query_async(&mut conn).await.unwrap();
     assert_eq!(total, "7");
     let ttl: i64 = redis::cmd("PTTL").arg("{courier}:quota:day:0").query_async(&mut conn).await.unwrap();
     assert!(ttl > 0, "the window's expiry is kept: {ttl}");

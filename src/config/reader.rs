@@ -381,7 +381,9 @@ fn redis_url_problem(raw: &str) -> Option<String> {
             }
             if url.fragment().is_some() {
                 // The redis crate reads `rediss://…#insecure` as "skip certificate checks".
-                return Some("has a #fragment (courier always verifies Redis's certificate; #insecure is not supported)".into());
+                return Some(
+                    "has a #fragment (courier always verifies Redis's certificate; #insecure is not supported)".into(),
+                );
             }
             None
         }

@@ -92,7 +92,8 @@ impl RedisTls {
         let scheme_is_tls = url.is_some_and(|u| u.expose_secret().starts_with("rediss:"));
         let url_reported = r.reported("REDIS_URL") || r.reported("REDIS_URL_FILE");
         if !scheme_is_tls && !url_reported {
-            let why = if url.is_some() { "is set but REDIS_URL is not a rediss:// URL" } else { "is set without REDIS_URL" };
+            let why =
+                if url.is_some() { "is set but REDIS_URL is not a rediss:// URL" } else { "is set without REDIS_URL" };
             for (var, _) in set.into_iter().filter(|(_, is_set)| *is_set) {
                 if !r.reported(var) {
                     r.problem(var, why, TLS_ONLY);

@@ -33,7 +33,8 @@ impl Files {
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         for name in ["client", "other"] {
             let key = rcgen::KeyPair::generate().unwrap();
-            let cert = rcgen::CertificateParams::new(vec!["courier".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+            let cert =
+                rcgen::CertificateParams::new(vec!["courier".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
             std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
             std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
         }
@@ -114,7 +115,11 @@ fn each_bad_tls_file_is_one_line_naming_its_variable() {
     let files = Files::new("bad");
     let url = ("REDIS_URL", TLS_URL.to_string());
     let cases: Vec<Case> = vec![
-        (vec![url.clone(), ("REDIS_CA_FILE", files.path("empty.pem"))], "REDIS_CA_FILE", "holds no PEM certificate".into()),
+        (
+            vec![url.clone(), ("REDIS_CA_FILE", files.path("empty.pem"))],
+            "REDIS_CA_FILE",
+            "holds no PEM certificate".into(),
+        ),
         (vec![url.clone(), ("REDIS_CA_FILE", files.path("missing.pem"))], "REDIS_CA_FILE", "cannot read".into()),
         (
             vec![url.clone(), ("REDIS_CLIENT_CERT_FILE", files.path("client.crt"))],
@@ -127,17 +132,29 @@ fn each_bad_tls_file_is_one_line_naming_its_variable() {
             "is set without REDIS_CLIENT_CERT_FILE".into(),
         ),
         (
-            vec![url.clone(), ("REDIS_CLIENT_CERT_FILE", files.path("empty.pem")), ("REDIS_CLIENT_KEY_FILE", files.path("client.key"))],
+            vec![
+                url.clone(),
+                ("REDIS_CLIENT_CERT_FILE", files.path("empty.pem")),
+                ("REDIS_CLIENT_KEY_FILE", files.path("client.key")),
+            ],
             "REDIS_CLIENT_CERT_FILE",
             "holds no PEM certificate".into(),
         ),
         (
-            vec![url.clone(), ("REDIS_CLIENT_CERT_FILE", files.path("client.crt")), ("REDIS_CLIENT_KEY_FILE", files.path("client.crt"))],
+            vec![
+                url.clone(),
+                ("REDIS_CLIENT_CERT_FILE", files.path("client.crt")),
+                ("REDIS_CLIENT_KEY_FILE", files.path("client.crt")),
+            ],
             "REDIS_CLIENT_KEY_FILE",
             "holds no PEM private key".into(),
         ),
         (
-            vec![url.clone(), ("REDIS_CLIENT_CERT_FILE", files.path("client.crt")), ("REDIS_CLIENT_KEY_FILE", files.path("other.key"))],
+            vec![
+                url.clone(),
+                ("REDIS_CLIENT_CERT_FILE", files.path("client.crt")),
+                ("REDIS_CLIENT_KEY_FILE", files.path("other.key")),
+            ],
             "REDIS_CLIENT_KEY_FILE",
             format!("{} cannot be used with {}", files.path("other.key"), files.path("client.crt")),
         ),

@@ -105,9 +105,7 @@ pub fn refusal(e: &RedisError) -> Option<&'static str> {
         return Some("ACL: Redis refused the user name or password of REDIS_URL (WRONGPASS)");
     }
     match e.code() {
-        Some("NOPERM") => {
-            return Some("ACL: the Redis user may not run a command or use a key courier needs (NOPERM)")
-        }
+        Some("NOPERM") => return Some("ACL: the Redis user may not run a command or use a key courier needs (NOPERM)"),
         Some("NOAUTH") => return Some("ACL: Redis requires a password and REDIS_URL has none (NOAUTH)"),
         _ => {}
     }

@@ -37,7 +37,8 @@ mod tests {
 
     #[test]
     fn every_key_carries_the_namespace_as_its_hash_tag() {
-        for suffix in ["budget:tat", "token", "token:lock", "cache:00ff", "quota:day:1700000000000", "jobs", "job:r-1"] {
+        for suffix in ["budget:tat", "token", "token:lock", "cache:00ff", "quota:day:1700000000000", "jobs", "job:r-1"]
+        {
             let key = key_in("courier", suffix);
             assert_eq!(hash_tag(&key), Some("courier"), "{key}");
             assert!(key.ends_with(suffix), "{key}");

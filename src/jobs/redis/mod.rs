@@ -141,7 +141,10 @@ impl RedisStore {
     /// current runtime (call it in the actix System's main arbiter). `Unavailable` when the
     /// settings cannot work or Redis does not answer (each of the three steps is bounded by
     /// `op_timeout`); the error text never contains the URL.
-    pub async fn connect(endpoint: impl Into<RedisEndpoint>, settings: RedisSettings) -> Result<RedisStore, StoreError> {
+    pub async fn connect(
+        endpoint: impl Into<RedisEndpoint>,
+        settings: RedisSettings,
+    ) -> Result<RedisStore, StoreError> {
         RedisStore::connect_with(endpoint, settings, None).await
     }
 
