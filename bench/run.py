@@ -8,6 +8,9 @@ Targets (all on loopback, one worker each, per-request logging off for all):
   haproxy        HAProxy with connection reuse
   floor          examples/floor.rs: bare actix-web (+ awc for pass-through) with none of courier's
                  work, the floor of courier's own stack (a reference, like nginx's fixed 429)
+With QUOTAS (e.g. "100000000/day, 3000000000/month"), extra pass-through and cache-hit couriers
+count every upstream attempt in those quota windows (embedded store, a state file in the run's
+temporary directory): the cost of the quota stage on the request path.
 With TRACE_RATIOS (e.g. 1.0,0.01), extra pass-through and cache-hit couriers trace at each ratio,
 exporting to bench/otlp_sink.py (its own process, on loopback), and the spans they exported,
 failed and dropped are reported per 10k requests.
@@ -45,6 +48,8 @@ MEMORY_SIZES = [int(n) for n in os.environ.get("MEMORY_SIZES", "5000,50000").spl
 MEMORY_BOUND_MIB = int(os.environ.get("MEMORY_BOUND_MIB", "64"))
 # Sampling ratios at which to measure couriers with tracing on (none by default: an unchanged run).
 TRACE_RATIOS = [r.strip() for r in os.environ.get("TRACE_RATIOS", "").split(",") if r.strip()]
+# Quota windows for the extra quota couriers (none by default: an unchanged run).
+QUOTAS = os.environ.get("QUOTAS", "").strip()
 # After a traced run, spans still queued are exported within the batch delay (5 s by default):
 # the counters are read (and the CPU counted) once they have not moved for longer than that.
 TRACE_SETTLE_SECONDS = 6
@@ -343,6 +348,18 @@ backend sim
         for _ in range(2):
             post(b_cache_url, BODY, {"Content-Type": "application/json"})
         plan[1][2].insert(2, "courier B (cache)")
+    if QUOTAS:
+        state = os.path.join(WORK, "quota-state")
+        for name, extra in [("courier, quotas", {}), ("courier (cache), quotas", {"EXTERNAL_API_CACHE_TTL": "3600"})]:
+            os.makedirs(state + name.replace(" ", "-"), exist_ok=True)
+            quota = {"EXTERNAL_API_QUOTAS": QUOTAS, "COURIER_STATE_DIR": state + name.replace(" ", "-"), **extra}
+            q_proc, q_url, _ = courier(name.replace(" ", "-").replace(",", ""), quota)
+            targets[name] = (q_url, json_header, [q_proc.pid])
+        for _ in range(2):
+            post(targets["courier (cache), quotas"][0], BODY, {"Content-Type": "application/json"})
+        passing.insert(passing.index("courier") + 1, "courier, quotas")
+        hits = plan[1][2]
+        hits.insert(hits.index("courier (cache)") + 1, "courier (cache), quotas")
     if TRACE_RATIOS:
         sink_port = free_port()
         start("otlp-sink", [sys.executable, os.path.join(ROOT, "bench", "otlp_sink.py"), str(sink_port)])

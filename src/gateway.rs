@@ -23,7 +23,7 @@ use crate::metrics::{Metrics, ReloadTrigger};
 use crate::pipeline::{LaneSettings, Pipeline, Prober, RetryPolicy};
 use crate::reload::{Credentials, ReloadHandle, Reloader, Targets};
 use crate::shared::budget::SharedRate;
-use crate::shared::{self, SharedRedis};
+use crate::shared::{self, RedisEndpoint, SharedRedis};
 use crate::systemd;
 use crate::trace::Tracing;
 use crate::upstream::{self, Backoff};
@@ -82,13 +82,13 @@ impl Gateway {
             None => vec![1],
         };
         let sentinel_target = sentinel::sentinel_target(&config, &log).await?;
-        let shared_redis = match &config.redis_url {
-            Some(url) => Some(Arc::new(
+        let shared_redis = match redis_endpoint(&config) {
+            Some(endpoint) => Some(Arc::new(
                 match &sentinel_target {
                     Some(target) => {
                         SharedRedis::connect_to(target.clone(), "courier", REDIS_TIMEOUT, metrics.clone(), &log).await
                     }
-                    None => SharedRedis::connect(url, "courier", REDIS_TIMEOUT, metrics.clone(), &log).await,
+                    None => SharedRedis::connect(endpoint, "courier", REDIS_TIMEOUT, metrics.clone(), &log).await,
                 }
                 .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?,
             )),
@@ -360,3 +360,10 @@ pub async fn wait_for_signal() -> io::Result<()> {
 
 /// Bound of every Redis call.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Redis of `REDIS_URL` with its TLS settings, when set: every connection courier opens to
+/// it (shared state, the job store) is made from this.
+fn redis_endpoint(config: &Config) -> Option<RedisEndpoint> {
+    let url = config.redis_url.as_ref()?;
+    Some(RedisEndpoint::new(url.clone(), config.redis_tls.clone()))
+}

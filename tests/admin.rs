@@ -48,7 +48,8 @@ fn client() -> awc::Client {
     awc::Client::builder().timeout(Duration::from_secs(20)).finish()
 }
 
-/// One admin request: `POST /admin/breaker` carries `{"mode": mode}`.
+/// One admin request: `POST /admin/breaker` carries `{"mode": mode}`, `PUT /admin/quota/{window}`
+/// `{"used": 0}`.
 async fn call(http: &awc::Client, admin: &str, method: &Method, path: &str, token: Option<&str>) -> Answer {
     call_with(http, admin, method, path, token, "open").await
 }
@@ -65,8 +66,11 @@ async fn call_with(
     if let Some(token) = token {
         request = request.insert_header(("authorization", format!("Bearer {token}")));
     }
-    let sent =
-        if *method == Method::POST { request.send_json(&json!({"mode": mode})).await } else { request.send().await };
+    let sent = match *method {
+        Method::POST => request.send_json(&json!({"mode": mode})).await,
+        Method::PUT => request.send_json(&json!({"used": 0})).await,
+        _ => request.send().await,
+    };
     read_answer(sent.expect("the admin listener answers")).await
 }
 
@@ -122,7 +126,13 @@ fn assert_never_logged(lines: &[Value], secrets: &[&str]) {
 #[actix_rt::test]
 async fn every_locked_route_answers_401_without_the_token_and_serves_with_it() {
     let sim = simulator().await;
-    let courier = serve(&sim, &[("COURIER_ADMIN_TOKEN", TOKEN.into())]);
+    // A quota window, so that its admin route has something to set.
+    let quota = [
+        ("COURIER_ADMIN_TOKEN", TOKEN.into()),
+        ("EXTERNAL_API_QUOTAS", "100000/day".into()),
+        ("COURIER_STATE_DIR", support::quota::state_dir("admin-routes")),
+    ];
+    let courier = serve(&sim, &quota);
     let (http, admin) = (client(), courier.admin.clone());
     wait_ready(&http, &admin).await;
     let process = format!("http://{}/api/external/process", courier.gateway);
@@ -143,7 +153,7 @@ async fn every_locked_route_answers_401_without_the_token_and_serves_with_it() {
     // Without the token, with another one, with the token's prefix: refused, and nothing done
     // (the circuit is not forced open, the cached answer stays).
     for (method, pattern) in &locked {
-        let path = pattern.replace("{key}", &key);
+        let path = pattern.replace("{key}", &key).replace("{window}", "day");
         for token in [None, Some(WRONG), Some(PREFIX)] {
             assert_refused(&call(&http, &admin, method, &path, token).await, &format!("{method} {path} {token:?}"));
         }
@@ -161,7 +171,7 @@ async fn every_locked_route_answers_401_without_the_token_and_serves_with_it() {
         if pattern.contains("{key}") {
             assert_eq!(cache_one().await, key);
         }
-        let path = pattern.replace("{key}", &key);
+        let path = pattern.replace("{key}", &key).replace("{window}", "day");
         let answer = call(&http, &admin, method, &path, Some(TOKEN)).await;
         assert_eq!(answer.status, 200, "{method} {path}: {answer:?}");
         allowed += 1;

@@ -126,7 +126,7 @@ async fn an_answer_loaded_on_one_replica_is_a_fresh_hit_on_another() {
 
     // Redis drops it when no replica could serve it any more.
     let name = fleet.l2().name(&key(1));
-    assert_eq!(name, format!("courier:cache:{}", key(1).hex()));
+    assert_eq!(name, format!("{{courier}}:cache:{}", key(1).hex()));
     let pttl: i64 = redis::cmd("PTTL").arg(&name).query_async(&mut fleet.probe).await.unwrap();
     assert!(pttl > (KEEP - Duration::from_secs(5)).as_millis() as i64 && pttl <= KEEP.as_millis() as i64, "{pttl}");
 }
@@ -196,13 +196,13 @@ async fn purges_remove_answers_from_the_second_level_for_every_replica() {
     for n in 100..1300 {
         l2.write(&key(n), &record_from(Duration::ZERO, b"2"), KEEP).await.unwrap();
     }
-    let _: () = redis::cmd("SET").arg("courier:job:keep-me").arg("1").query_async(&mut fleet.probe).await.unwrap();
+    let _: () = redis::cmd("SET").arg("{courier}:job:keep-me").arg("1").query_async(&mut fleet.probe).await.unwrap();
     assert_eq!(a.purge_all().await, Some(Purged { removed: 1202, complete: true }));
     let b2 = fleet.replica();
     for n in [2, 3, 100, 1299] {
         assert!(matches!(b2.lookup(&key(n), Instant::now()).await, Lookup::Miss), "{n}");
     }
-    assert!(fleet.exists("courier:job:keep-me").await);
+    assert!(fleet.exists("{courier}:job:keep-me").await);
 }
 
 #[actix_rt::test]

@@ -158,15 +158,15 @@ async fn submit_then_get_round_trips_and_a_second_submit_is_refused() {
 
     store.submit(&original).await.unwrap();
     assert_eq!(store.get("r-1").await.unwrap(), Some(original.clone()));
-    assert_eq!(query::<String>(&mut conn, &["HGET", "t:job:r-1", "state"]).await, "pending");
-    let ttl: i64 = query(&mut conn, &["PTTL", "t:job:r-1"]).await;
+    assert_eq!(query::<String>(&mut conn, &["HGET", "{t}:job:r-1", "state"]).await, "pending");
+    let ttl: i64 = query(&mut conn, &["PTTL", "{t}:job:r-1"]).await;
     assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
 
     let mut other = original.clone();
     other.owner = Some("someone-else".into());
     assert_eq!(store.submit(&other).await, Err(StoreError::Exists));
     assert_eq!(store.get("r-1").await.unwrap(), Some(original));
-    assert_eq!(query::<u64>(&mut conn, &["XLEN", "t:jobs"]).await, 1, "one stream entry");
+    assert_eq!(query::<u64>(&mut conn, &["XLEN", "{t}:jobs"]).await, 1, "one stream entry");
     assert_eq!(store.get("nope").await.unwrap(), None);
     assert!(store.durable());
 }
@@ -189,11 +189,11 @@ async fn records_land_but_never_overwrite_a_job() {
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(store.get("r-2").await.unwrap(), Some(sync));
-    assert_eq!(query::<String>(&mut conn, &["HGET", "t:job:r-2", "state"]).await, "completed");
-    assert!(query::<i64>(&mut conn, &["PTTL", "t:job:r-2"]).await > 0);
+    assert_eq!(query::<String>(&mut conn, &["HGET", "{t}:job:r-2", "state"]).await, "completed");
+    assert!(query::<i64>(&mut conn, &["PTTL", "{t}:job:r-2"]).await > 0);
     // Records are written in order: r-1's came first, and changed nothing.
     assert_eq!(store.get("r-1").await.unwrap(), Some(submitted));
-    assert_eq!(query::<u64>(&mut conn, &["XLEN", "t:jobs"]).await, 1, "records are not queued");
+    assert_eq!(query::<u64>(&mut conn, &["XLEN", "{t}:jobs"]).await, 1, "records are not queued");
     assert_eq!(store.dropped_records(), 0);
 }
 
@@ -227,7 +227,7 @@ async fn next_hands_each_job_out_once_and_wakes_on_a_submit() {
 async fn jobs_queued_before_the_group_existed_are_delivered() {
     let server = RedisServer::start();
     let mut conn = raw(&server).await;
-    let _: String = query(&mut conn, &["XADD", "t:jobs", "*", "id", "early"]).await;
+    let _: String = query(&mut conn, &["XADD", "{t}:jobs", "*", "id", "early"]).await;
     let store = store(&server, "a").await;
     assert_eq!(ids(&store.next(10, Duration::ZERO).await.unwrap()), ["early".to_string()].into());
 }
@@ -273,7 +273,7 @@ async fn a_dead_runners_jobs_are_taken_over_after_the_lease_only() {
     // A late heartbeat of the old runner does not take the jobs back.
     one.heartbeat(&held).await.unwrap();
     let pending: Vec<(String, String, u64, u64)> =
-        query(&mut conn, &["XPENDING", "t:jobs", "runners", "-", "+", "10"]).await;
+        query(&mut conn, &["XPENDING", "{t}:jobs", "runners", "-", "+", "10"]).await;
     assert!(pending.iter().all(|(_, owner, _, _)| owner == "two"), "{pending:?}");
 }
 
@@ -308,13 +308,13 @@ async fn start_and_finish_are_compare_and_set() {
     let running = store.start("r-1").await.unwrap().unwrap().into_job();
     assert_eq!((running.doc.status, running.doc.takeovers), (JobStatus::Processing, 0));
     assert_eq!(store.get("r-1").await.unwrap(), Some(running.clone()));
-    assert_eq!(query::<String>(&mut conn, &["HGET", "t:job:r-1", "state"]).await, "processing");
+    assert_eq!(query::<String>(&mut conn, &["HGET", "{t}:job:r-1", "state"]).await, "processing");
 
     let done = completed(&running);
     assert!(store.finish(&done).await.unwrap());
     assert_eq!(store.get("r-1").await.unwrap(), Some(done.clone()), "stored byte for byte");
-    assert_eq!(query::<String>(&mut conn, &["HGET", "t:job:r-1", "state"]).await, "completed");
-    assert!(query::<i64>(&mut conn, &["PTTL", "t:job:r-1"]).await > 0, "the expiry is kept");
+    assert_eq!(query::<String>(&mut conn, &["HGET", "{t}:job:r-1", "state"]).await, "completed");
+    assert!(query::<i64>(&mut conn, &["PTTL", "{t}:job:r-1"]).await > 0, "the expiry is kept");
 
     let mut failed = running.clone();
     failed.doc.status = JobStatus::Failed;
@@ -367,7 +367,7 @@ async fn a_job_whose_runs_kept_ending_with_their_process_is_failed_in_redis_not_
         (stored.doc.status, stored.doc.error.clone(), stored.doc.takeovers),
         (JobStatus::Failed, Some(error), 2)
     );
-    assert_eq!(query::<String>(&mut conn, &["HGET", "t:job:r-1", "state"]).await, "failed");
+    assert_eq!(query::<String>(&mut conn, &["HGET", "{t}:job:r-1", "state"]).await, "failed");
     // Whoever starts it next finds it final: it is counted once.
     assert_eq!(store.start("r-1").await.unwrap(), Some(Start::Final(stored)));
 }
@@ -426,9 +426,9 @@ async fn ack_takes_the_job_off_the_queue_for_good() {
     assert_eq!(one.backlog().await.unwrap(), 1, "running jobs are in the backlog");
     one.ack(&claims[0]).await.unwrap();
     assert_eq!(one.backlog().await.unwrap(), 0);
-    assert_eq!(query::<u64>(&mut conn, &["XLEN", "t:jobs"]).await, 0);
+    assert_eq!(query::<u64>(&mut conn, &["XLEN", "{t}:jobs"]).await, 0);
     let pending: Vec<(String, String, u64, u64)> =
-        query(&mut conn, &["XPENDING", "t:jobs", "runners", "-", "+", "10"]).await;
+        query(&mut conn, &["XPENDING", "{t}:jobs", "runners", "-", "+", "10"]).await;
     assert_eq!(pending, vec![], "nothing pending");
 
     // The lease passing is the point here, so this waits for it.

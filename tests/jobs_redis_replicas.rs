@@ -63,7 +63,7 @@ async fn submit_latency(pair: &Pair, prefix: &str, n: usize) -> (Duration, Durat
 }
 
 fn job_key(request_id: &str) -> String {
-    format!("courier:job:{request_id}")
+    format!("{{courier}}:job:{request_id}")
 }
 
 #[actix_rt::test]
@@ -115,7 +115,7 @@ async fn a_job_is_accepted_only_once_a_replica_holds_it_and_withdrawn_when_none_
     // The runner took the withdrawn jobs' queue entries, found no job and let them go:
     // the queue empties and the upstream saw none of them.
     within(Duration::from_secs(5), "the queue empties", || async {
-        primary.command(&["XLEN", "courier:jobs"]).as_deref() == Some("0")
+        primary.command(&["XLEN", "{courier}:jobs"]).as_deref() == Some("0")
     })
     .await;
     assert_eq!(pair.sim.stats().process.total, upstream_before, "a refused job reached the upstream");
@@ -186,7 +186,7 @@ fn store_settings(min_replicas: u32) -> RedisSettings {
 }
 
 async fn hold(conn: &mut redis::aio::MultiplexedConnection, id: &str, token: Option<&str>) {
-    let key = format!("t:job:{id}");
+    let key = format!("{{t}}:job:{id}");
     let cmd = match token {
         Some(token) => redis::cmd("HSET").arg(&key).arg("held").arg(token).clone(),
         None => redis::cmd("HDEL").arg(&key).arg("held").clone(),
@@ -223,7 +223,7 @@ async fn a_runner_leaves_a_held_job_alone_until_its_submit_settles_or_the_hold_r
     let start = store.start("orphan").await;
     assert!(matches!(start, Ok(Some(Start::Run(_)))), "{start:?}");
     assert!(started.elapsed() >= limit, "started {:?} after, before the hold ran out", started.elapsed());
-    let held: bool = redis::cmd("HEXISTS").arg("t:job:orphan").arg("held").query_async(&mut raw).await.unwrap();
+    let held: bool = redis::cmd("HEXISTS").arg("{t}:job:orphan").arg("held").query_async(&mut raw).await.unwrap();
     assert!(!held, "the start ended the hold");
 
     // Another submit of a held id is refused, not taken for the same job.

@@ -65,6 +65,7 @@ async fn pacing_spreads_a_window_evenly_under_a_tenfold_overload() {
     let arrivals = arrivals(&pair).await;
     let fifths: Vec<u64> = (0..5).map(|i| between(&arrivals, start + 3 * i, 3)).collect();
     let total: u64 = fifths.iter().sum();
+    println!("arrivals per fifth of the window: {fifths:?} (total {total})");
     assert!(total <= 150, "the window is never overrun: {fifths:?}");
     for (i, n) in fifths.iter().enumerate() {
         assert!((26..=34).contains(n), "fifth {i} got {n}, expected 30 ± 15%: {fifths:?}");

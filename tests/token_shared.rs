@@ -210,7 +210,7 @@ async fn a_revocation_seen_by_every_replica_costs_one_token_request() {
 
     // The token lives in Redis (that is the point), but never in a log line.
     let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let doc: String = redis::cmd("GET").arg("courier:token").query_async(&mut conn).await.unwrap();
+    let doc: String = redis::cmd("GET").arg("{courier}:token").query_async(&mut conn).await.unwrap();
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
     assert_eq!(doc["generation"], second);
     let secret = doc["access_token"].as_str().expect("access_token in the shared document").to_owned();

@@ -10,7 +10,7 @@ rendered overlay:
   knows, are validated against the small schemas in deploy_crds.py, and the PrometheusRule's
   spec must equal grafana/alerts/courier.rules.yml (it is written to a file for promtool);
 - the manifests must fit courier itself (deploy_overlay.py, deploy_courier.py): variable names, ports, probe paths,
-  the shutdown arithmetic, the replica settings, the security context.
+  the shutdown arithmetic, the replica settings, the quota state directory, the security context.
 Every problem is printed, one line each, and the exit code is 1 if there was any.
 """
 

@@ -83,6 +83,16 @@ def check_overlay(overlay, docs, secret_docs, problems):
         if key not in secrets.get(secret_name, {}).get("data", {}):
             problem(f"{name}: examples/secrets makes no key {key} in Secret {secret_name}")
 
+    # The quota counts' directory: with a read-only root file system, only a writable volume
+    # mounted at COURIER_STATE_DIR lets courier start with quotas.
+    state_dir = env.get("COURIER_STATE_DIR")
+    if state_dir is not None:
+        mount = mounts.get(state_dir.rstrip("/"))
+        volume = volumes.get(mount["name"], {}) if mount else {}
+        if not mount or mount.get("readOnly") or not ({"emptyDir", "persistentVolumeClaim", "ephemeral"} & set(volume)):
+            problem(f"COURIER_STATE_DIR={state_dir}: no writable volume (emptyDir or a claim) is mounted there, "
+                    "and the root file system is read-only")
+
     # Listeners, ports, the admin token.
     ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
     for var, port_name, default in (("COURIER_LISTEN", "http", "127.0.0.1:8080"),
@@ -177,6 +187,8 @@ def check_replicas(overlay, docs, deployment, env, policies, problem):
             problem("overlays/single must have no autoscaler: its in-process job store cannot be shared")
         if redis:
             problem("overlays/single sets REDIS_URL: that is overlays/redis")
+        if "COURIER_STATE_DIR" not in env:
+            problem("no COURIER_STATE_DIR: EXTERNAL_API_QUOTAS would need one (the quota counts' file)")
         return
     if "REDIS_URL_FILE" not in env:
         problem("no REDIS_URL_FILE: the replicas would not share budget, token and jobs")

@@ -3,15 +3,18 @@
     python3 deploy_systemd.py check UNIT ENV_EXAMPLE
     python3 deploy_systemd.py trace UNIT COURIER_BINARY
 
-`check` reads the unit and the environment file example: every variable is one courier knows,
-every *_FILE points into the credentials directory at a credential the unit loads, Type=notify,
-and TimeoutStopSec holds courier's graceful stop.
+`check` reads the unit and the environment file example: every variable is one courier knows
+(the commented-out ones too), COURIER_STATE_DIR is the unit's StateDirectory=, every *_FILE
+points into the credentials directory at a credential the unit loads, Type=notify, and
+TimeoutStopSec holds courier's graceful stop.
 
 `trace` runs the real binary under strace the way the unit runs it (secrets in files, a notify
-socket), through READY=1, a sync request, an async job, a metrics scrape, a SIGHUP reload and a
-SIGTERM stop with STOPPING=1, then checks that every system call it made is one the unit's
-SystemCallFilter allows, every socket is of a family RestrictAddressFamilies allows, and no
-mapping is made writable and executable or made executable later (MemoryDenyWriteExecute).
+socket, a quota window counted in a state directory as under StateDirectory=), through READY=1,
+a sync request, an async job, a metrics scrape, a SIGHUP reload and a SIGTERM stop with
+STOPPING=1 that leaves the quota state file behind (so its lock, write, fsync and rename were
+made), then checks that every system call it made is one the unit's SystemCallFilter allows,
+every socket is of a family RestrictAddressFamilies allows, and no mapping is made writable and
+executable or made executable later (MemoryDenyWriteExecute).
 A call outside the filter would fail with EPERM under systemd: this finds it here first.
 """
 
@@ -53,11 +56,15 @@ def unit_settings(path):
     return pairs
 
 
-def env_file(path):
+def env_file(path, commented=False):
+    """The file's VARIABLE=value lines; with `commented`, also the `#VARIABLE=value` ones (the
+    optional settings it shows), so their names are checked too."""
     env = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
+            if commented and re.match(r"^#[A-Z][A-Z0-9_]*=", line):
+                line = line[1:]
             if line and not line.startswith("#"):
                 key, _, value = line.partition("=")
                 env[key.strip()] = value.strip()
@@ -72,7 +79,7 @@ def check(unit, example):
         settings.setdefault(key, []).append(value)
     known, documented, read = courier.known_variables()
     env = env_file(example)
-    for name in env:
+    for name in env_file(example, commented=True):
         why = courier.unknown_variable(name, known, documented, read)
         if why:
             problems.append(f"deploy/systemd/courier.env.example: {why}")
@@ -89,6 +96,13 @@ def check(unit, example):
                     if credential not in credentials:
                         problems.append(f"deploy/systemd/courier.service: {name}={value} is not %d/<a credential "
                                         f"the unit loads with LoadCredential=>")
+    # ProtectSystem=strict makes every other path read-only: the quota counts' directory must
+    # be the one systemd makes writable.
+    state_dir = env_file(example, commented=True).get("COURIER_STATE_DIR")
+    writable = {"/var/lib/" + d for v in settings.get("StateDirectory", []) for d in v.split()}
+    if state_dir is not None and state_dir.rstrip("/") not in writable:
+        problems.append(f"deploy/systemd/courier.env.example: COURIER_STATE_DIR={state_dir} is not the unit's "
+                        f"StateDirectory= ({', '.join(sorted(writable)) or 'none'}): ProtectSystem=strict leaves it read-only")
     if settings.get("Type") != ["notify"]:
         problems.append("deploy/systemd/courier.service: Type= is not notify (courier sends READY=1 and STOPPING=1)")
     if "AF_UNIX" not in " ".join(settings.get("RestrictAddressFamilies", [])):
@@ -100,7 +114,7 @@ def check(unit, example):
         problems += courier.grace_problems("deploy/systemd/courier.service", int(stop), 0, env, "TimeoutStopSec")
     if problems:
         fail(problems)
-    print("courier.service and courier.env.example fit courier (variables, credentials, Type=notify, TimeoutStopSec)")
+    print("courier.service and courier.env.example fit courier (variables, credentials, the state directory, Type=notify, TimeoutStopSec)")
 
 
 def expand(group, seen=None):
@@ -162,6 +176,8 @@ def exercise(binary, work):
     try:
         line = sim.stdout.readline()
         base = re.search(r"(http://\S+/v2)", line).group(1)
+        state = os.path.join(work, "state")
+        os.mkdir(state, 0o700)
         for name, value in (("api-key", "demo-api-key"), ("client-secret", "demo-secret"), ("admin-token", "t" * 32)):
             with open(os.path.join(work, name), "w") as f:
                 f.write(value + "\n")
@@ -173,7 +189,9 @@ def exercise(binary, work):
                "EXTERNAL_API_KEY_FILE": os.path.join(work, "api-key"),
                "EXTERNAL_OAUTH_CLIENT_SECRET_FILE": os.path.join(work, "client-secret"),
                "COURIER_ADMIN_TOKEN_FILE": os.path.join(work, "admin-token"),
-               "COURIER_LISTEN": "127.0.0.1:0", "COURIER_ADMIN_LISTEN": "127.0.0.1:0", "COURIER_WORKERS": "2"}
+               "COURIER_LISTEN": "127.0.0.1:0", "COURIER_ADMIN_LISTEN": "127.0.0.1:0", "COURIER_WORKERS": "2",
+               # The state file's lock, writes, fsyncs and renames are traced too.
+               "EXTERNAL_API_QUOTAS": "100000/day", "COURIER_STATE_DIR": state}
         trace = os.path.join(work, "trace")
         log = open(os.path.join(work, "courier.log"), "w")
         child = subprocess.Popen(["strace", "-f", "-qq", "-o", trace, binary, "serve"], env=env,
@@ -205,6 +223,8 @@ def exercise(binary, work):
                 raise RuntimeError(f"SIGTERM did not announce STOPPING=1: {stopping!r}")
             if child.wait(timeout=40) != 0:
                 raise RuntimeError("courier did not exit 0 after SIGTERM")
+            if not os.path.exists(os.path.join(state, "quota-state.json")):
+                raise RuntimeError("courier left no quota-state.json in COURIER_STATE_DIR after counting and a graceful stop")
         finally:
             if child.poll() is None:
                 child.kill()

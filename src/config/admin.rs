@@ -132,18 +132,7 @@ pub fn token_fingerprint(presented: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> crate::config::MapEnv {
-        let mut env = crate::config::MapEnv::new([
-            ("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2"),
-            ("EXTERNAL_API_KEY", "key-123456"),
-            ("EXTERNAL_OAUTH_CLIENT_ID", "client"),
-            ("EXTERNAL_OAUTH_CLIENT_SECRET", "secret-abcdef"),
-        ]);
-        for (name, value) in pairs {
-            env.set(*name, *value);
-        }
-        env
-    }
+    use crate::config::test_env as env;
 
     fn errors(pairs: &[(&str, &str)]) -> Vec<String> {
         let errors = crate::config::Config::from_sources(&env(pairs), None).unwrap_err();

@@ -18,6 +18,7 @@ mod pem;
 mod quota;
 mod reader;
 mod redis_ha;
+mod redis_tls;
 mod sections;
 mod tracing;
 
@@ -38,6 +39,7 @@ pub use quota::{Pacing, QuotaConfig, QuotaSpec, WindowKind};
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
 pub use redis_ha::RedisHaConfig;
+pub use redis_tls::{RedisClientCert, RedisTls};
 pub use sections::{BreakerConfig, JobsConfig};
 pub use tracing::{SamplerChoice, TracingConfig};
 
@@ -83,10 +85,12 @@ pub struct Config {
     pub cache_ttl: Duration,
     /// Upstream requests per minute.
     pub rate_limit_per_minute: u32,
-    /// Redis URL for shared state, when set.
+    /// Redis URL for shared state, when set (it may hold the ACL user's password).
     pub redis_url: Option<SecretString>,
     /// A replicated Redis: replicas a job must reach, Sentinels that name the primary.
     pub redis_ha: RedisHaConfig,
+    /// TLS material for a `rediss://` Redis URL (`REDIS_CA_FILE`, `REDIS_CLIENT_*_FILE`).
+    pub redis_tls: RedisTls,
     /// Address of the gateway listener.
     pub listen: SocketAddr,
     /// Address of the admin listener (/metrics, /healthz, /readyz).
@@ -161,6 +165,7 @@ impl fmt::Debug for Config {
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("redis_url", &self.redis_url.as_ref().map(|_| REDACTED))
             .field("redis_ha", &self.redis_ha)
+            .field("redis_tls", &self.redis_tls)
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("clients", &self.clients)
@@ -231,6 +236,7 @@ impl Config {
         let redis_url = r.optional_secret_url("REDIS_URL");
         let scheme = redis_url.as_ref().and_then(|url| secrecy::ExposeSecret::expose_secret(url).split_once(':'));
         let redis_ha = RedisHaConfig::read(r, scheme.map(|(scheme, _)| scheme));
+        let redis_tls = RedisTls::read(r, redis_url.as_ref());
         let listen = r.addr("COURIER_LISTEN", "127.0.0.1:8080");
         let admin_listen = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
         let admin = AdminConfig::read(r, admin_listen);
@@ -324,6 +330,7 @@ impl Config {
             rate_limit_per_minute: rate_limit_per_minute as u32,
             redis_url,
             redis_ha,
+            redis_tls,
             listen,
             admin_listen,
             clients,
@@ -390,8 +397,25 @@ pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
     r.finish().map(|()| addr)
 }
 
+/// A valid minimal environment plus `pairs` (tests of every config part start from it).
+#[cfg(test)]
+pub(crate) fn test_env(pairs: &[(&str, &str)]) -> MapEnv {
+    let mut env = MapEnv::new([
+        ("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2/"),
+        ("EXTERNAL_API_KEY", "key-123456"),
+        ("EXTERNAL_OAUTH_CLIENT_ID", "client"),
+        ("EXTERNAL_OAUTH_CLIENT_SECRET", "secret-abcdef"),
+    ]);
+    for (name, value) in pairs {
+        env.set(*name, *value);
+    }
+    env
+}
+
 #[cfg(test)]
 mod quota_tests;
+#[cfg(test)]
+mod redis_tls_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

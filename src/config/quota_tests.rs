@@ -2,18 +2,7 @@
 
 use super::*;
 
-fn with(pairs: &[(&str, &str)]) -> MapEnv {
-    let mut env = MapEnv::new([
-        ("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2/"),
-        ("EXTERNAL_API_KEY", "key-123456"),
-        ("EXTERNAL_OAUTH_CLIENT_ID", "client"),
-        ("EXTERNAL_OAUTH_CLIENT_SECRET", "secret-abcdef"),
-    ]);
-    for (name, value) in pairs {
-        env.set(*name, *value);
-    }
-    env
-}
+use super::test_env as with;
 
 /// A fresh, empty directory of this test process.
 fn state_dir(tag: &str) -> PathBuf {

@@ -351,7 +351,7 @@ impl<'a> Reader<'a> {
     pub(super) fn optional_secret_url(&mut self, var: &str) -> Option<SecretString> {
         let (value, _) = self.optional_secret(var)?;
         if let Some(problem) = redis_url_problem(secrecy::ExposeSecret::expose_secret(&value)) {
-            self.problem(var, problem, "redis://[user:password@]host[:port][/db], rediss://… or unix:///path");
+            self.problem(var, problem, "redis://[user:password@]host[:port][/db], rediss://… (TLS) or unix:///path");
             return None;
         }
         Some(value)
@@ -378,6 +378,12 @@ fn redis_url_problem(raw: &str) -> Option<String> {
             let db = url.path().trim_start_matches('/');
             if !db.is_empty() && db.parse::<u32>().is_err() {
                 return Some(format!("names database {db:?}, not a number"));
+            }
+            if url.fragment().is_some() {
+                // The redis crate reads `rediss://…#insecure` as "skip certificate checks".
+                return Some(
+                    "has a #fragment (courier always verifies Redis's certificate; #insecure is not supported)".into(),
+                );
             }
             None
         }

@@ -1,12 +1,7 @@
 use super::*;
 
 fn minimal() -> MapEnv {
-    MapEnv::new([
-        ("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2/"),
-        ("EXTERNAL_API_KEY", "key-123456"),
-        ("EXTERNAL_OAUTH_CLIENT_ID", "client"),
-        ("EXTERNAL_OAUTH_CLIENT_SECRET", "secret-abcdef"),
-    ])
+    test_env(&[])
 }
 
 #[test]

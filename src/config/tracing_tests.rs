@@ -3,22 +3,7 @@
 
 use super::*;
 
-fn minimal() -> MapEnv {
-    MapEnv::new([
-        ("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2/"),
-        ("EXTERNAL_API_KEY", "key-123456"),
-        ("EXTERNAL_OAUTH_CLIENT_ID", "client"),
-        ("EXTERNAL_OAUTH_CLIENT_SECRET", "secret-abcdef"),
-    ])
-}
-
-fn with(pairs: &[(&str, &str)]) -> MapEnv {
-    let mut env = minimal();
-    for (name, value) in pairs {
-        env.set(*name, *value);
-    }
-    env
-}
+use super::test_env as with;
 
 fn tracing(pairs: &[(&str, &str)]) -> TracingConfig {
     Config::from_sources(&with(pairs), None).expect("valid configuration").tracing
@@ -264,11 +249,11 @@ fn the_config_file_may_set_the_otel_variables() {
     ]
     .join("\n");
     std::fs::write(&path, text).unwrap();
-    let config = Config::from_sources(&minimal(), Some(&path)).unwrap().tracing;
+    let config = Config::from_sources(&with(&[]), Some(&path)).unwrap().tracing;
     assert_eq!(config.endpoint.as_deref(), Some("http://c:4318/v1/traces"));
     assert_eq!((config.sampler, config.delay), (SamplerChoice::AlwaysOff, Duration::from_millis(100)));
     std::fs::write(&path, "OTEL_TRACES_SAMPLR = \"always_off\"\n").unwrap();
-    let text = Config::from_sources(&minimal(), Some(&path)).unwrap_err().to_string();
+    let text = Config::from_sources(&with(&[]), Some(&path)).unwrap_err().to_string();
     assert_eq!(text, "OTEL_TRACES_SAMPLR: not a setting courier knows (did you mean OTEL_TRACES_SAMPLER?)");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -26,8 +26,8 @@ pub(super) async fn jobs_shared(
     sentinel_target: Option<Arc<Target>>,
 ) -> Result<JobsShared, StartError> {
     let jobs = &config.jobs;
-    let store: Arc<dyn JobStore> = match &config.redis_url {
-        Some(url) => {
+    let store: Arc<dyn JobStore> = match super::redis_endpoint(config) {
+        Some(endpoint) => {
             let settings = RedisSettings {
                 lease: jobs.lease,
                 job_ttl: jobs.ttl,
@@ -41,7 +41,7 @@ pub(super) async fn jobs_shared(
             let health = shared_redis.map(|redis| redis as Arc<dyn shared::RedisHealth>);
             let store = match sentinel_target {
                 Some(target) => RedisStore::connect_to(target, settings, health).await,
-                None => RedisStore::connect_with(url, settings, health).await,
+                None => RedisStore::connect_with(endpoint, settings, health).await,
             }
             .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
             Arc::new(store)

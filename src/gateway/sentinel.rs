@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
 use slog::Logger;
 
 use super::{StartError, REDIS_TIMEOUT};
@@ -13,15 +12,16 @@ use crate::shared::sentinel::{self, NodeClient, SentinelSettings, Target};
 /// main arbiter, which runs the follower for as long as courier does). `None` without them:
 /// each connection then goes to `REDIS_URL` itself.
 pub(super) async fn sentinel_target(config: &Config, log: &Logger) -> Result<Option<Arc<Target>>, StartError> {
-    let (Some(url), Some(master)) = (&config.redis_url, &config.redis_ha.sentinel_master) else { return Ok(None) };
+    let (Some(endpoint), Some(master)) = (super::redis_endpoint(config), &config.redis_ha.sentinel_master) else {
+        return Ok(None);
+    };
     if config.redis_ha.sentinels.is_empty() {
         return Ok(None);
     }
-    // Everything but the address comes from REDIS_URL (TLS, user, password, database).
-    let template = redis::Client::open(url.expose_secret())
-        .map_err(|_| StartError::Setting("REDIS_URL: the Redis URL is not valid".into()))?
-        .get_connection_info()
-        .clone();
+    // Everything but the address comes from REDIS_URL and its TLS files (user, password,
+    // database, TLS and its certificates).
+    let template =
+        endpoint.client().map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?.get_connection_info().clone();
     let node_client: NodeClient = Arc::new(move |host, port| sentinel::node_client(&template, host, port));
     let settings = SentinelSettings { sentinels: config.redis_ha.sentinels.clone(), master: master.clone() };
     Target::sentinel(settings, node_client, REDIS_TIMEOUT, log)

@@ -22,7 +22,7 @@
 //!   level of the replica asked. Other replicas keep their first-level copy until it expires
 //!   or they are purged too.
 //!
-//! # Data model (`{ns}` is the shared-state namespace, `courier` by default)
+//! # Data model (`{ns}`: the shared-state namespace in braces, its hash tag: `{courier}`)
 //!
 //! **`{ns}:cache:{key}`** (`{key}`: the 64 hex digits of the `X-Cache-Key`) is a string
 //! holding one [`Record`], written with `SET .. PX` so Redis drops it once it is past its TTL

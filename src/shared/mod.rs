@@ -1,6 +1,7 @@
 //! State shared by several courier replicas through Redis (`REDIS_URL`): the upstream rate
 //! budget, the upstream token, a second level of the response cache, and the counts of the
-//! quota windows. (Jobs have their own store, `jobs::redis`.)
+//! quota windows. (Jobs have their own store, `jobs::redis`.) Every connection to Redis is
+//! made from one [`RedisEndpoint`] (TLS, the ACL user), every key named by [`keys`].
 //!
 //! Redis is a dependency courier must survive: every call is bounded by a timeout, and a
 //! failure marks shared state *degraded*. While degraded, callers fall back to what one
@@ -27,6 +28,8 @@
 pub mod budget;
 pub mod cache;
 pub mod conn;
+pub mod endpoint;
+pub mod keys;
 pub mod quota;
 pub mod sentinel;
 pub mod token;
@@ -38,11 +41,11 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManagerConfig;
 use redis::RedisError;
-use secrecy::{ExposeSecret, SecretString};
 use slog::{info, o, warn, Logger};
 
 use crate::metrics::Metrics;
 use conn::RedisConn;
+pub use endpoint::{ConnectError, RedisEndpoint};
 use sentinel::Target;
 
 /// How long a degraded replica leaves Redis alone before trying it again.
@@ -83,7 +86,9 @@ pub struct Degraded(pub &'static str);
 /// What failed, in a few words that hold no secret: the kind of failure or the server's error
 /// code, never the URL (it may hold the password), the server's full message or an argument.
 pub fn describe(e: &RedisError) -> String {
-    if e.is_timeout() {
+    if let Some(refused) = endpoint::refusal(e) {
+        refused.into()
+    } else if e.is_timeout() {
         "timed out".into()
     } else if e.is_connection_refusal() {
         "connection refused".into()
@@ -119,6 +124,8 @@ pub struct SharedRedis {
     up: AtomicBool,
     /// This connection's last call failed: refresh it before the next one.
     suspect: AtomicBool,
+    /// A certificate or ACL refusal was logged since Redis last worked.
+    refusal_logged: AtomicBool,
     base: Instant,
     /// Milliseconds since `base` after which a degraded replica may try again.
     retry_at_ms: AtomicU64,
@@ -127,15 +134,16 @@ pub struct SharedRedis {
 }
 
 impl SharedRedis {
-    /// Connects (bounded by `timeout`); every later call is bounded by it too.
+    /// Connects (bounded by `timeout`); every later call is bounded by it too. A refused
+    /// certificate or ACL user is said as such ([`describe`]).
     pub async fn connect(
-        url: &SecretString,
+        endpoint: impl Into<RedisEndpoint>,
         namespace: &str,
         timeout: Duration,
         metrics: Arc<Metrics>,
         log: &Logger,
-    ) -> Result<SharedRedis, Degraded> {
-        let client = redis::Client::open(url.expose_secret()).map_err(|_| Degraded("the Redis URL is not valid"))?;
+    ) -> Result<SharedRedis, ConnectError> {
+        let client = endpoint.into().client().map_err(|e| ConnectError(e.into()))?;
         SharedRedis::connect_to(Target::fixed(client), namespace, timeout, metrics, log).await
     }
 
@@ -146,15 +154,20 @@ impl SharedRedis {
         timeout: Duration,
         metrics: Arc<Metrics>,
         log: &Logger,
-    ) -> Result<SharedRedis, Degraded> {
+    ) -> Result<SharedRedis, ConnectError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
             .set_number_of_retries(0);
         let conn = tokio::time::timeout(timeout, RedisConn::connect(target, config))
             .await
-            .map_err(|_| Degraded("connect timed out"))?
-            .map_err(|_| Degraded("cannot connect"))?;
+            .map_err(|_| ConnectError("connect timed out".into()))?
+            .map_err(|e| ConnectError(describe(&e)))?;
+        let log = log.new(o!("component" => "shared_state"));
+        if let Some(queued) = keys::legacy_queue(&conn, namespace).await {
+            warn!(log, "legacy_jobs_queued"; "jobs" => queued, "stream" => format!("{namespace}:jobs"),
+                "action" => "run by the older version only: see docs/operations.md, Redis in production");
+        }
         set_mode(&metrics, "shared");
         for op in OPERATIONS {
             metrics.redis_errors.with_label_values(&[op]);
@@ -165,16 +178,17 @@ impl SharedRedis {
             timeout,
             up: AtomicBool::new(true),
             suspect: AtomicBool::new(false),
+            refusal_logged: AtomicBool::new(false),
             base: Instant::now(),
             retry_at_ms: AtomicU64::new(0),
             metrics,
-            log: log.new(o!("component" => "shared_state")),
+            log,
         })
     }
 
-    /// A key in courier's namespace.
+    /// A key in courier's namespace, with its hash tag ([`keys`]).
     pub fn key(&self, suffix: &str) -> String {
-        format!("{}:{suffix}", self.namespace)
+        keys::key_in(&self.namespace, suffix)
     }
 
     /// Whether shared state works now (the last call succeeded).
@@ -240,6 +254,7 @@ impl SharedRedis {
     }
 
     fn mark_up(&self) {
+        self.refusal_logged.store(false, Ordering::Release);
         if !self.up.swap(true, Ordering::AcqRel) {
             set_mode(&self.metrics, "shared");
             info!(self.log, "shared_state_restored");
@@ -256,12 +271,19 @@ impl SharedRedis {
     }
 
     /// Counts a failed call and, on the first since Redis last worked, degrades the replica
-    /// with one log line naming the operation and what failed.
+    /// with one log line naming the operation and what failed. A refused certificate or ACL
+    /// user does not heal by itself (a rotated password, an expired certificate), so the first
+    /// refusal is logged too when the outage began otherwise (typically a dropped connection
+    /// whose reconnects are then refused).
     fn mark_down(&self, op: &'static str, why: &str) {
         self.metrics.redis_errors.with_label_values(&[op]).inc();
+        let refused = endpoint::is_refusal(why);
         if self.up.swap(false, Ordering::AcqRel) {
+            self.refusal_logged.store(refused, Ordering::Release);
             set_mode(&self.metrics, "degraded");
             warn!(self.log, "shared_state_degraded"; "operation" => op, "error" => why);
+        } else if refused && !self.refusal_logged.swap(true, Ordering::AcqRel) {
+            warn!(self.log, "shared_state_refused"; "operation" => op, "error" => why);
         }
     }
 }

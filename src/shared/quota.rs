@@ -16,7 +16,7 @@
 //! The window instance (its key and expiry) is chosen by the caller with its own clock: the
 //! calendar arithmetic of days and months does not belong in Lua.
 //!
-//! # Data model (`{ns}` is the shared-state namespace)
+//! # Data model (`{ns}`: the shared-state namespace in braces, its hash tag: `{courier}`)
 //!
 //! **`{ns}:quota:{window}:{start_ms}`** is a hash: `total` (every count of the instance,
 //! unattributed ones included) and `c:<client>` (the counts of each client), expiring at the
@@ -28,7 +28,6 @@ use std::sync::Arc;
 use redis::{ErrorKind, RedisError, Script};
 
 use super::{Degraded, SharedRedis};
-use crate::actors::quota::alloc::QuotaReason;
 
 /// Takes up to `want` counts for one client in every window, atomically, or none.
 ///
@@ -148,6 +147,40 @@ end
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return total
 "#;
+
+/// Why a count was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaReason {
+    /// The window's limit is reached.
+    WindowSpent,
+    /// The client used its `quota_max`.
+    ClientMax,
+    /// What is left is held for other clients' `quota_reserved`.
+    Reserved,
+    /// The store (Redis, the state file) cannot count now and this replica holds no counts.
+    Unavailable,
+}
+
+impl QuotaReason {
+    /// Every reason, in the order of the `courier_quota_refusals_total{reason}` label values.
+    pub const ALL: [QuotaReason; 4] =
+        [QuotaReason::WindowSpent, QuotaReason::ClientMax, QuotaReason::Reserved, QuotaReason::Unavailable];
+
+    /// The metric label, and the code the Lua script returns.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaReason::WindowSpent => "window_spent",
+            QuotaReason::ClientMax => "client_max",
+            QuotaReason::Reserved => "reserved",
+            QuotaReason::Unavailable => "unavailable",
+        }
+    }
+
+    /// The reason named by [`QuotaReason::as_str`].
+    pub fn parse(name: &str) -> Option<QuotaReason> {
+        QuotaReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
 
 /// One window instance a reservation counts in.
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@
 //! revocation). With the token in Redis, one replica asks and the others read its answer:
 //! one token request per lifetime and per revocation, however many replicas run.
 //!
-//! Three keys in courier's namespace (`{ns}` below):
+//! Three keys in courier's namespace (`{ns}` below: the namespace in braces, `{courier}`):
 //!
 //! | key | holds |
 //! |---|---|

@@ -1,21 +1,34 @@
 //! A real `redis-server` for one test: on a free loopback port, without persistence, killed
 //! when dropped; also as a replica of another, and Sentinels watching them. Needs the Debian
-//! package `redis-server` (a Sentinel is the same program run with `--sentinel`, which is all
-//! the package `redis-sentinel` adds); without it the test fails loudly.
+//! package `redis-server` (built with TLS; a Sentinel is the same program run with `--sentinel`,
+//! which is all the package `redis-sentinel` adds); without it the test fails loudly.
+//! [`RedisServer::start_tls`] serves TLS only, on its port, with the test's files.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a server gets to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The TLS side of a test server: its certificate and key, the CA it trusts for client
+/// certificates, and whether it requires one (`--tls-auth-clients`).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub auth_clients: bool,
+}
+
 /// A running `redis-server`, killed on drop.
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     extra_args: Vec<String>,
+    tls: Option<TlsFiles>,
 }
 
 impl RedisServer {
@@ -26,11 +39,20 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments (e.g. `["--requirepass", "pw"]`).
     pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        RedisServer::start_on(extra_args, None)
+    }
+
+    /// Starts a server that speaks TLS only (`--port 0 --tls-port …`), with extra arguments.
+    pub fn start_tls(tls: &TlsFiles, extra_args: &[&str]) -> RedisServer {
+        RedisServer::start_on(extra_args, Some(tls.clone()))
+    }
+
+    fn start_on(extra_args: &[&str], tls: Option<TlsFiles>) -> RedisServer {
         let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         // A port found free may be taken before the server binds it: try a few.
         for _ in 0..5 {
             let port = free_port();
-            let mut server = RedisServer { child: None, port, extra_args: extra_args.clone() };
+            let mut server = RedisServer { child: None, port, extra_args: extra_args.clone(), tls: tls.clone() };
             if server.spawn() {
                 return server;
             }
@@ -49,6 +71,15 @@ impl RedisServer {
     /// The server's `redis://` URL.
     pub fn url(&self) -> String {
         self.url_with_password(None)
+    }
+
+    /// The server's `rediss://` URL on `host` (`127.0.0.1` or `localhost`), with `user:password`
+    /// when given.
+    pub fn tls_url(&self, host: &str, credentials: Option<&str>) -> String {
+        match credentials {
+            Some(userinfo) => format!("rediss://{userinfo}@{host}:{}/0", self.port),
+            None => format!("rediss://{host}:{}/0", self.port),
+        }
     }
 
     /// The port it listens on.
@@ -127,8 +158,27 @@ impl RedisServer {
     /// Spawns the server on `self.port` and waits until it answers; false when it exited
     /// (the port was taken).
     fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let listen: Vec<&std::ffi::OsStr> = match &self.tls {
+            None => vec!["--port".as_ref(), port.as_ref()],
+            Some(tls) => vec![
+                "--port".as_ref(),
+                "0".as_ref(),
+                "--tls-port".as_ref(),
+                port.as_ref(),
+                "--tls-cert-file".as_ref(),
+                tls.cert.as_os_str(),
+                "--tls-key-file".as_ref(),
+                tls.key.as_os_str(),
+                "--tls-ca-cert-file".as_ref(),
+                tls.client_ca.as_os_str(),
+                "--tls-auth-clients".as_ref(),
+                (if tls.auth_clients { "yes" } else { "no" }).as_ref(),
+            ],
+        };
         let spawned = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--daemonize", "no", "--loglevel", "warning", "--logfile", ""])
             .arg("--dir")
@@ -151,7 +201,8 @@ impl RedisServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
-            if answers(self.port) {
+            let ready = if self.tls.is_some() { listens(self.port) } else { answers(self.port) };
+            if ready {
                 self.child = Some(child);
                 return true;
             }
@@ -301,6 +352,12 @@ impl Drop for Sentinel {
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address").port()
+}
+
+/// Whether something accepts connections on `port` (a TLS server's readiness: a plain PING
+/// would not be understood, and it binds its port once it is ready to serve).
+fn listens(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
 /// Whether a Redis server on `port` answers a PING (with PONG, or an auth error).

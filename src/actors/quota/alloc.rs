@@ -15,39 +15,7 @@
 //! - `c` may take `min(M_c − u_c, L − U − Σ_{d≠c} held_d)`; an unattributed count (a breaker
 //!   probe, a count the upstream reported) may take `L − U − Σ_d held_d`.
 
-/// Why a count was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QuotaReason {
-    /// The window's limit is reached.
-    WindowSpent,
-    /// The client used its `quota_max`.
-    ClientMax,
-    /// What is left is held for other clients' `quota_reserved`.
-    Reserved,
-    /// The shared store (Redis) cannot be reached and this replica holds no counts.
-    Unavailable,
-}
-
-impl QuotaReason {
-    /// Every reason, in the order of the `courier_quota_refusals_total{reason}` label values.
-    pub const ALL: [QuotaReason; 4] =
-        [QuotaReason::WindowSpent, QuotaReason::ClientMax, QuotaReason::Reserved, QuotaReason::Unavailable];
-
-    /// The metric label, and the code the Lua script returns.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuotaReason::WindowSpent => "window_spent",
-            QuotaReason::ClientMax => "client_max",
-            QuotaReason::Reserved => "reserved",
-            QuotaReason::Unavailable => "unavailable",
-        }
-    }
-
-    /// The reason named by [`QuotaReason::as_str`].
-    pub fn parse(name: &str) -> Option<QuotaReason> {
-        QuotaReason::ALL.into_iter().find(|r| r.as_str() == name)
-    }
-}
+pub use crate::shared::quota::QuotaReason;
 
 /// A client's part of every window, from the clients file.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -18,8 +18,9 @@ use super::window;
 pub use super::window::EDGE_MS;
 use crate::config::QuotaSpec;
 
-/// The most counts one block holds.
-const MAX_BLOCK: u64 = 16;
+/// The most counts one block holds: a block costs one store write (an fsync, or a Redis round
+/// trip), and what a crash can over-count is one block per client, a thousandth of the window.
+const MAX_BLOCK: u64 = 1000;
 
 /// A client's block: counts held in the store and not yet spent.
 #[derive(Clone, Debug, Default)]
@@ -77,7 +78,7 @@ impl Counts {
         }
     }
 
-    /// Counts of a block: a thousandth of the smallest limit, 1 to 16, so a small window is
+    /// Counts of a block: a thousandth of the smallest limit, 1 to 1000, so a small window is
     /// counted exactly and a large one costs a store write every few counts.
     pub fn block_size(&self) -> u64 {
         self.block_size
@@ -97,20 +98,7 @@ impl Counts {
     /// Moves every window to the instance that holds `now_ms`, and ends blocks that ran out
     /// of time; returns what the blocks give back.
     pub fn roll(&mut self, now_ms: i64) -> Vec<Release> {
-        let mut released = Vec::new();
-        for (client, block) in self.blocks.iter_mut().enumerate() {
-            if block.left > 0 && block.until_ms <= now_ms {
-                released.push(Release {
-                    client: Some(client),
-                    k: block.left,
-                    targets: std::mem::take(&mut block.targets),
-                });
-                block.left = 0;
-            }
-        }
-        for release in &released {
-            self.give_back(release);
-        }
+        let released = self.end_blocks(|block| block.until_ms <= now_ms);
         for w in &mut self.windows {
             if now_ms < w.current.instance.end_ms {
                 continue;
@@ -284,15 +272,16 @@ impl Counts {
 
     /// Every block's rest, given back (a graceful stop).
     pub fn release_all(&mut self) -> Vec<Release> {
+        self.end_blocks(|_| true)
+    }
+
+    /// Ends the blocks that still hold counts and that `ending` picks; their rest is given back.
+    fn end_blocks(&mut self, ending: impl Fn(&Block) -> bool) -> Vec<Release> {
         let mut released = Vec::new();
         for (client, block) in self.blocks.iter_mut().enumerate() {
-            if block.left > 0 {
-                released.push(Release {
-                    client: Some(client),
-                    k: block.left,
-                    targets: std::mem::take(&mut block.targets),
-                });
-                block.left = 0;
+            if block.left > 0 && ending(block) {
+                let targets = std::mem::take(&mut block.targets);
+                released.push(Release { client: Some(client), k: std::mem::take(&mut block.left), targets });
             }
         }
         for release in &released {

@@ -57,8 +57,9 @@ fn a_window_gives_exactly_its_limit_and_then_refuses_until_its_reset() {
 
 #[test]
 fn a_block_is_counted_whole_before_it_is_spent_and_given_back_when_unused() {
-    let mut c = counts(&[fixed(50_000, 20)], one(), T0 + 1_000);
-    assert_eq!(c.block_size(), 16);
+    let mut c = counts(&[fixed(16_000, 20)], one(), T0 + 1_000);
+    assert_eq!(c.block_size(), 16, "a thousandth of the limit");
+    assert_eq!(counts(&[fixed(3_000_000_000, 20)], one(), T0).block_size(), 1000, "at most 1000");
     let grant = c.grant(Some(0), T0 + 1_000).unwrap();
     assert_eq!(grant.k, 16);
     assert_eq!(c.windows[0].current.total, 16, "the whole block counts before any of it is spent");
@@ -79,7 +80,7 @@ fn a_block_is_counted_whole_before_it_is_spent_and_given_back_when_unused() {
 
 #[test]
 fn a_block_ends_before_the_edge_and_gives_its_rest_back() {
-    let mut c = counts(&[fixed(50_000, 20)], one(), T0 + 1_000);
+    let mut c = counts(&[fixed(16_000, 20)], one(), T0 + 1_000);
     let grant = c.grant(Some(0), T0 + 1_000).unwrap();
     c.fill(Some(0), grant, T0 + 1_000);
     assert!(c.take_local(0, T0 + 20_000 - EDGE_MS - 1));
@@ -92,7 +93,7 @@ fn a_block_ends_before_the_edge_and_gives_its_rest_back() {
 
 #[test]
 fn at_the_edge_a_count_counts_in_both_instances_one_at_a_time() {
-    let mut c = counts(&[fixed(50_000, 20)], one(), T0 + 1_000);
+    let mut c = counts(&[fixed(16_000, 20)], one(), T0 + 1_000);
     let at = T0 + 20_000 - 500;
     assert_eq!(c.want(at), 1);
     let grant = c.grant(Some(0), at).unwrap();
@@ -100,7 +101,7 @@ fn at_the_edge_a_count_counts_in_both_instances_one_at_a_time() {
     assert_eq!(grant.targets.len(), 2);
     assert_eq!((c.windows[0].current.total, c.windows[0].next.total), (1, 1));
     // 1.5 s before the end: the current instance only.
-    let mut c = counts(&[fixed(50_000, 20)], one(), T0 + 1_000);
+    let mut c = counts(&[fixed(16_000, 20)], one(), T0 + 1_000);
     let grant = c.grant(Some(0), T0 + 20_000 - 1_500).unwrap();
     assert_eq!(grant.targets.len(), 1);
     // The next instance keeps its edge counts when it becomes current.

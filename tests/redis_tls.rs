@@ -1,0 +1,331 @@
+//! Redis as production runs it: TLS with a private CA, mutual TLS, and ACL users, against real
+//! `redis-server`s serving TLS only, with certificates made in the test (rcgen). Two couriers
+//! share the budget, the token, the cache, quota counts and jobs through a TLS Redis as an ACL
+//! user limited to courier's keys, and every key they write carries the `{courier}` hash tag.
+//! A certificate refused either way and an ACL refusal stop the start with one line saying
+//! which, never the password; a password changed under a running courier is logged and counted.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use redis::aio::MultiplexedConnection;
+use redis::{ClientTlsConfig, TlsCertificates};
+use serde_json::{json, Value};
+use support::process::BIN;
+use support::redis::{RedisServer, TlsFiles};
+use support::{body, count, read_answer, Answer, Pair, PairBuilder};
+
+const PASSWORD: &str = "acl-pw-3b9e1d";
+/// The ACL courier runs with: its own keys only, every command but the dangerous ones.
+const ACL: &[&str] = &["ACL", "SETUSER", "courier", "on", ">acl-pw-3b9e1d", "~{courier}:*", "+@all", "-@dangerous"];
+
+/// A directory of PEM files for one test, removed on drop.
+struct Pki {
+    dir: PathBuf,
+}
+
+/// A certificate and its key, as files.
+#[derive(Clone)]
+struct Leaf {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new(test: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("courier-redis-tls-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Pki { dir }
+    }
+
+    /// A new CA; its certificate is written to `<name>.pem`.
+    fn ca(&self, name: &str) -> (CertifiedIssuer<'static, KeyPair>, PathBuf) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("courier test CA {name}"));
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let path = self.dir.join(format!("{name}.pem"));
+        std::fs::write(&path, ca.pem()).unwrap();
+        (ca, path)
+    }
+
+    /// A certificate for `names` issued by `ca` (server and client use alike).
+    fn leaf(&self, name: &str, ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names).unwrap().signed_by(&key, ca).unwrap();
+        let leaf = Leaf { cert: self.dir.join(format!("{name}.crt")), key: self.dir.join(format!("{name}.key")) };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis serving TLS only with a certificate from `ca` for localhost and 127.0.0.1, asking
+/// clients for a certificate from `ca` when `mutual`.
+fn tls_redis(pki: &Pki, ca: &(CertifiedIssuer<'static, KeyPair>, PathBuf), mutual: bool) -> RedisServer {
+    let server = pki.leaf("redis", &ca.0, &["localhost", "127.0.0.1"]);
+    let files = TlsFiles { cert: server.cert, key: server.key, client_ca: ca.1.clone(), auth_clients: mutual };
+    RedisServer::start_tls(&files, &[])
+}
+
+/// The test's own connection to a TLS Redis, as the default user.
+async fn admin(redis: &RedisServer, ca: &PathBuf, client: Option<&Leaf>) -> MultiplexedConnection {
+    let certificates = TlsCertificates {
+        client_tls: client.map(|leaf| ClientTlsConfig {
+            client_cert: std::fs::read(&leaf.cert).unwrap(),
+            client_key: std::fs::read(&leaf.key).unwrap(),
+        }),
+        root_cert: Some(std::fs::read(ca).unwrap()),
+    };
+    let client = redis::Client::build_with_tls(redis.tls_url("localhost", None), certificates).unwrap();
+    client.get_multiplexed_async_connection().await.expect("the test reaches its TLS Redis")
+}
+
+async fn run(conn: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(conn).await.unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Every key in the Redis (SCAN, so never blocking it).
+async fn all_keys(conn: &mut MultiplexedConnection) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query_async(conn).await.unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+async fn get(pair: &Pair, path: &str) -> Answer {
+    read_answer(pair.http.get(pair.url(path)).send().await.expect("courier answers")).await
+}
+
+/// Polls `check` every 20 ms until it holds, for at most 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} did not happen within 10 s");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Submits an async job on `to` and waits until `from` reads it completed; returns the result.
+async fn job_through(to: &Pair, from: &Pair, input: &str) -> Value {
+    let accepted = to.process(json!({"data": {"input": input}, "options": {"async": true}})).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let url = accepted.body["status_url"].as_str().unwrap().to_owned();
+    let mut last = Value::Null;
+    eventually("the job completes", async || {
+        last = get(from, &url).await.body;
+        last["status"] == "completed"
+    })
+    .await;
+    last["result"].clone()
+}
+
+/// `/readyz`'s `checks.shared_state`.
+async fn shared_state(pair: &Pair) -> String {
+    let mut response = pair.http.get(pair.admin_url("/readyz")).send().await.expect("readyz");
+    let body: Value = response.json().await.expect("readyz JSON");
+    body["checks"]["shared_state"].as_str().expect("shared_state").to_owned()
+}
+
+#[actix_rt::test]
+async fn a_fleet_shares_everything_over_tls_as_an_acl_user_and_every_key_carries_the_hash_tag() {
+    let pki = Pki::new("fleet");
+    let ca = pki.ca("private");
+    let redis = tls_redis(&pki, &ca, false);
+    let mut probe = admin(&redis, &ca.1, None).await;
+    run(&mut probe, ACL).await;
+    let replica = || {
+        PairBuilder::default()
+            .env("REDIS_URL", redis.tls_url("localhost", Some(&format!("courier:{PASSWORD}"))))
+            .env("REDIS_CA_FILE", ca.1.to_str().unwrap())
+            .env("EXTERNAL_API_CACHE_TTL", "300")
+            .env("EXTERNAL_API_QUOTAS", "1000000/day")
+    };
+    let a = replica().start().await;
+    let b = replica().start_beside(&a).await;
+    assert_eq!((shared_state(&a).await, shared_state(&b).await), ("shared".into(), "shared".into()));
+    assert_eq!(count(&a.sim_stats().await, &["token", "total"]), 1, "b adopted a's token through Redis");
+
+    // A sync answer fetched by a is a hit on b, from the shared level.
+    let first = a.process(body("over tls")).await;
+    assert_eq!((first.status.as_u16(), first.header("x-cache")), (200, Some("MISS")), "{first:?}");
+    eventually("a's answer reaches Redis", async || {
+        all_keys(&mut probe).await.iter().any(|k| k.starts_with("{courier}:cache:"))
+    })
+    .await;
+    let second = b.process(body("over tls")).await;
+    assert_eq!((second.status.as_u16(), second.header("x-cache")), (200, Some("HIT")), "{second:?}");
+    assert_eq!(count(&a.sim_stats().await, &["process", "total"]), 1);
+
+    // A job accepted by a is run and read through Redis, whichever replica runs it.
+    assert_eq!(job_through(&a, &b, "tls job").await["processed_data"], "TLS JOB");
+
+    let keys = all_keys(&mut probe).await;
+    assert!(keys.iter().all(|k| k.starts_with("{courier}:")), "a key without courier's hash tag: {keys:?}");
+    for family in ["{courier}:budget:", "{courier}:token", "{courier}:cache:", "{courier}:quota:", "{courier}:job:"] {
+        assert!(keys.iter().any(|k| k.starts_with(family)), "no {family} key in {keys:?}");
+    }
+    assert!(keys.iter().any(|k| k == "{courier}:jobs"), "{keys:?}");
+    assert_eq!(a.metric("courier_redis_errors_total", &[]).await, 0.0, "the ACL let every call through");
+    assert_eq!(b.metric("courier_redis_errors_total", &[]).await, 0.0, "the ACL let every call through");
+    for pair in [a, b] {
+        let logs = pair.stop().await.text();
+        assert!(!logs.contains(PASSWORD), "the password was logged");
+    }
+}
+
+#[actix_rt::test]
+async fn mutual_tls_carries_sync_and_async_requests() {
+    let pki = Pki::new("mutual");
+    let ca = pki.ca("private");
+    let client = pki.leaf("courier", &ca.0, &["courier"]);
+    let redis = tls_redis(&pki, &ca, true);
+    let pair = PairBuilder::default()
+        .env("REDIS_URL", redis.tls_url("127.0.0.1", None))
+        .env("REDIS_CA_FILE", ca.1.to_str().unwrap())
+        .env("REDIS_CLIENT_CERT_FILE", client.cert.to_str().unwrap())
+        .env("REDIS_CLIENT_KEY_FILE", client.key.to_str().unwrap())
+        .start()
+        .await;
+    assert_eq!(shared_state(&pair).await, "shared");
+    assert_eq!(pair.process(body("mutual")).await.status, 200);
+    assert_eq!(job_through(&pair, &pair, "mutual job").await["processed_data"], "MUTUAL JOB");
+    let mut probe = admin(&redis, &ca.1, Some(&client)).await;
+    assert!(all_keys(&mut probe).await.iter().any(|k| k == "{courier}:jobs"));
+    pair.stop().await;
+}
+
+/// Runs `courier serve` against `redis_url` with `extra` settings and returns the line saying
+/// why it did not start (it must exit 1 with one such line, and never print the password).
+fn refused_start(redis_url: &str, extra: &[(&str, &PathBuf)]) -> String {
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .env_clear()
+        .env("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2")
+        .env("EXTERNAL_API_KEY", "very-secret-key")
+        .env("EXTERNAL_OAUTH_CLIENT_ID", "client")
+        .env("EXTERNAL_OAUTH_CLIENT_SECRET", "very-secret-secret")
+        .env("COURIER_LISTEN", "127.0.0.1:0")
+        .env("COURIER_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("REDIS_URL", redis_url);
+    for (name, path) in extra {
+        command.env(name, path);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains(PASSWORD) && !stderr.contains("very-secret"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("courier: cannot start: ")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0].to_owned()
+}
+
+const NOT_TRUSTED: &str = "courier: cannot start: REDIS_URL: cannot connect to Redis: TLS: Redis's certificate is \
+                           not issued by a trusted CA (the system roots or REDIS_CA_FILE)";
+const CLIENT_REFUSED: &str = "courier: cannot start: REDIS_URL: cannot connect to Redis: TLS: Redis refused \
+                              courier's client certificate (none given, or not one Redis trusts: REDIS_CLIENT_CERT_FILE)";
+
+#[test]
+fn a_certificate_refused_either_way_stops_the_start_with_one_line_saying_which() {
+    let pki = Pki::new("refused");
+    let ca = pki.ca("private");
+    let other = pki.ca("other");
+    let stranger = pki.leaf("stranger", &other.0, &["courier"]);
+    let client = pki.leaf("courier", &ca.0, &["courier"]);
+    let redis = tls_redis(&pki, &ca, true);
+    // 127.0.0.1, not localhost: with ::1 refused too, which error is reported would be a race.
+    let url = redis.tls_url("127.0.0.1", Some(&format!("courier:{PASSWORD}")));
+
+    // Redis's certificate, from a CA courier does not trust: another CA's file, or none.
+    let with_client = [("REDIS_CLIENT_CERT_FILE", &client.cert), ("REDIS_CLIENT_KEY_FILE", &client.key)];
+    let wrong_ca = [&[("REDIS_CA_FILE", &other.1)][..], &with_client[..]].concat();
+    assert_eq!(refused_start(&url, &wrong_ca), NOT_TRUSTED);
+    assert_eq!(refused_start(&url, &with_client), NOT_TRUSTED, "the system roots do not hold the private CA");
+
+    // courier's certificate, missing or from a CA Redis does not trust.
+    assert_eq!(refused_start(&url, &[("REDIS_CA_FILE", &ca.1)]), CLIENT_REFUSED);
+    let strange_client = [
+        ("REDIS_CA_FILE", &ca.1),
+        ("REDIS_CLIENT_CERT_FILE", &stranger.cert),
+        ("REDIS_CLIENT_KEY_FILE", &stranger.key),
+    ];
+    assert_eq!(refused_start(&url, &strange_client), CLIENT_REFUSED);
+}
+
+#[actix_rt::test]
+async fn an_acl_refusal_stops_the_start_with_one_line_saying_which() {
+    let pki = Pki::new("acl");
+    let ca = pki.ca("private");
+    let redis = tls_redis(&pki, &ca, false);
+    let mut probe = admin(&redis, &ca.1, None).await;
+    run(&mut probe, ACL).await;
+    run(&mut probe, &["ACL", "SETUSER", "elsewhere", "on", ">acl-pw-3b9e1d", "~other:*", "+@all"]).await;
+    let trust = [("REDIS_CA_FILE", &ca.1)];
+
+    let wrong = redis.tls_url("127.0.0.1", Some("courier:not-the-password"));
+    let line = refused_start(&wrong, &trust);
+    assert_eq!(
+        line,
+        "courier: cannot start: REDIS_URL: cannot connect to Redis: ACL: Redis refused the user name or password of \
+         REDIS_URL (WRONGPASS)"
+    );
+    assert!(!line.contains("not-the-password"));
+
+    let elsewhere = redis.tls_url("127.0.0.1", Some(&format!("elsewhere:{PASSWORD}")));
+    let line = refused_start(&elsewhere, &trust);
+    assert!(
+        line.starts_with("courier: cannot start: REDIS_URL: ")
+            && line.ends_with("ACL: the Redis user may not run a command or use a key courier needs (NOPERM)"),
+        "{line}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_password_changed_under_a_running_replica_is_logged_and_counted() {
+    let pki = Pki::new("rotated");
+    let ca = pki.ca("private");
+    let redis = tls_redis(&pki, &ca, false);
+    let mut probe = admin(&redis, &ca.1, None).await;
+    run(&mut probe, ACL).await;
+    let pair = PairBuilder::default()
+        .env("REDIS_URL", redis.tls_url("localhost", Some(&format!("courier:{PASSWORD}"))))
+        .env("REDIS_CA_FILE", ca.1.to_str().unwrap())
+        .start()
+        .await;
+    assert_eq!(job_through(&pair, &pair, "before").await["processed_data"], "BEFORE");
+
+    // The password changes and courier's connections are closed: every reconnect is refused.
+    run(&mut probe, &["ACL", "SETUSER", "courier", "resetpass", ">another-password"]).await;
+    run(&mut probe, &["CLIENT", "KILL", "USER", "courier"]).await;
+    let refused = pair.process(json!({"data": {"input": "refused"}, "options": {"async": true}})).await;
+    assert_eq!((refused.status.as_u16(), refused.error_code()), (503, "job_store_unavailable"), "{refused:?}");
+    eventually("the replica degrades", async || shared_state(&pair).await == "degraded").await;
+    assert!(pair.metric("courier_redis_errors_total", &[]).await > 0.0);
+    eventually("a refusal is logged as one", async || pair.logs.text().contains("WRONGPASS")).await;
+    assert_eq!(pair.process(body("served alone")).await.status, 200, "sync requests are still served");
+    let logs = pair.stop().await.text();
+    assert!(!logs.contains(PASSWORD) && !logs.contains("another-password"), "a password was logged");
+}
