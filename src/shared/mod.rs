@@ -22,6 +22,7 @@
 
 pub mod budget;
 pub mod cache;
+pub mod fleet;
 pub mod quota;
 pub mod token;
 
@@ -41,7 +42,7 @@ use crate::metrics::Metrics;
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The `operation` label values of shared-state calls in `courier_redis_errors_total`.
-const OPERATIONS: [&str; 16] = [
+const OPERATIONS: [&str; 18] = [
     "budget_acquire",
     "budget_pause",
     "budget_cap",
@@ -58,6 +59,8 @@ const OPERATIONS: [&str; 16] = [
     "quota_set",
     "quota_adopt",
     "quota_read",
+    "fleet_heartbeat",
+    "fleet_leave",
 ];
 
 /// Sets the one-hot `courier_shared_state{mode}` gauge.
