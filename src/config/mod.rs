@@ -130,8 +130,8 @@ pub struct Config {
     pub cache_stale_while_revalidate: Duration,
     /// Job and callback settings.
     pub jobs: JobsConfig,
-    /// Replicas sharing the upstream budget; each falls back to this share of it while Redis
-    /// fails.
+    /// Replicas sharing the upstream budget, assumed until the fleet's first heartbeat in
+    /// Redis answers (then the live count replaces it); optional, default 1.
     pub replicas: u32,
     /// Limits of the gateway listener.
     pub limits: LimitsConfig,

@@ -24,6 +24,7 @@
 pub mod budget;
 pub mod cache;
 pub mod endpoint;
+pub mod fleet;
 pub mod keys;
 pub mod quota;
 pub mod token;
@@ -44,7 +45,7 @@ pub use endpoint::{ConnectError, RedisEndpoint};
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The `operation` label values of shared-state calls in `courier_redis_errors_total`.
-const OPERATIONS: [&str; 16] = [
+const OPERATIONS: [&str; 18] = [
     "budget_acquire",
     "budget_pause",
     "budget_cap",
@@ -61,6 +62,8 @@ const OPERATIONS: [&str; 16] = [
     "quota_set",
     "quota_adopt",
     "quota_read",
+    "fleet_heartbeat",
+    "fleet_leave",
 ];
 
 /// Sets the one-hot `courier_shared_state{mode}` gauge.

@@ -1,6 +1,7 @@
-//! A real `redis-server` for one test: on a free loopback port, without persistence, killed
-//! when dropped. Needs the Debian package `redis-server` (built with TLS); without it the test
-//! fails loudly. [`RedisServer::start_tls`] serves TLS only, on its port, with the test's files.
+//! A real `redis-server` for one test: on a free loopback port, without persistence (unless a
+//! test asks for it), in a directory of its own, killed when dropped. Needs the Debian package
+//! `redis-server` (built with TLS); without it the test fails loudly. [`RedisServer::start_tls`]
+//! serves TLS only, on its port, with the test's files.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -117,9 +118,15 @@ impl RedisServer {
         assert_eq!(rc, 0, "could not signal redis-server");
     }
 
+    /// This server's directory (kept across [`RedisServer::restart`], removed on drop).
+    fn dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("courier-redis-{}-{}", std::process::id(), self.port))
+    }
+
     /// Spawns the server on `self.port` and waits until it answers; false when it exited
     /// (the port was taken).
     fn spawn(&mut self) -> bool {
+        std::fs::create_dir_all(self.dir()).expect("create the server's directory");
         let port = self.port.to_string();
         let listen: Vec<&std::ffi::OsStr> = match &self.tls {
             None => vec!["--port".as_ref(), port.as_ref()],
@@ -143,8 +150,11 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--daemonize", "no", "--loglevel", "warning", "--logfile", ""])
+            // A directory of its own: Redis loads the `dump.rdb` and `appendonlydir/` it finds in
+            // its directory at start, and a shared one would fill this server with the keys of
+            // other servers (a replica writes a dump at a full sync; AOF tests write theirs).
             .arg("--dir")
-            .arg(std::env::temp_dir())
+            .arg(self.dir())
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -181,6 +191,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(self.dir());
     }
 }
 
