@@ -372,5 +372,5 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// it (shared state, the job store) is made from this.
 fn redis_endpoint(config: &Config) -> Option<RedisEndpoint> {
     let url = config.redis_url.as_ref()?;
-    Some(RedisEndpoint::new(url.clone(), config.redis_tls.clone()))
+    Some(RedisEndpoint::new(url.clone(), config.redis_tls.clone()).with_cluster(config.redis_cluster))
 }

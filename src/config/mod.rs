@@ -87,6 +87,8 @@ pub struct Config {
     pub redis_url: Option<SecretString>,
     /// TLS material for a `rediss://` Redis URL (`REDIS_CA_FILE`, `REDIS_CLIENT_*_FILE`).
     pub redis_tls: RedisTls,
+    /// Whether the Redis URL names a node of a Redis Cluster (`REDIS_CLUSTER`).
+    pub redis_cluster: bool,
     /// Address of the gateway listener.
     pub listen: SocketAddr,
     /// Address of the admin listener (/metrics, /healthz, /readyz).
@@ -161,6 +163,7 @@ impl fmt::Debug for Config {
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("redis_url", &self.redis_url.as_ref().map(|_| REDACTED))
             .field("redis_tls", &self.redis_tls)
+            .field("redis_cluster", &self.redis_cluster)
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("clients", &self.clients)
@@ -230,6 +233,7 @@ impl Config {
         let rate_limit_per_minute = r.count("EXTERNAL_API_RATE_LIMIT", 1000, 1..=10_000_000);
         let redis_url = r.optional_secret_url("REDIS_URL");
         let redis_tls = RedisTls::read(r, redis_url.as_ref());
+        let redis_cluster = RedisTls::read_cluster(r, redis_url.as_ref());
         let listen = r.addr("COURIER_LISTEN", "127.0.0.1:8080");
         let admin_listen = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
         let admin = AdminConfig::read(r, admin_listen);
@@ -323,6 +327,7 @@ impl Config {
             rate_limit_per_minute: rate_limit_per_minute as u32,
             redis_url,
             redis_tls,
+            redis_cluster,
             listen,
             admin_listen,
             clients,

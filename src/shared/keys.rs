@@ -8,7 +8,7 @@
 //! costs on an upgrade is said in docs/operations.md ("Redis in production"). Queued jobs are
 //! the one loss that matters, so a start finding the old queue non-empty says so.
 
-use redis::aio::ConnectionManager;
+use super::RedisConn;
 
 /// The key `suffix` in `namespace`: `{namespace}:suffix`.
 pub fn key_in(namespace: &str, suffix: &str) -> String {
@@ -25,7 +25,7 @@ pub fn hash_tag(key: &str) -> Option<&str> {
 
 /// How many jobs an older version left queued under its untagged names (`{ns}:jobs` without
 /// braces), if any and if this user may read them: they are not run by this version.
-pub async fn legacy_queue(conn: &ConnectionManager, namespace: &str) -> Option<u64> {
+pub async fn legacy_queue(conn: &RedisConn, namespace: &str) -> Option<u64> {
     let stream = format!("{namespace}:jobs");
     let queued: redis::RedisResult<u64> = redis::cmd("XLEN").arg(stream).query_async(&mut conn.clone()).await;
     queued.ok().filter(|n| *n > 0)
@@ -37,8 +37,9 @@ mod tests {
 
     #[test]
     fn every_key_carries_the_namespace_as_its_hash_tag() {
-        for suffix in ["budget:tat", "token", "token:lock", "cache:00ff", "quota:day:1700000000000", "jobs", "job:r-1"]
-        {
+        let suffixes =
+            ["budget:tat", "token", "token:lock", "cache:00ff", "quota:day:1700000000000", "jobs", "job:r-1"];
+        for suffix in suffixes {
             let key = key_in("courier", suffix);
             assert_eq!(hash_tag(&key), Some("courier"), "{key}");
             assert!(key.ends_with(suffix), "{key}");

@@ -23,6 +23,7 @@
 
 pub mod budget;
 pub mod cache;
+pub mod conn;
 pub mod endpoint;
 pub mod fleet;
 pub mod keys;
@@ -34,11 +35,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisError;
 use slog::{info, o, warn, Logger};
 
 use crate::metrics::Metrics;
+pub use conn::RedisConn;
 pub use endpoint::{ConnectError, RedisEndpoint};
 
 /// How long a degraded replica leaves Redis alone before trying it again.
@@ -113,7 +114,7 @@ pub trait RedisHealth: Send + Sync {
 
 /// The connection to Redis for shared state, with its health.
 pub struct SharedRedis {
-    conn: ConnectionManager,
+    conn: RedisConn,
     namespace: String,
     timeout: Duration,
     up: AtomicBool,
@@ -138,12 +139,11 @@ impl SharedRedis {
         metrics: Arc<Metrics>,
         log: &Logger,
     ) -> Result<SharedRedis, ConnectError> {
-        let client = endpoint.into().client().map_err(|e| ConnectError(e.into()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(0);
-        let conn = tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+        let endpoint = endpoint.into();
+        if let Some(problem) = endpoint.problem() {
+            return Err(ConnectError(problem.into()));
+        }
+        let conn = tokio::time::timeout(timeout, endpoint.connect(timeout))
             .await
             .map_err(|_| ConnectError("connect timed out".into()))?
             .map_err(|e| ConnectError(describe(&e)))?;
@@ -189,7 +189,7 @@ impl SharedRedis {
     /// health it shows. When degraded and not yet due for another try, fails at once.
     pub async fn run<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, Degraded>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.run_within(op, self.timeout, call).await
@@ -199,7 +199,7 @@ impl SharedRedis {
     /// the request path such as cache reads).
     pub async fn run_within<T, F, Fut>(&self, op: &'static str, limit: Duration, call: F) -> Result<T, Degraded>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.should_try() {

@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 
 use crate::jobs::StoreError;
-use crate::shared::{describe, RedisHealth};
+use crate::shared::{describe, RedisConn, RedisHealth};
 
 /// The `operation` label of each store operation in `courier_redis_errors_total`.
 pub(super) const OPERATIONS: [(&str, &str); 13] = [
@@ -71,7 +70,7 @@ impl Health {
 
     /// After a failed call: a `PING` that meets a stale failed reconnect, if any, so the
     /// next call does not.
-    pub(super) async fn refresh(&self, conn: &ConnectionManager) {
+    pub(super) async fn refresh(&self, conn: &RedisConn) {
         if self.suspect.load(Ordering::Acquire) {
             let _: Result<(), RedisError> = redis::cmd("PING").query_async(&mut conn.clone()).await;
         }

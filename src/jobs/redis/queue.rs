@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisError;
 
-use super::{blocking_config, RedisStore, GROUP};
+use super::{RedisStore, GROUP};
 use crate::jobs::{Claim, StoreError};
+use crate::shared::RedisConn;
 
 /// Most idle dedicated connections kept for blocking reads.
 const IDLE_BLOCKING_MAX: usize = 8;
@@ -123,7 +124,7 @@ impl RedisStore {
     }
 
     /// Keeps a dedicated connection for the next blocking read, unless its read failed.
-    fn pool<T>(&self, conn: MultiplexedConnection, reply: &Result<T, RedisError>) {
+    fn pool<T>(&self, conn: RedisConn, reply: &Result<T, RedisError>) {
         if reply.is_ok() {
             let mut idle = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < IDLE_BLOCKING_MAX {
@@ -132,14 +133,11 @@ impl RedisStore {
         }
     }
 
-    async fn open_dedicated(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn open_dedicated(&self) -> Result<RedisConn, StoreError> {
         let limit = self.settings.op_timeout;
         self.health
             .bounded("next", limit, async {
-                self.client
-                    .get_multiplexed_async_connection_with_config(&blocking_config(limit))
-                    .await
-                    .map_err(self.health.fail("next"))
+                self.endpoint.connect_dedicated(limit).await.map_err(self.health.fail("next"))
             })
             .await
     }

@@ -8,19 +8,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use super::errors::Health;
 use super::scripts::RECORD;
 use crate::jobs::Job;
+use crate::shared::RedisConn;
 
 /// Most entries written in one pipeline.
 const BATCH_MAX: usize = 256;
 
 /// What the writer task owns.
 pub(super) struct Writer {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: RedisConn,
     pub(super) queue: mpsc::Receiver<Job>,
     pub(super) job_prefix: String,
     pub(super) ttl_ms: u64,
