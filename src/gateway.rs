@@ -28,6 +28,7 @@ use crate::systemd;
 use crate::trace::Tracing;
 use crate::upstream::{self, Backoff};
 
+mod fleet;
 mod jobs;
 mod quota;
 mod sentinel;
@@ -54,6 +55,7 @@ pub enum StartError {
 pub struct Gateway {
     shared: Arc<Shared>,
     lane: LaneSettings,
+    fleet: Option<fleet::Heartbeat>,
 }
 
 impl Gateway {
@@ -81,16 +83,12 @@ impl Gateway {
             Some(clients) => clients.entries().iter().map(|c| c.weight).collect(),
             None => vec![1],
         };
-        let sentinel_target = sentinel::sentinel_target(&config, &log).await?;
-        let shared_redis = match redis_endpoint(&config) {
+        let endpoint = sentinel::endpoint(&config, &log).await?;
+        let shared_redis = match endpoint.clone() {
             Some(endpoint) => Some(Arc::new(
-                match &sentinel_target {
-                    Some(target) => {
-                        SharedRedis::connect_to(target.clone(), "courier", REDIS_TIMEOUT, metrics.clone(), &log).await
-                    }
-                    None => SharedRedis::connect(endpoint, "courier", REDIS_TIMEOUT, metrics.clone(), &log).await,
-                }
-                .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?,
+                SharedRedis::connect(endpoint, "courier", REDIS_TIMEOUT, metrics.clone(), &log)
+                    .await
+                    .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?,
             )),
             None => {
                 shared::set_mode(&metrics, "off");
@@ -105,6 +103,8 @@ impl Gateway {
             BudgetShared::try_with_shared(config.rate_limit_per_minute, config.rate_burst, weights, shared_rate)
                 .map_err(|e| StartError::Setting(format!("EXTERNAL_API_RATE_LIMIT / EXTERNAL_API_RATE_BURST: {e}")))?,
         );
+        let heartbeat =
+            fleet::start(shared_redis.clone(), config.replicas, budget_shared.clone(), &metrics, &log).await;
         let quota = quota::start(&config, shared_redis.clone(), budget_shared.clone(), &metrics, &log)?;
         let budget_actor = Budget::new(budget_shared.clone(), config.queue_max, metrics.clone(), &log).start();
         let budget = BudgetHandle::new(budget_shared.clone(), budget_actor, &metrics);
@@ -119,7 +119,7 @@ impl Gateway {
             &metrics,
             shared_redis.clone(),
         ));
-        let jobs = jobs_shared(&config, shared_redis.clone(), sentinel_target).await?;
+        let jobs = jobs_shared(&config, shared_redis.clone(), endpoint).await?;
         let breaker_cell = Arc::new(BreakerCell::new());
         // A probe that never reports (its request was dropped) frees its slot after this.
         let probe_lease = config.attempt_timeout + Duration::from_secs(1);
@@ -160,6 +160,7 @@ impl Gateway {
             cache,
             jobs,
             redis: shared_redis.clone(),
+            fleet: heartbeat.as_ref().map(|h| h.membership().clone()),
             log: log.clone(),
             tracing: tracing.clone(),
         });
@@ -181,7 +182,7 @@ impl Gateway {
         };
         // Background probes of an open circuit, from the main arbiter.
         Prober::start_here(lane.clone());
-        Ok(Gateway { shared, lane })
+        Ok(Gateway { shared, lane, fleet: heartbeat })
     }
 
     /// Shared state (config, metrics, token cell).
@@ -264,6 +265,7 @@ impl Gateway {
             runner,
             reload,
             quota: gateway.shared.quota.clone(),
+            fleet: gateway.fleet.clone(),
             tracing: gateway.shared.tracing.clone(),
             log: gateway.shared.log.clone(),
             grace,
@@ -289,6 +291,7 @@ pub struct Running {
     runner: RunnerHandle,
     reload: ReloadHandle,
     quota: Option<Arc<crate::actors::quota::Quota>>,
+    fleet: Option<fleet::Heartbeat>,
     tracing: Tracing,
     log: Logger,
     grace: Duration,
@@ -298,9 +301,15 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish within the grace period, stops.
     pub async fn stop(&self) {
         info!(self.log, "shutting_down"; "grace_seconds" => self.grace.as_secs_f64());
-        // Requests in flight and jobs running get the same grace period, side by side.
+        // Requests in flight and jobs running get the same grace period, side by side; the
+        // fleet counts one replica less at once.
         let flush_by = Instant::now() + self.grace;
-        futures_util::future::join(self.server.stop(true), self.runner.shutdown(self.grace)).await;
+        let leave = async {
+            if let Some(fleet) = &self.fleet {
+                fleet.stop().await;
+            }
+        };
+        futures_util::future::join3(self.server.stop(true), self.runner.shutdown(self.grace), leave).await;
         // No attempt is sent any more: unspent counts go back, the store gets the exact count.
         if let Some(quota) = &self.quota {
             quota.stop().await;
@@ -365,5 +374,5 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// it (shared state, the job store) is made from this.
 fn redis_endpoint(config: &Config) -> Option<RedisEndpoint> {
     let url = config.redis_url.as_ref()?;
-    Some(RedisEndpoint::new(url.clone(), config.redis_tls.clone()))
+    Some(RedisEndpoint::new(url.clone(), config.redis_tls.clone()).with_cluster(config.redis_cluster))
 }

@@ -201,7 +201,7 @@ def check_replicas(overlay, docs, deployment, env, policies, problem):
         problem("the autoscaler does not scale courier's Deployment")
     if str(hpa.get("maxReplicas")) != env.get("COURIER_REPLICAS"):
         problem(f"COURIER_REPLICAS ({env.get('COURIER_REPLICAS')}) is not the autoscaler's maxReplicas "
-                f"({hpa.get('maxReplicas')}): while Redis fails, replicas could together exceed the upstream's limit")
+                f"({hpa.get('maxReplicas')}): if Redis fails before their first heartbeat, replicas could together exceed the upstream's limit")
     if hpa.get("minReplicas", 1) < 2:
         problem("the autoscaler's minReplicas is below 2: one replica is overlays/single")
     egress_ports = {port.get("port") for p in policies for rule in p["spec"].get("egress", []) for port in rule.get("ports", [])}

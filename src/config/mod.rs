@@ -91,6 +91,8 @@ pub struct Config {
     pub redis_ha: RedisHaConfig,
     /// TLS material for a `rediss://` Redis URL (`REDIS_CA_FILE`, `REDIS_CLIENT_*_FILE`).
     pub redis_tls: RedisTls,
+    /// Whether the Redis URL names a node of a Redis Cluster (`REDIS_CLUSTER`).
+    pub redis_cluster: bool,
     /// Address of the gateway listener.
     pub listen: SocketAddr,
     /// Address of the admin listener (/metrics, /healthz, /readyz).
@@ -134,8 +136,8 @@ pub struct Config {
     pub cache_stale_while_revalidate: Duration,
     /// Job and callback settings.
     pub jobs: JobsConfig,
-    /// Replicas sharing the upstream budget; each falls back to this share of it while Redis
-    /// fails.
+    /// Replicas sharing the upstream budget, assumed until the fleet's first heartbeat in
+    /// Redis answers (then the live count replaces it); optional, default 1.
     pub replicas: u32,
     /// Limits of the gateway listener.
     pub limits: LimitsConfig,
@@ -166,6 +168,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_ref().map(|_| REDACTED))
             .field("redis_ha", &self.redis_ha)
             .field("redis_tls", &self.redis_tls)
+            .field("redis_cluster", &self.redis_cluster)
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("clients", &self.clients)
@@ -235,8 +238,9 @@ impl Config {
         let rate_limit_per_minute = r.count("EXTERNAL_API_RATE_LIMIT", 1000, 1..=10_000_000);
         let redis_url = r.optional_secret_url("REDIS_URL");
         let scheme = redis_url.as_ref().and_then(|url| secrecy::ExposeSecret::expose_secret(url).split_once(':'));
-        let redis_ha = RedisHaConfig::read(r, scheme.map(|(scheme, _)| scheme));
         let redis_tls = RedisTls::read(r, redis_url.as_ref());
+        let redis_cluster = RedisTls::read_cluster(r, redis_url.as_ref());
+        let redis_ha = RedisHaConfig::read(r, scheme.map(|(scheme, _)| scheme), redis_cluster);
         let listen = r.addr("COURIER_LISTEN", "127.0.0.1:8080");
         let admin_listen = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
         let admin = AdminConfig::read(r, admin_listen);
@@ -331,6 +335,7 @@ impl Config {
             redis_url,
             redis_ha,
             redis_tls,
+            redis_cluster,
             listen,
             admin_listen,
             clients,

@@ -26,8 +26,9 @@ pub struct RedisHaConfig {
 }
 
 impl RedisHaConfig {
-    /// Reads the variables; `redis_url`: the scheme of `REDIS_URL` when it is set and valid.
-    pub(super) fn read(r: &mut Reader<'_>, redis_url: Option<&str>) -> RedisHaConfig {
+    /// Reads the variables; `redis_url`: the scheme of `REDIS_URL` when it is set and valid;
+    /// `cluster`: whether `REDIS_CLUSTER` is on (a Cluster fails over by itself).
+    pub(super) fn read(r: &mut Reader<'_>, redis_url: Option<&str>, cluster: bool) -> RedisHaConfig {
         let min_replicas = r.count("COURIER_REDIS_MIN_REPLICAS", 0, 0..=100) as u32;
         let wait_timeout = r.seconds("COURIER_REDIS_WAIT_TIMEOUT", 0.5);
         if wait_timeout > WAIT_TIMEOUT_MAX {
@@ -48,6 +49,13 @@ impl RedisHaConfig {
                 r.problem("REDIS_SENTINELS", "is not set, but REDIS_SENTINEL_MASTER is", SENTINELS)
             }
             _ => {}
+        }
+        if !sentinels.is_empty() && cluster {
+            r.problem(
+                "REDIS_SENTINELS",
+                "is set with REDIS_CLUSTER=true",
+                "one of them: a Cluster fails over by itself",
+            );
         }
         if !sentinels.is_empty() {
             match redis_url {
@@ -89,10 +97,14 @@ mod tests {
     use super::*;
 
     fn read(pairs: &[(&str, &str)], redis_url: Option<&str>) -> Result<RedisHaConfig, String> {
+        read_in(pairs, redis_url, false)
+    }
+
+    fn read_in(pairs: &[(&str, &str)], redis_url: Option<&str>, cluster: bool) -> Result<RedisHaConfig, String> {
         let env = MapEnv::new(pairs.iter().copied());
         let file = FileValues::default();
         let mut r = Reader::new(&env, &file);
-        let config = RedisHaConfig::read(&mut r, redis_url);
+        let config = RedisHaConfig::read(&mut r, redis_url, cluster);
         r.finish().map(|()| config).map_err(|e| e.to_string())
     }
 
@@ -133,5 +145,7 @@ mod tests {
         let pairs = [("REDIS_SENTINELS", "127.0.0.1:26379"), ("REDIS_SENTINEL_MASTER", "m")];
         let errors = read(&pairs, Some("unix")).unwrap_err();
         assert!(errors.contains("REDIS_URL: is a socket path"), "{errors}");
+        let errors = read_in(&pairs, Some("redis"), true).unwrap_err();
+        assert!(errors.contains("REDIS_SENTINELS: is set with REDIS_CLUSTER=true"), "{errors}");
     }
 }

@@ -103,6 +103,31 @@ impl RedisTls {
         tls
     }
 
+    /// Reads `REDIS_CLUSTER`: whether `REDIS_URL` names a node of a Redis Cluster (which
+    /// has neither unix sockets nor databases other than 0).
+    pub(super) fn read_cluster(r: &mut Reader<'_>, url: Option<&SecretString>) -> bool {
+        const EXPECTED: &str = "true (REDIS_URL names a node of a Redis Cluster) or false";
+        let cluster = r.parsed("REDIS_CLUSTER", false, EXPECTED, |s| s.to_ascii_lowercase().parse().ok());
+        if !cluster || r.reported("REDIS_URL") || r.reported("REDIS_URL_FILE") {
+            return cluster;
+        }
+        let parsed = url.and_then(|u| url::Url::parse(u.expose_secret()).ok());
+        let problem = match parsed {
+            None => Some("is true without REDIS_URL"),
+            Some(u) if !matches!(u.scheme(), "redis" | "rediss") => {
+                Some("is true, but a Redis Cluster has no unix sockets")
+            }
+            Some(u) if !matches!(u.path().trim_matches('/'), "" | "0") => {
+                Some("is true, but a Redis Cluster has database 0 only (REDIS_URL names another)")
+            }
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            r.problem("REDIS_CLUSTER", problem, EXPECTED);
+        }
+        cluster
+    }
+
     /// Whether anything beyond the system roots is configured.
     pub fn is_empty(&self) -> bool {
         self.ca.is_empty() && self.client.is_none()

@@ -107,8 +107,8 @@ fn the_url_may_come_from_a_file_and_is_never_shown() {
     assert_eq!(lines, ["REDIS_URL: has no host (expected: redis://[user:password@]host[:port][/db], rediss://… (TLS) or unix:///path)"]);
 }
 
-/// The variables of one case, the variable its error names, and what the error says.
-type Case<'a> = (Vec<(&'a str, String)>, &'a str, String);
+/// Settings, the variable of the one error line they give, and a part of its problem.
+type Case = (Vec<(&'static str, String)>, &'static str, String);
 
 #[test]
 fn each_bad_tls_file_is_one_line_naming_its_variable() {
@@ -175,5 +175,23 @@ fn each_bad_tls_file_is_one_line_naming_its_variable() {
         assert_eq!(lines.len(), 1, "{pairs:?}: {lines:?}");
         assert!(lines[0].starts_with(&format!("{var}: ")) && lines[0].contains(&problem), "{pairs:?}: {lines:?}");
         assert!(!lines[0].contains("BEGIN"), "{lines:?}");
+    }
+}
+
+#[test]
+fn a_cluster_is_named_by_one_node_url_on_database_0() {
+    let config = Config::from_sources(&with(&[("REDIS_URL", TLS_URL), ("REDIS_CLUSTER", "true")]), None).unwrap();
+    assert!(config.redis_cluster);
+    assert!(!Config::from_sources(&with(&[("REDIS_URL", TLS_URL)]), None).unwrap().redis_cluster);
+    let cases = [
+        (vec![("REDIS_CLUSTER", "true".to_string())], "is true without REDIS_URL"),
+        (vec![("REDIS_URL", "unix:///run/redis.sock".into()), ("REDIS_CLUSTER", "true".into())], "no unix sockets"),
+        (vec![("REDIS_URL", "redis://127.0.0.1:7000/3".into()), ("REDIS_CLUSTER", "true".into())], "database 0 only"),
+        (vec![("REDIS_URL", TLS_URL.into()), ("REDIS_CLUSTER", "yes".into())], "\"yes\" is not valid"),
+    ];
+    for (pairs, problem) in cases {
+        let lines = errors(&pairs);
+        assert_eq!(lines.len(), 1, "{pairs:?}: {lines:?}");
+        assert!(lines[0].starts_with("REDIS_CLUSTER: ") && lines[0].contains(problem), "{pairs:?}: {lines:?}");
     }
 }

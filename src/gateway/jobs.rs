@@ -13,8 +13,7 @@ use crate::jobs::redis::{RedisSettings, RedisStore};
 use crate::jobs::runner::{self, RunnerHandle, RunnerSettings};
 use crate::jobs::JobStore;
 use crate::reload::SecretCell;
-use crate::shared::sentinel::Target;
-use crate::shared::{self, SharedRedis};
+use crate::shared::{self, RedisEndpoint, SharedRedis};
 use crate::upstream::{self, Backoff};
 
 /// The job store (Redis when `REDIS_URL` is set, else in-process) and the callback policy. The
@@ -23,10 +22,10 @@ use crate::upstream::{self, Backoff};
 pub(super) async fn jobs_shared(
     config: &Config,
     shared_redis: Option<Arc<SharedRedis>>,
-    sentinel_target: Option<Arc<Target>>,
+    endpoint: Option<RedisEndpoint>,
 ) -> Result<JobsShared, StartError> {
     let jobs = &config.jobs;
-    let store: Arc<dyn JobStore> = match super::redis_endpoint(config) {
+    let store: Arc<dyn JobStore> = match endpoint {
         Some(endpoint) => {
             let settings = RedisSettings {
                 lease: jobs.lease,
@@ -39,11 +38,9 @@ pub(super) async fn jobs_shared(
                 ..RedisSettings::default()
             };
             let health = shared_redis.map(|redis| redis as Arc<dyn shared::RedisHealth>);
-            let store = match sentinel_target {
-                Some(target) => RedisStore::connect_to(target, settings, health).await,
-                None => RedisStore::connect_with(endpoint, settings, health).await,
-            }
-            .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
+            let store = RedisStore::connect_with(endpoint, settings, health)
+                .await
+                .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
             Arc::new(store)
         }
         None => Arc::new(MemoryStore::new(jobs.max, jobs.ttl)),

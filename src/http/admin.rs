@@ -101,6 +101,11 @@ async fn state(shared: web::Data<Arc<Shared>>) -> HttpResponse {
             "queue_depth": m.budget_queue_depth.get(),
             "queue_max": shared.config.queue_max,
         },
+        "fleet": shared.fleet.as_ref().map(|fleet| json!({
+            "replicas": fleet.replicas(),
+            "id": fleet.id(),
+            "last_seen_seconds_ago": fleet.last_seen_ago().map(|ago| ago.as_secs_f64()),
+        })),
         "breaker": snapshot(&shared).await,
         "quota": shared.quota.as_ref().map(|q| q.state_json()),
         "cache": {

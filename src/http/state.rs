@@ -38,6 +38,8 @@ pub struct Shared {
     pub jobs: super::jobs::JobsShared,
     /// Shared state through Redis, when `REDIS_URL` is set.
     pub redis: Option<Arc<crate::shared::SharedRedis>>,
+    /// This replica's place in the fleet sharing Redis, when `REDIS_URL` is set.
+    pub fleet: Option<Arc<crate::shared::fleet::Membership>>,
     /// The circuit breaker (the admin routes force it and read its state).
     pub breaker: actix::Addr<Breaker>,
     /// The root logger.

@@ -136,8 +136,11 @@ pub struct Metrics {
     /// `degraded`: Redis failing, replica on its own), else 0.
     pub shared_state: IntGaugeVec,
     /// Failed or timed-out Redis calls, by operation (shared state: `budget_*`, `token_*`,
-    /// `cache_*`, `quota_*`; the job store: `job_*`).
+    /// `cache_*`, `quota_*`, `fleet_*`; the job store: `job_*`).
     pub redis_errors: IntCounterVec,
+    /// Replicas sharing this replica's Redis, as its last heartbeat counted them
+    /// (`COURIER_REPLICAS` until the first answer; 1 without Redis).
+    pub fleet_replicas: IntGauge,
     /// Upstream token requests avoided because another replica's token was used.
     pub token_shared_uses: IntCounter,
     /// Looks for another replica's token in Redis while this replica's token refresh backs off,

@@ -290,8 +290,12 @@ impl Metrics {
             ),
             redis_errors: r.counter_vec(
                 "redis_errors_total",
-                "Failed or timed-out Redis calls, by operation (shared state: budget_*, token_*, cache_*, quota_*; the job store: job_*).",
+                "Failed or timed-out Redis calls, by operation (shared state: budget_*, token_*, cache_*, quota_*, fleet_*; the job store: job_*).",
                 &["operation"],
+            ),
+            fleet_replicas: r.int_gauge(
+                "fleet_replicas",
+                "Replicas sharing this replica's Redis, as its last heartbeat counted them (COURIER_REPLICAS until the first answer; 1 without Redis).",
             ),
             token_shared_uses: r.counter(
                 "token_shared_uses_total",

@@ -255,22 +255,19 @@ impl SharedCache {
     /// Deletes every record (`SCAN` + `UNLINK`, [`PURGE_BATCH`] keys a step, each step bounded
     /// by the shared-state timeout, the whole by [`PURGE_LIMIT`]).
     pub async fn delete_all(&self) -> Purged {
-        let pattern = format!("{}*", glob_escape(&self.redis.key("cache:")));
+        let prefix = self.redis.key("cache:");
+        let pattern = format!("{}*", glob_escape(&prefix));
         let deadline = Instant::now() + PURGE_LIMIT;
         let (mut cursor, mut removed) = (0u64, 0u64);
         loop {
-            let pattern = pattern.clone();
+            let (pattern, prefix) = (pattern.clone(), prefix.clone());
             let step = self
                 .redis
                 .run("cache_purge", move |mut conn| async move {
-                    let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(PURGE_BATCH)
-                        .query_async(&mut conn)
-                        .await?;
+                    let mut scan = redis::cmd("SCAN");
+                    scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(PURGE_BATCH);
+                    // On a Cluster, where the records live: the node of their slot.
+                    let (next, keys): (u64, Vec<Vec<u8>>) = conn.query_beside(&scan, &prefix).await?;
                     let gone = if keys.is_empty() {
                         0
                     } else {

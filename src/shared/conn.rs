@@ -1,96 +1,38 @@
-//! A reconnecting, multiplexed Redis connection that follows its [`Target`]: the
-//! `ConnectionManager` of the current node, replaced by one to the new node when the target's
-//! generation changes (a Sentinel failover). Calls see one `ConnectionLike`, so the code that
-//! uses Redis does not change with the deployment.
-//!
-//! A fixed target never changes generation: the connection is its `ConnectionManager`, with
-//! one pointer load per call. Errors that may mean the primary moved are reported to the
-//! target, which then asks the Sentinels at once instead of at its next periodic check.
+//! One connection type for every deployment: a single Redis (a reconnecting multiplexed
+//! [`ConnectionManager`]), a Redis Cluster (the redis crate's [`ClusterConnection`], which
+//! learns the slot map, follows `MOVED` and `ASK`, and finds a new primary after a failover), or
+//! the primary Sentinels name ([`FollowedConn`], which follows their failovers).
+//! Both run the same commands and scripts: every key carries courier's hash tag, so every
+//! command and script goes to the one slot holding them all.
 
-use std::sync::Arc;
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
-use arc_swap::ArcSwap;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use super::follow::FollowedConn;
 
-use super::sentinel::Target;
-
-/// A connection to wherever the target points now. Clones share it.
+/// A connection to Redis, single or cluster; cheap to clone (clones share the connection).
 #[derive(Clone)]
-pub struct RedisConn(Arc<Inner>);
-
-struct Inner {
-    target: Arc<Target>,
-    config: ConnectionManagerConfig,
-    current: ArcSwap<Current>,
-    /// Held while a connection to a new node is made, so one is made per change.
-    switching: tokio::sync::Mutex<()>,
-}
-
-impl Inner {
-    /// The current manager, if it goes to the target's current node.
-    fn fresh(&self) -> Option<ConnectionManager> {
-        let current = self.current.load();
-        (current.generation == self.target.generation()).then(|| current.manager.clone())
-    }
-}
-
-struct Current {
-    generation: u64,
-    manager: ConnectionManager,
-}
-
-impl RedisConn {
-    /// Connects to the target's current node (the caller bounds the wait).
-    pub async fn connect(target: Arc<Target>, config: ConnectionManagerConfig) -> RedisResult<RedisConn> {
-        let (generation, client) = target.current();
-        let manager = ConnectionManager::new_with_config(client, config.clone()).await?;
-        Ok(RedisConn(Arc::new(Inner {
-            target,
-            config,
-            current: ArcSwap::from_pointee(Current { generation, manager }),
-            switching: tokio::sync::Mutex::new(()),
-        })))
-    }
-
-    /// The target this connection follows.
-    pub fn target(&self) -> &Arc<Target> {
-        &self.0.target
-    }
-
-    /// The manager of the target's current node, connecting to it first when the target moved.
-    async fn manager(&self) -> RedisResult<ConnectionManager> {
-        let inner = &self.0;
-        if let Some(manager) = inner.fresh() {
-            return Ok(manager);
-        }
-        let _switching = inner.switching.lock().await;
-        if let Some(manager) = inner.fresh() {
-            return Ok(manager);
-        }
-        let (generation, client) = inner.target.current();
-        let manager = ConnectionManager::new_with_config(client, inner.config.clone()).await?;
-        inner.current.store(Arc::new(Current { generation, manager: manager.clone() }));
-        Ok(manager)
-    }
-
-    fn seen<T>(&self, answer: RedisResult<T>) -> RedisResult<T> {
-        if let Err(e) = &answer {
-            self.0.target.saw(e);
-        }
-        answer
-    }
+pub enum RedisConn {
+    /// One Redis, reconnecting by itself.
+    Single(ConnectionManager),
+    /// One plain multiplexed connection (for blocking reads on a connection of their own).
+    Plain(MultiplexedConnection),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+    /// The primary that Sentinels name, followed across failovers.
+    Followed(FollowedConn),
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let answer = match self.manager().await {
-                Ok(mut manager) => manager.req_packed_command(cmd).await,
-                Err(e) => Err(e),
-            };
-            self.seen(answer)
-        })
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Plain(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConn::Followed(c) => c.req_packed_command(cmd),
+        }
     }
 
     fn req_packed_commands<'a>(
@@ -99,16 +41,64 @@ impl ConnectionLike for RedisConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let answer = match self.manager().await {
-                Ok(mut manager) => manager.req_packed_commands(cmd, offset, count).await,
-                Err(e) => Err(e),
-            };
-            self.seen(answer)
-        })
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Plain(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Followed(c) => c.req_packed_commands(cmd, offset, count),
+        }
     }
 
     fn get_db(&self) -> i64 {
-        self.0.current.load().manager.get_db()
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Plain(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+            RedisConn::Followed(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisConn {
+    /// Runs a command that names no key (`SCAN`) where the keys of `key`'s slot live: on a
+    /// single Redis, there; on a Cluster, on the primary of that slot.
+    pub async fn query_beside<T: FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> RedisResult<T> {
+        match self {
+            RedisConn::Cluster(c) => {
+                let route = Route::new(slot(key), SlotAddr::Master);
+                let value =
+                    c.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route))).await?;
+                T::from_redis_value(&value)
+            }
+            other => cmd.query_async(other).await,
+        }
+    }
+}
+
+/// The Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (or of the whole key without
+/// one), modulo 16384, as Redis Cluster computes it.
+pub fn slot(key: &str) -> u16 {
+    let hashed = super::keys::hash_tag(key).unwrap_or(key);
+    let mut crc: u16 = 0;
+    for byte in hashed.bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16384
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_the_clusters() {
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("bar"), 5061);
+        assert_eq!(slot("{courier}:jobs"), slot("courier"));
+        assert_eq!(slot("{courier}:cache:00"), slot("{courier}:budget:tat"));
     }
 }

@@ -5,16 +5,35 @@
 //!
 //! Redis's certificate is verified against the system roots plus `REDIS_CA_FILE` (the redis
 //! crate takes one PEM bundle of roots, which replaces the system roots, so both go into it).
+//!
+//! A Redis Cluster (`REDIS_CLUSTER=true`) is reached through the node of the URL, which names
+//! the others; its connections learn the slot map and follow `MOVED`, `ASK` and failovers.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
-use redis::{ClientTlsConfig, ErrorKind, RedisError, TlsCertificates};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::{
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionInfo, ErrorKind, RedisError, RedisResult, TlsCertificates,
+};
 use rustls::pki_types::CertificateDer;
 use rustls::{AlertDescription, CertificateError};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::follow::FollowedConn;
+use super::sentinel::Target;
+use super::RedisConn;
 use crate::config::RedisTls;
+
+/// Redirections and retries a cluster connection may make for one call (`MOVED`, `ASK`,
+/// `TRYAGAIN`, a primary gone): each call is bounded by the caller's timeout all the same.
+const CLUSTER_RETRIES: u32 = 4;
+
+/// The response timeout of connections for blocking reads: the caller bounds each call.
+const NO_RESPONSE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Why courier could not connect to Redis at start (no secret in it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,18 +45,26 @@ pub struct ConnectError(pub String);
 pub struct RedisEndpoint {
     url: SecretString,
     tls: RedisTls,
+    cluster: bool,
+    /// With Sentinels: the primary they name, which connections follow (`sentinel`).
+    sentinel: Option<Arc<Target>>,
 }
 
 impl fmt::Debug for RedisEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisEndpoint").field("url", &"[REDACTED]").field("tls", &self.tls).finish()
+        f.debug_struct("RedisEndpoint")
+            .field("url", &"[REDACTED]")
+            .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
+            .field("sentinel", &self.sentinel.is_some())
+            .finish()
     }
 }
 
 impl From<SecretString> for RedisEndpoint {
     /// A URL alone: `rediss://` is verified against the system roots.
     fn from(url: SecretString) -> RedisEndpoint {
-        RedisEndpoint { url, tls: RedisTls::default() }
+        RedisEndpoint { url, tls: RedisTls::default(), cluster: false, sentinel: None }
     }
 }
 
@@ -50,7 +77,99 @@ impl From<&SecretString> for RedisEndpoint {
 impl RedisEndpoint {
     /// A URL and the TLS material read with the configuration.
     pub fn new(url: SecretString, tls: RedisTls) -> RedisEndpoint {
-        RedisEndpoint { url, tls }
+        RedisEndpoint { url, tls, cluster: false, sentinel: None }
+    }
+
+    /// The same, as a seed node of a Redis Cluster when `cluster`.
+    pub fn with_cluster(self, cluster: bool) -> RedisEndpoint {
+        RedisEndpoint { cluster, ..self }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The same, reaching the primary that Sentinels name through `target` (its address
+    /// replaces the URL's; everything else is the URL's).
+    pub fn with_sentinel(self, target: Arc<Target>) -> RedisEndpoint {
+        RedisEndpoint { sentinel: Some(target), ..self }
+    }
+
+    /// How to talk to a data node at another address: the URL's scheme, user, password,
+    /// database and TLS (for the nodes Sentinels name).
+    pub fn node_template(&self) -> Result<ConnectionInfo, &'static str> {
+        self.client().map(|client| client.get_connection_info().clone())
+    }
+
+    /// The generation of the node connections go to now: it changes when Sentinels name a new
+    /// primary (always 0 without them).
+    pub fn generation(&self) -> u64 {
+        self.sentinel.as_ref().map_or(0, |target| target.generation())
+    }
+
+    /// A call failed: with Sentinels, an error that may mean the primary moved makes courier
+    /// ask them at once.
+    pub fn saw(&self, e: &RedisError) {
+        if let Some(target) = &self.sentinel {
+            target.saw(e);
+        }
+    }
+
+    /// What makes these settings unusable, if anything (without quoting the URL).
+    pub fn problem(&self) -> Option<&'static str> {
+        match self.cluster {
+            false => self.client().err(),
+            true => self.cluster_client(Duration::from_secs(1), Duration::from_secs(1)).err(),
+        }
+    }
+
+    /// The connection for every call but blocking reads: reconnecting (single Redis),
+    /// following the cluster, or following the primary Sentinels name; connecting and each
+    /// answer bounded by `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> RedisResult<RedisConn> {
+        if self.cluster {
+            let client = self.cluster_client(timeout, timeout).map_err(invalid)?;
+            return client.get_async_connection().await.map(RedisConn::Cluster);
+        }
+        // No reconnection retries inside the manager: a failed reconnect fails the calls
+        // waiting on it at once, and the next call starts a new attempt.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(0);
+        if let Some(target) = &self.sentinel {
+            return FollowedConn::connect(target.clone(), config).await.map(RedisConn::Followed);
+        }
+        let client = self.client().map_err(invalid)?;
+        ConnectionManager::new_with_config(client, config).await.map(RedisConn::Single)
+    }
+
+    /// A connection of its own for blocking reads (a blocking read holds its connection until
+    /// it answers): no response timeout, the caller bounds each call; connecting bounded by
+    /// `timeout`.
+    pub async fn connect_dedicated(&self, timeout: Duration) -> RedisResult<RedisConn> {
+        if self.cluster {
+            let client = self.cluster_client(timeout, NO_RESPONSE_TIMEOUT).map_err(invalid)?;
+            return client.get_async_connection().await.map(RedisConn::Cluster);
+        }
+        let config = AsyncConnectionConfig::new().set_connection_timeout(timeout);
+        let client = match &self.sentinel {
+            Some(target) => target.current().1,
+            None => self.client().map_err(invalid)?,
+        };
+        client.get_multiplexed_async_connection_with_config(&config).await.map(RedisConn::Plain)
+    }
+
+    fn cluster_client(&self, connect: Duration, response: Duration) -> Result<ClusterClient, &'static str> {
+        let mut builder = ClusterClient::builder(vec![self.url.expose_secret()])
+            .connection_timeout(connect)
+            .response_timeout(response)
+            .retries(CLUSTER_RETRIES);
+        if self.is_tls() && !self.tls.is_empty() {
+            builder = builder.certs(self.certificates());
+        }
+        builder.build().map_err(|_| "the Redis URL cannot name a cluster node")
     }
 
     /// Whether the URL asks for TLS (`rediss://`).
@@ -58,23 +177,31 @@ impl RedisEndpoint {
         self.url.expose_secret().starts_with("rediss:")
     }
 
-    /// The client every connection to this Redis is opened from. The error says what is
-    /// wrong without quoting the URL.
-    pub fn client(&self) -> Result<redis::Client, &'static str> {
+    /// The client of a single Redis's connections. The error says what is wrong without
+    /// quoting the URL.
+    fn client(&self) -> Result<redis::Client, &'static str> {
         let url = self.url.expose_secret();
         if !self.is_tls() || self.tls.is_empty() {
             // Plain, or TLS against the system roots alone (the redis crate's default).
             return redis::Client::open(url).map_err(|_| "the Redis URL is not valid");
         }
-        let certificates = TlsCertificates {
+        redis::Client::build_with_tls(url, self.certificates()).map_err(|_| "the Redis TLS settings cannot be used")
+    }
+
+    fn certificates(&self) -> TlsCertificates {
+        TlsCertificates {
             client_tls: self.tls.client.as_ref().map(|c| ClientTlsConfig {
                 client_cert: c.cert_pem.clone(),
                 client_key: c.key_pem.expose_secret().as_bytes().to_vec(),
             }),
             root_cert: (!self.tls.ca.is_empty()).then(|| roots_pem(&self.tls.ca)),
-        };
-        redis::Client::build_with_tls(url, certificates).map_err(|_| "the Redis TLS settings cannot be used")
+        }
     }
+}
+
+/// A setting found unusable, as a Redis error (the text quotes nothing of the URL).
+fn invalid(problem: &'static str) -> RedisError {
+    RedisError::from((ErrorKind::InvalidClientConfig, problem))
 }
 
 /// The system roots (those usable as trust anchors) and `extra`, as one PEM bundle.

@@ -8,7 +8,7 @@
 //! costs on an upgrade is said in docs/operations.md ("Redis in production"). Queued jobs are
 //! the one loss that matters, so a start finding the old queue non-empty says so.
 
-use super::conn::RedisConn;
+use super::RedisConn;
 
 /// The key `suffix` in `namespace`: `{namespace}:suffix`.
 pub fn key_in(namespace: &str, suffix: &str) -> String {
@@ -37,8 +37,9 @@ mod tests {
 
     #[test]
     fn every_key_carries_the_namespace_as_its_hash_tag() {
-        for suffix in ["budget:tat", "token", "token:lock", "cache:00ff", "quota:day:1700000000000", "jobs", "job:r-1"]
-        {
+        let suffixes =
+            ["budget:tat", "token", "token:lock", "cache:00ff", "quota:day:1700000000000", "jobs", "job:r-1"];
+        for suffix in suffixes {
             let key = key_in("courier", suffix);
             assert_eq!(hash_tag(&key), Some("courier"), "{key}");
             assert!(key.ends_with(suffix), "{key}");

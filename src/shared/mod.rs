@@ -21,14 +21,15 @@
 //! reconnect when it meets that stale failure), and the call itself goes to the Redis that is
 //! back instead of counting one more error and degrading the replica for another second.
 //!
-//! Where Redis is, is a [`sentinel::Target`]: the address of `REDIS_URL`, or the primary that
-//! Sentinels name, followed across failovers. Every connection ([`conn::RedisConn`]) goes where
-//! its target points now.
+//! With Sentinels, the primary is the one they name ([`sentinel::Target`]), followed across
+//! failovers: every connection to it ([`follow::FollowedConn`]) goes where the target points now.
 
 pub mod budget;
 pub mod cache;
 pub mod conn;
 pub mod endpoint;
+pub mod fleet;
+pub mod follow;
 pub mod keys;
 pub mod quota;
 pub mod sentinel;
@@ -39,20 +40,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManagerConfig;
 use redis::RedisError;
 use slog::{info, o, warn, Logger};
 
 use crate::metrics::Metrics;
-use conn::RedisConn;
+pub use conn::RedisConn;
 pub use endpoint::{ConnectError, RedisEndpoint};
-use sentinel::Target;
 
 /// How long a degraded replica leaves Redis alone before trying it again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The `operation` label values of shared-state calls in `courier_redis_errors_total`.
-const OPERATIONS: [&str; 16] = [
+const OPERATIONS: [&str; 18] = [
     "budget_acquire",
     "budget_pause",
     "budget_cap",
@@ -69,6 +68,8 @@ const OPERATIONS: [&str; 16] = [
     "quota_set",
     "quota_adopt",
     "quota_read",
+    "fleet_heartbeat",
+    "fleet_leave",
 ];
 
 /// Sets the one-hot `courier_shared_state{mode}` gauge.
@@ -143,23 +144,11 @@ impl SharedRedis {
         metrics: Arc<Metrics>,
         log: &Logger,
     ) -> Result<SharedRedis, ConnectError> {
-        let client = endpoint.into().client().map_err(|e| ConnectError(e.into()))?;
-        SharedRedis::connect_to(Target::fixed(client), namespace, timeout, metrics, log).await
-    }
-
-    /// Like [`SharedRedis::connect`], to a target that may move (Sentinel).
-    pub async fn connect_to(
-        target: Arc<Target>,
-        namespace: &str,
-        timeout: Duration,
-        metrics: Arc<Metrics>,
-        log: &Logger,
-    ) -> Result<SharedRedis, ConnectError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(0);
-        let conn = tokio::time::timeout(timeout, RedisConn::connect(target, config))
+        let endpoint = endpoint.into();
+        if let Some(problem) = endpoint.problem() {
+            return Err(ConnectError(problem.into()));
+        }
+        let conn = tokio::time::timeout(timeout, endpoint.connect(timeout))
             .await
             .map_err(|_| ConnectError("connect timed out".into()))?
             .map_err(|e| ConnectError(describe(&e)))?;

@@ -1,8 +1,10 @@
-//! A real `redis-server` for one test: on a free loopback port, without persistence, killed
-//! when dropped; also as a replica of another, and Sentinels watching them. Needs the Debian
-//! package `redis-server` (built with TLS; a Sentinel is the same program run with `--sentinel`,
-//! which is all the package `redis-sentinel` adds); without it the test fails loudly.
-//! [`RedisServer::start_tls`] serves TLS only, on its port, with the test's files.
+//! A real `redis-server` for one test: on a free loopback port, without persistence, in a
+//! directory of its own (a shared one would let it load a `dump.rdb` another server left there,
+//! a replica's after a full sync, say), killed and its directory removed when dropped; also as a
+//! replica of another, and Sentinels watching them. Needs the Debian package `redis-server`
+//! (built with TLS; a Sentinel is the same program run with `--sentinel`, which is all the
+//! package `redis-sentinel` adds); without it the test fails loudly. [`RedisServer::start_tls`]
+//! serves TLS only, on its port, with the test's files.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -29,6 +31,7 @@ pub struct RedisServer {
     port: u16,
     extra_args: Vec<String>,
     tls: Option<TlsFiles>,
+    dir: PathBuf,
 }
 
 impl RedisServer {
@@ -52,7 +55,9 @@ impl RedisServer {
         // A port found free may be taken before the server binds it: try a few.
         for _ in 0..5 {
             let port = free_port();
-            let mut server = RedisServer { child: None, port, extra_args: extra_args.clone(), tls: tls.clone() };
+            let dir = std::env::temp_dir().join(format!("courier-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a directory for redis-server");
+            let mut server = RedisServer { child: None, port, extra_args: extra_args.clone(), tls: tls.clone(), dir };
             if server.spawn() {
                 return server;
             }
@@ -181,8 +186,11 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--daemonize", "no", "--loglevel", "warning", "--logfile", ""])
+            // A directory of its own: Redis loads the `dump.rdb` and `appendonlydir/` it finds in
+            // its directory at start, and a shared one would fill this server with the keys of
+            // other servers (a replica writes a dump at a full sync; AOF tests write theirs).
             .arg("--dir")
-            .arg(std::env::temp_dir())
+            .arg(&self.dir)
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -219,6 +227,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -369,4 +378,84 @@ fn answers(port: u16) -> bool {
     }
     let mut reply = [0u8; 1];
     matches!(stream.read(&mut reply), Ok(1) if reply[0] == b'+' || reply[0] == b'-')
+}
+
+/// A Redis Cluster for one test: three primaries with a replica each, on free loopback ports,
+/// created with `redis-cli --cluster create`; every node killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes and makes them a cluster (3 primaries, 1 replica each); waits until
+    /// every node says `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        // Each node keeps its cluster state (nodes.conf) in its own directory.
+        let args =
+            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_with(&args)).collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs (Debian package redis-tools)");
+        assert!(output.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&output.stdout));
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + START_TIMEOUT;
+        // Every node says ok, and the first knows every replica (replicas are announced by gossip).
+        let formed = |c: &RedisCluster| {
+            c.nodes.iter().all(|n| cli(n.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                && cli(c.nodes[0].port(), &["CLUSTER", "NODES"]).matches("slave").count() == 3
+        };
+        while !formed(&cluster) {
+            assert!(Instant::now() < deadline, "the cluster did not become ok within {START_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// The URL of one node (any node serves as a seed).
+    pub fn seed_url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// The node holding `slot` as primary, and one of its replicas: indexes into `nodes`.
+    pub fn primary_and_replica_of(&self, slot: u16) -> (usize, usize) {
+        let by_port = |port: u16| self.nodes.iter().position(|n| n.port() == port).expect("a node of ours");
+        let text = cli(self.nodes[0].port(), &["CLUSTER", "NODES"]);
+        let mut primary = None;
+        let mut ids = std::collections::HashMap::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            ids.insert(fields[0].to_owned(), port);
+            if fields[2].contains("master") {
+                for range in &fields[8..] {
+                    let (from, to) = range.split_once('-').unwrap_or((range, range));
+                    if let (Ok(from), Ok(to)) = (from.parse::<u16>(), to.parse::<u16>()) {
+                        if (from..=to).contains(&slot) {
+                            primary = Some(fields[0].to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        let primary = primary.expect("a primary for the slot");
+        let replica = text
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f[2].contains("slave") && f[3] == primary)
+            .map(|f| ids[f[0]])
+            .unwrap_or_else(|| panic!("no replica of {primary} in {text}"));
+        (by_port(ids[&primary]), by_port(replica))
+    }
+}
+
+/// Runs `redis-cli -p port args…` and returns what it printed.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

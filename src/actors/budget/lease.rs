@@ -10,7 +10,8 @@
 //! trip.
 //!
 //! Why a fallback share, kept spent: while Redis fails, each replica runs on its own on
-//! `1/replicas` of the rate in its local GCRA. While shared mode works, every grant keeps that
+//! `1/replicas` of the rate in its local GCRA (`replicas` as the fleet's heartbeat last
+//! counted them, `shared/fleet.rs`). While shared mode works, every grant keeps that
 //! local share spent for one interval, so falling back starts at the rate, not with a burst on
 //! top of what was just sent. And a replica that ran alone asks Redis to drain the fleet's
 //! burst first ([`Ask::drain`]): the upstream's bucket may be spent by now.
@@ -66,14 +67,12 @@ pub struct Lease {
     pool: Pool,
     /// Emission interval of the whole fleet's rate.
     interval: Duration,
-    /// Replicas sharing it (`COURIER_REPLICAS`).
-    replicas: u32,
 }
 
 impl Lease {
-    /// An empty lease of a fleet rate emitting a permit every `interval`, shared by `replicas`.
-    pub fn new(interval: Duration, replicas: u32) -> Lease {
-        Lease { pool: Pool::new(), interval, replicas: replicas.max(1) }
+    /// An empty lease of a fleet rate emitting a permit every `interval`.
+    pub fn new(interval: Duration) -> Lease {
+        Lease { pool: Pool::new(), interval }
     }
 
     /// Takes a leased permit, if one is left and not expired.
@@ -91,10 +90,10 @@ impl Lease {
         self.pool.next_free(now)
     }
 
-    /// The interval at which a queued request here can expect permits: when every replica is
-    /// busy, this one gets about one permit in `replicas`.
-    pub fn local_interval(&self) -> Duration {
-        self.interval * self.replicas
+    /// The interval at which a queued request here can expect permits: when every one of
+    /// `replicas` replicas is busy, this one gets about one permit in `replicas`.
+    pub fn local_interval(&self, replicas: u32) -> Duration {
+        self.interval * replicas.max(1)
     }
 }
 
@@ -204,7 +203,7 @@ mod tests {
     #[test]
     fn a_grant_serves_waiters_in_order_and_asks_again_at_once() {
         let t0 = Instant::now();
-        let lease = Lease::new(100 * MS, 2);
+        let lease = Lease::new(100 * MS);
         let fallback = Gcra::try_new(300, 1).unwrap();
         let mut queue = queue(3, t0);
         let mut leaser = Leaser { asking: true, ran_alone: true };
@@ -218,7 +217,8 @@ mod tests {
         assert_eq!(again, Some(MIN_AGAIN), "permits came: ask again for the third waiter at once");
         assert_eq!(lease.available(t0 + 10 * MS), 0, "nothing left over for the pool");
         assert_eq!(lease.next_free(t0 + 10 * MS), 100 * MS);
-        assert_eq!(lease.local_interval(), 200 * MS, "one permit in two when both replicas are busy");
+        assert_eq!(lease.local_interval(2), 200 * MS, "one permit in two when both replicas are busy");
+        assert_eq!(lease.local_interval(5), 500 * MS, "one in five after the fleet grew");
         assert!(fallback.try_acquire(t0 + 10 * MS).is_err(), "the fallback share is kept spent");
         assert_eq!(leaser.ask(queue.len()), Some(Ask { want: 1, drain: false }));
     }
@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn an_empty_grant_waits_for_the_next_permit() {
         let t0 = Instant::now();
-        let lease = Lease::new(100 * MS, 1);
+        let lease = Lease::new(100 * MS);
         let fallback = Gcra::try_new(600, 1).unwrap();
         let mut queue = queue(1, t0);
         let mut leaser = Leaser::default();
@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn what_nobody_took_waits_briefly_in_the_pool() {
         let t0 = Instant::now();
-        let lease = Lease::new(50 * MS, 1);
+        let lease = Lease::new(50 * MS);
         let fallback = Gcra::try_new(1200, 1).unwrap();
         let mut queue = queue(3, t0);
         let mut leaser = Leaser::default();

@@ -12,7 +12,7 @@
 //! in here too ([`BudgetShared::learn`]): the worker that read the answer applies the pause at
 //! once, and only tells the actor afterwards.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,7 +61,8 @@ pub struct BudgetShared {
     /// Waiters in the actor's queue, as the actor last published it.
     waiting: AtomicUsize,
     per_minute: u32,
-    replicas: u32,
+    /// Replicas sharing the fleet's budget, as last heard (1 without shared state).
+    replicas: AtomicU32,
     weights: Vec<u32>,
     total_weight: u32,
 }
@@ -72,33 +73,58 @@ impl BudgetShared {
         Self::try_with_shared(per_minute, burst, weights, None)
     }
 
-    /// A budget shared by `replicas` replicas through `shared` (Redis); while Redis fails,
-    /// this replica falls back to its share: `per_minute / replicas`, `burst / replicas`.
+    /// A budget shared through `shared` (Redis) by `replicas` replicas, until the fleet's
+    /// heartbeat says how many there are ([`BudgetShared::set_replicas`]); while Redis fails,
+    /// this replica falls back to its share: `1/replicas` of the rate and of the burst.
     pub fn try_with_shared(
         per_minute: u32,
         burst: u32,
         weights: Vec<u32>,
         shared: Option<(Arc<SharedRate>, u32)>,
     ) -> Result<BudgetShared, InvalidRate> {
+        let gcra = Gcra::try_new(per_minute, burst)?;
+        let interval = gcra.emission_interval();
         let replicas = shared.as_ref().map_or(1, |(_, n)| (*n).max(1));
-        let gcra = Gcra::try_new((per_minute / replicas).max(1), (burst / replicas).max(1))?;
-        let interval = Gcra::try_new(per_minute, burst)?.emission_interval();
-        let fleet = shared.map(|(rate, replicas)| Fleet { rate, lease: Lease::new(interval, replicas) });
+        gcra.set_share(replicas);
+        let fleet = shared.map(|(rate, _)| Fleet { rate, lease: Lease::new(interval) });
         if weights.is_empty() {
             return Err(InvalidRate("no clients"));
         }
         let total_weight = weights.iter().sum::<u32>().max(1);
-        Ok(BudgetShared { gcra, fleet, waiting: AtomicUsize::new(0), per_minute, replicas, weights, total_weight })
+        Ok(BudgetShared {
+            gcra,
+            fleet,
+            waiting: AtomicUsize::new(0),
+            per_minute,
+            replicas: AtomicU32::new(replicas),
+            weights,
+            total_weight,
+        })
     }
 
     /// Paces the budget (quota pacing): permits at most every `interval` across the fleet
     /// (`None`: the configured rate). A replica on its own while Redis fails keeps its share
     /// of that pace.
     pub fn set_pace(&self, interval: Option<Duration>) {
-        self.gcra.set_pace(interval.map(|d| d * self.replicas));
+        self.gcra.set_pace(interval);
         if let Some(fleet) = &self.fleet {
             fleet.rate.set_pace(interval);
         }
+    }
+
+    /// The fleet has `replicas` replicas now (its heartbeat's count): this replica's fallback
+    /// share becomes `1/replicas` of the budget (and of its pace), and a queued request here
+    /// expects one permit in `replicas`. Only the fleet's heartbeat calls this, so a replica
+    /// cut off from Redis keeps the last count it heard.
+    pub fn set_replicas(&self, replicas: u32) {
+        let replicas = replicas.max(1);
+        self.replicas.store(replicas, Ordering::Relaxed);
+        self.gcra.set_share(replicas);
+    }
+
+    /// Replicas sharing the budget, as last heard (1 without shared state).
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
     }
 
     /// The rate algorithm.
@@ -145,7 +171,7 @@ impl BudgetShared {
     /// The interval at which a queued request here can expect permits.
     pub(super) fn local_interval(&self) -> Duration {
         match self.lease_up() {
-            Some(lease) => lease.local_interval(),
+            Some(lease) => lease.local_interval(self.replicas()),
             None => self.gcra.emission_interval(),
         }
     }
@@ -276,6 +302,28 @@ mod tests {
         }
         // Ten permits spent at 60 ms each: 600 ms until full, shown as a whole second.
         assert_eq!(shared.client_share(0, t0), ClientShare { limit: 750, remaining: 0, reset_seconds: 1 });
+    }
+
+    #[test]
+    fn the_fallback_share_follows_the_fleets_size_and_its_pace() {
+        // 600/min with bursts of 10 for the whole fleet.
+        let shared = BudgetShared::try_new(600, 10, vec![1]).unwrap();
+        assert_eq!((shared.replicas(), shared.gcra().emission_interval(), shared.gcra().burst()), (1, 100 * MS, 10));
+        shared.set_replicas(5);
+        assert_eq!((shared.replicas(), shared.gcra().emission_interval(), shared.gcra().burst()), (5, 500 * MS, 2));
+        // The fleet paced to one per 250 ms: a fifth of it is one per 1250 ms.
+        shared.set_pace(Some(250 * MS));
+        assert_eq!(shared.gcra().emission_interval(), 1250 * MS);
+        // Back to two replicas: half of the pace, half of the burst.
+        shared.set_replicas(2);
+        assert_eq!((shared.gcra().emission_interval(), shared.gcra().burst()), (500 * MS, 5));
+        shared.set_pace(None);
+        assert_eq!(shared.gcra().emission_interval(), 200 * MS);
+        let t0 = Instant::now();
+        let granted = (0..20).filter(|_| shared.try_fast(t0)).count();
+        assert_eq!(granted, 5, "half of the burst");
+        shared.set_replicas(0);
+        assert_eq!(shared.replicas(), 1, "a count of 0 (never heard) is taken as 1");
     }
 
     #[test]

@@ -30,12 +30,11 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::Script;
 
 use super::RedisStore;
 use crate::jobs::{Job, StoreError};
-use crate::shared::conn::RedisConn;
+use crate::shared::RedisConn;
 
 /// How often a runner looks again at a held job.
 const HOLD_POLL: Duration = Duration::from_millis(10);
@@ -95,7 +94,7 @@ impl RedisStore {
             armed: true,
         };
         let (key_ref, doc_ref, token_ref) = (&key, &doc, &token);
-        let store = |mut conn: MultiplexedConnection| async move {
+        let store = |mut conn: RedisConn| async move {
             let stored: i64 = self
                 .scripts
                 .submit
@@ -141,12 +140,10 @@ impl RedisStore {
         let acked: i64 = self
             .health
             .bounded("submit", wait + limit, async {
-                redis::cmd("WAIT")
-                    .arg(needed)
-                    .arg(wait.as_millis() as u64)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(self.health.fail("submit"))
+                let mut call = redis::cmd("WAIT");
+                call.arg(needed).arg(wait.as_millis() as u64);
+                // On a Cluster, to the node that took the write (the job key's slot).
+                conn.query_beside(&call, &key).await.map_err(self.health.fail("submit"))
             })
             .await?;
         self.keep(generation, conn);

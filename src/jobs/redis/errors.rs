@@ -11,8 +11,7 @@ use std::time::Duration;
 use redis::RedisError;
 
 use crate::jobs::StoreError;
-use crate::shared::conn::RedisConn;
-use crate::shared::{describe, RedisHealth};
+use crate::shared::{describe, RedisConn, RedisHealth};
 
 /// The `operation` label of each store operation in `courier_redis_errors_total`.
 pub(super) const OPERATIONS: [(&str, &str); 13] = [

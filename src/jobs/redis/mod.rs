@@ -82,15 +82,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
-use redis::AsyncConnectionConfig;
 use tokio::sync::mpsc;
 
 use super::{CallbackState, Claim, Job, JobStore, Start, StoreError, StoreFuture};
-use crate::shared::conn::RedisConn;
 use crate::shared::keys::key_in;
-use crate::shared::sentinel::Target;
-use crate::shared::{RedisEndpoint, RedisHealth};
+use crate::shared::{RedisConn, RedisEndpoint, RedisHealth};
 use errors::Health;
 use scripts::Scripts;
 pub use settings::{default_consumer_name, RedisSettings};
@@ -117,13 +113,13 @@ impl Keys {
 
 /// Jobs and the job queue in Redis, shared by every replica. See the module documentation.
 pub struct RedisStore {
-    /// Multiplexed, reconnecting connection for every non-blocking call.
+    /// Multiplexed, reconnecting (or cluster) connection for every non-blocking call.
     conn: RedisConn,
-    /// Where Redis is: opens the dedicated connections of blocking calls.
-    target: Arc<Target>,
-    /// Idle dedicated connections for blocking calls, with the generation of the node they
-    /// go to (the lock is never held across an await).
-    idle_blocking: Mutex<Vec<(u64, MultiplexedConnection)>>,
+    /// Opens the dedicated connections of blocking reads.
+    endpoint: RedisEndpoint,
+    /// Idle dedicated connections for blocking calls, with the generation of the node they go
+    /// to (a Sentinel failover changes it; the lock is never held across an await).
+    idle_blocking: Mutex<Vec<(u64, RedisConn)>>,
     keys: Keys,
     settings: RedisSettings,
     scripts: Scripts,
@@ -165,18 +161,9 @@ impl RedisStore {
         if let Some(problem) = settings.problem() {
             return Err(StoreError::Unavailable(format!("invalid Redis settings: {problem}")));
         }
-        let client = endpoint.into().client().map_err(|e| StoreError::Unavailable(e.into()))?;
-        RedisStore::connect_to(Target::fixed(client), settings, health).await
-    }
-
-    /// [`RedisStore::connect_with`], to a target that may move (Sentinel).
-    pub async fn connect_to(
-        target: Arc<Target>,
-        settings: RedisSettings,
-        health: Option<Arc<dyn RedisHealth>>,
-    ) -> Result<RedisStore, StoreError> {
-        if let Some(problem) = settings.problem() {
-            return Err(StoreError::Unavailable(format!("invalid Redis settings: {problem}")));
+        let endpoint = endpoint.into();
+        if let Some(problem) = endpoint.problem() {
+            return Err(StoreError::Unavailable(problem.into()));
         }
         let keys = Keys::new(&settings.namespace);
         let limit = settings.op_timeout;
@@ -184,11 +171,10 @@ impl RedisStore {
 
         // One plain connection first: it fails fast and clearly, and becomes the first
         // dedicated connection for blocking reads.
-        let (generation, client) = target.current();
+        let generation = endpoint.generation();
         let first = health
             .bounded("connect", limit, async {
-                let config = blocking_config(limit);
-                client.get_multiplexed_async_connection_with_config(&config).await.map_err(health.fail("connect"))
+                endpoint.connect_dedicated(limit).await.map_err(health.fail("connect"))
             })
             .await?;
         health
@@ -197,16 +183,8 @@ impl RedisStore {
             })
             .await?;
 
-        // No reconnection retries inside the manager: a failed reconnect fails the calls
-        // waiting on it at once, and the next call starts a new attempt.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(limit)
-            .set_response_timeout(limit)
-            .set_number_of_retries(0);
         let conn = health
-            .bounded("connect", limit, async {
-                RedisConn::connect(target.clone(), config).await.map_err(health.fail("connect"))
-            })
+            .bounded("connect", limit, async { endpoint.connect(limit).await.map_err(health.fail("connect")) })
             .await?;
 
         let dropped_records = Arc::new(AtomicU64::new(0));
@@ -223,7 +201,7 @@ impl RedisStore {
 
         Ok(RedisStore {
             conn,
-            target,
+            endpoint,
             idle_blocking: Mutex::new(vec![(generation, first)]),
             keys,
             settings,
@@ -396,12 +374,6 @@ impl JobStore for RedisStore {
     }
 }
 
-/// The connection settings of dedicated connections: no response timeout of their own, the
-/// caller bounds each call (a blocking read legitimately waits).
-fn blocking_config(op_timeout: Duration) -> AsyncConnectionConfig {
-    AsyncConnectionConfig::new().set_connection_timeout(op_timeout)
-}
-
 fn encode(job: &Job) -> Result<String, StoreError> {
     serde_json::to_string(job).map_err(|_| StoreError::Unavailable("a job could not be encoded".into()))
 }
@@ -438,7 +410,7 @@ mod tests {
     async fn a_tls_url_is_tried_and_a_failure_never_echoes_it() {
         let url = SecretString::from("rediss://:hunter2@127.0.0.1:1/");
         let err = RedisStore::connect(&url, RedisSettings::default()).await.unwrap_err();
-        assert!(err.to_string().contains(": redis connect: ") && !err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("redis connect: ") && !err.to_string().contains("hunter2"), "{err}");
     }
 
     #[actix_rt::test]

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisError;
 
-use super::{blocking_config, RedisStore, GROUP};
+use super::{RedisStore, GROUP};
 use crate::jobs::{Claim, StoreError};
+use crate::shared::RedisConn;
 
 /// Most idle dedicated connections kept for blocking calls (reads, and `WAIT` after a submit).
 const IDLE_BLOCKING_MAX: usize = 32;
@@ -122,40 +123,41 @@ impl RedisStore {
     }
 
     /// An idle dedicated connection to the current node, if any (those to an earlier node,
-    /// before a failover, are dropped).
-    pub(super) fn pooled(&self) -> Option<(u64, MultiplexedConnection)> {
-        let generation = self.target.generation();
+    /// before a Sentinel failover, are dropped).
+    pub(super) fn pooled(&self) -> Option<(u64, RedisConn)> {
+        let generation = self.endpoint.generation();
         let mut idle = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|(g, _)| *g == generation);
         idle.pop()
     }
 
     /// Keeps a dedicated connection for the next blocking call, unless its call failed (a
-    /// failure that may mean the primary moved is reported to the target).
-    fn pool<T>(&self, generation: u64, conn: MultiplexedConnection, reply: &Result<T, RedisError>) {
+    /// failure that may mean the primary moved is reported).
+    fn pool<T>(&self, generation: u64, conn: RedisConn, reply: &Result<T, RedisError>) {
         match reply {
             Ok(_) => self.keep(generation, conn),
-            Err(e) => self.target.saw(e),
+            Err(e) => self.endpoint.saw(e),
         }
     }
 
     /// Keeps a dedicated connection whose last call answered, for the next blocking call.
-    pub(super) fn keep(&self, generation: u64, conn: MultiplexedConnection) {
+    pub(super) fn keep(&self, generation: u64, conn: RedisConn) {
         let mut idle = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < IDLE_BLOCKING_MAX {
             idle.push((generation, conn));
         }
     }
 
-    /// A new dedicated connection to the current node, bounded by `op_timeout`.
-    pub(super) async fn open_dedicated(&self, op: &'static str) -> Result<(u64, MultiplexedConnection), StoreError> {
+    /// A new dedicated connection to the current node and its generation, bounded by
+    /// `op_timeout`.
+    pub(super) async fn open_dedicated(&self, op: &'static str) -> Result<(u64, RedisConn), StoreError> {
         let limit = self.settings.op_timeout;
-        let (generation, client) = self.target.current();
+        let generation = self.endpoint.generation();
         let conn = self
             .health
             .bounded(op, limit, async {
-                client.get_multiplexed_async_connection_with_config(&blocking_config(limit)).await.map_err(|e| {
-                    self.target.saw(&e);
+                self.endpoint.connect_dedicated(limit).await.map_err(|e| {
+                    self.endpoint.saw(&e);
                     self.health.fail(op)(e)
                 })
             })

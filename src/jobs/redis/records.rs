@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::errors::Health;
 use super::scripts::RECORD;
 use crate::jobs::Job;
-use crate::shared::conn::RedisConn;
+use crate::shared::RedisConn;
 
 /// Most entries written in one pipeline.
 const BATCH_MAX: usize = 256;
