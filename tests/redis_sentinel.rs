@@ -13,7 +13,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::redis::{RedisServer, Sentinel};
+use support::redis::RedisServer;
+use support::sentinel::Sentinel;
 use support::{read_answer, Pair, PairBuilder};
 
 const MASTER: &str = "courier-m";

@@ -1,10 +1,9 @@
 //! A real `redis-server` for one test: on a free loopback port, without persistence, in a
 //! directory of its own (a shared one would let it load a `dump.rdb` another server left there,
 //! a replica's after a full sync, say), killed and its directory removed when dropped; also as a
-//! replica of another, and Sentinels watching them. Needs the Debian package `redis-server`
-//! (built with TLS; a Sentinel is the same program run with `--sentinel`, which is all the
-//! package `redis-sentinel` adds); without it the test fails loudly. [`RedisServer::start_tls`]
-//! serves TLS only, on its port, with the test's files.
+//! replica of another (Sentinels: `sentinel.rs`). Needs the Debian package `redis-server` (built
+//! with TLS); without it the test fails loudly. [`RedisServer::start_tls`] serves TLS only, on
+//! its port, with the test's files.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a server gets to accept connections.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TLS side of a test server: its certificate and key, the CA it trusts for client
 /// certificates, and whether it requires one (`--tls-auth-clients`).
@@ -258,107 +257,8 @@ fn text(value: &redis::Value) -> String {
     }
 }
 
-/// A Redis Sentinel watching master `master` at `primary_port`, on a free port, with the
-/// given down-after and failover timeouts; killed on drop. Its configuration file (which the
-/// Sentinel rewrites as it learns) lives in a temporary directory removed on drop.
-pub struct Sentinel {
-    child: Option<Child>,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Sentinel {
-    /// Starts a Sentinel (quorum 2, down after 1 s, failover timeout 5 s).
-    pub fn start(master: &str, primary_port: u16) -> Sentinel {
-        for attempt in 0..5 {
-            let port = free_port();
-            let dir = std::env::temp_dir().join(format!("courier-sentinel-{}-{port}-{attempt}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("sentinel dir");
-            let conf = dir.join("sentinel.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndaemonize no\nprotected-mode no\ndir {dir}\nlogfile \"\"\n\
-                     sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
-                     sentinel down-after-milliseconds {master} 1000\n\
-                     sentinel failover-timeout {master} 5000\n\
-                     sentinel parallel-syncs {master} 1\n",
-                    dir = dir.display()
-                ),
-            )
-            .expect("sentinel config");
-            let mut child = Command::new("redis-server")
-                .arg(&conf)
-                .arg("--sentinel")
-                .args(["--loglevel", "warning"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server --sentinel runs (Debian package redis-server)");
-            let deadline = Instant::now() + START_TIMEOUT;
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if answers(port) {
-                    return Sentinel { child: Some(child), port, dir };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("sentinel on port {port} did not answer within {START_TIMEOUT:?}");
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        panic!("redis sentinel did not start on any of 5 free ports");
-    }
-
-    /// `127.0.0.1:<port>`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// `SENTINEL <args...>` on this Sentinel, the raw reply as text.
-    pub fn ask(&self, args: &[&str]) -> String {
-        let mut full = vec!["SENTINEL"];
-        full.extend_from_slice(args);
-        command(self.port, &full).unwrap_or_default()
-    }
-
-    /// A field of `SENTINEL master <master>` (e.g. `num-slaves`, `num-other-sentinels`).
-    pub fn master_field(&self, master: &str, field: &str) -> Option<String> {
-        let reply = self.ask(&["master", master]);
-        let mut lines = reply.lines();
-        while let Some(line) = lines.next() {
-            if line == field {
-                return lines.next().map(str::to_owned);
-            }
-        }
-        None
-    }
-
-    /// The port of the primary this Sentinel names for `master` (0 when it names none).
-    pub fn primary_port(&self, master: &str) -> u16 {
-        let reply = self.ask(&["get-master-addr-by-name", master]);
-        reply.lines().nth(1).and_then(|p| p.trim().parse().ok()).unwrap_or(0)
-    }
-}
-
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address").port()
 }
@@ -370,7 +270,7 @@ fn listens(port: u16) -> bool {
 }
 
 /// Whether a Redis server on `port` answers a PING (with PONG, or an auth error).
-fn answers(port: u16) -> bool {
+pub fn answers(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     if stream.write_all(b"PING\r\n").is_err() {
