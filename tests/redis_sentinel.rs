@@ -1,9 +1,10 @@
 //! Redis behind Sentinel, against real servers: a primary, a replica and three Sentinels on
 //! loopback, two couriers finding the primary through the Sentinels, under sync load over the
 //! shared budget and async jobs accepted only once the replica holds them
-//! (`COURIER_REDIS_MIN_REPLICAS=1`). The primary is killed (SIGKILL): the couriers follow the
-//! failover by themselves, every 202 reaches a final state, the upstream's limit is never
-//! exceeded, and the old primary, back as a replica, never sees a command from courier.
+//! (`COURIER_REDIS_MIN_REPLICAS=1`) with callbacks. The primary is killed (SIGKILL): the couriers
+//! follow the failover by themselves, every 202 reaches a final state and its signed callback
+//! (a repeat counted), the upstream's limit is never exceeded, and the old primary, back as a
+//! replica, never sees a command from courier.
 
 mod support;
 
@@ -13,11 +14,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::receiver::Receiver;
 use support::redis::RedisServer;
 use support::sentinel::Sentinel;
 use support::{read_answer, Pair, PairBuilder};
 
 const MASTER: &str = "courier-m";
+const SECRET: &str = "whsec_sentinel_7c1e";
 
 /// Commands only a client of courier's kind sends to a primary: a restarted old primary that
 /// shows any of them in its command statistics was written to or read by courier. (A replica
@@ -44,19 +47,22 @@ struct Outcome {
 
 /// Sends, until `stop`, every 50 ms a sync request to each courier in turn and every fourth
 /// tick an async job (with its own request id); records every answer.
-async fn load(couriers: Rc<Vec<Pair>>, stop: Rc<Cell<bool>>, outcomes: Rc<RefCell<Vec<Outcome>>>) {
+async fn load(couriers: Rc<Vec<Pair>>, hook: String, stop: Rc<Cell<bool>>, outcomes: Rc<RefCell<Vec<Outcome>>>) {
     let mut tick = actix_rt::time::interval(Duration::from_millis(50));
     let mut tasks = Vec::new();
     let mut n = 0usize;
     while !stop.get() {
         tick.tick().await;
         n += 1;
-        let (couriers, outcomes) = (couriers.clone(), outcomes.clone());
+        let (couriers, outcomes, hook) = (couriers.clone(), outcomes.clone(), hook.clone());
         tasks.push(actix_rt::spawn(async move {
             let pair = &couriers[n % couriers.len()];
             let sync = !n.is_multiple_of(4);
             let request_id = format!("sentinel-{n}");
-            let body = json!({"data": {"input": request_id}, "options": {"async": !sync}});
+            let body = match sync {
+                true => json!({"data": {"input": request_id}}),
+                false => json!({"data": {"input": request_id}, "options": {"async": true, "callback_url": hook}}),
+            };
             let headers = [("x-request-id", request_id.as_str()), ("x-request-timeout", "2")];
             let answer = pair.process_with(body, &headers).await;
             let code = if answer.status.is_success() { String::new() } else { answer.error_code().to_owned() };
@@ -117,6 +123,7 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
     let replica = RedisServer::start_replica_of(&primary);
     let sentinels = sentinels(&primary).await;
     let addrs: Vec<String> = sentinels.iter().map(Sentinel::addr).collect();
+    let receiver = Receiver::start(&[]).await;
 
     let builder = || {
         PairBuilder::default()
@@ -130,6 +137,8 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
             .env("COURIER_JOB_LEASE", "2")
             .env("EXTERNAL_API_RATE_LIMIT", "600")
             .env("EXTERNAL_API_RATE_BURST", "5")
+            .env("COURIER_CALLBACK_SECRET", SECRET)
+            .env("COURIER_CALLBACK_ALLOW", "127.0.0.1")
             .sim(|sim| {
                 sim.rate_limit_per_minute = 600;
                 sim.rate_burst = 10;
@@ -144,7 +153,7 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
 
     let stop = Rc::new(Cell::new(false));
     let outcomes = Rc::new(RefCell::new(Vec::new()));
-    let running = actix_rt::spawn(load(couriers.clone(), stop.clone(), outcomes.clone()));
+    let running = actix_rt::spawn(load(couriers.clone(), receiver.url("/hook"), stop.clone(), outcomes.clone()));
     actix_rt::time::sleep(Duration::from_secs(2)).await;
 
     // The primary dies.
@@ -234,6 +243,26 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
         refused_but_run += usize::from(answer.status == 200);
     }
 
+    // Every accepted job's callback arrives, signed; one may repeat when its delivery was
+    // recorded on the old primary only (at least once), never more than once here.
+    let accepted_ids: BTreeMap<&str, ()> = accepted.iter().map(|o| (o.request_id.as_str(), ())).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let per_job = loop {
+        let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
+        for delivery in receiver.got() {
+            assert!(delivery.signed_with(SECRET), "an unsigned callback");
+            let id = delivery.json()["request_id"].as_str().unwrap_or_default().to_owned();
+            *per_job.entry(id).or_default() += 1;
+        }
+        if accepted_ids.keys().all(|id| per_job.contains_key(*id)) {
+            break per_job;
+        }
+        assert!(Instant::now() < deadline, "callbacks missing: {} of {} jobs", per_job.len(), accepted_ids.len());
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    let repeated = per_job.values().filter(|n| **n > 1).count();
+    assert!(per_job.values().all(|n| *n <= 2), "a callback came more than twice: {per_job:?}");
+
     // The upstream's limit held throughout.
     let stats = couriers[0].sim.stats();
     assert_eq!(stats.rate_limited_total, 0, "the upstream refused for its limit: {stats:?}");
@@ -266,7 +295,8 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
         "sentinel failover: Sentinels switched {:?} after the kill; couriers shared again {:?} after the kill; \
          old primary rejoined as a replica {:?} after the kill, jobs accepted again {:?} after that; \
          {} answers {tally:?}; {} jobs accepted ({accepted_before_kill} before the kill), final {by_status:?}, \
-         {takeovers} runs taken over; {refused_but_run} jobs answered 503 exist anyway; \
+         {takeovers} runs taken over; {} callbacks for {} jobs ({repeated} repeated); \
+         {refused_but_run} jobs answered 503 exist anyway; \
          {changes} primary changes logged; upstream 429s {}; test took {:?}",
         switched - killed,
         recovered.iter().map(|at| *at - killed).collect::<Vec<_>>(),
@@ -274,8 +304,11 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
         accepting - rejoined,
         outcomes.len(),
         accepted.len(),
+        per_job.values().sum::<usize>(),
+        per_job.len(),
         stats.rate_limited_total,
         test_started.elapsed(),
     );
+    receiver.stop().await;
     drop(sentinels);
 }
