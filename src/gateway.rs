@@ -31,6 +31,7 @@ use crate::upstream::{self, Backoff};
 mod fleet;
 mod jobs;
 mod quota;
+mod sentinel;
 
 use jobs::{jobs_shared, start_runner};
 
@@ -82,7 +83,8 @@ impl Gateway {
             Some(clients) => clients.entries().iter().map(|c| c.weight).collect(),
             None => vec![1],
         };
-        let shared_redis = match redis_endpoint(&config) {
+        let endpoint = sentinel::endpoint(&config, &log).await?;
+        let shared_redis = match endpoint.clone() {
             Some(endpoint) => Some(Arc::new(
                 SharedRedis::connect(endpoint, "courier", REDIS_TIMEOUT, metrics.clone(), &log)
                     .await
@@ -117,7 +119,7 @@ impl Gateway {
             &metrics,
             shared_redis.clone(),
         ));
-        let jobs = jobs_shared(&config, shared_redis.clone()).await?;
+        let jobs = jobs_shared(&config, shared_redis.clone(), endpoint).await?;
         let breaker_cell = Arc::new(BreakerCell::new());
         // A probe that never reports (its request was dropped) frees its slot after this.
         let probe_lease = config.attempt_timeout + Duration::from_secs(1);

@@ -37,6 +37,7 @@ fn settings(consumer: &str) -> RedisSettings {
         record_queue: 10_000,
         // High, so takeovers can be counted freely; the tests of the bound set their own.
         max_runs: 100,
+        ..RedisSettings::default()
     }
 }
 

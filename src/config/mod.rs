@@ -17,6 +17,7 @@ mod limits;
 mod pem;
 mod quota;
 mod reader;
+mod redis_ha;
 mod redis_tls;
 mod sections;
 mod tracing;
@@ -37,6 +38,7 @@ pub use pem::load_ca_file;
 pub use quota::{Pacing, QuotaConfig, QuotaSpec, WindowKind};
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
+pub use redis_ha::RedisHaConfig;
 pub use redis_tls::{RedisClientCert, RedisTls};
 pub use sections::{BreakerConfig, JobsConfig};
 pub use tracing::{SamplerChoice, TracingConfig};
@@ -85,6 +87,8 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Redis URL for shared state, when set (it may hold the ACL user's password).
     pub redis_url: Option<SecretString>,
+    /// A replicated Redis: replicas a job must reach, Sentinels that name the primary.
+    pub redis_ha: RedisHaConfig,
     /// TLS material for a `rediss://` Redis URL (`REDIS_CA_FILE`, `REDIS_CLIENT_*_FILE`).
     pub redis_tls: RedisTls,
     /// Whether the Redis URL names a node of a Redis Cluster (`REDIS_CLUSTER`).
@@ -162,6 +166,7 @@ impl fmt::Debug for Config {
             .field("cache_ttl", &self.cache_ttl)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("redis_url", &self.redis_url.as_ref().map(|_| REDACTED))
+            .field("redis_ha", &self.redis_ha)
             .field("redis_tls", &self.redis_tls)
             .field("redis_cluster", &self.redis_cluster)
             .field("listen", &self.listen)
@@ -232,8 +237,10 @@ impl Config {
         let cache_ttl = r.seconds_or_zero("EXTERNAL_API_CACHE_TTL", 300.0);
         let rate_limit_per_minute = r.count("EXTERNAL_API_RATE_LIMIT", 1000, 1..=10_000_000);
         let redis_url = r.optional_secret_url("REDIS_URL");
+        let scheme = redis_url.as_ref().and_then(|url| secrecy::ExposeSecret::expose_secret(url).split_once(':'));
         let redis_tls = RedisTls::read(r, redis_url.as_ref());
         let redis_cluster = RedisTls::read_cluster(r, redis_url.as_ref());
+        let redis_ha = RedisHaConfig::read(r, scheme.map(|(scheme, _)| scheme), redis_cluster);
         let listen = r.addr("COURIER_LISTEN", "127.0.0.1:8080");
         let admin_listen = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
         let admin = AdminConfig::read(r, admin_listen);
@@ -326,6 +333,7 @@ impl Config {
             cache_ttl,
             rate_limit_per_minute: rate_limit_per_minute as u32,
             redis_url,
+            redis_ha,
             redis_tls,
             redis_cluster,
             listen,

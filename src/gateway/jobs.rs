@@ -13,7 +13,7 @@ use crate::jobs::redis::{RedisSettings, RedisStore};
 use crate::jobs::runner::{self, RunnerHandle, RunnerSettings};
 use crate::jobs::JobStore;
 use crate::reload::SecretCell;
-use crate::shared::{self, SharedRedis};
+use crate::shared::{self, RedisEndpoint, SharedRedis};
 use crate::upstream::{self, Backoff};
 
 /// The job store (Redis when `REDIS_URL` is set, else in-process) and the callback policy. The
@@ -22,9 +22,10 @@ use crate::upstream::{self, Backoff};
 pub(super) async fn jobs_shared(
     config: &Config,
     shared_redis: Option<Arc<SharedRedis>>,
+    endpoint: Option<RedisEndpoint>,
 ) -> Result<JobsShared, StartError> {
     let jobs = &config.jobs;
-    let store: Arc<dyn JobStore> = match super::redis_endpoint(config) {
+    let store: Arc<dyn JobStore> = match endpoint {
         Some(endpoint) => {
             let settings = RedisSettings {
                 lease: jobs.lease,
@@ -32,6 +33,8 @@ pub(super) async fn jobs_shared(
                 op_timeout: REDIS_TIMEOUT,
                 stream_max_len: jobs.max,
                 max_runs: jobs.max_runs,
+                min_replicas: config.redis_ha.min_replicas,
+                wait_timeout: config.redis_ha.wait_timeout,
                 ..RedisSettings::default()
             };
             let health = shared_redis.map(|redis| redis as Arc<dyn shared::RedisHealth>);

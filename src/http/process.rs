@@ -118,8 +118,12 @@ async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -
             trace: inbound.stored_trace(),
         };
         let result = jobs::accept(worker, new).await;
-        if let Err(error) = &result {
-            jobs::record_refused(worker, request_id, owner, created, error);
+        match &result {
+            // The store could not take the job: it keeps no trace of it either, so the id stays
+            // free for the client's retry (a failed entry would make that retry a 409).
+            Err(ApiError::JobStoreUnavailable) => {}
+            Err(error) => jobs::record_refused(worker, request_id, owner, created, error),
+            Ok(_) => {}
         }
         return Outcome { result, attempts: 0, cache: None };
     }

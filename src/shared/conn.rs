@@ -1,6 +1,7 @@
-//! One connection type for both deployments: a single Redis (a reconnecting multiplexed
-//! [`ConnectionManager`]) or a Redis Cluster (the redis crate's [`ClusterConnection`], which
-//! learns the slot map, follows `MOVED` and `ASK`, and finds a new primary after a failover).
+//! One connection type for every deployment: a single Redis (a reconnecting multiplexed
+//! [`ConnectionManager`]), a Redis Cluster (the redis crate's [`ClusterConnection`], which
+//! learns the slot map, follows `MOVED` and `ASK`, and finds a new primary after a failover), or
+//! the primary Sentinels name ([`FollowedConn`], which follows their failovers).
 //! Both run the same commands and scripts: every key carries courier's hash tag, so every
 //! command and script goes to the one slot holding them all.
 
@@ -8,6 +9,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+
+use super::follow::FollowedConn;
 
 /// A connection to Redis, single or cluster; cheap to clone (clones share the connection).
 #[derive(Clone)]
@@ -18,6 +21,8 @@ pub enum RedisConn {
     Plain(MultiplexedConnection),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
+    /// The primary that Sentinels name, followed across failovers.
+    Followed(FollowedConn),
 }
 
 impl ConnectionLike for RedisConn {
@@ -26,6 +31,7 @@ impl ConnectionLike for RedisConn {
             RedisConn::Single(c) => c.req_packed_command(cmd),
             RedisConn::Plain(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConn::Followed(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -39,6 +45,7 @@ impl ConnectionLike for RedisConn {
             RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
             RedisConn::Plain(c) => c.req_packed_commands(cmd, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Followed(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -47,6 +54,7 @@ impl ConnectionLike for RedisConn {
             RedisConn::Single(c) => c.get_db(),
             RedisConn::Plain(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
+            RedisConn::Followed(c) => c.get_db(),
         }
     }
 }

@@ -10,16 +10,21 @@
 //! the others; its connections learn the slot map and follow `MOVED`, `ASK` and failovers.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
-use redis::{AsyncConnectionConfig, ClientTlsConfig, ErrorKind, RedisError, RedisResult, TlsCertificates};
+use redis::{
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionInfo, ErrorKind, RedisError, RedisResult, TlsCertificates,
+};
 use rustls::pki_types::CertificateDer;
 use rustls::{AlertDescription, CertificateError};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::follow::FollowedConn;
+use super::sentinel::Target;
 use super::RedisConn;
 use crate::config::RedisTls;
 
@@ -41,6 +46,8 @@ pub struct RedisEndpoint {
     url: SecretString,
     tls: RedisTls,
     cluster: bool,
+    /// With Sentinels: the primary they name, which connections follow (`sentinel`).
+    sentinel: Option<Arc<Target>>,
 }
 
 impl fmt::Debug for RedisEndpoint {
@@ -49,6 +56,7 @@ impl fmt::Debug for RedisEndpoint {
             .field("url", &"[REDACTED]")
             .field("tls", &self.tls)
             .field("cluster", &self.cluster)
+            .field("sentinel", &self.sentinel.is_some())
             .finish()
     }
 }
@@ -56,7 +64,7 @@ impl fmt::Debug for RedisEndpoint {
 impl From<SecretString> for RedisEndpoint {
     /// A URL alone: `rediss://` is verified against the system roots.
     fn from(url: SecretString) -> RedisEndpoint {
-        RedisEndpoint { url, tls: RedisTls::default(), cluster: false }
+        RedisEndpoint { url, tls: RedisTls::default(), cluster: false, sentinel: None }
     }
 }
 
@@ -69,7 +77,7 @@ impl From<&SecretString> for RedisEndpoint {
 impl RedisEndpoint {
     /// A URL and the TLS material read with the configuration.
     pub fn new(url: SecretString, tls: RedisTls) -> RedisEndpoint {
-        RedisEndpoint { url, tls, cluster: false }
+        RedisEndpoint { url, tls, cluster: false, sentinel: None }
     }
 
     /// The same, as a seed node of a Redis Cluster when `cluster`.
@@ -82,6 +90,32 @@ impl RedisEndpoint {
         self.cluster
     }
 
+    /// The same, reaching the primary that Sentinels name through `target` (its address
+    /// replaces the URL's; everything else is the URL's).
+    pub fn with_sentinel(self, target: Arc<Target>) -> RedisEndpoint {
+        RedisEndpoint { sentinel: Some(target), ..self }
+    }
+
+    /// How to talk to a data node at another address: the URL's scheme, user, password,
+    /// database and TLS (for the nodes Sentinels name).
+    pub fn node_template(&self) -> Result<ConnectionInfo, &'static str> {
+        self.client().map(|client| client.get_connection_info().clone())
+    }
+
+    /// The generation of the node connections go to now: it changes when Sentinels name a new
+    /// primary (always 0 without them).
+    pub fn generation(&self) -> u64 {
+        self.sentinel.as_ref().map_or(0, |target| target.generation())
+    }
+
+    /// A call failed: with Sentinels, an error that may mean the primary moved makes courier
+    /// ask them at once.
+    pub fn saw(&self, e: &RedisError) {
+        if let Some(target) = &self.sentinel {
+            target.saw(e);
+        }
+    }
+
     /// What makes these settings unusable, if anything (without quoting the URL).
     pub fn problem(&self) -> Option<&'static str> {
         match self.cluster {
@@ -90,8 +124,9 @@ impl RedisEndpoint {
         }
     }
 
-    /// The connection for every call but blocking reads: reconnecting (single Redis) or
-    /// following the cluster; connecting and each answer bounded by `timeout`.
+    /// The connection for every call but blocking reads: reconnecting (single Redis),
+    /// following the cluster, or following the primary Sentinels name; connecting and each
+    /// answer bounded by `timeout`.
     pub async fn connect(&self, timeout: Duration) -> RedisResult<RedisConn> {
         if self.cluster {
             let client = self.cluster_client(timeout, timeout).map_err(invalid)?;
@@ -103,6 +138,9 @@ impl RedisEndpoint {
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
             .set_number_of_retries(0);
+        if let Some(target) = &self.sentinel {
+            return FollowedConn::connect(target.clone(), config).await.map(RedisConn::Followed);
+        }
         let client = self.client().map_err(invalid)?;
         ConnectionManager::new_with_config(client, config).await.map(RedisConn::Single)
     }
@@ -116,7 +154,10 @@ impl RedisEndpoint {
             return client.get_async_connection().await.map(RedisConn::Cluster);
         }
         let config = AsyncConnectionConfig::new().set_connection_timeout(timeout);
-        let client = self.client().map_err(invalid)?;
+        let client = match &self.sentinel {
+            Some(target) => target.current().1,
+            None => self.client().map_err(invalid)?,
+        };
         client.get_multiplexed_async_connection_with_config(&config).await.map(RedisConn::Plain)
     }
 

@@ -20,14 +20,19 @@
 //! connection whose last call failed is first refreshed with a `PING` (which starts a new
 //! reconnect when it meets that stale failure), and the call itself goes to the Redis that is
 //! back instead of counting one more error and degrading the replica for another second.
+//!
+//! With Sentinels, the primary is the one they name ([`sentinel::Target`]), followed across
+//! failovers: every connection to it ([`follow::FollowedConn`]) goes where the target points now.
 
 pub mod budget;
 pub mod cache;
 pub mod conn;
 pub mod endpoint;
 pub mod fleet;
+pub mod follow;
 pub mod keys;
 pub mod quota;
+pub mod sentinel;
 pub mod token;
 
 use std::future::Future;

@@ -1,7 +1,9 @@
 //! A real `redis-server` for one test: on a free loopback port, without persistence, in a
 //! directory of its own (a shared one would let it load a `dump.rdb` another server left there,
-//! a replica's after a full sync, say), killed and its directory removed when dropped. Needs the Debian package `redis-server` (built with TLS); without it the test
-//! fails loudly. [`RedisServer::start_tls`] serves TLS only, on its port, with the test's files.
+//! a replica's after a full sync, say), killed and its directory removed when dropped; also as a
+//! replica of another (Sentinels: `sentinel.rs`). Needs the Debian package `redis-server` (built
+//! with TLS); without it the test fails loudly. [`RedisServer::start_tls`] serves TLS only, on
+//! its port, with the test's files.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -10,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a server gets to accept connections.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TLS side of a test server: its certificate and key, the CA it trusts for client
 /// certificates, and whether it requires one (`--tls-auth-clients`).
@@ -87,6 +89,42 @@ impl RedisServer {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Starts a replica of `primary` and waits (bounded) until it holds the primary's data.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        replica.wait_replicating(START_TIMEOUT);
+        replica
+    }
+
+    /// Waits (bounded, blocking the thread: not while courier runs in this process) until
+    /// this server is a synced replica.
+    pub fn wait_replicating(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while !self.is_replicating() {
+            assert!(Instant::now() < deadline, "port {} did not become a synced replica within {bound:?}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether this server is a replica whose link to its primary is up and synchronised.
+    pub fn is_replicating(&self) -> bool {
+        let info = self.info("replication");
+        info.contains("role:slave")
+            && info.contains("master_link_status:up")
+            && info.contains("master_sync_in_progress:0")
+    }
+
+    /// `INFO <section>` (empty when the server does not answer within a second).
+    pub fn info(&self, section: &str) -> String {
+        self.command(&["INFO", section]).unwrap_or_default()
+    }
+
+    /// Sends one command over a fresh connection and returns the reply as text; `None` when
+    /// the server does not answer within a second or answers an error.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        command(self.port, args)
     }
 
     /// Kills the server (SIGKILL: no shutdown, as in a crash) and waits for it to exit.
@@ -192,8 +230,35 @@ impl Drop for RedisServer {
     }
 }
 
+/// Sends one command to the server on `port` over a fresh connection (bounded by a second
+/// each way) and returns the reply as text (an array's items one per line); `None` when the
+/// server does not answer or answers an error.
+pub fn command(port: u16, args: &[&str]) -> Option<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(1)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    conn.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    let value: redis::Value = cmd.query(&mut conn).ok()?;
+    Some(text(&value))
+}
+
+fn text(value: &redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => s.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        redis::Value::Array(items) | redis::Value::Set(items) => items.iter().map(text).collect::<Vec<_>>().join("\n"),
+        redis::Value::Nil => String::new(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address").port()
 }
@@ -205,7 +270,7 @@ fn listens(port: u16) -> bool {
 }
 
 /// Whether a Redis server on `port` answers a PING (with PONG, or an auth error).
-fn answers(port: u16) -> bool {
+pub fn answers(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     if stream.write_all(b"PING\r\n").is_err() {

@@ -7,8 +7,9 @@
 //! [`crate::shared::keys`]), so the scripts' keys share one slot in a Redis Cluster.
 //!
 //! - **`{ns}:job:{id}`**, a hash per job: `state` (the [`JobStatus`](super::JobStatus)
-//!   string), `doc` (the JSON of the whole [`Job`]; its `doc.status` always equals `state`) and
-//!   `ver` (a counter bumped by every change). It expires [`RedisSettings::job_ttl`] after it
+//!   string), `doc` (the JSON of the whole [`Job`]; its `doc.status` always equals `state`),
+//!   `ver` (a counter bumped by every change), and `held` while a submit waits for replicas
+//!   to acknowledge it (`durable`). It expires [`RedisSettings::job_ttl`] after it
 //!   is written; later changes keep that expiry.
 //! - **`{ns}:jobs`**, a stream with one entry `id=<request id>` per queued job, read by the
 //!   consumer group **`runners`**. Every process is one consumer ([`RedisSettings::consumer`]).
@@ -55,8 +56,10 @@
 //!   data is in the OS page cache). Jobs 202'd in that second may vanish.
 //!
 //! RDB snapshots alone lose everything since the last snapshot. Replication is asynchronous,
-//! so a failover can lose the latest writes. `maxmemory-policy` must be `noeviction`: an
-//! evicting policy may delete job documents or the stream itself.
+//! so a failover can lose the latest writes, accepted jobs among them, unless
+//! [`RedisSettings::min_replicas`] makes each submit wait for replicas (`durable`).
+//! `maxmemory-policy` must be `noeviction`: an evicting policy may delete job documents or the
+//! stream itself.
 //!
 //! # Runtime
 //!
@@ -65,6 +68,7 @@
 //! entries there. The store itself is `Send + Sync` and may be used from every worker thread.
 
 mod cas;
+mod durable;
 mod errors;
 mod queue;
 mod records;
@@ -113,8 +117,9 @@ pub struct RedisStore {
     conn: RedisConn,
     /// Opens the dedicated connections of blocking reads.
     endpoint: RedisEndpoint,
-    /// Idle dedicated connections for blocking reads (the lock is never held across an await).
-    idle_blocking: Mutex<Vec<RedisConn>>,
+    /// Idle dedicated connections for blocking calls, with the generation of the node they go
+    /// to (a Sentinel failover changes it; the lock is never held across an await).
+    idle_blocking: Mutex<Vec<(u64, RedisConn)>>,
     keys: Keys,
     settings: RedisSettings,
     scripts: Scripts,
@@ -166,6 +171,7 @@ impl RedisStore {
 
         // One plain connection first: it fails fast and clearly, and becomes the first
         // dedicated connection for blocking reads.
+        let generation = endpoint.generation();
         let first = health
             .bounded("connect", limit, async {
                 endpoint.connect_dedicated(limit).await.map_err(health.fail("connect"))
@@ -196,7 +202,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             endpoint,
-            idle_blocking: Mutex::new(vec![first]),
+            idle_blocking: Mutex::new(vec![(generation, first)]),
             keys,
             settings,
             scripts: Scripts::new(),
@@ -235,7 +241,8 @@ impl RedisStore {
         match outcome {
             1 => Ok(()),
             0 => Err(StoreError::Exists),
-            _ => Err(StoreError::Full),
+            -1 => Err(StoreError::Full),
+            _ => Err(StoreError::Unavailable(durable::HELD_ELSEWHERE.into())),
         }
     }
 
@@ -256,10 +263,20 @@ impl RedisStore {
         op: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> StoreFuture<'a, T> {
+        self.bounded_for(op, self.settings.op_timeout, call)
+    }
+
+    /// [`RedisStore::bounded`] by `limit`.
+    fn bounded_for<'a, T: Send + 'a>(
+        &'a self,
+        op: &'static str,
+        limit: Duration,
+        call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
         Box::pin(async move {
             let answer = self
                 .health
-                .bounded(op, self.settings.op_timeout, async {
+                .bounded(op, limit, async {
                     self.health.refresh(&self.conn).await;
                     call.await
                 })
@@ -279,7 +296,16 @@ impl RedisStore {
 
 impl JobStore for RedisStore {
     fn submit<'a>(&'a self, job: &'a Job) -> StoreFuture<'a, ()> {
-        self.bounded("submit", self.submit_job(job))
+        if self.settings.min_replicas == 0 {
+            return self.bounded("submit", self.submit_job(job));
+        }
+        // Bounded step by step inside (see `durable`).
+        Box::pin(async move {
+            self.health.refresh(&self.conn).await;
+            let answer = self.submit_replicated(job).await;
+            self.answered(&answer);
+            answer
+        })
     }
 
     fn record(&self, job: Job) {
@@ -307,7 +333,12 @@ impl JobStore for RedisStore {
     }
 
     fn start<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Start>> {
-        self.bounded("start", self.start_job(id))
+        // A held job is left alone until its submit settles it (see `durable`).
+        let limit = self.hold_limit() + self.settings.op_timeout;
+        self.bounded_for("start", limit, async move {
+            self.await_hold(id).await?;
+            self.start_job(id).await
+        })
     }
 
     fn release<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {

@@ -21,8 +21,8 @@ use super::{RedisStore, GROUP};
 use crate::jobs::{Claim, StoreError};
 use crate::shared::RedisConn;
 
-/// Most idle dedicated connections kept for blocking reads.
-const IDLE_BLOCKING_MAX: usize = 8;
+/// Most idle dedicated connections kept for blocking calls (reads, and `WAIT` after a submit).
+const IDLE_BLOCKING_MAX: usize = 32;
 
 /// Creates the consumer group (and the stream) if missing. From `0`, not `$`: jobs queued
 /// before the group existed are delivered too.
@@ -109,37 +109,60 @@ impl RedisStore {
         &self,
         read: &redis::Cmd,
     ) -> Result<Result<Option<StreamReadReply>, RedisError>, StoreError> {
-        let pooled = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(mut conn) = pooled {
+        if let Some((generation, mut conn)) = self.pooled() {
             let reply = read.query_async(&mut conn).await;
             if !matches!(&reply, Err(e) if e.is_io_error() || e.is_unrecoverable_error()) {
-                self.pool(conn, &reply);
+                self.pool(generation, conn, &reply);
                 return Ok(reply);
             }
         }
-        let mut conn = self.open_dedicated().await?;
+        let (generation, mut conn) = self.open_dedicated("next").await?;
         let reply = read.query_async(&mut conn).await;
-        self.pool(conn, &reply);
+        self.pool(generation, conn, &reply);
         Ok(reply)
     }
 
-    /// Keeps a dedicated connection for the next blocking read, unless its read failed.
-    fn pool<T>(&self, conn: RedisConn, reply: &Result<T, RedisError>) {
-        if reply.is_ok() {
-            let mut idle = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < IDLE_BLOCKING_MAX {
-                idle.push(conn);
-            }
+    /// An idle dedicated connection to the current node, if any (those to an earlier node,
+    /// before a Sentinel failover, are dropped).
+    pub(super) fn pooled(&self) -> Option<(u64, RedisConn)> {
+        let generation = self.endpoint.generation();
+        let mut idle = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(g, _)| *g == generation);
+        idle.pop()
+    }
+
+    /// Keeps a dedicated connection for the next blocking call, unless its call failed (a
+    /// failure that may mean the primary moved is reported).
+    fn pool<T>(&self, generation: u64, conn: RedisConn, reply: &Result<T, RedisError>) {
+        match reply {
+            Ok(_) => self.keep(generation, conn),
+            Err(e) => self.endpoint.saw(e),
         }
     }
 
-    async fn open_dedicated(&self) -> Result<RedisConn, StoreError> {
+    /// Keeps a dedicated connection whose last call answered, for the next blocking call.
+    pub(super) fn keep(&self, generation: u64, conn: RedisConn) {
+        let mut idle = self.idle_blocking.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_BLOCKING_MAX {
+            idle.push((generation, conn));
+        }
+    }
+
+    /// A new dedicated connection to the current node and its generation, bounded by
+    /// `op_timeout`.
+    pub(super) async fn open_dedicated(&self, op: &'static str) -> Result<(u64, RedisConn), StoreError> {
         let limit = self.settings.op_timeout;
-        self.health
-            .bounded("next", limit, async {
-                self.endpoint.connect_dedicated(limit).await.map_err(self.health.fail("next"))
+        let generation = self.endpoint.generation();
+        let conn = self
+            .health
+            .bounded(op, limit, async {
+                self.endpoint.connect_dedicated(limit).await.map_err(|e| {
+                    self.endpoint.saw(&e);
+                    self.health.fail(op)(e)
+                })
             })
-            .await
+            .await?;
+        Ok((generation, conn))
     }
 
     /// `NOGROUP` (the stream was deleted under us): recreates the group and reports no jobs;

@@ -29,6 +29,13 @@ pub struct RedisSettings {
     /// Runs of a job that may end with their process before it is failed with
     /// `job_run_interrupted` instead of being taken over again (default 2).
     pub max_runs: u32,
+    /// Replicas that must acknowledge a new job (`WAIT`) before it is accepted; 0 (the
+    /// default): accepted once the primary stored it. See `durable`.
+    pub min_replicas: u32,
+    /// How long a submit waits for those acknowledgements (default 500 ms), below
+    /// `op_timeout` when `min_replicas` is set. Runners use it too: they leave a job whose submit is still waiting alone
+    /// for up to `wait_timeout + op_timeout`, so set it alike on every replica.
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisSettings {
@@ -42,6 +49,8 @@ impl Default for RedisSettings {
             stream_max_len: 100_000,
             record_queue: 10_000,
             max_runs: 2,
+            min_replicas: 0,
+            wait_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -65,6 +74,9 @@ impl RedisSettings {
             Some("record queue length is zero")
         } else if self.max_runs == 0 {
             Some("max runs is zero")
+        } else if self.min_replicas > 0 && (self.wait_timeout.as_millis() == 0 || self.wait_timeout >= self.op_timeout)
+        {
+            Some("the replica wait timeout is not between 1 ms and the operation timeout")
         } else {
             None
         }
@@ -95,6 +107,8 @@ mod tests {
         assert_eq!(bad.problem(), Some("stream max length is zero"));
         let bad = RedisSettings { max_runs: 0, ..RedisSettings::default() };
         assert_eq!(bad.problem(), Some("max runs is zero"));
+        let bad = RedisSettings { min_replicas: 1, wait_timeout: Duration::from_secs(2), ..RedisSettings::default() };
+        assert_eq!(bad.problem(), Some("the replica wait timeout is not between 1 ms and the operation timeout"));
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! A replicated Redis: how sure an accepted job must be (`COURIER_REDIS_MIN_REPLICAS`,
+//! `COURIER_REDIS_WAIT_TIMEOUT`) and where the primary is (`REDIS_SENTINELS`,
+//! `REDIS_SENTINEL_MASTER`). See docs/operations.md, "Redis failover".
+
+use std::time::Duration;
+
+use super::reader::Reader;
+
+/// Every Redis call is bounded by 2 s; the wait for replicas must leave room for the calls
+/// around it.
+const WAIT_TIMEOUT_MAX: Duration = Duration::from_millis(1500);
+
+const SENTINELS: &str = "host:port of each Sentinel, separated by commas, e.g. 10.0.0.5:26379,10.0.0.6:26379";
+
+/// Settings of a replicated Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisHaConfig {
+    /// Replicas that must hold a new job before it is accepted (0: the primary alone).
+    pub min_replicas: u32,
+    /// How long a submit waits for them before it answers 503.
+    pub wait_timeout: Duration,
+    /// `host:port` of each Sentinel; empty: `REDIS_URL` names the one Redis.
+    pub sentinels: Vec<String>,
+    /// The master name the Sentinels monitor (set when `sentinels` is not empty).
+    pub sentinel_master: Option<String>,
+}
+
+impl RedisHaConfig {
+    /// Reads the variables; `redis_url`: the scheme of `REDIS_URL` when it is set and valid;
+    /// `cluster`: whether `REDIS_CLUSTER` is on (a Cluster fails over by itself).
+    pub(super) fn read(r: &mut Reader<'_>, redis_url: Option<&str>, cluster: bool) -> RedisHaConfig {
+        let min_replicas = r.count("COURIER_REDIS_MIN_REPLICAS", 0, 0..=100) as u32;
+        let wait_timeout = r.seconds("COURIER_REDIS_WAIT_TIMEOUT", 0.5);
+        if wait_timeout > WAIT_TIMEOUT_MAX {
+            let problem =
+                format!("{} s is above 1.5 s (every Redis call is bounded by 2 s)", wait_timeout.as_secs_f64());
+            r.problem("COURIER_REDIS_WAIT_TIMEOUT", problem, "a number of seconds > 0, at most 1.5");
+        }
+        if min_replicas > 0 && redis_url.is_none() && !r.reported("REDIS_URL") {
+            r.problem("COURIER_REDIS_MIN_REPLICAS", "is set without REDIS_URL", "0, or REDIS_URL set");
+        }
+        let sentinels = r.optional("REDIS_SENTINELS").map(|raw| sentinels(r, &raw)).unwrap_or_default();
+        let sentinel_master = r.optional("REDIS_SENTINEL_MASTER");
+        match (sentinels.is_empty(), &sentinel_master) {
+            (false, None) => {
+                r.problem("REDIS_SENTINEL_MASTER", "is not set", "the master name the Sentinels monitor, e.g. mymaster")
+            }
+            (true, Some(_)) if !r.reported("REDIS_SENTINELS") => {
+                r.problem("REDIS_SENTINELS", "is not set, but REDIS_SENTINEL_MASTER is", SENTINELS)
+            }
+            _ => {}
+        }
+        if !sentinels.is_empty() && cluster {
+            r.problem(
+                "REDIS_SENTINELS",
+                "is set with REDIS_CLUSTER=true",
+                "one of them: a Cluster fails over by itself",
+            );
+        }
+        if !sentinels.is_empty() {
+            match redis_url {
+                None if !r.reported("REDIS_URL") => r.problem(
+                    "REDIS_URL",
+                    "is not set, but REDIS_SENTINELS is",
+                    "redis://[user:password@]any-host/[db]: with Sentinels it gives the credentials and database",
+                ),
+                Some("unix" | "redis+unix") => r.problem(
+                    "REDIS_URL",
+                    "is a socket path, but Sentinels name primaries by host and port",
+                    "redis://[user:password@]any-host/[db] or rediss://…",
+                ),
+                _ => {}
+            }
+        }
+        RedisHaConfig { min_replicas, wait_timeout, sentinels, sentinel_master }
+    }
+}
+
+/// The entries of `REDIS_SENTINELS`; a bad one is reported once, naming it.
+fn sentinels(r: &mut Reader<'_>, raw: &str) -> Vec<String> {
+    let entries: Vec<String> = raw.split(',').map(|e| e.trim().to_owned()).collect();
+    for entry in &entries {
+        let valid = entry.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !host.contains(['/', '@', ' ']) && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            r.problem("REDIS_SENTINELS", format!("{entry:?} is not host:port"), SENTINELS);
+            return Vec::new();
+        }
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{reader::FileValues, MapEnv};
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)], redis_url: Option<&str>) -> Result<RedisHaConfig, String> {
+        read_in(pairs, redis_url, false)
+    }
+
+    fn read_in(pairs: &[(&str, &str)], redis_url: Option<&str>, cluster: bool) -> Result<RedisHaConfig, String> {
+        let env = MapEnv::new(pairs.iter().copied());
+        let file = FileValues::default();
+        let mut r = Reader::new(&env, &file);
+        let config = RedisHaConfig::read(&mut r, redis_url, cluster);
+        r.finish().map(|()| config).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_defaults_wait_for_no_replica_and_use_no_sentinel() {
+        let config = read(&[], Some("redis")).unwrap();
+        assert_eq!(config.min_replicas, 0);
+        assert_eq!(config.wait_timeout, Duration::from_millis(500));
+        assert!(config.sentinels.is_empty() && config.sentinel_master.is_none());
+    }
+
+    #[test]
+    fn sentinels_and_a_master_name_are_read_together() {
+        let pairs = [("REDIS_SENTINELS", "10.0.0.5:26379, s2.internal:26380"), ("REDIS_SENTINEL_MASTER", "m")];
+        let config = read(&pairs, Some("redis")).unwrap();
+        assert_eq!(config.sentinels, ["10.0.0.5:26379", "s2.internal:26380"]);
+        assert_eq!(config.sentinel_master.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn every_bad_variable_is_named_once() {
+        let pairs = [
+            ("COURIER_REDIS_MIN_REPLICAS", "1"),
+            ("COURIER_REDIS_WAIT_TIMEOUT", "3"),
+            ("REDIS_SENTINELS", "10.0.0.5:26379,nohost"),
+        ];
+        let errors = read(&pairs, None).unwrap_err();
+        assert!(errors.contains("COURIER_REDIS_WAIT_TIMEOUT: 3 s is above 1.5 s"), "{errors}");
+        assert!(errors.contains("COURIER_REDIS_MIN_REPLICAS: is set without REDIS_URL"), "{errors}");
+        assert!(errors.contains("REDIS_SENTINELS: \"nohost\" is not host:port"), "{errors}");
+        assert_eq!(errors.lines().count(), 3, "{errors}");
+
+        let errors = read(&[("REDIS_SENTINELS", "127.0.0.1:26379")], None).unwrap_err();
+        assert!(errors.contains("REDIS_SENTINEL_MASTER: is not set"), "{errors}");
+        assert!(errors.contains("REDIS_URL: is not set, but REDIS_SENTINELS is"), "{errors}");
+        let errors = read(&[("REDIS_SENTINEL_MASTER", "m")], Some("redis")).unwrap_err();
+        assert!(errors.contains("REDIS_SENTINELS: is not set, but REDIS_SENTINEL_MASTER is"), "{errors}");
+        let pairs = [("REDIS_SENTINELS", "127.0.0.1:26379"), ("REDIS_SENTINEL_MASTER", "m")];
+        let errors = read(&pairs, Some("unix")).unwrap_err();
+        assert!(errors.contains("REDIS_URL: is a socket path"), "{errors}");
+        let errors = read_in(&pairs, Some("redis"), true).unwrap_err();
+        assert!(errors.contains("REDIS_SENTINELS: is set with REDIS_CLUSTER=true"), "{errors}");
+    }
+}
