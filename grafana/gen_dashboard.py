@@ -223,24 +223,34 @@ panel("Callbacks",
       description="Deliveries by result (delivered, gave_up, refused) and attempts by result.")
 endrow()
 
+row("Redis and the fleet")
+panel("Shared state (Redis)", [(f'max by (instance, mode) (courier_shared_state{{{I}}}) > 0', "{{instance}}: {{mode}}")],
+      kind="stat", w=8, description="off: no REDIS_URL; shared: budget, token, cache and jobs shared; degraded: Redis failing, this replica on its own.",
+      extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                         "textMode": "name", "colorMode": "none", "graphMode": "none"}})
+panel("Fleet size", [(f'courier_fleet_replicas{{{I}}}', "{{instance}}")], w=8,
+      description="Replicas sharing Redis, as each replica's last heartbeat counted them: the budget's share "
+      "while Redis fails is 1/this. Replicas that disagree for more than a few seconds see different Redis.")
+panel("Redis errors by operation", [(f'sum by (operation) (rate(courier_redis_errors_total{{{I}}}[{R}]))', "{{operation}}")],
+      unit="short", w=8, description="Failed or timed-out Redis calls per second: budget_*, token_*, cache_*, quota_*, "
+      "fleet_* (shared state) and job_* (the job store). A failover shows as a burst of a few seconds; see "
+      "CourierSharedStateDegraded.")
+endrow()
+
 row("Process")
 panel("CPU", [(f'rate(process_cpu_seconds_total{{{I}}}[{R}])', "{{instance}}")], unit="percentunit", w=6,
       description="CPU seconds per second.")
 panel("Resident memory", [(f'process_resident_memory_bytes{{{I}}}', "{{instance}}")], unit="bytes", w=6)
 panel("Open file descriptors", [(f'process_open_fds{{{I}}}', "{{instance}}")], w=6)
-panel("Shared state (Redis)", [(f'max by (instance, mode) (courier_shared_state{{{I}}}) > 0', "{{instance}}: {{mode}}")],
-      kind="stat", w=6, description="off: no REDIS_URL; shared: budget, token, cache and jobs shared; degraded: Redis failing, this replica on its own.",
-      extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                         "textMode": "name", "colorMode": "none", "graphMode": "none"}})
 panel("Version", [(f'count by (version, commit) (courier_build_info{{{I}}})', "{{version}} ({{commit}})")],
       kind="stat", w=6, description="The running version and the git commit it was built from.",
       extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                          "textMode": "name", "colorMode": "none", "graphMode": "none"}})
 panel("Admin requests", [(f'sum by (outcome) (increase(courier_admin_requests_total{{{I}}}[{R}]))', "{{outcome}}")],
-      w=6, description="Requests to locked admin routes by outcome: allowed (token), unlocked (no token set, "
+      w=12, description="Requests to locked admin routes by outcome: allowed (token), unlocked (no token set, "
       "loopback), missing_token and wrong_token (refused; see the CourierAdminTokenRefused alert).")
 panel("Trace spans by result", [(f'sum by (result) (rate(courier_trace_spans_total{{{I}}}[{R}]))', "{{result}}")],
-      unit="short", w=6, description="Spans sent to the OTLP endpoint (exported), refused by it or lost "
+      unit="short", w=12, description="Spans sent to the OTLP endpoint (exported), refused by it or lost "
       "on the way (failed), and dropped because the export queue was full (dropped).")
 endrow()
 
@@ -257,7 +267,7 @@ dashboard = {
                    {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
     "uid": "courier-overview",
     "title": "courier",
-    "description": "courier: traffic, upstream health, rate budget, quotas, circuit breaker, token, cache, async jobs.",
+    "description": "courier: traffic, upstream health, rate budget, quotas, circuit breaker, token, cache, async jobs, Redis and the fleet.",
     "tags": ["courier", "gateway"],
     "timezone": "utc",
     "schemaVersion": 39,
