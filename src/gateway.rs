@@ -91,7 +91,7 @@ impl Gateway {
                     .map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?,
             )),
             None => {
-                shared::set_mode(&metrics, "off");
+                shared::run_without_redis(&metrics, &crate::jobs::redis::OPERATION_LABELS);
                 None
             }
         };

@@ -61,7 +61,11 @@ async fn pacing_spreads_a_window_evenly_under_a_tenfold_overload() {
     for send in sends {
         statuses.push(send.await.unwrap());
     }
-    assert!(statuses.iter().all(|s| [200, 429].contains(s)), "only answers and refusals: {statuses:?}");
+    // A 504: a request whose second ran out after its permit, while the attempt was on its way
+    // (seen once on a loaded machine); the attempt still counts in the arrivals below.
+    assert!(statuses.iter().all(|s| [200, 429, 504].contains(s)), "only answers and refusals: {statuses:?}");
+    let late = statuses.iter().filter(|&&s| s == 504).count();
+    assert!(late * 100 <= statuses.len(), "{late} of {} requests timed out", statuses.len());
     let arrivals = arrivals(&pair).await;
     let fifths: Vec<u64> = (0..5).map(|i| between(&arrivals, start + 3 * i, 3)).collect();
     let total: u64 = fifths.iter().sum();

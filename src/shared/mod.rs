@@ -72,6 +72,22 @@ const OPERATIONS: [&str; 18] = [
     "fleet_leave",
 ];
 
+/// Creates the `courier_redis_errors_total` series of `operations` at 0.
+pub fn count_errors_of(metrics: &Metrics, operations: &[&str]) {
+    for op in operations {
+        metrics.redis_errors.with_label_values(&[op]);
+    }
+}
+
+/// Without Redis: the shared-state mode `off`, and every `courier_redis_errors_total` series
+/// (shared state's and the job store's) at 0, so dashboards and alerts that query them find
+/// them on every replica from its start, whether it has Redis or not.
+pub fn run_without_redis(metrics: &Metrics, job_store_operations: &[&str]) {
+    set_mode(metrics, "off");
+    count_errors_of(metrics, &OPERATIONS);
+    count_errors_of(metrics, job_store_operations);
+}
+
 /// Sets the one-hot `courier_shared_state{mode}` gauge.
 pub fn set_mode(metrics: &Metrics, mode: &str) {
     for m in ["off", "shared", "degraded"] {
@@ -158,9 +174,7 @@ impl SharedRedis {
                 "action" => "run by the older version only: see docs/operations.md, Redis in production");
         }
         set_mode(&metrics, "shared");
-        for op in OPERATIONS {
-            metrics.redis_errors.with_label_values(&[op]);
-        }
+        count_errors_of(&metrics, &OPERATIONS);
         Ok(SharedRedis {
             conn,
             namespace: namespace.to_owned(),
@@ -287,8 +301,6 @@ impl RedisHealth for SharedRedis {
     }
 
     fn operations(&self, operations: &[&'static str]) {
-        for op in operations {
-            self.metrics.redis_errors.with_label_values(&[op]);
-        }
+        count_errors_of(&self.metrics, operations);
     }
 }

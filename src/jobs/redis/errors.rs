@@ -30,6 +30,17 @@ pub(super) const OPERATIONS: [(&str, &str); 13] = [
     ("backlog", "job_backlog"),
 ];
 
+/// The `operation` labels of the store's calls in `courier_redis_errors_total`.
+pub const OPERATION_LABELS: [&str; OPERATIONS.len()] = {
+    let mut labels = [""; OPERATIONS.len()];
+    let mut i = 0;
+    while i < OPERATIONS.len() {
+        labels[i] = OPERATIONS[i].1;
+        i += 1;
+    }
+    labels
+};
+
 /// The label of `op` (an operation not listed is `job_other`).
 fn label(op: &str) -> &'static str {
     OPERATIONS.iter().find(|(name, _)| *name == op).map_or("job_other", |(_, label)| label)
@@ -47,7 +58,7 @@ pub(super) struct Health {
 impl Health {
     pub(super) fn new(sink: Option<Arc<dyn RedisHealth>>) -> Health {
         if let Some(sink) = &sink {
-            sink.operations(&OPERATIONS.map(|(_, label)| label));
+            sink.operations(&OPERATION_LABELS);
         }
         Health { sink, suspect: Arc::default() }
     }

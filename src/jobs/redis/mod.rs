@@ -88,6 +88,7 @@ use super::{CallbackState, Claim, Job, JobStore, Start, StoreError, StoreFuture}
 use crate::shared::keys::key_in;
 use crate::shared::{RedisConn, RedisEndpoint, RedisHealth};
 use errors::Health;
+pub use errors::OPERATION_LABELS;
 use scripts::Scripts;
 pub use settings::{default_consumer_name, RedisSettings};
 
