@@ -114,8 +114,13 @@ async fn couriers_follow_a_killed_cluster_primary_without_losing_an_accepted_job
         .max()
         .expect("a sync 200 after the kill");
     assert!(sync_gap < Duration::from_secs(1), "no sync request was served for {sync_gap:?}");
-    // New jobs refused (503, nothing accepted) from the kill until jobs were accepted again.
-    let refused_in_gap = answers.iter().filter(|a| !a.sync && a.status == 503 && a.at >= killed).count();
+    // New jobs refused (503, nothing accepted) from the kill on: while Redis was out, and then
+    // while the new primary had no replica to acknowledge a job.
+    let shared_again = recovered.iter().max().copied().expect("recovered");
+    let refused = |from: Instant, to: Instant| {
+        answers.iter().filter(|a| !a.sync && a.status == 503 && a.at >= from && a.at < to).count()
+    };
+    let (refused_out, refused_unreplicated) = (refused(killed, shared_again), refused(shared_again, accepting));
 
     // The upstream's limit held throughout.
     let stats = couriers[0].sim.stats();
@@ -147,7 +152,8 @@ async fn couriers_follow_a_killed_cluster_primary_without_losing_an_accepted_job
         "cluster failover: replica promoted {:?} after the kill; couriers shared again {:?} after the kill; \
          longest wait between sync 200s around the kill {sync_gap:?}; \
          old primary rejoined as a replica {:?} after the kill, jobs accepted again {:?} after that; \
-         {refused_in_gap} jobs refused 503 from the kill on; {} answers {:?}; \
+         jobs refused 503: {refused_out} until shared again, {refused_unreplicated} more until accepted again; \
+         {} answers {:?}; \
          {} jobs accepted ({} before the kill), final {:?}, {} runs taken over; \
          {} callbacks for {} jobs ({} repeated); {} jobs answered 503 exist anyway; \
          {refused_by_old} calls refused by the old primary; upstream: {received} calls in {load_took:?} of load (budget 10/s, burst 5), 429s {}; test took {:?}",
