@@ -8,99 +8,18 @@
 
 mod support;
 
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use support::failover::{shared_state, until, verdict, Load, COURIER_COMMANDS};
 use support::receiver::Receiver;
 use support::redis::RedisServer;
 use support::sentinel::Sentinel;
-use support::{read_answer, Pair, PairBuilder};
+use support::PairBuilder;
 
 const MASTER: &str = "courier-m";
 const SECRET: &str = "whsec_sentinel_7c1e";
-
-/// Commands only a client of courier's kind sends to a primary: a restarted old primary that
-/// shows any of them in its command statistics was written to or read by courier. (A replica
-/// applies its primary's scripts as their effects, never as `EVAL`/`EVALSHA`, and the
-/// Sentinels send none of these.)
-const COURIER_COMMANDS: [&str; 7] = [
-    "cmdstat_evalsha",
-    "cmdstat_eval",
-    "cmdstat_xreadgroup",
-    "cmdstat_xautoclaim",
-    "cmdstat_hmget",
-    "cmdstat_get",
-    "cmdstat_wait",
-];
-
-/// One answer of the load.
-struct Outcome {
-    at: Instant,
-    sync: bool,
-    status: u16,
-    code: String,
-    request_id: String,
-}
-
-/// Sends, until `stop`, every 50 ms a sync request to each courier in turn and every fourth
-/// tick an async job (with its own request id); records every answer.
-async fn load(couriers: Rc<Vec<Pair>>, hook: String, stop: Rc<Cell<bool>>, outcomes: Rc<RefCell<Vec<Outcome>>>) {
-    let mut tick = actix_rt::time::interval(Duration::from_millis(50));
-    let mut tasks = Vec::new();
-    let mut n = 0usize;
-    while !stop.get() {
-        tick.tick().await;
-        n += 1;
-        let (couriers, outcomes, hook) = (couriers.clone(), outcomes.clone(), hook.clone());
-        tasks.push(actix_rt::spawn(async move {
-            let pair = &couriers[n % couriers.len()];
-            let sync = !n.is_multiple_of(4);
-            let request_id = format!("sentinel-{n}");
-            let body = match sync {
-                true => json!({"data": {"input": request_id}}),
-                false => json!({"data": {"input": request_id}, "options": {"async": true, "callback_url": hook}}),
-            };
-            let headers = [("x-request-id", request_id.as_str()), ("x-request-timeout", "2")];
-            let answer = pair.process_with(body, &headers).await;
-            let code = if answer.status.is_success() { String::new() } else { answer.error_code().to_owned() };
-            outcomes.borrow_mut().push(Outcome {
-                at: Instant::now(),
-                sync,
-                status: answer.status.as_u16(),
-                code,
-                request_id,
-            });
-        }));
-    }
-    for task in tasks {
-        task.await.expect("load task");
-    }
-}
-
-async fn shared_state(pair: &Pair) -> String {
-    let Ok(mut response) = pair.http.get(pair.admin_url("/readyz")).send().await else { return String::new() };
-    let body: Value = response.json().await.unwrap_or_default();
-    body["checks"]["shared_state"].as_str().unwrap_or_default().to_owned()
-}
-
-/// Polls `check` every 50 ms until it holds, for at most `bound`; returns when it held.
-async fn until<F: std::future::Future<Output = bool>>(
-    bound: Duration,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> Instant {
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return Instant::now();
-        }
-        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Starts three Sentinels watching `primary` and waits (bounded) until each knows the replica
 /// and the two other Sentinels (a failover needs them to agree).
@@ -151,9 +70,7 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
         assert_eq!(shared_state(pair).await, "shared");
     }
 
-    let stop = Rc::new(Cell::new(false));
-    let outcomes = Rc::new(RefCell::new(Vec::new()));
-    let running = actix_rt::spawn(load(couriers.clone(), receiver.url("/hook"), stop.clone(), outcomes.clone()));
+    let load = Load::start(couriers.clone(), receiver.url("/hook"), "sentinel");
     actix_rt::time::sleep(Duration::from_secs(2)).await;
 
     // The primary dies.
@@ -187,81 +104,13 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
     let rejoined =
         until(Duration::from_secs(20), "the old primary becomes a replica", || async { primary.is_replicating() })
             .await;
-    let accepting = until(Duration::from_secs(10), "jobs are accepted again", || async {
-        outcomes.borrow().iter().any(|o| !o.sync && o.status == 202 && o.at > rejoined)
-    })
-    .await;
+    let accepting =
+        until(Duration::from_secs(10), "jobs are accepted again", || async { load.accepted_after(rejoined) }).await;
     actix_rt::time::sleep(Duration::from_secs(1)).await;
-    stop.set(true);
-    running.await.expect("load");
+    let answers = load.finish().await;
 
-    // Every answer was one a client can act on: sync 200 or 429 (the shared budget), async 202 or
-    // 503 job_store_unavailable (nothing accepted).
-    let outcomes = outcomes.take();
-    let mut tally: BTreeMap<(bool, u16, String), usize> = BTreeMap::new();
-    for o in &outcomes {
-        *tally.entry((o.sync, o.status, o.code.clone())).or_default() += 1;
-    }
-    for ((sync, status, code), n) in &tally {
-        let fine = if *sync {
-            *status == 200 || *status == 429
-        } else {
-            *status == 202 || (*status == 503 && code == "job_store_unavailable")
-        };
-        assert!(fine, "{n} answers {status} {code} (sync: {sync}); all: {tally:?}");
-    }
-
-    // Every accepted job reaches a final state; runs repeated after the failover are counted.
-    let accepted: Vec<&Outcome> = outcomes.iter().filter(|o| !o.sync && o.status == 202).collect();
-    let accepted_before_kill = accepted.iter().filter(|o| o.at < killed).count();
-    assert!(accepted_before_kill >= 5, "too few jobs accepted before the kill: {accepted_before_kill}");
-    let mut takeovers = 0;
-    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
-    for o in &accepted {
-        let url = couriers[0].url(&format!("/api/external/status/{}", o.request_id));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let doc = loop {
-            let answer = read_answer(couriers[0].http.get(&url).send().await.expect("status")).await;
-            assert_eq!(answer.status, 200, "an accepted job is known: {answer:?}");
-            if matches!(answer.body["status"].as_str(), Some("completed" | "failed")) {
-                break answer.body;
-            }
-            assert!(Instant::now() < deadline, "job {} is not final: {answer:?}", o.request_id);
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        };
-        takeovers += doc["takeovers"].as_u64().unwrap_or(0);
-        *by_status.entry(doc["status"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
-    }
-    assert_eq!(by_status.get("completed").copied().unwrap_or(0), accepted.len(), "{by_status:?}");
-
-    // Jobs answered 503 whose submit could not withdraw them (the primary died between the
-    // write and the answer) may exist and run: counted, as the documentation says.
-    let mut refused_but_run = 0;
-    for o in outcomes.iter().filter(|o| !o.sync && o.status == 503) {
-        let url = couriers[0].url(&format!("/api/external/status/{}", o.request_id));
-        let answer = read_answer(couriers[0].http.get(&url).send().await.expect("status")).await;
-        refused_but_run += usize::from(answer.status == 200);
-    }
-
-    // Every accepted job's callback arrives, signed; one may repeat when its delivery was
-    // recorded on the old primary only (at least once), never more than once here.
-    let accepted_ids: BTreeMap<&str, ()> = accepted.iter().map(|o| (o.request_id.as_str(), ())).collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let per_job = loop {
-        let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
-        for delivery in receiver.got() {
-            assert!(delivery.signed_with(SECRET), "an unsigned callback");
-            let id = delivery.json()["request_id"].as_str().unwrap_or_default().to_owned();
-            *per_job.entry(id).or_default() += 1;
-        }
-        if accepted_ids.keys().all(|id| per_job.contains_key(*id)) {
-            break per_job;
-        }
-        assert!(Instant::now() < deadline, "callbacks missing: {} of {} jobs", per_job.len(), accepted_ids.len());
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    };
-    let repeated = per_job.values().filter(|n| **n > 1).count();
-    assert!(per_job.values().all(|n| *n <= 2), "a callback came more than twice: {per_job:?}");
+    // Every answer one a client can act on, every accepted job completed and called back.
+    let verdict = verdict(&couriers, &receiver, SECRET, &answers, killed).await;
 
     // The upstream's limit held throughout.
     let stats = couriers[0].sim.stats();
@@ -294,18 +143,24 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
     eprintln!(
         "sentinel failover: Sentinels switched {:?} after the kill; couriers shared again {:?} after the kill; \
          old primary rejoined as a replica {:?} after the kill, jobs accepted again {:?} after that; \
-         {} answers {tally:?}; {} jobs accepted ({accepted_before_kill} before the kill), final {by_status:?}, \
-         {takeovers} runs taken over; {} callbacks for {} jobs ({repeated} repeated); \
-         {refused_but_run} jobs answered 503 exist anyway; \
+         {} answers {:?}; {} jobs accepted ({} before the kill), final {:?}, \
+         {} runs taken over; {} callbacks for {} jobs ({} repeated); \
+         {} jobs answered 503 exist anyway; \
          {changes} primary changes logged; upstream 429s {}; test took {:?}",
         switched - killed,
         recovered.iter().map(|at| *at - killed).collect::<Vec<_>>(),
         rejoined - killed,
         accepting - rejoined,
-        outcomes.len(),
-        accepted.len(),
-        per_job.values().sum::<usize>(),
-        per_job.len(),
+        answers.len(),
+        verdict.tally,
+        verdict.accepted,
+        verdict.accepted_before_kill,
+        verdict.by_status,
+        verdict.takeovers,
+        verdict.callbacks,
+        verdict.called_back,
+        verdict.repeated,
+        verdict.refused_but_run,
         stats.rate_limited_total,
         test_started.elapsed(),
     );

@@ -32,6 +32,13 @@ use crate::config::RedisTls;
 /// `TRYAGAIN`, a primary gone): each call is bounded by the caller's timeout all the same.
 const CLUSTER_RETRIES: u32 = 4;
 
+/// The least and most a cluster connection waits (ms) before it retries a call the cluster
+/// could not take (`CLUSTERDOWN`, `TRYAGAIN`, its node gone from the slot map): the redis
+/// crate's default (at least 1.28 s a retry) holds a call through a failover until courier's
+/// own bound ends it, and with it the request waiting for the call; courier's answer to a
+/// failing Redis is to degrade at once and ask again a second later.
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (10, 100);
+
 /// The response timeout of connections for blocking reads: the caller bounds each call.
 const NO_RESPONSE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -165,7 +172,9 @@ impl RedisEndpoint {
         let mut builder = ClusterClient::builder(vec![self.url.expose_secret()])
             .connection_timeout(connect)
             .response_timeout(response)
-            .retries(CLUSTER_RETRIES);
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
+            .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1);
         if self.is_tls() && !self.tls.is_empty() {
             builder = builder.certs(self.certificates());
         }

@@ -2,6 +2,7 @@
 //! and talks to them over real HTTP.
 #![allow(dead_code)]
 
+pub mod failover;
 pub mod otlp;
 pub mod process;
 pub mod prometheus;

@@ -290,9 +290,17 @@ impl RedisCluster {
     /// Starts six nodes and makes them a cluster (3 primaries, 1 replica each); waits until
     /// every node says `cluster_state:ok`.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with_node_timeout(2000)
+    }
+
+    /// The same, with `cluster-node-timeout` (ms): how long a primary may be unreachable before
+    /// the others mark it failed and its replica takes over. A node restarted after a kill
+    /// rejoins with its `nodes.conf` (kept in its directory), as a replica of its successor.
+    pub fn start_with_node_timeout(node_timeout_ms: u32) -> RedisCluster {
         // Each node keeps its cluster state (nodes.conf) in its own directory.
+        let timeout = node_timeout_ms.to_string();
         let args =
-            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", &timeout];
         let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_with(&args)).collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
         let output = Command::new("redis-cli")
@@ -304,14 +312,18 @@ impl RedisCluster {
             .expect("redis-cli runs (Debian package redis-tools)");
         assert!(output.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&output.stdout));
         let cluster = RedisCluster { nodes };
-        let deadline = Instant::now() + START_TIMEOUT;
-        // Every node says ok, and the first knows every replica (replicas are announced by gossip).
+        // A replica's first sync waits for `repl-diskless-sync-delay` (5 s by default).
+        let bound = START_TIMEOUT * 2;
+        let deadline = Instant::now() + bound;
+        // Every node says ok, the first knows every replica (replicas are announced by gossip),
+        // and every replica holds its primary's data (before that, a `WAIT` gets no replica).
         let formed = |c: &RedisCluster| {
             c.nodes.iter().all(|n| cli(n.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
                 && cli(c.nodes[0].port(), &["CLUSTER", "NODES"]).matches("slave").count() == 3
+                && c.nodes.iter().filter(|n| n.is_replicating()).count() == 3
         };
         while !formed(&cluster) {
-            assert!(Instant::now() < deadline, "the cluster did not become ok within {START_TIMEOUT:?}");
+            assert!(Instant::now() < deadline, "the cluster did not become ok within {bound:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
         cluster
