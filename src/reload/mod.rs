@@ -41,6 +41,8 @@ pub use sources::{Problem, Read, Sources, Stamps};
 use crate::actors::{SetClientSecret, TokenManager};
 use crate::config::{AdminToken, Clients, Config};
 use crate::metrics::{Metrics, ReloadResult, ReloadTrigger};
+use crate::shared::credentials::{self, RedisCredentials};
+use crate::shared::RedisEndpoint;
 
 /// The credentials a reload replaces that requests read, published for lock-free reads.
 pub struct Credentials {
@@ -79,6 +81,9 @@ pub struct Targets {
     pub callback_secret: Option<SecretCell>,
     /// The quota windows, whose allocations follow the clients file.
     pub quota: Option<Arc<crate::actors::quota::Quota>>,
+    /// Where Redis is, whose user and password `REDIS_URL_FILE` may rotate, and the bound of
+    /// the check of new ones.
+    pub redis: Option<(RedisEndpoint, Duration)>,
 }
 
 /// The values in use, to tell what a reload changed.
@@ -88,6 +93,7 @@ struct Current {
     callback_secret: Option<SecretString>,
     clients: Option<Clients>,
     admin_token: Option<SecretString>,
+    redis_url: Option<SecretString>,
 }
 
 struct Request {
@@ -128,6 +134,7 @@ impl Reloader {
             callback_secret: config.jobs.callback_secret.clone(),
             clients: config.clients.clone(),
             admin_token: config.admin.token.clone(),
+            redis_url: config.redis_url.clone(),
         };
         Reloader {
             stamps: sources.stamps(),
@@ -217,7 +224,11 @@ impl Reloader {
             (Some(next), Some(current)) => Some(current.merged(next)).filter(|merged| !merged.same_as(current)),
             (next, _) => next,
         };
-        // The one step that can fail goes first, so a failure leaves everything as it was.
+        // The steps that can fail go first, so a failure leaves everything as it was.
+        let redis = match self.redis_credentials(read.redis_url).await {
+            Ok(redis) => redis,
+            Err(problem) => return self.failed(trigger, &[problem]),
+        };
         if let Some(secret) = &client_secret {
             if self.targets.token_manager.send(SetClientSecret(secret.clone())).await.is_err() {
                 let problem =
@@ -245,6 +256,12 @@ impl Reloader {
             self.current.admin_token = Some(token);
             changed.push("admin_token");
         }
+        if let (Some((url, credentials)), Some((endpoint, _))) = (redis, &self.targets.redis) {
+            // From now on every connection opens with them (see `shared::rotating`).
+            endpoint.credentials().publish(credentials);
+            self.current.redis_url = Some(url);
+            changed.push("redis_credentials");
+        }
         let mut active_clients = None;
         if let Some(clients) = clients {
             active_clients = Some(clients.entries().iter().filter(|c| c.is_active()).count());
@@ -264,6 +281,27 @@ impl Reloader {
         info!(self.log, "credentials_reloaded";
             "trigger" => trigger.as_str(), "changed" => changed, "clients_active" => active_clients);
         ReloadResult::Ok
+    }
+
+    /// The new Redis URL and its credentials, when it changes them and Redis takes them; `None`
+    /// when it changes nothing. A URL that moves Redis, or credentials Redis refuses, fail the
+    /// reload.
+    async fn redis_credentials(
+        &self,
+        next: Option<SecretString>,
+    ) -> Result<Option<(SecretString, RedisCredentials)>, Problem> {
+        let (Some(next), Some(current)) = (next, &self.current.redis_url) else { return Ok(None) };
+        let problem = |problem: String| Problem { var: sources::REDIS_URL_VAR, problem };
+        let Some(credentials) = credentials::rotation(current, &next).map_err(|why| problem(why.into()))? else {
+            return Ok(None);
+        };
+        let Some((endpoint, timeout)) = &self.targets.redis else {
+            return Err(problem("Redis is not in use by this process".into()));
+        };
+        endpoint.verify(&credentials, *timeout).await.map_err(|why| {
+            problem(format!("the new user or password was not accepted: {why} (the old ones are kept)"))
+        })?;
+        Ok(Some((next, credentials)))
     }
 
     fn failed(&self, trigger: ReloadTrigger, problems: &[Problem]) -> ReloadResult {

@@ -27,11 +27,14 @@
 pub mod budget;
 pub mod cache;
 pub mod conn;
+pub mod credentials;
 pub mod endpoint;
 pub mod fleet;
 pub mod follow;
 pub mod keys;
 pub mod quota;
+pub mod refusal;
+pub mod rotating;
 pub mod sentinel;
 pub mod token;
 
@@ -161,6 +164,9 @@ impl SharedRedis {
         for op in OPERATIONS {
             metrics.redis_errors.with_label_values(&[op]);
         }
+        for refusal in endpoint::Refusal::ALL {
+            metrics.redis_refusals.with_label_values(&[refusal.label()]);
+        }
         Ok(SharedRedis {
             conn,
             namespace: namespace.to_owned(),
@@ -263,10 +269,14 @@ impl SharedRedis {
     /// with one log line naming the operation and what failed. A refused certificate or ACL
     /// user does not heal by itself (a rotated password, an expired certificate), so the first
     /// refusal is logged too when the outage began otherwise (typically a dropped connection
-    /// whose reconnects are then refused).
+    /// whose reconnects are then refused). A refusal is counted by kind as well.
     fn mark_down(&self, op: &'static str, why: &str) {
         self.metrics.redis_errors.with_label_values(&[op]).inc();
-        let refused = endpoint::is_refusal(why);
+        let refusal = endpoint::Refusal::of_text(why);
+        if let Some(refusal) = refusal {
+            self.metrics.redis_refusals.with_label_values(&[refusal.label()]).inc();
+        }
+        let refused = refusal.is_some();
         if self.up.swap(false, Ordering::AcqRel) {
             self.refusal_logged.store(refused, Ordering::Release);
             set_mode(&self.metrics, "degraded");
