@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use courier::metrics::ReloadTrigger;
 use serde_json::{json, Value};
-use support::redis::RedisServer;
+use support::redis::{RedisCluster, RedisServer};
+use support::sentinel::Sentinel;
 use support::{body, read_answer, Answer, Pair, PairBuilder};
 
 const PASSWORD_A: &str = "rot-pw-a-61f0c2";
@@ -25,6 +26,39 @@ const PASSWORD_WRONG: &str = "rot-pw-wrong-2c5a";
 fn create_user(redis: &RedisServer) {
     let acl = ["ACL", "SETUSER", "courier", "on", &format!(">{PASSWORD_A}"), "~{courier}:*", "+@all", "-@dangerous"];
     redis.command(&acl).expect("the ACL user is created");
+}
+
+/// Runs one command on every node (ACL users are per node, in a Cluster too).
+fn on_each(nodes: &[&RedisServer], args: &[&str]) {
+    for node in nodes {
+        node.command(args).unwrap_or_else(|| panic!("{args:?} on port {}", node.port()));
+    }
+}
+
+/// Closes every connection of user courier on `redis`; how many there were.
+fn kill_courier(redis: &RedisServer) -> u64 {
+    let killed = redis.command(&["CLIENT", "KILL", "USER", "courier"]).expect("CLIENT KILL answers");
+    killed.parse().expect("CLIENT KILL USER answers a count")
+}
+
+/// The rotation as documented, on every node: the user takes password B beside A, the file
+/// gets B, the reload succeeds; then A is removed and every connection of courier's killed.
+/// courier must then share state with B alone, and no reconnect may have been refused.
+async fn rotate_then_remove_the_old_password(pair: &Pair, file: &UrlFile, nodes: &[&RedisServer], next_url: &str) {
+    on_each(nodes, &["ACL", "SETUSER", "courier", &format!(">{PASSWORD_B}")]);
+    file.write(next_url);
+    pair.courier.reload_handle().request(ReloadTrigger::Signal);
+    reloads(pair, "ok", 1.0).await;
+    assert_eq!(event(pair, "credentials_reloaded", 1).await["changed"], "redis_credentials");
+    on_each(nodes, &["ACL", "SETUSER", "courier", &format!("<{PASSWORD_A}")]);
+    let killed: u64 = nodes.iter().map(|node| kill_courier(node)).sum();
+    assert!(killed > 0, "courier had no connection to kill");
+    eventually("courier shares state again", async || {
+        pair.process(body("after the kill")).await.status == 200 && shared_state(pair).await == "shared"
+    })
+    .await;
+    assert_eq!(job(pair, "after").await["processed_data"], "AFTER", "the job store works with the new password");
+    assert_eq!(pair.metric("courier_redis_refusals_total", &[]).await, 0.0, "a reconnect used the removed password");
 }
 
 fn url(redis: &RedisServer, host: &str, password: &str) -> String {
@@ -153,7 +187,7 @@ async fn a_rotated_password_is_checked_then_used_so_the_old_one_can_be_removed()
     // The old password is removed and every connection of courier's is closed: whatever
     // reconnects now must use the new password.
     redis.command(&["ACL", "SETUSER", "courier", &format!("<{PASSWORD_A}")]).unwrap();
-    redis.command(&["CLIENT", "KILL", "USER", "courier"]).expect("courier had connections to kill");
+    assert!(kill_courier(&redis) > 0, "courier had no connection to kill");
     let cached = cached_answers(&redis);
     eventually("courier shares state again", async || {
         // Calls on the killed connections fail once (connection lost); the next ones reconnect.
@@ -177,7 +211,7 @@ async fn a_rotated_password_is_checked_then_used_so_the_old_one_can_be_removed()
     let errors = failed["errors"].as_str().unwrap();
     assert!(errors.starts_with("REDIS_URL_FILE: ") && errors.contains("WRONGPASS"), "{failed}");
     assert_eq!(pair.metric("courier_config_last_reload_successful", &[]).await, 0.0);
-    redis.command(&["CLIENT", "KILL", "USER", "courier"]).expect("courier had connections to kill");
+    assert!(kill_courier(&redis) > 0, "courier had no connection to kill");
     eventually("the old URL is still in use", async || {
         pair.process(body("kept")).await.status == 200 && shared_state(&pair).await == "shared"
     })
@@ -212,7 +246,7 @@ async fn a_password_removed_under_a_running_courier_is_logged_and_counted_as_a_r
 
     // No rotation: the password is replaced at Redis only, and the connections closed.
     redis.command(&["ACL", "SETUSER", "courier", "resetpass", &format!(">{PASSWORD_B}")]).unwrap();
-    redis.command(&["CLIENT", "KILL", "USER", "courier"]).expect("courier had connections to kill");
+    assert!(kill_courier(&redis) > 0, "courier had no connection to kill");
     eventually("the refusal is counted", async || {
         let refused = pair.process(json!({"data": {"input": "refused"}, "options": {"async": true}})).await;
         assert_ne!(refused.status, 202, "a job was accepted without Redis: {refused:?}");
@@ -236,6 +270,51 @@ async fn a_password_removed_under_a_running_courier_is_logged_and_counted_as_a_r
         shared_state(&pair).await == "shared"
     })
     .await;
+    let logs = pair.stop().await.text();
+    assert!(!logs.contains(PASSWORD_A) && !logs.contains(PASSWORD_B), "a password was logged");
+}
+
+#[actix_rt::test]
+async fn with_sentinel_the_followed_primary_is_reached_with_the_rotated_password() {
+    let primary = RedisServer::start();
+    create_user(&primary);
+    // With Sentinels, courier checks that the node they name is the primary (`ROLE`).
+    primary.command(&["ACL", "SETUSER", "courier", "+role"]).unwrap();
+    let sentinel = Sentinel::start("rotation", primary.port());
+    // The host is never used: the Sentinel names the primary; the URL gives the credentials.
+    let file = UrlFile::new("sentinel", &format!("redis://courier:{PASSWORD_A}@named-by-sentinel.invalid/0"));
+    let pair = PairBuilder::default()
+        .env("REDIS_URL_FILE", file.path())
+        .env("REDIS_SENTINELS", sentinel.addr())
+        .env("REDIS_SENTINEL_MASTER", "rotation")
+        .env("COURIER_SECRET_POLL_INTERVAL", "0")
+        .start()
+        .await;
+    assert_eq!(job(&pair, "before").await["processed_data"], "BEFORE");
+    let next = format!("redis://courier:{PASSWORD_B}@named-by-sentinel.invalid/0");
+    rotate_then_remove_the_old_password(&pair, &file, &[&primary], &next).await;
+    let logs = pair.stop().await.text();
+    assert!(!logs.contains(PASSWORD_A) && !logs.contains(PASSWORD_B), "a password was logged");
+}
+
+#[actix_rt::test]
+async fn with_a_cluster_every_node_is_reached_with_the_rotated_password() {
+    let cluster = RedisCluster::start();
+    let nodes: Vec<&RedisServer> = cluster.nodes.iter().collect();
+    for node in &nodes {
+        create_user(node);
+    }
+    let seed = cluster.nodes[0].port();
+    let file = UrlFile::new("cluster", &format!("redis://courier:{PASSWORD_A}@127.0.0.1:{seed}/0"));
+    let pair = PairBuilder::default()
+        .env("REDIS_URL_FILE", file.path())
+        .env("REDIS_CLUSTER", "true")
+        .env("COURIER_SECRET_POLL_INTERVAL", "0")
+        .start()
+        .await;
+    assert_eq!(job(&pair, "before").await["processed_data"], "BEFORE");
+    let next = format!("redis://courier:{PASSWORD_B}@127.0.0.1:{seed}/0");
+    rotate_then_remove_the_old_password(&pair, &file, &nodes, &next).await;
     let logs = pair.stop().await.text();
     assert!(!logs.contains(PASSWORD_A) && !logs.contains(PASSWORD_B), "a password was logged");
 }

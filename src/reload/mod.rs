@@ -1,7 +1,7 @@
 //! Credential rotation without a restart: on SIGHUP, and when a watched file changes, courier
 //! reads again the secrets given as `*_FILE` (the OAuth client secret, the API key, the
-//! callback signing secret, the admin token) and the clients file, and puts them in use. A new
-//! admin token replaces the old one at once: the old one is refused from then on.
+//! callback signing secret, the admin token, the Redis URL) and the clients file, and puts them
+//! in use. A new admin token replaces the old one at once: the old one is refused from then on.
 //!
 //! **All or nothing.** Every file is read and validated before anything is replaced. One
 //! unreadable file, empty secret, API key that cannot be a header, admin token too short to be
@@ -13,6 +13,17 @@
 //! ([`Published`]) and each reader picks them up at its next read. An upstream attempt keeps
 //! the API key it was sent with; a callback attempt the secret it was signed with; a request
 //! already authenticated stays authenticated.
+//!
+//! **The Redis user and password.** A new `REDIS_URL_FILE` may change only the ACL user and
+//! password ([`credentials::rotation`]): a URL that moves Redis (scheme and so TLS, host, port,
+//! database) fails the reload, because the connections, the Sentinel follower and the Cluster's
+//! slot map were made for one Redis; moving it needs a restart. New credentials are checked
+//! before anything is replaced: one connection opened with them must answer `PING`
+//! ([`RedisEndpoint::verify`]), so a password Redis refuses fails the reload and the old one
+//! stays in use. Once published, every connection courier opens uses them, and its long-lived
+//! connections are replaced at their next call (see `shared::rotating`), so the operator may
+//! remove the old password from the ACL user as soon as the reload succeeded. A call in flight
+//! finishes on the connection it started on.
 //!
 //! **The token.** A new client secret does not discard the token held: it was issued by the
 //! upstream and stays valid until it expires or is refused. The next token is fetched with

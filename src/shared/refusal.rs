@@ -78,6 +78,12 @@ impl Refusal {
         }
     }
 
+    /// Whether it refuses the connection itself (its credentials or a certificate), rather
+    /// than one command (`NOPERM`).
+    pub fn of_connection(self) -> bool {
+        self != Refusal::NoPerm
+    }
+
     /// The refusal a [`super::describe`] text says, if it says one.
     pub fn of_text(why: &str) -> Option<Refusal> {
         Refusal::ALL.into_iter().find(|refusal| refusal.message() == why)
