@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -174,10 +175,33 @@ async fn a_rotated_password_is_checked_then_used_so_the_old_one_can_be_removed()
     assert_eq!(job(&pair, "before").await["processed_data"], "BEFORE");
 
     // The rotation, in the documented order: the user takes both passwords, the file gets
-    // the new one, the reload (here the file poll) checks it and puts it in use.
-    redis.command(&["ACL", "SETUSER", "courier", &format!(">{PASSWORD_B}")]).unwrap();
-    file.write(&url(&redis, "127.0.0.1", PASSWORD_B));
-    reloads(&pair, "ok", 1.0).await;
+    // the new one, the reload (here the file poll) checks it and puts it in use. Requests keep
+    // coming meanwhile (each a cache miss: a budget call, a cache read and write in Redis).
+    let rotated = Cell::new(false);
+    let load = async {
+        let mut statuses = Vec::new();
+        while !rotated.get() {
+            statuses.push(pair.process(body(&format!("during {}", statuses.len()))).await.status.as_u16());
+        }
+        statuses
+    };
+    let rotation = async {
+        redis.command(&["ACL", "SETUSER", "courier", &format!(">{PASSWORD_B}")]).unwrap();
+        file.write(&url(&redis, "127.0.0.1", PASSWORD_B));
+        reloads(&pair, "ok", 1.0).await;
+        assert_eq!(job(&pair, "rotated").await["processed_data"], "ROTATED");
+        rotated.set(true);
+    };
+    let (statuses, ()) = futures_util::future::join(load, rotation).await;
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|s| *s == 200),
+        "a request failed across the rotation: {statuses:?}"
+    );
+    assert_eq!(
+        pair.metric("courier_redis_errors_total", &[]).await,
+        0.0,
+        "no Redis call failed because of the rotation"
+    );
     let reloaded = event(&pair, "credentials_reloaded", 1).await;
     assert_eq!(
         (reloaded["changed"].as_str(), reloaded["trigger"].as_str()),
