@@ -310,7 +310,7 @@ impl Reloader {
             return Err(problem("Redis is not in use by this process".into()));
         };
         endpoint.verify(&credentials, *timeout).await.map_err(|why| {
-            problem(format!("the new user or password was not accepted: {why} (the old ones are kept)"))
+            problem(format!("checking the new user and password with Redis failed: {why} (the URL in use is kept)"))
         })?;
         Ok(Some((next, credentials)))
     }

@@ -183,6 +183,7 @@ impl RedisEndpoint {
     /// The connection for every call but blocking reads: reconnecting (single Redis),
     /// following the cluster, or following the primary Sentinels name; connecting and each
     /// answer bounded by `timeout`.
+    ///
     /// After a rotation of the credentials, it is replaced by one opened with the new ones at
     /// its next call ([`RotatingConn`]).
     pub async fn connect(&self, timeout: Duration) -> RedisResult<RedisConn> {
@@ -221,6 +222,7 @@ impl RedisEndpoint {
     /// A connection of its own for blocking reads (a blocking read holds its connection until
     /// it answers): no response timeout, the caller bounds each call; connecting bounded by
     /// `timeout`.
+    ///
     /// Opened with the credentials in use; see [`RedisEndpoint::generation`] for when to stop
     /// keeping it.
     pub async fn connect_dedicated(&self, timeout: Duration) -> RedisResult<RedisConn> {
