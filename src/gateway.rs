@@ -56,6 +56,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     lane: LaneSettings,
     fleet: Option<fleet::Heartbeat>,
+    /// Where Redis is, for reloads to rotate its credentials.
+    redis: Option<RedisEndpoint>,
 }
 
 impl Gateway {
@@ -119,7 +121,7 @@ impl Gateway {
             &metrics,
             shared_redis.clone(),
         ));
-        let jobs = jobs_shared(&config, shared_redis.clone(), endpoint).await?;
+        let jobs = jobs_shared(&config, shared_redis.clone(), endpoint.clone()).await?;
         let breaker_cell = Arc::new(BreakerCell::new());
         // A probe that never reports (its request was dropped) frees its slot after this.
         let probe_lease = config.attempt_timeout + Duration::from_secs(1);
@@ -182,7 +184,7 @@ impl Gateway {
         };
         // Background probes of an open circuit, from the main arbiter.
         Prober::start_here(lane.clone());
-        Ok(Gateway { shared, lane, fleet: heartbeat })
+        Ok(Gateway { shared, lane, fleet: heartbeat, redis: endpoint })
     }
 
     /// Shared state (config, metrics, token cell).
@@ -254,6 +256,7 @@ impl Gateway {
             token_manager: gateway.lane.token_manager.clone(),
             callback_secret,
             quota: gateway.shared.quota.clone(),
+            redis: gateway.redis.clone().map(|endpoint| (endpoint, REDIS_TIMEOUT)),
         };
         let poll = Some(config.secret_poll_interval).filter(|p| !p.is_zero());
         let reload = Reloader::new(&config, targets, gateway.shared.metrics.clone(), &gateway.shared.log).start(poll);

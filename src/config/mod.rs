@@ -36,7 +36,7 @@ pub use errors::{ConfigError, ConfigErrors};
 pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
 pub use pem::load_ca_file;
 pub use quota::{Pacing, QuotaConfig, QuotaSpec, WindowKind};
-pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
+pub use reader::{read_secret_file, redis_url_problem, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
 pub use redis_ha::RedisHaConfig;
 pub use redis_tls::{RedisClientCert, RedisTls};
@@ -87,6 +87,8 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Redis URL for shared state, when set (it may hold the ACL user's password).
     pub redis_url: Option<SecretString>,
+    /// Where the Redis URL came from (`REDIS_URL_FILE`: a reload reads it again).
+    pub redis_url_source: SecretSource,
     /// A replicated Redis: replicas a job must reach, Sentinels that name the primary.
     pub redis_ha: RedisHaConfig,
     /// TLS material for a `rediss://` Redis URL (`REDIS_CA_FILE`, `REDIS_CLIENT_*_FILE`).
@@ -236,7 +238,8 @@ impl Config {
         let retry_max_delay = r.seconds("COURIER_RETRY_MAX_DELAY", 20.0);
         let cache_ttl = r.seconds_or_zero("EXTERNAL_API_CACHE_TTL", 300.0);
         let rate_limit_per_minute = r.count("EXTERNAL_API_RATE_LIMIT", 1000, 1..=10_000_000);
-        let redis_url = r.optional_secret_url("REDIS_URL");
+        let (redis_url, redis_url_source) = r.optional_secret_url("REDIS_URL").unzip();
+        let redis_url_source = redis_url_source.unwrap_or(SecretSource::Inline);
         let scheme = redis_url.as_ref().and_then(|url| secrecy::ExposeSecret::expose_secret(url).split_once(':'));
         let redis_tls = RedisTls::read(r, redis_url.as_ref());
         let redis_cluster = RedisTls::read_cluster(r, redis_url.as_ref());
@@ -333,6 +336,7 @@ impl Config {
             cache_ttl,
             rate_limit_per_minute: rate_limit_per_minute as u32,
             redis_url,
+            redis_url_source,
             redis_ha,
             redis_tls,
             redis_cluster,

@@ -348,19 +348,19 @@ impl<'a> Reader<'a> {
     }
 
     /// An optional URL holding credentials (Redis); checked but never quoted.
-    pub(super) fn optional_secret_url(&mut self, var: &str) -> Option<SecretString> {
-        let (value, _) = self.optional_secret(var)?;
+    pub(super) fn optional_secret_url(&mut self, var: &str) -> Option<(SecretString, SecretSource)> {
+        let (value, source) = self.optional_secret(var)?;
         if let Some(problem) = redis_url_problem(secrecy::ExposeSecret::expose_secret(&value)) {
             self.problem(var, problem, "redis://[user:password@]host[:port][/db], rediss://… (TLS) or unix:///path");
             return None;
         }
-        Some(value)
+        Some((value, source))
     }
 }
 
 /// What is wrong with a Redis URL, if anything, in words that quote none of it but the scheme
 /// and the database (the URL may hold a password).
-fn redis_url_problem(raw: &str) -> Option<String> {
+pub fn redis_url_problem(raw: &str) -> Option<String> {
     let url = match url::Url::parse(raw) {
         Ok(url) => url,
         // The URL parser puts no part of the text in its errors.

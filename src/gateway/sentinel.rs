@@ -1,12 +1,10 @@
 //! Where Redis is: `REDIS_URL`'s, or with Sentinels the primary they name, followed from now on.
 
-use std::sync::Arc;
-
 use slog::Logger;
 
 use super::{redis_endpoint, StartError, REDIS_TIMEOUT};
 use crate::config::Config;
-use crate::shared::sentinel::{self, NodeClient, SentinelSettings, Target};
+use crate::shared::sentinel::{NodeClient, SentinelSettings, Target};
 use crate::shared::RedisEndpoint;
 
 /// The endpoint every Redis connection is made from (`None` without `REDIS_URL`). With
@@ -18,8 +16,8 @@ pub(super) async fn endpoint(config: &Config, log: &Logger) -> Result<Option<Red
     let Some(master) = config.redis_ha.sentinel_master.clone().filter(|_| !config.redis_ha.sentinels.is_empty()) else {
         return Ok(Some(endpoint));
     };
-    let template = endpoint.node_template().map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
-    let node_client: NodeClient = Arc::new(move |host, port| sentinel::node_client(&template, host, port));
+    let node_client: NodeClient =
+        endpoint.node_clients().map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
     let settings = SentinelSettings { sentinels: config.redis_ha.sentinels.clone(), master };
     let target = Target::sentinel(settings, node_client, REDIS_TIMEOUT, log)
         .await

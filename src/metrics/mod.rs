@@ -138,6 +138,10 @@ pub struct Metrics {
     /// Failed or timed-out Redis calls, by operation (shared state: `budget_*`, `token_*`,
     /// `cache_*`, `quota_*`, `fleet_*`; the job store: `job_*`).
     pub redis_errors: IntCounterVec,
+    /// Redis calls refused by Redis's ACL or in the TLS handshake, by reason (`acl_wrongpass`:
+    /// the user or password is not accepted; `acl_noauth`; `acl_noperm`; `tls_*`: a certificate
+    /// refused either way); also counted in `courier_redis_errors_total`.
+    pub redis_refusals: IntCounterVec,
     /// Replicas sharing this replica's Redis, as its last heartbeat counted them
     /// (`COURIER_REPLICAS` until the first answer; 1 without Redis).
     pub fleet_replicas: IntGauge,

@@ -293,6 +293,11 @@ impl Metrics {
                 "Failed or timed-out Redis calls, by operation (shared state: budget_*, token_*, cache_*, quota_*, fleet_*; the job store: job_*).",
                 &["operation"],
             ),
+            redis_refusals: r.counter_vec(
+                "redis_refusals_total",
+                "Redis calls refused by Redis's ACL or in the TLS handshake, by reason (acl_wrongpass: the user or password is not accepted; acl_noauth; acl_noperm; tls_*: a certificate refused either way); also counted in courier_redis_errors_total.",
+                &["reason"],
+            ),
             fleet_replicas: r.int_gauge(
                 "fleet_replicas",
                 "Replicas sharing this replica's Redis, as its last heartbeat counted them (COURIER_REPLICAS until the first answer; 1 without Redis).",

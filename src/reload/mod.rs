@@ -1,7 +1,7 @@
 //! Credential rotation without a restart: on SIGHUP, and when a watched file changes, courier
 //! reads again the secrets given as `*_FILE` (the OAuth client secret, the API key, the
-//! callback signing secret, the admin token) and the clients file, and puts them in use. A new
-//! admin token replaces the old one at once: the old one is refused from then on.
+//! callback signing secret, the admin token, the Redis URL) and the clients file, and puts them
+//! in use. A new admin token replaces the old one at once: the old one is refused from then on.
 //!
 //! **All or nothing.** Every file is read and validated before anything is replaced. One
 //! unreadable file, empty secret, API key that cannot be a header, admin token too short to be
@@ -13,6 +13,17 @@
 //! ([`Published`]) and each reader picks them up at its next read. An upstream attempt keeps
 //! the API key it was sent with; a callback attempt the secret it was signed with; a request
 //! already authenticated stays authenticated.
+//!
+//! **The Redis user and password.** A new `REDIS_URL_FILE` may change only the ACL user and
+//! password ([`credentials::rotation`]): a URL that moves Redis (scheme and so TLS, host, port,
+//! database) fails the reload, because the connections, the Sentinel follower and the Cluster's
+//! slot map were made for one Redis; moving it needs a restart. New credentials are checked
+//! before anything is replaced: one connection opened with them must answer `PING`
+//! ([`RedisEndpoint::verify`]), so a password Redis refuses fails the reload and the old one
+//! stays in use. Once published, every connection courier opens uses them, and its long-lived
+//! connections are replaced at their next call (see `shared::rotating`), so the operator may
+//! remove the old password from the ACL user as soon as the reload succeeded. A call in flight
+//! finishes on the connection it started on.
 //!
 //! **The token.** A new client secret does not discard the token held: it was issued by the
 //! upstream and stays valid until it expires or is refused. The next token is fetched with
@@ -41,6 +52,8 @@ pub use sources::{Problem, Read, Sources, Stamps};
 use crate::actors::{SetClientSecret, TokenManager};
 use crate::config::{AdminToken, Clients, Config};
 use crate::metrics::{Metrics, ReloadResult, ReloadTrigger};
+use crate::shared::credentials::{self, RedisCredentials};
+use crate::shared::RedisEndpoint;
 
 /// The credentials a reload replaces that requests read, published for lock-free reads.
 pub struct Credentials {
@@ -79,6 +92,9 @@ pub struct Targets {
     pub callback_secret: Option<SecretCell>,
     /// The quota windows, whose allocations follow the clients file.
     pub quota: Option<Arc<crate::actors::quota::Quota>>,
+    /// Where Redis is, whose user and password `REDIS_URL_FILE` may rotate, and the bound of
+    /// the check of new ones.
+    pub redis: Option<(RedisEndpoint, Duration)>,
 }
 
 /// The values in use, to tell what a reload changed.
@@ -88,6 +104,7 @@ struct Current {
     callback_secret: Option<SecretString>,
     clients: Option<Clients>,
     admin_token: Option<SecretString>,
+    redis_url: Option<SecretString>,
 }
 
 struct Request {
@@ -128,6 +145,7 @@ impl Reloader {
             callback_secret: config.jobs.callback_secret.clone(),
             clients: config.clients.clone(),
             admin_token: config.admin.token.clone(),
+            redis_url: config.redis_url.clone(),
         };
         Reloader {
             stamps: sources.stamps(),
@@ -217,7 +235,11 @@ impl Reloader {
             (Some(next), Some(current)) => Some(current.merged(next)).filter(|merged| !merged.same_as(current)),
             (next, _) => next,
         };
-        // The one step that can fail goes first, so a failure leaves everything as it was.
+        // The steps that can fail go first, so a failure leaves everything as it was.
+        let redis = match self.redis_credentials(read.redis_url).await {
+            Ok(redis) => redis,
+            Err(problem) => return self.failed(trigger, &[problem]),
+        };
         if let Some(secret) = &client_secret {
             if self.targets.token_manager.send(SetClientSecret(secret.clone())).await.is_err() {
                 let problem =
@@ -245,6 +267,12 @@ impl Reloader {
             self.current.admin_token = Some(token);
             changed.push("admin_token");
         }
+        if let (Some((url, credentials)), Some((endpoint, _))) = (redis, &self.targets.redis) {
+            // From now on every connection opens with them (see `shared::rotating`).
+            endpoint.credentials().publish(credentials);
+            self.current.redis_url = Some(url);
+            changed.push("redis_credentials");
+        }
         let mut active_clients = None;
         if let Some(clients) = clients {
             active_clients = Some(clients.entries().iter().filter(|c| c.is_active()).count());
@@ -264,6 +292,27 @@ impl Reloader {
         info!(self.log, "credentials_reloaded";
             "trigger" => trigger.as_str(), "changed" => changed, "clients_active" => active_clients);
         ReloadResult::Ok
+    }
+
+    /// The new Redis URL and its credentials, when it changes them and Redis takes them; `None`
+    /// when it changes nothing. A URL that moves Redis, or credentials Redis refuses, fail the
+    /// reload.
+    async fn redis_credentials(
+        &self,
+        next: Option<SecretString>,
+    ) -> Result<Option<(SecretString, RedisCredentials)>, Problem> {
+        let (Some(next), Some(current)) = (next, &self.current.redis_url) else { return Ok(None) };
+        let problem = |problem: String| Problem { var: sources::REDIS_URL_VAR, problem };
+        let Some(credentials) = credentials::rotation(current, &next).map_err(|why| problem(why.into()))? else {
+            return Ok(None);
+        };
+        let Some((endpoint, timeout)) = &self.targets.redis else {
+            return Err(problem("Redis is not in use by this process".into()));
+        };
+        endpoint.verify(&credentials, *timeout).await.map_err(|why| {
+            problem(format!("checking the new user and password with Redis failed: {why} (the URL in use is kept)"))
+        })?;
+        Ok(Some((next, credentials)))
     }
 
     fn failed(&self, trigger: ReloadTrigger, problems: &[Problem]) -> ReloadResult {

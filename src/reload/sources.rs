@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use actix_web::http::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{read_secret_file, token_problem, Clients, Config, SecretSource};
+use crate::config::{read_secret_file, redis_url_problem, token_problem, Clients, Config, SecretSource};
 
 /// The files a reload reads. A `None` is a value that cannot change (given inline, or not
 /// configured).
@@ -35,6 +35,8 @@ pub struct Sources {
     pub clients: Option<PathBuf>,
     /// `COURIER_ADMIN_TOKEN_FILE`.
     pub admin_token: Option<PathBuf>,
+    /// `REDIS_URL_FILE`.
+    pub redis_url: Option<PathBuf>,
 }
 
 /// The variable names of the sources, in [`Sources::files`] order.
@@ -43,6 +45,8 @@ const API_KEY_VAR: &str = "EXTERNAL_API_KEY_FILE";
 const CALLBACK_SECRET_VAR: &str = "COURIER_CALLBACK_SECRET_FILE";
 const CLIENTS_VAR: &str = "COURIER_CLIENTS_FILE";
 const ADMIN_TOKEN_VAR: &str = "COURIER_ADMIN_TOKEN_FILE";
+/// The variable naming the Redis URL's file.
+pub const REDIS_URL_VAR: &str = "REDIS_URL_FILE";
 
 /// One thing wrong with what a reload read: the variable and the problem, never a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +76,9 @@ pub struct Read {
     pub clients: Option<Clients>,
     /// The admin token.
     pub admin_token: Option<SecretString>,
+    /// The Redis URL (a valid one; whether it may replace the one in use is the reloader's
+    /// question).
+    pub redis_url: Option<SecretString>,
 }
 
 /// What `stat` says about one file; equal stamps mean the file was not replaced or written.
@@ -102,6 +109,7 @@ impl Sources {
             callback_secret: jobs.callback_secret.as_ref().and_then(|_| file(&jobs.callback_secret_source)),
             clients: config.clients_file.clone(),
             admin_token: config.admin.token.as_ref().and_then(|_| file(&config.admin.token_source)),
+            redis_url: config.redis_url.as_ref().and_then(|_| file(&config.redis_url_source)),
         }
     }
 
@@ -113,6 +121,7 @@ impl Sources {
             (CALLBACK_SECRET_VAR, &self.callback_secret),
             (CLIENTS_VAR, &self.clients),
             (ADMIN_TOKEN_VAR, &self.admin_token),
+            (REDIS_URL_VAR, &self.redis_url),
         ]
         .into_iter()
         .filter_map(|(var, path)| path.as_deref().map(|p| (var, p)))
@@ -136,6 +145,7 @@ impl Sources {
         let api_key = secret(API_KEY_VAR, &self.api_key);
         let callback_secret = secret(CALLBACK_SECRET_VAR, &self.callback_secret);
         let admin_token = secret(ADMIN_TOKEN_VAR, &self.admin_token);
+        let redis_url = secret(REDIS_URL_VAR, &self.redis_url);
         let api_key = api_key.and_then(|key| match api_key_header(&key) {
             Some(header) => Some((key, header)),
             None => {
@@ -154,8 +164,15 @@ impl Sources {
                 None
             }
         });
+        let redis_url = redis_url.and_then(|url| match redis_url_problem(url.expose_secret()) {
+            None => Some(url),
+            Some(problem) => {
+                problems.push(Problem { var: REDIS_URL_VAR, problem });
+                None
+            }
+        });
         if problems.is_empty() {
-            Ok(Read { client_secret, api_key, callback_secret, clients, admin_token })
+            Ok(Read { client_secret, api_key, callback_secret, clients, admin_token, redis_url })
         } else {
             Err(problems)
         }
@@ -220,9 +237,11 @@ mod tests {
             callback_secret: Some(dir.write("callback", "whsec")),
             clients: Some(dir.write("clients.toml", &clients_file("k-billing"))),
             admin_token: Some(dir.write("admin", "admin-token-0123456789\n")),
+            redis_url: Some(dir.write("redis", "redis://courier:pw-2@127.0.0.1:6379/0\n")),
         };
         let read = sources.read().unwrap_or_else(|p| panic!("{p:?}"));
         assert_eq!(read.admin_token.unwrap().expose_secret(), "admin-token-0123456789");
+        assert_eq!(read.redis_url.unwrap().expose_secret(), "redis://courier:pw-2@127.0.0.1:6379/0");
         assert_eq!(read.client_secret.unwrap().expose_secret(), "s3cret");
         assert_eq!(read.api_key.unwrap().1.as_bytes(), b"key-1");
         assert_eq!(read.callback_secret.unwrap().expose_secret(), "whsec");
@@ -238,13 +257,17 @@ mod tests {
             callback_secret: Some(dir.0.join("missing")),
             clients: Some(dir.write("clients.toml", "[[client]]\nname = \"x\"\n")),
             admin_token: Some(dir.write("admin", "short-admin")),
+            redis_url: Some(dir.write("redis", "http://courier:leaked-pw@127.0.0.1/")),
         };
         let problems = sources.read().err().expect("nothing valid");
         let vars: Vec<&str> = problems.iter().map(|p| p.var).collect();
-        assert_eq!(vars, [CLIENT_SECRET_VAR, CALLBACK_SECRET_VAR, API_KEY_VAR, CLIENTS_VAR, ADMIN_TOKEN_VAR]);
+        assert_eq!(
+            vars,
+            [CLIENT_SECRET_VAR, CALLBACK_SECRET_VAR, API_KEY_VAR, CLIENTS_VAR, ADMIN_TOKEN_VAR, REDIS_URL_VAR]
+        );
         let text: String = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
         assert!(text.contains("is empty") && text.contains("cannot read") && text.contains("not allowed"), "{text}");
-        assert!(!text.contains("key-value") && !text.contains("short-admin"), "{text}");
+        assert!(!text.contains("key-value") && !text.contains("short-admin") && !text.contains("leaked-pw"), "{text}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One connection type for every deployment: a single Redis (a reconnecting multiplexed
 //! [`ConnectionManager`]), a Redis Cluster (the redis crate's [`ClusterConnection`], which
 //! learns the slot map, follows `MOVED` and `ASK`, and finds a new primary after a failover), or
-//! the primary Sentinels name ([`FollowedConn`], which follows their failovers).
+//! the primary Sentinels name ([`FollowedConn`], which follows their failovers); the
+//! long-lived ones wrapped in a [`RotatingConn`], replaced when the credentials are rotated.
 //! Both run the same commands and scripts: every key carries courier's hash tag, so every
 //! command and script goes to the one slot holding them all.
 
@@ -11,6 +12,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::follow::FollowedConn;
+use super::rotating::RotatingConn;
 
 /// A connection to Redis, single or cluster; cheap to clone (clones share the connection).
 #[derive(Clone)]
@@ -23,6 +25,8 @@ pub enum RedisConn {
     Cluster(ClusterConnection),
     /// The primary that Sentinels name, followed across failovers.
     Followed(FollowedConn),
+    /// One of the others, replaced by one with the new credentials after a rotation.
+    Rotating(RotatingConn),
 }
 
 impl ConnectionLike for RedisConn {
@@ -32,6 +36,7 @@ impl ConnectionLike for RedisConn {
             RedisConn::Plain(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
             RedisConn::Followed(c) => c.req_packed_command(cmd),
+            RedisConn::Rotating(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -46,6 +51,7 @@ impl ConnectionLike for RedisConn {
             RedisConn::Plain(c) => c.req_packed_commands(cmd, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
             RedisConn::Followed(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Rotating(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -55,6 +61,7 @@ impl ConnectionLike for RedisConn {
             RedisConn::Plain(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
             RedisConn::Followed(c) => c.get_db(),
+            RedisConn::Rotating(c) => c.get_db(),
         }
     }
 }
@@ -63,7 +70,11 @@ impl RedisConn {
     /// Runs a command that names no key (`SCAN`) where the keys of `key`'s slot live: on a
     /// single Redis, there; on a Cluster, on the primary of that slot.
     pub async fn query_beside<T: FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> RedisResult<T> {
-        match self {
+        let mut conn = match self {
+            RedisConn::Rotating(c) => c.current().await?,
+            other => other.clone(),
+        };
+        match &mut conn {
             RedisConn::Cluster(c) => {
                 let route = Route::new(slot(key), SlotAddr::Master);
                 let value =

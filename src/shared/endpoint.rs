@@ -1,10 +1,15 @@
 //! How courier reaches Redis: the URL (a secret: it may hold the ACL user's password) and the
 //! TLS material of a `rediss://` URL, made into a `redis::Client` in one place, so every
 //! connection courier opens (shared state, the job store) gets TLS and the ACL user the same
-//! way. Also: what a refused connection says, in words that hold no secret.
+//! way. What a refused connection says, in words that hold no secret, is in [`super::refusal`].
 //!
 //! Redis's certificate is verified against the system roots plus `REDIS_CA_FILE` (the redis
 //! crate takes one PEM bundle of roots, which replaces the system roots, so both go into it).
+//!
+//! The ACL user and password may be rotated while courier runs: they live in a cell every
+//! clone of the endpoint shares ([`super::credentials`]), read whenever a connection is opened;
+//! the long-lived connections [`RedisEndpoint::connect`] returns are replaced at their next
+//! call after a rotation ([`super::rotating`]).
 //!
 //! A Redis Cluster (`REDIS_CLUSTER=true`) is reached through the node of the URL, which names
 //! the others; its connections learn the slot map and follow `MOVED`, `ASK` and failovers.
@@ -17,16 +22,20 @@ use base64::Engine;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::{
-    AsyncConnectionConfig, ClientTlsConfig, ConnectionInfo, ErrorKind, RedisError, RedisResult, TlsCertificates,
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, RedisResult,
+    TlsCertificates,
 };
 use rustls::pki_types::CertificateDer;
-use rustls::{AlertDescription, CertificateError};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::credentials::{CredentialCell, RedisCredentials};
 use super::follow::FollowedConn;
-use super::sentinel::Target;
+pub use super::refusal::{is_refusal, refusal, Refusal};
+use super::rotating::RotatingConn;
+use super::sentinel::{NodeClient, Target};
 use super::RedisConn;
 use crate::config::RedisTls;
+use crate::published::Published;
 
 /// Redirections and retries a cluster connection may make for one call (`MOVED`, `ASK`,
 /// `TRYAGAIN`, a primary gone): each call is bounded by the caller's timeout all the same.
@@ -50,7 +59,11 @@ pub struct ConnectError(pub String);
 /// Where Redis is and how to talk to it. `Debug` shows neither the URL nor the key.
 #[derive(Clone)]
 pub struct RedisEndpoint {
+    /// The URL read at start: where Redis is and how (its user and password are the first
+    /// value of `credentials`).
     url: SecretString,
+    /// The user and password every connection opens with now.
+    credentials: CredentialCell,
     tls: RedisTls,
     cluster: bool,
     /// With Sentinels: the primary they name, which connections follow (`sentinel`).
@@ -71,7 +84,7 @@ impl fmt::Debug for RedisEndpoint {
 impl From<SecretString> for RedisEndpoint {
     /// A URL alone: `rediss://` is verified against the system roots.
     fn from(url: SecretString) -> RedisEndpoint {
-        RedisEndpoint { url, tls: RedisTls::default(), cluster: false, sentinel: None }
+        RedisEndpoint::new(url, RedisTls::default())
     }
 }
 
@@ -84,7 +97,36 @@ impl From<&SecretString> for RedisEndpoint {
 impl RedisEndpoint {
     /// A URL and the TLS material read with the configuration.
     pub fn new(url: SecretString, tls: RedisTls) -> RedisEndpoint {
-        RedisEndpoint { url, tls, cluster: false, sentinel: None }
+        // An unparsable URL has no credentials; `problem` reports it before any use.
+        let credentials = url.expose_secret().into_connection_info().map(|info| RedisCredentials::of(&info));
+        let credentials = Arc::new(Published::new(credentials.unwrap_or_default()));
+        RedisEndpoint { url, credentials, tls, cluster: false, sentinel: None }
+    }
+
+    /// The cell of the user and password connections open with, for a reload to replace them
+    /// (after [`RedisEndpoint::verify`]).
+    pub fn credentials(&self) -> &CredentialCell {
+        &self.credentials
+    }
+
+    /// The version of the credentials in use: it changes with each rotation.
+    pub fn credentials_version(&self) -> u64 {
+        self.credentials.version()
+    }
+
+    /// Opens one connection with `credentials` to the node connections go to now (with a
+    /// Cluster: to the cluster) and asks `PING`, all within `timeout`: whether Redis takes
+    /// them. The error says what failed without a secret ([`super::describe`]).
+    pub async fn verify(&self, credentials: &RedisCredentials, timeout: Duration) -> Result<(), String> {
+        let attempt = async {
+            let mut conn = self.open_plain(timeout, timeout, credentials).await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(super::describe(&e)),
+            Err(_) => Err(format!("Redis did not answer within {} ms", timeout.as_millis())),
+        }
     }
 
     /// The same, as a seed node of a Redis Cluster when `cluster`.
@@ -103,16 +145,29 @@ impl RedisEndpoint {
         RedisEndpoint { sentinel: Some(target), ..self }
     }
 
-    /// How to talk to a data node at another address: the URL's scheme, user, password,
-    /// database and TLS (for the nodes Sentinels name).
+    /// How to talk to a data node at another address: the URL's scheme, database and TLS,
+    /// with the user and password in use (for the nodes Sentinels name).
     pub fn node_template(&self) -> Result<ConnectionInfo, &'static str> {
-        self.client().map(|client| client.get_connection_info().clone())
+        self.client(&self.credentials.load()).map(|client| client.get_connection_info().clone())
     }
 
-    /// The generation of the node connections go to now: it changes when Sentinels name a new
-    /// primary (always 0 without them).
+    /// Makes the clients of the data nodes Sentinels name: the URL's scheme, database and TLS,
+    /// and the user and password in use when each client is made.
+    pub fn node_clients(&self) -> Result<NodeClient, &'static str> {
+        let template = self.node_template()?;
+        let credentials = self.credentials.clone();
+        Ok(Arc::new(move |host, port| {
+            let info = credentials.load().apply(template.clone());
+            super::sentinel::node_client(&info, host, port)
+        }))
+    }
+
+    /// The generation of what connections go to now: it changes when Sentinels name a new
+    /// primary, and when the credentials change (0 at start). A connection opened at another
+    /// generation should not be kept for new calls.
     pub fn generation(&self) -> u64 {
-        self.sentinel.as_ref().map_or(0, |target| target.generation())
+        // Both counters only grow, so their sum changes whenever either does.
+        self.sentinel.as_ref().map_or(0, |target| target.generation()) + self.credentials_version()
     }
 
     /// A call failed: with Sentinels, an error that may mean the primary moved makes courier
@@ -125,18 +180,36 @@ impl RedisEndpoint {
 
     /// What makes these settings unusable, if anything (without quoting the URL).
     pub fn problem(&self) -> Option<&'static str> {
+        let credentials = self.credentials.load();
         match self.cluster {
-            false => self.client().err(),
-            true => self.cluster_client(Duration::from_secs(1), Duration::from_secs(1)).err(),
+            false => self.client(&credentials).err(),
+            true => self.cluster_client(Duration::from_secs(1), Duration::from_secs(1), &credentials).err(),
         }
     }
 
     /// The connection for every call but blocking reads: reconnecting (single Redis),
     /// following the cluster, or following the primary Sentinels name; connecting and each
     /// answer bounded by `timeout`.
+    ///
+    /// After a rotation of the credentials, it is replaced by one opened with the new ones at
+    /// its next call ([`RotatingConn`]).
     pub async fn connect(&self, timeout: Duration) -> RedisResult<RedisConn> {
+        let (version, conn) = self.open(timeout).await?;
+        Ok(RedisConn::Rotating(RotatingConn::new(self.clone(), timeout, version, conn)))
+    }
+
+    /// The reconnecting connection of [`RedisEndpoint::connect`], opened with the credentials
+    /// in use, and their version.
+    pub(super) async fn open(&self, timeout: Duration) -> RedisResult<(u64, RedisConn)> {
+        let version = self.credentials.version();
+        let credentials = self.credentials.load();
+        let conn = self.open_with(timeout, &credentials).await?;
+        Ok((version, conn))
+    }
+
+    async fn open_with(&self, timeout: Duration, credentials: &RedisCredentials) -> RedisResult<RedisConn> {
         if self.cluster {
-            let client = self.cluster_client(timeout, timeout).map_err(invalid)?;
+            let client = self.cluster_client(timeout, timeout, credentials).map_err(invalid)?;
             return client.get_async_connection().await.map(RedisConn::Cluster);
         }
         // No reconnection retries inside the manager: a failed reconnect fails the calls
@@ -146,30 +219,51 @@ impl RedisEndpoint {
             .set_response_timeout(timeout)
             .set_number_of_retries(0);
         if let Some(target) = &self.sentinel {
-            return FollowedConn::connect(target.clone(), config).await.map(RedisConn::Followed);
+            let followed = FollowedConn::connect(target.clone(), credentials.clone(), config).await;
+            return followed.map(RedisConn::Followed);
         }
-        let client = self.client().map_err(invalid)?;
+        let client = self.client(credentials).map_err(invalid)?;
         ConnectionManager::new_with_config(client, config).await.map(RedisConn::Single)
     }
 
     /// A connection of its own for blocking reads (a blocking read holds its connection until
     /// it answers): no response timeout, the caller bounds each call; connecting bounded by
     /// `timeout`.
+    ///
+    /// Opened with the credentials in use; see [`RedisEndpoint::generation`] for when to stop
+    /// keeping it.
     pub async fn connect_dedicated(&self, timeout: Duration) -> RedisResult<RedisConn> {
+        self.open_plain(timeout, NO_RESPONSE_TIMEOUT, &self.credentials.load()).await
+    }
+
+    /// One connection that does not reconnect, to the node connections go to now (a Cluster
+    /// connection with a Cluster), authenticating with `credentials`.
+    async fn open_plain(
+        &self,
+        timeout: Duration,
+        response: Duration,
+        credentials: &RedisCredentials,
+    ) -> RedisResult<RedisConn> {
         if self.cluster {
-            let client = self.cluster_client(timeout, NO_RESPONSE_TIMEOUT).map_err(invalid)?;
+            let client = self.cluster_client(timeout, response, credentials).map_err(invalid)?;
             return client.get_async_connection().await.map(RedisConn::Cluster);
         }
         let config = AsyncConnectionConfig::new().set_connection_timeout(timeout);
         let client = match &self.sentinel {
-            Some(target) => target.current().1,
-            None => self.client().map_err(invalid)?,
+            Some(target) => credentials.client_like(&target.current().1)?,
+            None => self.client(credentials).map_err(invalid)?,
         };
         client.get_multiplexed_async_connection_with_config(&config).await.map(RedisConn::Plain)
     }
 
-    fn cluster_client(&self, connect: Duration, response: Duration) -> Result<ClusterClient, &'static str> {
-        let mut builder = ClusterClient::builder(vec![self.url.expose_secret()])
+    fn cluster_client(
+        &self,
+        connect: Duration,
+        response: Duration,
+        credentials: &RedisCredentials,
+    ) -> Result<ClusterClient, &'static str> {
+        let seed = self.url.expose_secret().into_connection_info().map_err(|_| "the Redis URL is not valid")?;
+        let mut builder = ClusterClient::builder(vec![credentials.apply(seed)])
             .connection_timeout(connect)
             .response_timeout(response)
             .retries(CLUSTER_RETRIES)
@@ -186,15 +280,18 @@ impl RedisEndpoint {
         self.url.expose_secret().starts_with("rediss:")
     }
 
-    /// The client of a single Redis's connections. The error says what is wrong without
-    /// quoting the URL.
-    fn client(&self) -> Result<redis::Client, &'static str> {
+    /// The client of a single Redis's connections, authenticating with `credentials`. The
+    /// error says what is wrong without quoting the URL.
+    fn client(&self, credentials: &RedisCredentials) -> Result<redis::Client, &'static str> {
         let url = self.url.expose_secret();
-        if !self.is_tls() || self.tls.is_empty() {
+        let base = if !self.is_tls() || self.tls.is_empty() {
             // Plain, or TLS against the system roots alone (the redis crate's default).
-            return redis::Client::open(url).map_err(|_| "the Redis URL is not valid");
-        }
-        redis::Client::build_with_tls(url, self.certificates()).map_err(|_| "the Redis TLS settings cannot be used")
+            redis::Client::open(url).map_err(|_| "the Redis URL is not valid")?
+        } else {
+            redis::Client::build_with_tls(url, self.certificates())
+                .map_err(|_| "the Redis TLS settings cannot be used")?
+        };
+        credentials.client_like(&base).map_err(|_| "the Redis URL is not valid")
     }
 
     fn certificates(&self) -> TlsCertificates {
@@ -234,79 +331,11 @@ fn pem_encode(cert: &CertificateDer<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"-----END CERTIFICATE-----\n");
 }
 
-/// What a refusal by Redis or of Redis means, when `e` is one: a certificate refused (either
-/// way) or the ACL user refused. Never the server's message, the URL or an argument.
-pub fn refusal(e: &RedisError) -> Option<&'static str> {
-    if e.kind() == ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS") {
-        return Some("ACL: Redis refused the user name or password of REDIS_URL (WRONGPASS)");
-    }
-    match e.code() {
-        Some("NOPERM") => return Some("ACL: the Redis user may not run a command or use a key courier needs (NOPERM)"),
-        Some("NOAUTH") => return Some("ACL: Redis requires a password and REDIS_URL has none (NOAUTH)"),
-        _ => {}
-    }
-    let tls = tls_error(e)?;
-    Some(match tls {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "TLS: Redis's certificate is not issued by a trusted CA (the system roots or REDIS_CA_FILE)"
-        }
-        rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "TLS: Redis's certificate is not valid for the host of REDIS_URL",
-        rustls::Error::InvalidCertificate(
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. },
-        ) => "TLS: Redis's certificate has expired or is not valid yet",
-        rustls::Error::InvalidCertificate(_) => "TLS: Redis's certificate was refused",
-        rustls::Error::AlertReceived(
-            AlertDescription::CertificateRequired
-            | AlertDescription::NoCertificate
-            | AlertDescription::BadCertificate
-            | AlertDescription::UnknownCA
-            | AlertDescription::UnsupportedCertificate
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateRevoked
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::AccessDenied,
-        ) => "TLS: Redis refused courier's client certificate (none given, or not one Redis trusts: REDIS_CLIENT_CERT_FILE)",
-        _ => "TLS: the handshake with Redis failed",
-    })
-}
-
-/// Whether a [`super::describe`] text is a refusal (see [`refusal`]).
-pub fn is_refusal(why: &str) -> bool {
-    why.starts_with("ACL: ") || why.starts_with("TLS: ")
-}
-
-/// The TLS error behind a Redis I/O error, if it is one.
-fn tls_error(e: &RedisError) -> Option<&rustls::Error> {
-    let io = std::error::Error::source(e)?.downcast_ref::<std::io::Error>()?;
-    io.get_ref()?.downcast_ref::<rustls::Error>()
-}
-
 #[cfg(test)]
 mod tests {
     use rustls::pki_types::pem::PemObject;
 
     use super::*;
-
-    fn io_tls(error: rustls::Error) -> RedisError {
-        RedisError::from(std::io::Error::new(std::io::ErrorKind::InvalidData, error))
-    }
-
-    #[test]
-    fn certificate_and_acl_refusals_are_named() {
-        let unknown = io_tls(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
-        assert!(refusal(&unknown).unwrap().contains("not issued by a trusted CA"));
-        let client = io_tls(rustls::Error::AlertReceived(AlertDescription::CertificateRequired));
-        assert!(refusal(&client).unwrap().contains("refused courier's client certificate"));
-        let auth = RedisError::from((ErrorKind::AuthenticationFailed, "Password authentication failed"));
-        assert!(refusal(&auth).unwrap().contains("WRONGPASS"));
-        let plain = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(refusal(&plain), None);
-    }
 
     #[test]
     fn the_roots_bundle_holds_the_extra_ca_after_the_system_roots() {

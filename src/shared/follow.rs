@@ -3,7 +3,9 @@
 //! node when the target's generation changes (a failover). It is one kind of
 //! [`RedisConn`](super::RedisConn), so the code that uses Redis does not change with the
 //! deployment. Errors that may mean the primary moved are reported to the target, which then
-//! asks the Sentinels at once instead of at its next periodic check.
+//! asks the Sentinels at once instead of at its next periodic check. It authenticates with
+//! the credentials it was made with for its whole life (after a rotation, the
+//! [`RotatingConn`](super::rotating::RotatingConn) around it replaces it whole).
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+use super::credentials::RedisCredentials;
 use super::sentinel::Target;
 
 /// A connection to wherever the target points now. Clones share it.
@@ -19,6 +22,7 @@ pub struct FollowedConn(Arc<Inner>);
 
 struct Inner {
     target: Arc<Target>,
+    credentials: RedisCredentials,
     config: ConnectionManagerConfig,
     current: ArcSwap<Current>,
     /// Held while a connection to a new node is made, so one is made per change.
@@ -39,12 +43,17 @@ struct Current {
 }
 
 impl FollowedConn {
-    /// Connects to the target's current node (the caller bounds the wait).
-    pub async fn connect(target: Arc<Target>, config: ConnectionManagerConfig) -> RedisResult<FollowedConn> {
+    /// Connects to the target's current node with `credentials` (the caller bounds the wait).
+    pub async fn connect(
+        target: Arc<Target>,
+        credentials: RedisCredentials,
+        config: ConnectionManagerConfig,
+    ) -> RedisResult<FollowedConn> {
         let (generation, client) = target.current();
-        let manager = ConnectionManager::new_with_config(client, config.clone()).await?;
+        let manager = ConnectionManager::new_with_config(credentials.client_like(&client)?, config.clone()).await?;
         Ok(FollowedConn(Arc::new(Inner {
             target,
+            credentials,
             config,
             current: ArcSwap::from_pointee(Current { generation, manager }),
             switching: tokio::sync::Mutex::new(()),
@@ -67,6 +76,7 @@ impl FollowedConn {
             return Ok(manager);
         }
         let (generation, client) = inner.target.current();
+        let client = inner.credentials.client_like(&client)?;
         let manager = ConnectionManager::new_with_config(client, inner.config.clone()).await?;
         inner.current.store(Arc::new(Current { generation, manager: manager.clone() }));
         Ok(manager)

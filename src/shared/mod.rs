@@ -27,11 +27,14 @@
 pub mod budget;
 pub mod cache;
 pub mod conn;
+pub mod credentials;
 pub mod endpoint;
 pub mod fleet;
 pub mod follow;
 pub mod keys;
 pub mod quota;
+pub mod refusal;
+pub mod rotating;
 pub mod sentinel;
 pub mod token;
 
@@ -80,12 +83,20 @@ pub fn count_errors_of(metrics: &Metrics, operations: &[&str]) {
 }
 
 /// Without Redis: the shared-state mode `off`, and every `courier_redis_errors_total` series
-/// (shared state's and the job store's) at 0, so dashboards and alerts that query them find
+/// (shared state's and the job store's) and `courier_redis_refusals_total` series at 0, so dashboards and alerts that query them find
 /// them on every replica from its start, whether it has Redis or not.
 pub fn run_without_redis(metrics: &Metrics, job_store_operations: &[&str]) {
     set_mode(metrics, "off");
     count_errors_of(metrics, &OPERATIONS);
     count_errors_of(metrics, job_store_operations);
+    count_refusals(metrics);
+}
+
+/// Creates every `courier_redis_refusals_total` series at 0.
+fn count_refusals(metrics: &Metrics) {
+    for refusal in endpoint::Refusal::ALL {
+        metrics.redis_refusals.with_label_values(&[refusal.label()]);
+    }
 }
 
 /// Sets the one-hot `courier_shared_state{mode}` gauge.
@@ -175,6 +186,7 @@ impl SharedRedis {
         }
         set_mode(&metrics, "shared");
         count_errors_of(&metrics, &OPERATIONS);
+        count_refusals(&metrics);
         Ok(SharedRedis {
             conn,
             namespace: namespace.to_owned(),
@@ -277,10 +289,14 @@ impl SharedRedis {
     /// with one log line naming the operation and what failed. A refused certificate or ACL
     /// user does not heal by itself (a rotated password, an expired certificate), so the first
     /// refusal is logged too when the outage began otherwise (typically a dropped connection
-    /// whose reconnects are then refused).
+    /// whose reconnects are then refused). A refusal is counted by kind as well.
     fn mark_down(&self, op: &'static str, why: &str) {
         self.metrics.redis_errors.with_label_values(&[op]).inc();
-        let refused = endpoint::is_refusal(why);
+        let refusal = endpoint::Refusal::of_text(why);
+        if let Some(refusal) = refusal {
+            self.metrics.redis_refusals.with_label_values(&[refusal.label()]).inc();
+        }
+        let refused = refusal.is_some();
         if self.up.swap(false, Ordering::AcqRel) {
             self.refusal_logged.store(refused, Ordering::Release);
             set_mode(&self.metrics, "degraded");
