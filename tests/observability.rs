@@ -14,6 +14,7 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 use support::prometheus::{which, Prometheus};
 use support::receiver::Receiver;
+use support::redis::RedisServer;
 use support::{body, PairBuilder};
 
 const DASHBOARD: &str = "grafana/provisioning/dashboards/courier.json";
@@ -91,9 +92,10 @@ fn the_alert_rules_pass_promtool() {
 
 /// The quota alerts on synthetic series (grafana/alerts/courier.rules.test.yml): a linear
 /// forecast above the limit fires after its 30 minutes, not when the reset comes first or the
-/// count is flat; a spent window pages after a minute; windows under an hour alert nothing.
+/// count is flat; a spent window pages after a minute; windows under an hour alert nothing; a
+/// replica cut off from Redis pages after 2 minutes, a failover of seconds does not.
 #[test]
-fn the_quota_alerts_fire_on_a_forecast_and_on_exhaustion() {
+fn the_quota_and_shared_state_alerts_fire_when_they_should() {
     let (success, text) = promtool(&["test", "rules", RULE_TESTS]);
     assert!(success && text.contains("SUCCESS"), "{text}");
     // Each quota alert is expected both to fire and to stay silent somewhere in the tests.
@@ -107,7 +109,7 @@ fn the_quota_alerts_fire_on_a_forecast_and_on_exhaustion() {
             cases.insert((alert, expected.trim() != "[]"));
         }
     }
-    for alert in ["CourierQuotaExhaustionPredicted", "CourierQuotaExhausted"] {
+    for alert in ["CourierQuotaExhaustionPredicted", "CourierQuotaExhausted", "CourierSharedStateDegraded"] {
         assert!(cases.contains(&(alert, true)), "{RULE_TESTS} never expects {alert} to fire");
         assert!(cases.contains(&(alert, false)), "{RULE_TESTS} never expects {alert} to stay silent");
     }
@@ -138,6 +140,7 @@ fn the_dashboard_is_well_formed_and_names_only_exported_metrics() {
             "Token lifecycle",
             "Response cache",
             "Async jobs and callbacks",
+            "Redis and the fleet",
             "Process"
         ]
     );
@@ -275,7 +278,10 @@ fn filled(expr: &str) -> String {
 #[actix_rt::test]
 async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
     let receiver = Receiver::start(&[]).await;
+    // Shared state through a real Redis, so the "Redis and the fleet" row has data.
+    let redis = RedisServer::start();
     let pair = PairBuilder::default()
+        .env("REDIS_URL", redis.url())
         .sim(|s| {
             s.rate_limit_per_minute = 1200;
             s.rate_burst = 40;
@@ -290,7 +296,6 @@ async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
         .env("COURIER_CALLBACK_ALLOW", "127.0.0.1")
         // Quota windows, so the Quotas row has data; far from spent by this test's attempts.
         .env("EXTERNAL_API_QUOTAS", "100000/day, 5000/1h")
-        .env("COURIER_STATE_DIR", support::quota::state_dir("panels"))
         .log_level("warning")
         .start()
         .await;

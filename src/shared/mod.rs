@@ -31,6 +31,7 @@ pub mod endpoint;
 pub mod fleet;
 pub mod follow;
 pub mod keys;
+pub mod lockout;
 pub mod quota;
 pub mod sentinel;
 pub mod token;
@@ -51,7 +52,7 @@ pub use endpoint::{ConnectError, RedisEndpoint};
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The `operation` label values of shared-state calls in `courier_redis_errors_total`.
-const OPERATIONS: [&str; 18] = [
+const OPERATIONS: [&str; 21] = [
     "budget_acquire",
     "budget_pause",
     "budget_cap",
@@ -70,6 +71,9 @@ const OPERATIONS: [&str; 18] = [
     "quota_read",
     "fleet_heartbeat",
     "fleet_leave",
+    "lockout_fail",
+    "lockout_lift",
+    "lockout_list",
 ];
 
 /// Sets the one-hot `courier_shared_state{mode}` gauge.
