@@ -11,6 +11,7 @@ mod support;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use support::{body, read_answer, Answer, Pair, PairBuilder};
 
 const ADMIN_TOKEN: &str = "admin-token-lockout-0123456789";
@@ -106,9 +107,11 @@ async fn wrong_keys_lock_the_source_out_doubling_to_the_cap_while_another_source
     let wrong = [("reason", "wrong_key"), ("source_class", "loopback")];
     assert_eq!(pair.metric("courier_auth_failures_total", &wrong).await, 7.0);
     assert_eq!(pair.metric("courier_auth_lockout_events_total", &[("event", "locked")]).await, 4.0);
+    // Every 429 of an unknown caller was the lockout's (the polls for its end among them).
     let refused = [("client", "unknown"), ("code", "auth_locked_out")];
-    assert_eq!(pair.metric("courier_http_refusals_total", &refused).await, 6.0);
-    assert_eq!(pair.metric("courier_http_requests_total", &[("status", "429"), ("client", "unknown")]).await, 6.0);
+    let refusals = pair.metric("courier_http_refusals_total", &refused).await;
+    assert!(refusals >= 6.0, "{refusals}");
+    assert_eq!(pair.metric("courier_http_requests_total", &[("status", "429"), ("client", "unknown")]).await, refusals);
     let logs = pair.stop().await;
     let lockouts = with_msg(&logs, "auth_lockout");
     assert_eq!(lockouts.len(), 4, "{lockouts:?}");
@@ -153,16 +156,16 @@ async fn an_operator_sees_the_lockout_and_lifts_it_with_the_admin_token() {
     assert_eq!(wrong.status, 401, "{wrong:?}");
     assert_eq!(locked_out(&process_from(&pair, &guesser, Some(ALPHA)).await) > 590, true, "still locked out");
     let bad = admin(delete.clone(), "/admin/lockouts/not-an-address", Some(ADMIN_TOKEN)).await;
-    assert_eq!((bad.status.as_u16(), bad.error_code()), (400, "invalid_request"), "{bad:?}");
+    assert_eq!((bad.status.as_u16(), &bad.body["error"]["code"]), (400, &json!("invalid_request")), "{bad:?}");
     let lifted = admin(delete.clone(), "/admin/lockouts/127.0.0.3", Some(ADMIN_TOKEN)).await;
     assert_eq!(lifted.status, 200, "{lifted:?}");
-    assert_eq!(lifted.body, serde_json::json!({"source": "127.0.0.3", "lifted": true}));
+    assert_eq!(lifted.body, json!({"source": "127.0.0.3", "lifted": true}));
     assert_eq!(process_from(&pair, &guesser, Some(ALPHA)).await.status, 200, "lifted");
     // The strikes are forgotten: the source starts again from the threshold.
     assert_eq!(process_from(&pair, &guesser, Some(GUESS)).await.status, 401);
     assert_eq!(process_from(&pair, &guesser, Some(ALPHA)).await.status, 200);
     let again = admin(delete, "/admin/lockouts/127.0.0.9", Some(ADMIN_TOKEN)).await;
-    assert_eq!((again.status.as_u16(), again.error_code()), (404, "not_found"), "{again:?}");
+    assert_eq!((again.status.as_u16(), &again.body["error"]["code"]), (404, &json!("not_found")), "{again:?}");
     assert_eq!(pair.metric("courier_auth_lockout_events_total", &[("event", "lifted")]).await, 1.0);
     let state = admin(awc::http::Method::GET, "/admin/state", Some(ADMIN_TOKEN)).await;
     assert_eq!(state.body["lockouts"]["locked_sources"], 0, "{state:?}");
