@@ -323,6 +323,9 @@ async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
         .await;
     let targets = [pair.courier.admin_addr.to_string(), guarded.courier.admin_addr.to_string()];
     let prometheus = Prometheus::start(&targets, &[Path::new(RULES)]).await;
+    // Scraped before the traffic, so that increase() counts its first events.
+    let scraped = prometheus.wait_for("count(up == 1) == 2", Duration::from_secs(10)).await;
+    assert_eq!(scraped.len(), 1, "both replicas scraped: {scraped:?}");
     let guesser = awc::Client::builder().local_address("127.0.0.2".parse().unwrap()).finish();
     for expected in [401, 401, 429] {
         let guess = guesser
