@@ -2,12 +2,21 @@
 //! add up to one threshold, a source locked out through one is refused by the other within a
 //! second, and a lift through one lets the source in at the other; a valid key from another
 //! source is served by both throughout. With Redis gone, each replica locks out on its own count.
+//! The shared table's Lua script decides as the local table does, step by step, on one script
+//! of wrong keys over made-up hours.
 
 mod support;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use courier::config::LockoutConfig;
+use courier::security::table::{Strike, Table};
+use courier::security::Source;
+use courier::shared::lockout::{Failed, Rules, SharedLockouts};
+use courier::shared::SharedRedis;
 use serde_json::Value;
 use support::redis::RedisServer;
 use support::{body, read_answer, Answer, Pair, PairBuilder};
@@ -133,4 +142,75 @@ async fn without_redis_each_replica_locks_out_on_its_own_count() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["scope"], "local");
     let _ = std::fs::remove_dir_all(clients.parent().unwrap());
+}
+
+#[actix_rt::test]
+async fn the_shared_script_decides_as_the_local_table_does() {
+    let redis = RedisServer::start();
+    let config = LockoutConfig {
+        threshold: 3,
+        window: Duration::from_secs(60),
+        base: Duration::from_secs(30),
+        max: Duration::from_secs(300),
+        max_sources: 100,
+    };
+    let metrics = Arc::new(courier::metrics::Metrics::new());
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let url = secrecy::SecretString::from(redis.url());
+    let conn =
+        SharedRedis::connect(&url, "courier", Duration::from_secs(2), metrics, &log).await.expect("Redis answers");
+    let rules = Rules { threshold: 3, window_ms: 60_000, base_ms: 30_000, max_ms: 300_000, keep: 100 };
+    let shared = SharedLockouts::new(Arc::new(conn), rules);
+    let mut table = Table::new(&config).unwrap();
+    // Wrong keys (source, seconds from the start): spread wider than the window, then the
+    // threshold, a wrong key while locked out, probation and doubling to the cap, strikes
+    // forgotten after a clean spell, and a second source alongside.
+    let script: &[(u8, u64)] = &[
+        (1, 0),
+        (1, 10),
+        (1, 70),
+        (1, 80),
+        (1, 85),
+        (1, 90),
+        (2, 91),
+        (1, 116),
+        (1, 150),
+        (1, 211),
+        (1, 330),
+        (1, 570),
+        (1, 871),
+        (2, 900),
+        (2, 901),
+        (1, 1500),
+        (1, 1510),
+        (1, 1520),
+    ];
+    let t0_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let t0 = Instant::now();
+    let mut strikes_seen = Vec::new();
+    for &(last, at) in script {
+        let source = Source::of(IpAddr::from([10, 0, 0, last]));
+        let local = table.fail(source, t0 + Duration::from_secs(at));
+        let remote = shared.fail(&source.to_string(), t0_ms + at as i64 * 1000).await.expect("the script answers");
+        let until_ms = |until: Instant| t0_ms + until.duration_since(t0).as_millis() as i64;
+        let expected = match local {
+            Strike::Counted(_) => {
+                Failed { locked: false, until_ms: remote.until_ms, strikes: remote.strikes, new: false }
+            }
+            Strike::Locked { until, strike } => {
+                Failed { locked: true, until_ms: until_ms(until), strikes: strike, new: true }
+            }
+            Strike::AlreadyLocked(until) => {
+                Failed { locked: true, until_ms: until_ms(until), strikes: remote.strikes, new: false }
+            }
+        };
+        assert_eq!(remote, expected, "10.0.0.{last} at {at} s: the table said {local:?}");
+        if let Strike::Locked { strike, until } = local {
+            strikes_seen.push((strike, until.duration_since(t0 + Duration::from_secs(at)).as_secs()));
+        }
+    }
+    // What the script went through: the threshold, doubling to the cap, forgotten strikes.
+    assert_eq!(strikes_seen, [(1, 30), (2, 60), (3, 120), (4, 240), (5, 300), (1, 30)]);
+    let listed = shared.list(t0_ms + 1520 * 1000).await.unwrap();
+    assert_eq!(listed.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["10.0.0.1"]);
 }

@@ -76,12 +76,9 @@ impl SecurityConfig {
             ),
             half_life: r.seconds("COURIER_SPEND_BASELINE_HALF_LIFE", 21600.0),
             interval: r.seconds("COURIER_SPEND_INTERVAL", 60.0),
-            min_per_minute: r.parsed(
-                "COURIER_SPEND_MIN_PER_MINUTE",
-                10.0,
-                "attempts per minute > 0, e.g. 10",
-                |s| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v > 0.0 && *v <= 1e9),
-            ),
+            min_per_minute: r.parsed("COURIER_SPEND_MIN_PER_MINUTE", 10.0, "attempts per minute > 0, e.g. 10", |s| {
+                s.parse::<f64>().ok().filter(|v| v.is_finite() && *v > 0.0 && *v <= 1e9)
+            }),
         };
         if spend.half_life < spend.interval && !r.reported("COURIER_SPEND_BASELINE_HALF_LIFE") {
             r.problem(
@@ -110,7 +107,10 @@ mod tests {
         let config = Config::from_sources(&test_env(&[]), None).unwrap();
         let lockout = &config.security.lockout;
         assert!(lockout.enabled());
-        assert_eq!((lockout.threshold, lockout.window.as_secs(), lockout.base.as_secs(), lockout.max.as_secs()), (10, 60, 30, 3600));
+        assert_eq!(
+            (lockout.threshold, lockout.window.as_secs(), lockout.base.as_secs(), lockout.max.as_secs()),
+            (10, 60, 30, 3600)
+        );
         assert_eq!(config.security.spend.multiple, 10.0);
         let off = Config::from_sources(&test_env(&[("COURIER_AUTH_LOCKOUT_THRESHOLD", "0")]), None).unwrap();
         assert!(!off.security.lockout.enabled());
@@ -129,7 +129,9 @@ mod tests {
         assert_eq!(found.len(), 4, "{found:#?}");
         assert!(found.iter().all(|line| !line.contains('\n')), "{found:#?}");
         assert!(found[0].starts_with("COURIER_AUTH_LOCKOUT_THRESHOLD"), "{found:#?}");
-        assert!(found.iter().any(|l| l.starts_with("COURIER_AUTH_LOCKOUT_MAX: 30 is below COURIER_AUTH_LOCKOUT_BASE (60)")));
+        assert!(found
+            .iter()
+            .any(|l| l.starts_with("COURIER_AUTH_LOCKOUT_MAX: 30 is below COURIER_AUTH_LOCKOUT_BASE (60)")));
         assert!(found.iter().any(|l| l.starts_with("COURIER_SPEND_ANOMALY_MULTIPLE")));
         assert!(found.iter().any(|l| l.starts_with("COURIER_SPEND_BASELINE_HALF_LIFE: is shorter")));
     }

@@ -197,11 +197,11 @@ impl Lockout {
             self.metrics.security.lockout_events.with_label_values(&["lifted"]).inc();
         }
         warn!(self.log, "auth_lockout_lifted"; "audit" => true, "source" => %source, "request_id" => request_id,
-            "was_locked" => lifted != Lifted::NotLocked, "shared" => match shared {
-                Ok(_) if self.shared.is_none() => "off",
-                Ok(_) => "ok",
-                Err(()) => "unavailable",
-            });
+        "was_locked" => lifted != Lifted::NotLocked, "shared" => match shared {
+            Ok(_) if self.shared.is_none() => "off",
+            Ok(_) => "ok",
+            Err(()) => "unavailable",
+        });
         lifted
     }
 

@@ -54,7 +54,12 @@ impl Rules {
             return None;
         }
         let alpha = 1.0 - (-(config.interval.as_secs_f64() / config.half_life.as_secs_f64())).exp2();
-        Some(Rules { multiple: config.multiple, alpha, interval: config.interval, min_per_minute: config.min_per_minute })
+        Some(Rules {
+            multiple: config.multiple,
+            alpha,
+            interval: config.interval,
+            min_per_minute: config.min_per_minute,
+        })
     }
 
     /// The interval between comparisons.

@@ -234,7 +234,9 @@ impl Table {
     /// lockout, no strikes.
     pub fn sweep(&mut self, now: Instant) {
         self.entries.retain(|_, e| {
-            e.window_end > now || e.locked_until.is_some_and(|until| until > now) || (e.strikes > 0 && e.forget_at > now)
+            e.window_end > now
+                || e.locked_until.is_some_and(|until| until > now)
+                || (e.strikes > 0 && e.forget_at > now)
         });
         let entries = &self.entries;
         self.order.retain(|(source, seq)| entries.get(source).is_some_and(|e| e.seq == *seq));

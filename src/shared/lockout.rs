@@ -149,10 +149,8 @@ impl SharedLockouts {
             .arg(rules.base_ms)
             .arg(rules.max_ms)
             .arg(rules.keep.max(1));
-        let (locked, until_ms, strikes, new): (i64, i64, u32, i64) = self
-            .redis
-            .run("lockout_fail", |mut conn| async move { call.invoke_async(&mut conn).await })
-            .await?;
+        let (locked, until_ms, strikes, new): (i64, i64, u32, i64) =
+            self.redis.run("lockout_fail", |mut conn| async move { call.invoke_async(&mut conn).await }).await?;
         Ok(Failed { locked: locked == 1, until_ms, strikes, new: new == 1 })
     }
 
