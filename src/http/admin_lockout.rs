@@ -14,8 +14,8 @@ use super::state::Shared;
 use crate::request_id::RequestId;
 use crate::security::{Lifted, Source};
 
-/// Ends the lockout of `{source}`: an IPv4 address, or any IPv6 address of the /64 (or the
-/// prefix as `/admin/state` shows it, with its `/` escaped as `%2F`).
+/// Ends the lockout of `{source}`: an IPv4 address, or any IPv6 address of the /64 (for the
+/// `2001:db8:1:2::/64` that `/admin/state` shows, `2001:db8:1:2::` will do).
 pub(super) async fn lift(shared: web::Data<Arc<Shared>>, req: HttpRequest, source: web::Path<String>) -> HttpResponse {
     let Some(lockout) = &shared.lockout else {
         return error(
