@@ -13,8 +13,6 @@ bin="${CARGO_TARGET_DIR:-target}/debug/courier"
 case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
 
 work=$(mktemp -d)
-# Extra VAR=value words for the demo's environment (a script sets them before start_demo).
-demo_env=()
 pid=
 stop_demo() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
@@ -33,9 +31,8 @@ start_demo() {
   key="key-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
   printf '[[client]]\nname = "scripted"\nkey_sha256 = "%s"\n' \
     "$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)" >"$work/clients.toml"
-  # A clean environment: nothing of the caller's EXTERNAL_API_* / COURIER_* leaks in, only what
-  # the script puts in demo_env (VAR=value words).
-  env -i PATH="$PATH" COURIER_CLIENTS_FILE="$work/clients.toml" COURIER_LOG_LEVEL=warn "${demo_env[@]}" \
+  # A clean environment: nothing of the caller's EXTERNAL_API_* / COURIER_* leaks in.
+  env -i PATH="$PATH" COURIER_CLIENTS_FILE="$work/clients.toml" COURIER_LOG_LEVEL=warn \
     "$bin" demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --sim-listen 127.0.0.1:0 "$@" \
     >"$work/banner" 2>"$work/courier.log" &
   pid=$!
