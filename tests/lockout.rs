@@ -8,29 +8,15 @@
 
 mod support;
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{body, read_answer, Answer, Pair, PairBuilder};
+use support::security::{client_from, process_from};
+use support::{read_answer, Answer, Pair, PairBuilder};
 
 const ADMIN_TOKEN: &str = "admin-token-lockout-0123456789";
 const GUESS: &str = "Bearer not-a-key-of-anyone";
 const ALPHA: &str = "Bearer alpha-key";
-
-/// An HTTP client whose connections come from `ip` (any of 127.0.0.0/8 works on Linux).
-fn client_from(ip: &str) -> awc::Client {
-    let ip: IpAddr = ip.parse().unwrap();
-    awc::Client::builder().local_address(ip).timeout(Duration::from_secs(10)).finish()
-}
-
-async fn process_from(pair: &Pair, client: &awc::Client, authorization: Option<&str>) -> Answer {
-    let mut request = client.post(pair.url("/api/external/process"));
-    if let Some(authorization) = authorization {
-        request = request.insert_header(("authorization", authorization));
-    }
-    read_answer(request.send_json(&body("lockout")).await.expect("courier answers")).await
-}
 
 /// The log lines of one event.
 fn with_msg(logs: &courier::logging::LogCapture, msg: &str) -> Vec<serde_json::Value> {

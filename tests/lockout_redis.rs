@@ -8,9 +8,8 @@
 mod support;
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use courier::config::LockoutConfig;
 use courier::security::table::{Strike, Table};
@@ -19,7 +18,8 @@ use courier::shared::lockout::{Failed, Rules, SharedLockouts};
 use courier::shared::SharedRedis;
 use serde_json::Value;
 use support::redis::RedisServer;
-use support::{body, read_answer, Answer, Pair, PairBuilder};
+use support::security::client_from;
+use support::{read_answer, Answer, Pair, PairBuilder};
 
 const ADMIN_TOKEN: &str = "admin-token-lockout-redis-0123";
 const GUESS: &str = "Bearer a-guess-of-a-key";
@@ -27,14 +27,8 @@ const ALPHA: &str = "Bearer alpha-key";
 /// Bound of every wait for a replica to learn of a change.
 const PATIENCE: Duration = Duration::from_secs(5);
 
-fn client_from(ip: &str) -> awc::Client {
-    let ip: IpAddr = ip.parse().unwrap();
-    awc::Client::builder().local_address(ip).timeout(Duration::from_secs(10)).finish()
-}
-
 async fn process_from(pair: &Pair, client: &awc::Client, authorization: &str) -> Answer {
-    let request = client.post(pair.url("/api/external/process")).insert_header(("authorization", authorization));
-    read_answer(request.send_json(&body("lockout")).await.expect("courier answers")).await
+    support::security::process_from(pair, client, Some(authorization)).await
 }
 
 /// Polls with the valid key from `client` until the answer's status is `status` (bounded).

@@ -312,30 +312,13 @@ async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
         .await;
     // A second replica with a clients file, so the Security row has failed authentications and a
     // lockout to show.
-    let clients_file = support::two_clients_file("observability-security");
-    let guarded = PairBuilder::default()
-        .env("COURIER_CLIENTS_FILE", clients_file.to_str().unwrap())
-        .env("COURIER_AUTH_LOCKOUT_THRESHOLD", "2")
-        .env("COURIER_SPEND_INTERVAL", "1")
-        .env("COURIER_SPEND_BASELINE_HALF_LIFE", "60")
-        .log_level("warning")
-        .start_beside(&pair)
-        .await;
+    let (guarded, clients_file) = support::security::guarded_beside(&pair, "observability-security").await;
     let targets = [pair.courier.admin_addr.to_string(), guarded.courier.admin_addr.to_string()];
     let prometheus = Prometheus::start(&targets, &[Path::new(RULES)]).await;
     // Scraped before the traffic, so that increase() counts its first events.
     let scraped = prometheus.wait_for("count(up == 1) == 2", Duration::from_secs(10)).await;
     assert_eq!(scraped.len(), 1, "both replicas scraped: {scraped:?}");
-    let guesser = awc::Client::builder().local_address("127.0.0.2".parse().unwrap()).finish();
-    for expected in [401, 401, 429] {
-        let guess = guesser
-            .post(guarded.url("/api/external/process"))
-            .insert_header(("authorization", "Bearer a-guess"))
-            .send_json(&body("guess"))
-            .await
-            .unwrap();
-        assert_eq!(guess.status().as_u16(), expected);
-    }
+    support::security::lock_out(&guarded, "127.0.0.2").await;
     for i in 0..5 {
         let served = guarded.process_with(body(&format!("alpha {i}")), &[("authorization", "Bearer alpha-key")]).await;
         assert_eq!(served.status, 200, "{served:?}");
