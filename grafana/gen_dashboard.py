@@ -237,6 +237,29 @@ panel("Redis errors by operation", [(f'sum by (operation) (rate(courier_redis_er
       "CourierSharedStateDegraded.")
 endrow()
 
+row("Security")
+panel("Failed authentications", [(f'sum by (reason, source_class) (rate(courier_auth_failures_total{{{I}}}[{R}]))', "{{reason}} from {{source_class}}")],
+      unit="reqps", w=8, description="Requests refused 401 per second: no key (missing_key) or a key no client has (wrong_key), "
+      "by the class of network they came from. The sources themselves are in /admin/state (lockouts.failing) and the "
+      "auth_failed log lines; see CourierAuthFailuresHigh.")
+panel("Sources locked out", [(f'sum by (instance) (courier_auth_locked_sources{{{I}}})', "locked now: {{instance}}"),
+                             (f'sum by (event) (increase(courier_auth_lockout_events_total{{{I}}}[{R}]))', "{{event}}")],
+      w=8, description="Sources locked out now (429 auth_locked_out before any key is compared), and lockouts begun "
+      "and lifted. Lift one with DELETE /admin/lockouts/{source} on the admin listener.")
+panel("Refusals by client and code", [(f'sum by (client, code) (increase(courier_http_refusals_total{{{I}, client=~"$client"}}[{R}])) > 0', "{{client}}: {{code}}")],
+      w=8, description="Requests answered 4xx, by client and error code (only those with any): invalid requests "
+      "(invalid_json, invalid_request, payload_too_large, unsupported_media_type), limits (budget_exhausted, "
+      "quota_exhausted, client_concurrency_exceeded) and, for unknown callers, unauthorized and auth_locked_out. "
+      "See CourierInvalidRequestsHigh.")
+panel("Upstream spending against baseline", [(f'max by (client) (courier_client_spend_ratio{{{I}, client=~"$client"}})', "{{client}}")],
+      w=12, description="Each client's upstream attempts per minute in the last interval over its own baseline "
+      "(COURIER_SPEND_*); above COURIER_SPEND_ANOMALY_MULTIPLE is anomalous (CourierClientSpendAnomalous).")
+panel("Upstream attempts per minute by client", [(f'sum by (client) (rate(courier_client_upstream_attempts_total{{{I}, client=~"$client"}}[{R}])) * 60', "{{client}}"),
+                                                 (f'max by (client) (courier_client_spend_baseline_attempts_per_minute{{{I}, client=~"$client"}})', "baseline: {{client}}")],
+      w=12, description="Attempts made for each client (retries included; a job's to its client), and the baseline "
+      "they are compared with.")
+endrow()
+
 row("Process")
 panel("CPU", [(f'rate(process_cpu_seconds_total{{{I}}}[{R}])', "{{instance}}")], unit="percentunit", w=6,
       description="CPU seconds per second.")
@@ -267,7 +290,7 @@ dashboard = {
                    {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
     "uid": "courier-overview",
     "title": "courier",
-    "description": "courier: traffic, upstream health, rate budget, quotas, circuit breaker, token, cache, async jobs, Redis and the fleet.",
+    "description": "courier: traffic, upstream health, rate budget, quotas, circuit breaker, token, cache, async jobs, Redis and the fleet, security.",
     "tags": ["courier", "gateway"],
     "timezone": "utc",
     "schemaVersion": 39,

@@ -22,6 +22,7 @@ use crate::jobs::runner::RunnerHandle;
 use crate::metrics::{Metrics, ReloadTrigger};
 use crate::pipeline::{LaneSettings, Pipeline, Prober, RetryPolicy};
 use crate::reload::{Credentials, ReloadHandle, Reloader, Targets};
+use crate::security::Lockout;
 use crate::shared::budget::SharedRate;
 use crate::shared::{self, RedisEndpoint, SharedRedis};
 use crate::systemd;
@@ -150,6 +151,16 @@ impl Gateway {
         }
         let in_flight =
             InFlight::new(config.clients.as_ref().map_or(1, |c| c.entries().len()), config.limits.client_max_in_flight);
+        // Open mode authenticates nobody, so there is nothing to lock out.
+        let lockout = match config.clients {
+            Some(_) => Lockout::new(&config.security.lockout, shared_redis.clone(), metrics.clone(), &log)
+                .map_err(StartError::Setting)?,
+            None => None,
+        };
+        if let Some(lockout) = &lockout {
+            lockout.start_sync();
+        }
+        crate::security::spend::start(&config.security.spend, metrics.clone(), &log);
         let shared = Arc::new(Shared {
             in_flight,
             config: Arc::new(config),
@@ -165,6 +176,7 @@ impl Gateway {
             fleet: heartbeat.as_ref().map(|h| h.membership().clone()),
             log: log.clone(),
             tracing: tracing.clone(),
+            lockout,
         });
         let lane = LaneSettings {
             process_uri,

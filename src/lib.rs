@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod published;
 pub mod reload;
 pub mod request_id;
+pub mod security;
 pub mod shared;
 pub mod simulator;
 pub mod systemd;

@@ -19,8 +19,8 @@ const LAYERS: &[&[&str]] = &[
     &["upstream", "shared"],
     // Traces: the tracer, span helpers and the OTLP export (through upstream's awc client).
     &["trace"],
-    // State owners (actors) and the response cache.
-    &["actors", "cache"],
+    // State owners (actors), the response cache, and the watch on suspicious callers.
+    &["actors", "cache", "security"],
     // The one way through courier; the credential reloader.
     &["pipeline", "reload"],
     // Async jobs: their store, runner and callbacks, on the pipeline.

@@ -326,6 +326,12 @@ async fn a_fresh_courier_exports_every_series_its_dashboards_and_alerts_query() 
     assert_eq!(get(&pair, "/api/external/status/no-such-job", &[alpha]).await, 404);
     assert_eq!(get(&pair, &status_path, &[]).await, 401);
     assert_eq!(pair.process(body("no key")).await.status, 401);
+    // Wrong keys from another source until it is locked out (the default threshold: 10).
+    let guesser = awc::Client::builder().local_address("127.0.0.2".parse().unwrap()).finish();
+    for expected in [401; 10].into_iter().chain([429]) {
+        let guess = guesser.post(pair.url("/api/external/process")).insert_header(("authorization", "Bearer guess"));
+        assert_eq!(read_answer(guess.send_json(&body("guess")).await.unwrap()).await.status, expected);
+    }
     let text = pair.http.post(pair.url("/api/external/process")).insert_header(alpha).content_type("text/plain");
     assert_eq!(read_answer(text.send_body("{}").await.unwrap()).await.status, 415);
     assert_eq!(pair.process_with(json!({"data": {}}), &[("authorization", "Bearer beta-key")]).await.status, 400);

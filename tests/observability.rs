@@ -93,7 +93,9 @@ fn the_alert_rules_pass_promtool() {
 /// The quota alerts on synthetic series (grafana/alerts/courier.rules.test.yml): a linear
 /// forecast above the limit fires after its 30 minutes, not when the reset comes first or the
 /// count is flat; a spent window pages after a minute; windows under an hour alert nothing; a
-/// replica cut off from Redis pages after 2 minutes, a failover of seconds does not.
+/// replica cut off from Redis pages after 2 minutes, a failover of seconds does not; wrong client
+/// keys, invalid requests and spending above a client's baseline alert past their thresholds and
+/// only there.
 #[test]
 fn the_quota_and_shared_state_alerts_fire_when_they_should() {
     let (success, text) = promtool(&["test", "rules", RULE_TESTS]);
@@ -109,7 +111,15 @@ fn the_quota_and_shared_state_alerts_fire_when_they_should() {
             cases.insert((alert, expected.trim() != "[]"));
         }
     }
-    for alert in ["CourierQuotaExhaustionPredicted", "CourierQuotaExhausted", "CourierSharedStateDegraded"] {
+    let alerts = [
+        "CourierQuotaExhaustionPredicted",
+        "CourierQuotaExhausted",
+        "CourierSharedStateDegraded",
+        "CourierAuthFailuresHigh",
+        "CourierInvalidRequestsHigh",
+        "CourierClientSpendAnomalous",
+    ];
+    for alert in alerts {
         assert!(cases.contains(&(alert, true)), "{RULE_TESTS} never expects {alert} to fire");
         assert!(cases.contains(&(alert, false)), "{RULE_TESTS} never expects {alert} to stay silent");
     }
@@ -141,6 +151,7 @@ fn the_dashboard_is_well_formed_and_names_only_exported_metrics() {
             "Response cache",
             "Async jobs and callbacks",
             "Redis and the fleet",
+            "Security",
             "Process"
         ]
     );
@@ -299,7 +310,21 @@ async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
         .log_level("warning")
         .start()
         .await;
-    let prometheus = Prometheus::start(&[pair.courier.admin_addr.to_string()], &[Path::new(RULES)]).await;
+    // A second replica with a clients file, so the Security row has failed authentications and a
+    // lockout to show.
+    let (guarded, clients_file) = support::security::guarded_beside(&pair, "observability-security").await;
+    let targets = [pair.courier.admin_addr.to_string(), guarded.courier.admin_addr.to_string()];
+    let prometheus = Prometheus::start(&targets, &[Path::new(RULES)]).await;
+    // Scraped before the traffic, so that increase() counts its first events.
+    let scraped = prometheus.wait_for("count(up == 1) == 2", Duration::from_secs(10)).await;
+    assert_eq!(scraped.len(), 1, "both replicas scraped: {scraped:?}");
+    support::security::lock_out(&guarded, "127.0.0.2").await;
+    for i in 0..5 {
+        let served = guarded.process_with(body(&format!("alpha {i}")), &[("authorization", "Bearer alpha-key")]).await;
+        assert_eq!(served.status, 200, "{served:?}");
+    }
+    // An invalid request, refused before the upstream.
+    assert_eq!(pair.process_raw("application/json", b"{not json".to_vec()).await.status, 400);
 
     // Misses that queue for permits, then hits of the same answers.
     let misses = join_all((0..12).map(|i| pair.process(body(&format!("panel {i}"))))).await;
@@ -367,13 +392,15 @@ async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
     assert!(empty.is_empty(), "panels without data:\n{}", empty.join("\n"));
     // The variables' own queries too.
     let instances = prometheus.query("count by (instance) (courier_build_info)").await;
-    assert_eq!(instances.len(), 1);
+    assert_eq!(instances.len(), 2);
     let clients = prometheus.query("count by (client) (courier_http_requests_total)").await;
     assert!(!clients.is_empty());
 
     drop(prometheus);
+    guarded.stop().await;
     pair.stop().await;
     receiver.stop().await;
+    let _ = std::fs::remove_dir_all(clients_file.parent().unwrap());
 }
 
 #[actix_rt::test]

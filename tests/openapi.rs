@@ -92,7 +92,11 @@ fn clients_file() -> std::path::PathBuf {
 #[actix_rt::test]
 async fn with_client_keys_the_description_needs_none_and_says_the_api_does() {
     let path = clients_file();
-    let pair = PairBuilder::default().env("COURIER_CLIENTS_FILE", path.to_str().unwrap()).start().await;
+    let pair = PairBuilder::default()
+        .env("COURIER_CLIENTS_FILE", path.to_str().unwrap())
+        .env("COURIER_AUTH_LOCKOUT_THRESHOLD", "1")
+        .start()
+        .await;
     let doc = description(&pair).await;
     assert_eq!(doc["security"], json!([{"client_key": []}]));
     assert_eq!(doc["components"]["securitySchemes"]["client_key"]["scheme"], "bearer");
@@ -103,6 +107,22 @@ async fn with_client_keys_the_description_needs_none_and_says_the_api_does() {
     let served = pair.process_with(&body("x"), &[("authorization", "Bearer openapi-key-0001")]).await;
     assert_eq!(served.status, 200);
     assert_documented(&doc, "post", "/api/external/process", &served);
+    // A wrong key from another address locks it out (threshold 1): the 429 is documented too,
+    // on both routes.
+    let guesser = awc::Client::builder().local_address("127.0.0.2".parse().unwrap()).finish();
+    let url = |path: &str| format!("http://{}{path}", pair.courier.addr);
+    let guess = |request: awc::ClientRequest| request.insert_header(("authorization", "Bearer a-guess"));
+    let wrong =
+        read_answer(guess(guesser.post(url("/api/external/process"))).send_json(&body("x")).await.unwrap()).await;
+    assert_eq!(wrong.status, 401);
+    let locked =
+        read_answer(guess(guesser.post(url("/api/external/process"))).send_json(&body("x")).await.unwrap()).await;
+    assert_eq!((locked.status.as_u16(), locked.error_code()), (429, "auth_locked_out"));
+    assert_documented(&doc, "post", "/api/external/process", &locked);
+    let status =
+        read_answer(guess(guesser.get(url("/api/external/status/req_0000000000000000"))).send().await.unwrap()).await;
+    assert_eq!((status.status.as_u16(), status.error_code()), (429, "auth_locked_out"));
+    assert_documented(&doc, "get", "/api/external/status/{request_id}", &status);
     pair.stop().await;
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }

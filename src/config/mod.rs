@@ -20,6 +20,7 @@ mod reader;
 mod redis_ha;
 mod redis_tls;
 mod sections;
+mod security;
 mod tracing;
 
 use std::fmt;
@@ -41,6 +42,7 @@ use reader::{FileValues, Reader};
 pub use redis_ha::RedisHaConfig;
 pub use redis_tls::{RedisClientCert, RedisTls};
 pub use sections::{BreakerConfig, JobsConfig};
+pub use security::{LockoutConfig, SecurityConfig, SpendConfig};
 pub use tracing::{SamplerChoice, TracingConfig};
 
 /// Where a secret came from, kept so that a reload can read it again.
@@ -149,6 +151,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// Quota windows, pacing and where counts are kept (`EXTERNAL_API_QUOTAS` and others).
     pub quota: QuotaConfig,
+    /// Lockouts of sources that keep failing authentication; the spending baseline.
+    pub security: SecurityConfig,
 }
 
 impl fmt::Debug for Config {
@@ -196,6 +200,7 @@ impl fmt::Debug for Config {
             .field("admin", &self.admin)
             .field("tracing", &self.tracing)
             .field("quota", &self.quota)
+            .field("security", &self.security)
             .finish()
     }
 }
@@ -319,6 +324,7 @@ impl Config {
         );
         let tracing = TracingConfig::read(r);
         let quota = QuotaConfig::read(r, redis_url.is_some());
+        let security = SecurityConfig::read(r);
         Config {
             base_url,
             token_url,
@@ -366,6 +372,7 @@ impl Config {
             admin,
             tracing,
             quota,
+            security,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics` for Prometheus, `/healthz` (the process runs), `/readyz`
 //! (a usable upstream token is held), open to scrapers and probes; and the `/admin/*` routes
-//! (force the circuit, purge the cache, see the state), locked by the admin token (see
+//! (force the circuit, purge the cache, lift a lockout, see the state), locked by the admin token (see
 //! [`super::admin_lock`]).
 
 use std::sync::Arc;
@@ -28,6 +28,7 @@ fn admin_routes() -> Vec<(Method, &'static str, Route)> {
         (Method::DELETE, "/admin/cache", web::to(purge_cache)),
         (Method::DELETE, "/admin/cache/{key}", web::to(purge_cache_entry)),
         (Method::PUT, "/admin/quota/{window}", web::to(super::admin_quota::set_used)),
+        (Method::DELETE, "/admin/lockouts/{source}", web::to(super::admin_lockout::lift)),
     ]
 }
 
@@ -108,6 +109,7 @@ async fn state(shared: web::Data<Arc<Shared>>) -> HttpResponse {
         })),
         "breaker": snapshot(&shared).await,
         "quota": shared.quota.as_ref().map(|q| q.state_json()),
+        "lockouts": shared.lockout.as_ref().map(|l| l.state_json()),
         "cache": {
             "enabled": shared.cache.enabled(),
             "entries": m.cache_entries.get(),

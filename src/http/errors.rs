@@ -31,6 +31,8 @@ pub enum ApiError {
     Pipeline(pipeline::Error),
     /// No or an unknown client key.
     Unauthorized,
+    /// The caller's source presented too many wrong keys: locked out for this long.
+    AuthLockedOut(Duration),
     /// A locked admin route without the admin token (admin listener only).
     AdminUnauthorized,
     /// No such route or request id.
@@ -105,7 +107,7 @@ impl ApiError {
             ApiError::RequestIdInUse => StatusCode::CONFLICT,
             ApiError::JobStoreUnavailable | ApiError::JobStoreUnreadable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::ClientConcurrencyExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ClientConcurrencyExceeded(_) | ApiError::AuthLockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestBodyTimeout(_) | ApiError::RequestHeadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -122,6 +124,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Pipeline(error) => error.code(),
             ApiError::Unauthorized => "unauthorized",
+            ApiError::AuthLockedOut(_) => "auth_locked_out",
             ApiError::AdminUnauthorized => "admin_unauthorized",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -145,6 +148,11 @@ impl ApiError {
             ApiError::InvalidRequest(message) => Cow::Borrowed(message),
             ApiError::Pipeline(error) => Cow::Borrowed(error.message()),
             ApiError::Unauthorized => "missing or unknown client key (send Authorization: Bearer <key>)".into(),
+            ApiError::AuthLockedOut(_) => {
+                "too many wrong client keys from this address: it is locked out; no key is checked until \
+                 Retry-After has passed"
+                    .into()
+            }
             ApiError::AdminUnauthorized => {
                 "missing or wrong admin token (send Authorization: Bearer <the COURIER_ADMIN_TOKEN>)".into()
             }
@@ -180,6 +188,7 @@ impl ApiError {
         match self {
             ApiError::Pipeline(error) => error.retryable(),
             ApiError::ClientConcurrencyExceeded(_)
+            | ApiError::AuthLockedOut(_)
             | ApiError::RequestBodyTimeout(_)
             | ApiError::RequestHeadTimeout(_)
             | ApiError::JobStoreUnavailable
@@ -192,6 +201,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::Pipeline(error) => error.retry_after(),
+            ApiError::AuthLockedOut(wait) => Some(*wait),
             ApiError::JobStoreUnavailable | ApiError::JobStoreUnreadable | ApiError::ClientConcurrencyExceeded(_) => {
                 Some(Duration::from_secs(1))
             }
@@ -241,6 +251,7 @@ impl ApiError {
             ApiError::InvalidJson(String::new()),
             ApiError::InvalidRequest(Cow::Borrowed("")),
             ApiError::Unauthorized,
+            ApiError::AuthLockedOut(wait),
             ApiError::NotFound,
             ApiError::MethodNotAllowed(HeaderValue::from_static("GET")),
             ApiError::PayloadTooLarge(0),
@@ -268,6 +279,7 @@ impl ApiError {
                 | ApiError::InvalidRequest(_)
                 | ApiError::Pipeline(_)
                 | ApiError::Unauthorized
+                | ApiError::AuthLockedOut(_)
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed(_)
                 | ApiError::PayloadTooLarge(_)
@@ -339,6 +351,7 @@ mod tests {
             (ApiError::PayloadTooLarge(10), 413, "payload_too_large"),
             (ApiError::HeadersTooLarge(10), 431, "headers_too_large"),
             (ApiError::ClientConcurrencyExceeded(4), 429, "client_concurrency_exceeded"),
+            (ApiError::AuthLockedOut(Duration::from_secs(30)), 429, "auth_locked_out"),
             (ApiError::RequestBodyTimeout(Duration::from_secs(1)), 408, "request_body_timeout"),
             (ApiError::RequestHeadTimeout(Duration::from_secs(1)), 408, "request_head_timeout"),
             (ApiError::Pipeline(pipeline::Error::Failed(Outcome::TooLarge)), 502, "upstream_response_too_large"),

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admin_lock;
+mod admin_lockout;
 mod admin_quota;
 pub mod body;
 pub mod connection;

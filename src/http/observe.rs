@@ -25,9 +25,20 @@ type ByRoute = HashMap<(Route, u16), (IntCounter, Histogram), Hasher>;
 #[derive(Default)]
 pub struct RequestMetrics {
     children: RefCell<HashMap<Box<str>, ByRoute, Hasher>>,
+    /// Each client's upstream attempts counter.
+    attempts: RefCell<HashMap<Box<str>, IntCounter, Hasher>>,
 }
 
 impl RequestMetrics {
+    /// Counts `attempts` upstream attempts made for `client`.
+    fn spent(&self, metrics: &Metrics, client: &str, attempts: u32) {
+        let mut children = self.attempts.borrow_mut();
+        if !children.contains_key(client) {
+            children.insert(client.into(), metrics.security.client_attempts.with_label_values(&[client]));
+        }
+        children.get(client).expect("inserted above").inc_by(u64::from(attempts));
+    }
+
     fn record(&self, metrics: &Metrics, route: Route, status: StatusCode, client: &str, seconds: f64) {
         let mut children = self.children.borrow_mut();
         if !children.contains_key(client) {
@@ -81,7 +92,14 @@ pub struct Inbound<'a> {
 /// Logs and counts one answered inbound request.
 pub fn inbound(worker: &Worker, mut event: Inbound<'_>) {
     let elapsed = event.started.elapsed().as_secs_f64();
-    worker.request_metrics.record(&worker.shared.metrics, event.route, event.status, event.client, elapsed);
+    let metrics = &worker.shared.metrics;
+    worker.request_metrics.record(metrics, event.route, event.status, event.client, elapsed);
+    if event.attempts > 0 {
+        worker.request_metrics.spent(metrics, event.client, event.attempts);
+    }
+    if let Some(code) = event.error.filter(|_| event.status.is_client_error()) {
+        metrics.security.refusals.with_label_values(&[event.client, code]).inc();
+    }
     let ids = LogIds::of(event.span.as_deref());
     if let Some(span) = event.span.take() {
         end_server_span(*span, &event);
@@ -122,4 +140,25 @@ fn end_server_span(mut span: Span, event: &Inbound<'_>) {
         }
     }
     span.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::http::ApiError;
+    use crate::metrics::{CLIENT_REFUSAL_CODES, UNKNOWN_REFUSAL_CODES};
+
+    /// `courier_http_refusals_total{code}` has a series from the start for every 4xx code courier
+    /// answers through a handler (`request_head_timeout` is answered by the socket guard).
+    #[test]
+    fn every_4xx_code_has_its_refusal_series() {
+        for error in ApiError::every() {
+            let code = error.code();
+            if error.status().is_client_error() && !matches!(code, "request_head_timeout" | "admin_unauthorized") {
+                assert!(
+                    CLIENT_REFUSAL_CODES.contains(&code) || UNKNOWN_REFUSAL_CODES.contains(&code),
+                    "{code} has no courier_http_refusals_total series"
+                );
+            }
+        }
+    }
 }

@@ -16,6 +16,7 @@ use crate::config::{Clients, Config};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Credentials;
+use crate::security::{Source, SourceClass};
 
 /// State shared by all threads; read-only or internally synchronised.
 pub struct Shared {
@@ -48,6 +49,8 @@ pub struct Shared {
     pub in_flight: InFlight,
     /// Traces (off without an OTLP endpoint).
     pub tracing: crate::trace::Tracing,
+    /// The lockout of sources that keep presenting wrong keys (`None`: off, or no clients file).
+    pub lockout: Option<Arc<crate::security::Lockout>>,
 }
 
 /// Who is calling: a client of the clients file, or anyone when courier runs open.
@@ -107,7 +110,8 @@ impl Worker {
 
     /// Identifies the caller by `Authorization: Bearer <key>` when clients are configured.
     /// Reads this thread's copy of the client list, renewed only after a reload (one atomic
-    /// load per request to notice one).
+    /// load per request to notice one). A source locked out for wrong keys is refused first,
+    /// before any key is compared (whatever key it sends); a missing or wrong key is counted.
     pub fn identify(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
         let cell = &self.shared.credentials.clients;
         let mut local = self.clients.borrow_mut();
@@ -118,12 +122,22 @@ impl Worker {
         let Some(clients) = local.1.as_ref() else {
             return Ok(Caller::Open);
         };
-        let key = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        clients.authenticate(key).map(|(i, name)| Caller::Known(i, name)).ok_or(ApiError::Unauthorized)
+        let peer = req.peer_addr().map(|peer| peer.ip());
+        let lockout = self.shared.lockout.as_ref().zip(peer);
+        if let Some((lockout, ip)) = lockout {
+            lockout.check(ip).map_err(ApiError::AuthLockedOut)?;
+        }
+        let key = req.headers().get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if let Some((i, name)) = key.and_then(|key| clients.authenticate(key)) {
+            return Ok(Caller::Known(i, name));
+        }
+        let reason = if key.is_some() { "wrong_key" } else { "missing_key" };
+        let class = peer.map_or(SourceClass::Loopback, |ip| Source::of(ip).class());
+        self.shared.metrics.security.auth_failures.with_label_values(&[reason, class.as_str()]).inc();
+        if let (Some((lockout, ip)), Some(_)) = (lockout, key) {
+            lockout.failed(ip);
+        }
+        Err(ApiError::Unauthorized)
     }
 
     /// The name a job is owned by: the client's, or none in open mode.

@@ -312,6 +312,11 @@ async fn execute(state: &State, mut job: Job, trace: Parent) -> Job {
     let outcome = loop {
         let served = state.pipeline.serve(request.clone()).await;
         job.doc.attempts += served.attempts;
+        if served.attempts > 0 {
+            // The client's spending (`security::spend`): its name from the clients file, or open.
+            let client = job.owner.as_deref().unwrap_or(crate::metrics::OPEN_CLIENT);
+            state.metrics.security.client_attempts.with_label_values(&[client]).inc_by(u64::from(served.attempts));
+        }
         match served.result {
             Ok(entry) => break Ok(entry),
             Err(error) => match passing(&error) {

@@ -295,10 +295,11 @@ fn identified_statuses(route: Route) -> &'static [u16] {
 }
 
 /// The statuses a route answers before the caller is known: a head over the size limit, and,
-/// with a clients file, a missing or wrong key (the OpenAPI document needs none).
+/// with a clients file, a missing or wrong key and a locked-out source (the OpenAPI document
+/// needs none).
 fn unknown_statuses(route: Route, keys: bool) -> &'static [u16] {
     match (route, keys) {
-        (Route::Process | Route::Status, true) => &[401, 431],
+        (Route::Process | Route::Status, true) => &[401, 429, 431],
         (Route::Process | Route::Status, false) => &[431],
         (Route::OpenApi, true) => &[200],
         (Route::OpenApi, false) => &[],
@@ -366,6 +367,7 @@ impl Metrics {
                 self.config_reloads.with_label_values(&[result.as_str(), trigger.as_str()]);
             }
         }
+        self.security.create_known_label_sets();
     }
 
     /// Creates the request series of every client named in the clients file (`None`: no
@@ -379,6 +381,7 @@ impl Metrics {
             }
             self.add_request_series(route, unknown_statuses(route, clients.is_some()), UNKNOWN_CLIENT);
         }
+        self.add_client_security(clients);
     }
 
     fn add_request_series(&self, route: Route, statuses: &[u16], client: &str) {

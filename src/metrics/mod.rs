@@ -13,8 +13,12 @@ pub mod labels;
 mod labels_tests;
 mod quota;
 mod registrar;
+mod security;
 
 pub use labels::*;
+pub use security::{
+    SecurityMetrics, AUTH_FAILURE_REASONS, CLIENT_REFUSAL_CODES, LOCKOUT_EVENTS, SOURCE_CLASSES, UNKNOWN_REFUSAL_CODES,
+};
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
@@ -136,7 +140,7 @@ pub struct Metrics {
     /// `degraded`: Redis failing, replica on its own), else 0.
     pub shared_state: IntGaugeVec,
     /// Failed or timed-out Redis calls, by operation (shared state: `budget_*`, `token_*`,
-    /// `cache_*`, `quota_*`, `fleet_*`; the job store: `job_*`).
+    /// `cache_*`, `quota_*`, `fleet_*`, `lockout_*`; the job store: `job_*`).
     pub redis_errors: IntCounterVec,
     /// Redis calls refused by Redis's ACL or in the TLS handshake, by reason (`acl_wrongpass`:
     /// the user or password is not accepted; `acl_noauth`; `acl_noperm`; `tls_*`: a certificate
@@ -170,6 +174,8 @@ pub struct Metrics {
     /// Trace spans by what became of them (`exported`, `failed`: the export was refused or did
     /// not arrive, `dropped`: the export queue was full); all 0 while tracing is off.
     pub trace_spans: IntCounterVec,
+    /// Suspicious activity: failed authentications, lockouts, refusals per client, spending.
+    pub security: SecurityMetrics,
 }
 
 impl Metrics {

@@ -290,7 +290,7 @@ impl Metrics {
             ),
             redis_errors: r.counter_vec(
                 "redis_errors_total",
-                "Failed or timed-out Redis calls, by operation (shared state: budget_*, token_*, cache_*, quota_*, fleet_*; the job store: job_*).",
+                "Failed or timed-out Redis calls, by operation (shared state: budget_*, token_*, cache_*, quota_*, fleet_*, lockout_*; the job store: job_*).",
                 &["operation"],
             ),
             redis_refusals: r.counter_vec(
@@ -344,6 +344,7 @@ impl Metrics {
                 "Trace spans by what became of them (exported; failed: the export was refused or did not arrive; dropped: the export queue was full); all 0 while tracing is off.",
                 &["result"],
             ),
+            security: super::security::SecurityMetrics::register(&r),
             registry: r.0.clone(),
             names: Vec::new(),
         };

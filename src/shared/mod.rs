@@ -32,6 +32,7 @@ pub mod endpoint;
 pub mod fleet;
 pub mod follow;
 pub mod keys;
+pub mod lockout;
 pub mod quota;
 pub mod refusal;
 pub mod rotating;
@@ -54,7 +55,7 @@ pub use endpoint::{ConnectError, RedisEndpoint};
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The `operation` label values of shared-state calls in `courier_redis_errors_total`.
-const OPERATIONS: [&str; 18] = [
+const OPERATIONS: [&str; 21] = [
     "budget_acquire",
     "budget_pause",
     "budget_cap",
@@ -73,6 +74,9 @@ const OPERATIONS: [&str; 18] = [
     "quota_read",
     "fleet_heartbeat",
     "fleet_leave",
+    "lockout_fail",
+    "lockout_lift",
+    "lockout_list",
 ];
 
 /// Creates the `courier_redis_errors_total` series of `operations` at 0.

@@ -9,6 +9,7 @@ pub mod prometheus;
 pub mod quota;
 pub mod receiver;
 pub mod redis;
+pub mod security;
 pub mod sentinel;
 
 use std::rc::Rc;

@@ -29,6 +29,7 @@ pub fn process_errors() -> Vec<ApiError> {
         ApiError::InvalidCallbackUrl(String::new()),
         ApiError::CallbacksUnavailable,
         ApiError::Unauthorized,
+        ApiError::AuthLockedOut(wait),
         ApiError::RequestIdInUse,
         ApiError::PayloadTooLarge(0),
         ApiError::UnsupportedMediaType,
@@ -47,6 +48,7 @@ pub fn status_errors() -> Vec<ApiError> {
     vec![
         ApiError::InvalidRequest("".into()),
         ApiError::Unauthorized,
+        ApiError::AuthLockedOut(std::time::Duration::from_secs(1)),
         ApiError::NotFound,
         ApiError::JobStoreUnreadable,
         ApiError::HeadersTooLarge(0),
@@ -165,7 +167,7 @@ impl IntoResponses for ProcessResponses {
         let accepted = with_status_link(with_rate_headers(accepted));
         let mut responses = error_responses(&process_errors(), |error, response| match error {
             // The caller is not known: there is no share to report.
-            ApiError::Unauthorized => response,
+            ApiError::Unauthorized | ApiError::AuthLockedOut(_) => response,
             _ => with_cache_headers(with_rate_headers(response)),
         });
         responses.insert("200".into(), ok.into());
