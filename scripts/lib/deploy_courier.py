@@ -21,21 +21,41 @@ DEFAULTS = {"COURIER_SHUTDOWN_GRACE": 30.0, "COURIER_REQUEST_DEADLINE": 30.0}
 
 def known_variables():
     """The variables courier reads: named in README.md's configuration table (with `/ `_FILE``
-    where a file may hold the value) and read in src/config/. Returns (known, problems)."""
+    where a file may hold the value) and read in src/config/. Returns (known, problems).
+
+    A row's first cell names one variable, or several related ones: `A_B_C` / `_D` / `_E_F`
+    (a suffix replaces as many trailing words of the first name as makes a variable that
+    src/config/ reads: `COURIER_BREAKER_OPEN` / `_OPEN_MAX` names COURIER_BREAKER_OPEN_MAX), or
+    full names separated by ` / `, `, ` or ` + `."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
-    section = readme.split("\n## Configuration\n", 1)[-1].split("\n## ", 1)[0]
-    documented = {}
-    for line in section.splitlines():
-        m = re.match(r"^\| `([A-Z][A-Z0-9_]*)`( / `_FILE`)? \|", line)
-        if m:
-            documented[m.group(1)] = bool(m.group(2))
     code = ""
     for path in glob.glob(os.path.join(ROOT, "src/config/**/*.rs"), recursive=True):
         if not path.endswith("tests.rs"):
             with open(path, encoding="utf-8") as f:
                 code += f.read()
     read = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', code))
+    section = readme.split("\n## Configuration\n", 1)[-1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        m = re.match(r"^\| ((?:`[A-Z_][A-Z0-9_]*`(?: / |, | \+ )?)+) \|", line)
+        if not m:
+            continue
+        names = re.findall(r"`([A-Z_][A-Z0-9_]*)`", m.group(1))
+        first = None
+        for name in names:
+            if not name.startswith("_"):
+                first = name
+                documented[name] = False
+            elif name == "_FILE" and first:
+                documented[first] = True
+            elif first:
+                words = first.split("_")
+                for k in range(1, len(words)):
+                    candidate = "_".join(words[:-k]) + name
+                    if candidate in read:
+                        documented[candidate] = False
+                        break
     known = set()
     for name, has_file in documented.items():
         if name in read:
