@@ -14,12 +14,14 @@ mod admin;
 mod clients;
 mod errors;
 mod limits;
+mod listener_tls;
 mod pem;
 mod quota;
 mod reader;
 mod redis_ha;
 mod redis_tls;
 mod sections;
+mod tls_names;
 mod tracing;
 
 use std::fmt;
@@ -34,6 +36,7 @@ pub use admin::{is_loopback, token_fingerprint, token_problem, AdminConfig, Admi
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
 pub use errors::{ConfigError, ConfigErrors};
 pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
+pub use listener_tls::{ClientAuth, ListenerTls, LoadedTls, ServerTls, TlsFiles, TlsProblem, TlsVars};
 pub use pem::load_ca_file;
 pub use quota::{Pacing, QuotaConfig, QuotaSpec, WindowKind};
 pub use reader::{read_secret_file, Env, Layered, MapEnv, ProcessEnv};
@@ -41,6 +44,7 @@ use reader::{FileValues, Reader};
 pub use redis_ha::RedisHaConfig;
 pub use redis_tls::{RedisClientCert, RedisTls};
 pub use sections::{BreakerConfig, JobsConfig};
+pub use tls_names::{PeerNames, TlsName};
 pub use tracing::{SamplerChoice, TracingConfig};
 
 /// Where a secret came from, kept so that a reload can read it again.
@@ -147,6 +151,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// Quota windows, pacing and where counts are kept (`EXTERNAL_API_QUOTAS` and others).
     pub quota: QuotaConfig,
+    /// TLS on the gateway and admin listeners (`COURIER_TLS_*`, `COURIER_ADMIN_TLS_*`).
+    pub tls: ServerTls,
 }
 
 impl fmt::Debug for Config {
@@ -194,6 +200,7 @@ impl fmt::Debug for Config {
             .field("admin", &self.admin)
             .field("tracing", &self.tracing)
             .field("quota", &self.quota)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -316,6 +323,7 @@ impl Config {
         );
         let tracing = TracingConfig::read(r);
         let quota = QuotaConfig::read(r, redis_url.is_some());
+        let tls = ServerTls::read(r);
         Config {
             base_url,
             token_url,
@@ -362,6 +370,7 @@ impl Config {
             admin,
             tracing,
             quota,
+            tls,
         }
     }
 }
@@ -400,6 +409,12 @@ pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
     let mut r = Reader::new(env, &no_file);
     let addr = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
     r.finish().map(|()| addr)
+}
+
+/// `COURIER_ADMIN_TLS_CERT_FILE` alone, for `courier probe`: when the admin listener serves
+/// HTTPS, the probe asks over TLS and trusts exactly this certificate.
+pub fn admin_tls_cert(env: &dyn Env) -> Option<PathBuf> {
+    env.var(listener_tls::ADMIN_VARS.cert).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// A valid minimal environment plus `pairs` (tests of every config part start from it).

@@ -12,7 +12,7 @@ use super::limits::{self, InFlight, InFlightGuard};
 use crate::actors::budget::BudgetShared;
 use crate::actors::{Breaker, TokenCell};
 use crate::cache::ResponseCache;
-use crate::config::{Clients, Config};
+use crate::config::{Clients, Config, PeerNames};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Credentials;
@@ -105,9 +105,11 @@ impl Worker {
         Worker { shared, pipeline, request_metrics: Default::default(), log, clients }
     }
 
-    /// Identifies the caller by `Authorization: Bearer <key>` when clients are configured.
-    /// Reads this thread's copy of the client list, renewed only after a reload (one atomic
-    /// load per request to notice one).
+    /// Identifies the caller by `Authorization: Bearer <key>`, or by the verified TLS client
+    /// certificate of its connection (see [`super::tls`]), when clients are configured. With
+    /// both, they must name the same client; a key decides alone, a wrong key is never saved by
+    /// a certificate. Reads this thread's copy of the client list, renewed only after a reload
+    /// (one atomic load per request to notice one).
     pub fn identify(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
         let cell = &self.shared.credentials.clients;
         let mut local = self.clients.borrow_mut();
@@ -118,12 +120,13 @@ impl Worker {
         let Some(clients) = local.1.as_ref() else {
             return Ok(Caller::Open);
         };
-        let key = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        clients.authenticate(key).map(|(i, name)| Caller::Known(i, name)).ok_or(ApiError::Unauthorized)
+        let key = req.headers().get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let by_certificate = || req.conn_data::<PeerNames>().and_then(|names| clients.by_certificate(names));
+        let known = match key {
+            Some(key) => clients.authenticate(key).filter(|(i, _)| by_certificate().is_none_or(|(c, _)| c == *i)),
+            None => by_certificate(),
+        };
+        known.map(|(i, name)| Caller::Known(i, name)).ok_or(ApiError::Unauthorized)
     }
 
     /// The name a job is owned by: the client's, or none in open mode.

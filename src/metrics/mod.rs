@@ -166,6 +166,11 @@ pub struct Metrics {
     /// Trace spans by what became of them (`exported`, `failed`: the export was refused or did
     /// not arrive, `dropped`: the export queue was full); all 0 while tracing is off.
     pub trace_spans: IntCounterVec,
+    /// TLS handshakes on the gateway listener, by result (`ok`; `no_client_certificate`,
+    /// `bad_client_certificate`: expired, from another CA, not for client use; `incompatible`:
+    /// an old protocol version, no common cipher suite or ALPN protocol, not TLS at all;
+    /// `timeout`; `failed`: anything else, e.g. the caller hung up).
+    pub tls_handshakes: IntCounterVec,
 }
 
 impl Metrics {

@@ -25,6 +25,7 @@
 //! File reads and `stat`s run on the blocking pool, never on an arbiter thread.
 
 pub mod sources;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,6 +38,7 @@ use tokio::sync::mpsc;
 
 pub use crate::published::Published;
 pub use sources::{Problem, Read, Sources, Stamps};
+pub use tls::TlsCells;
 
 use crate::actors::{SetClientSecret, TokenManager};
 use crate::config::{AdminToken, Clients, Config};
@@ -79,6 +81,8 @@ pub struct Targets {
     pub callback_secret: Option<SecretCell>,
     /// The quota windows, whose allocations follow the clients file.
     pub quota: Option<Arc<crate::actors::quota::Quota>>,
+    /// The listeners' TLS material.
+    pub tls: TlsCells,
 }
 
 /// The values in use, to tell what a reload changed.
@@ -88,6 +92,7 @@ struct Current {
     callback_secret: Option<SecretString>,
     clients: Option<Clients>,
     admin_token: Option<SecretString>,
+    tls: tls::TlsCurrent,
 }
 
 struct Request {
@@ -128,6 +133,7 @@ impl Reloader {
             callback_secret: config.jobs.callback_secret.clone(),
             clients: config.clients.clone(),
             admin_token: config.admin.token.clone(),
+            tls: tls::TlsCurrent::from_config(config),
         };
         Reloader {
             stamps: sources.stamps(),
@@ -257,6 +263,7 @@ impl Reloader {
             self.current.clients = Some(clients);
             changed.push("clients");
         }
+        self.current.tls.apply(&self.targets.tls, read.tls, &mut changed);
         self.count(trigger, ReloadResult::Ok);
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         self.metrics.config_last_reload_success.set(unix);

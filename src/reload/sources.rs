@@ -35,6 +35,8 @@ pub struct Sources {
     pub clients: Option<PathBuf>,
     /// `COURIER_ADMIN_TOKEN_FILE`.
     pub admin_token: Option<PathBuf>,
+    /// The listeners' certificates, keys and client CA (`COURIER_TLS_*`, `COURIER_ADMIN_TLS_*`).
+    pub tls: super::tls::TlsSources,
 }
 
 /// The variable names of the sources, in [`Sources::files`] order.
@@ -72,6 +74,8 @@ pub struct Read {
     pub clients: Option<Clients>,
     /// The admin token.
     pub admin_token: Option<SecretString>,
+    /// The listeners' TLS material.
+    pub tls: super::tls::TlsRead,
 }
 
 /// What `stat` says about one file; equal stamps mean the file was not replaced or written.
@@ -102,6 +106,7 @@ impl Sources {
             callback_secret: jobs.callback_secret.as_ref().and_then(|_| file(&jobs.callback_secret_source)),
             clients: config.clients_file.clone(),
             admin_token: config.admin.token.as_ref().and_then(|_| file(&config.admin.token_source)),
+            tls: super::tls::TlsSources::from_config(config),
         }
     }
 
@@ -116,6 +121,7 @@ impl Sources {
         ]
         .into_iter()
         .filter_map(|(var, path)| path.as_deref().map(|p| (var, p)))
+        .chain(self.tls.files())
         .collect()
     }
 
@@ -154,8 +160,9 @@ impl Sources {
                 None
             }
         });
+        let tls = self.tls.read(&mut problems);
         if problems.is_empty() {
-            Ok(Read { client_secret, api_key, callback_secret, clients, admin_token })
+            Ok(Read { client_secret, api_key, callback_secret, clients, admin_token, tls })
         } else {
             Err(problems)
         }
@@ -220,6 +227,7 @@ mod tests {
             callback_secret: Some(dir.write("callback", "whsec")),
             clients: Some(dir.write("clients.toml", &clients_file("k-billing"))),
             admin_token: Some(dir.write("admin", "admin-token-0123456789\n")),
+            ..Sources::default()
         };
         let read = sources.read().unwrap_or_else(|p| panic!("{p:?}"));
         assert_eq!(read.admin_token.unwrap().expose_secret(), "admin-token-0123456789");
@@ -238,6 +246,7 @@ mod tests {
             callback_secret: Some(dir.0.join("missing")),
             clients: Some(dir.write("clients.toml", "[[client]]\nname = \"x\"\n")),
             admin_token: Some(dir.write("admin", "short-admin")),
+            ..Sources::default()
         };
         let problems = sources.read().err().expect("nothing valid");
         let vars: Vec<&str> = problems.iter().map(|p| p.var).collect();

@@ -9,6 +9,7 @@ pub mod quota;
 pub mod receiver;
 pub mod redis;
 pub mod sentinel;
+pub mod tls;
 
 use std::rc::Rc;
 use std::sync::Arc;
