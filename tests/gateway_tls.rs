@@ -311,7 +311,9 @@ fn a_bad_file_at_start_is_one_line_naming_its_variable_and_exit_code_2() {
     std::fs::write(&not_pem, "hello\n").unwrap();
     let missing = pki.path("missing.pem");
     let (cert, key) = (good.cert.as_path(), good.key.as_path());
-    let cases: Vec<(Vec<(&str, &Path)>, &str, &str)> = vec![
+    // The variables set, the variable named in the one line, and what it says.
+    type Case<'a> = (Vec<(&'a str, &'a Path)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![("COURIER_TLS_CERT_FILE", &not_pem), ("COURIER_TLS_KEY_FILE", key)],
             "COURIER_TLS_CERT_FILE",

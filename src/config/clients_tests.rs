@@ -134,3 +134,49 @@ fn debug_redacts_hashes() {
     assert!(!shown.contains(&key_sha256_hex("k1")));
     assert!(shown.contains("REDACTED"));
 }
+
+fn peer(uris: &[&str], dns: &[&str], cns: &[&str]) -> PeerNames {
+    let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    PeerNames { uris: own(uris), dns: own(dns), common_names: own(cns) }
+}
+
+#[test]
+fn clients_are_identified_by_certificate_names_with_or_without_a_key() {
+    let text = format!(
+        "[[client]]\nname = \"alpha\"\nkey_sha256 = \"{}\"\ntls_names = [\"spiffe://t/alpha\"]\n\
+         [[client]]\nname = \"beta\"\ntls_names = [\"beta.svc\", \"CN=beta\"]\n",
+        key_sha256_hex("k-alpha")
+    );
+    let clients = Clients::parse(&text).unwrap();
+    assert_eq!(clients.authenticate(b"k-alpha"), Some((0, "alpha")));
+    assert_eq!(clients.by_certificate(&peer(&["spiffe://t/alpha"], &[], &[])), Some((0, "alpha")));
+    assert_eq!(clients.by_certificate(&peer(&[], &["BETA.svc"], &[])), Some((1, "beta")));
+    assert_eq!(clients.by_certificate(&peer(&[], &[], &["beta"])), Some((1, "beta")));
+    assert_eq!(clients.by_certificate(&peer(&[], &["other.svc"], &["alpha"])), None, "no client's names");
+    let both = peer(&["spiffe://t/alpha"], &["beta.svc"], &[]);
+    assert_eq!(clients.by_certificate(&both), None, "a certificate naming two clients identifies nobody");
+    assert!(clients.any_tls_names());
+    assert!(format!("{clients:?}").contains("CN=beta"), "names are not secrets: shown");
+
+    // A reload that removes beta leaves a tombstone no certificate matches; one that changes
+    // alpha's names is a change.
+    let next = format!(
+        "[[client]]\nname = \"alpha\"\nkey_sha256 = \"{}\"\ntls_names = [\"spiffe://t/alpha-2\"]\n",
+        key_sha256_hex("k-alpha")
+    );
+    let after = clients.merged(Clients::parse(&next).unwrap());
+    assert!(!after.same_as(&clients));
+    assert_eq!(after.by_certificate(&peer(&[], &["beta.svc"], &[])), None);
+    assert!(!after.entries()[1].is_active());
+    assert_eq!(after.by_certificate(&peer(&["spiffe://t/alpha-2"], &[], &[])), Some((0, "alpha")));
+}
+
+#[test]
+fn certificate_names_are_checked() {
+    let refused = |text: &str| Clients::parse(text).map(|_| ()).unwrap_err();
+    assert_eq!(refused("[[client]]\nname = \"a\"\n"), r#"client "a" has neither key_sha256 nor tls_names"#);
+    assert!(refused("[[client]]\nname = \"a\"\ntls_names = [\"not a name\"]\n").contains(r#"client "a" has a bad"#));
+    let twice =
+        "[[client]]\nname = \"a\"\ntls_names = [\"x.svc\"]\n[[client]]\nname = \"b\"\ntls_names = [\"X.svc\"]\n";
+    assert_eq!(refused(twice), r#"clients "a" and "b" both list tls_name x.svc"#);
+}

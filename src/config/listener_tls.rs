@@ -290,3 +290,77 @@ fn read_key(path: &Path, digest: &mut Sha256) -> Result<PrivateKeyDer<'static>, 
         _ => format!("{} is not a valid PEM private key", path.display()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{test_env, Config};
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A self-signed certificate and its key, as files in a directory of their own.
+    fn files(test: &str) -> (Dir, String, String) {
+        let dir = std::env::temp_dir().join(format!("courier-listener-tls-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (Dir(dir), cert_file.display().to_string(), key_file.display().to_string())
+    }
+
+    fn errors(pairs: &[(&str, &str)]) -> String {
+        Config::from_sources(&test_env(pairs), None).map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn plain_by_default_and_tls_with_both_files() {
+        let plain = Config::from_sources(&test_env(&[]), None).unwrap();
+        assert!(plain.tls.gateway.is_none() && plain.tls.admin.is_none());
+        let (_dir, cert, key) = files("both");
+        let env = [
+            ("COURIER_TLS_CERT_FILE", cert.as_str()),
+            ("COURIER_TLS_KEY_FILE", key.as_str()),
+            ("COURIER_TLS_CLIENT_CA_FILE", cert.as_str()),
+            ("COURIER_TLS_CLIENT_AUTH", "optional"),
+            ("COURIER_ADMIN_TLS_CERT_FILE", cert.as_str()),
+            ("COURIER_ADMIN_TLS_KEY_FILE", key.as_str()),
+        ];
+        let config = Config::from_sources(&test_env(&env), None).unwrap();
+        let gateway = config.tls.gateway.as_ref().unwrap();
+        assert_eq!(gateway.files.client_auth, ClientAuth::Optional);
+        assert!(gateway.loaded.client_verifier.is_some());
+        let server = gateway.loaded.server_config(None);
+        assert_eq!(server.alpn_protocols, [b"http/1.1".to_vec()]);
+        assert!(config.tls.admin.as_ref().unwrap().loaded.client_verifier.is_none());
+        let shown = format!("{config:?}");
+        assert!(shown.contains("key: \"[REDACTED]\"") && !shown.contains("PRIVATE"), "{shown}");
+        assert_eq!(gateway.files.load().unwrap().digest, gateway.loaded.digest, "the same files, the same digest");
+    }
+
+    #[test]
+    fn client_auth_needs_a_client_ca_and_a_known_value() {
+        let (_dir, cert, key) = files("auth");
+        let tls = [("COURIER_TLS_CERT_FILE", cert.as_str()), ("COURIER_TLS_KEY_FILE", key.as_str())];
+        let without_ca = errors(&[tls[0], tls[1], ("COURIER_TLS_CLIENT_AUTH", "optional")]);
+        assert_eq!(
+            without_ca,
+            "COURIER_TLS_CLIENT_AUTH: is set without COURIER_TLS_CLIENT_CA_FILE (expected: required or optional, with COURIER_TLS_CLIENT_CA_FILE)"
+        );
+        let bad =
+            errors(&[tls[0], tls[1], ("COURIER_TLS_CLIENT_CA_FILE", &cert), ("COURIER_TLS_CLIENT_AUTH", "maybe")]);
+        assert!(bad.starts_with("COURIER_TLS_CLIENT_AUTH: ") && bad.lines().count() == 1, "{bad}");
+        let key_alone = errors(&[("COURIER_ADMIN_TLS_KEY_FILE", &key)]);
+        assert!(
+            key_alone.starts_with("COURIER_ADMIN_TLS_KEY_FILE: is set without COURIER_ADMIN_TLS_CERT_FILE"),
+            "{key_alone}"
+        );
+    }
+}

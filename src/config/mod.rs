@@ -32,7 +32,7 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 
-pub use admin::{is_loopback, token_fingerprint, token_problem, AdminConfig, AdminToken};
+pub use admin::{admin_listen, admin_tls_cert, is_loopback, token_fingerprint, token_problem, AdminConfig, AdminToken};
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
 pub use errors::{ConfigError, ConfigErrors};
 pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
@@ -400,21 +400,6 @@ fn parse_level(s: &str) -> Option<slog::Level> {
         "critical" | "crit" => Some(slog::Level::Critical),
         _ => None,
     }
-}
-
-/// `COURIER_ADMIN_LISTEN` alone, read and checked as `serve` reads it, for `courier probe`: a
-/// health check asks the admin listener and must not fail on settings it does not use.
-pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
-    let no_file = FileValues::default();
-    let mut r = Reader::new(env, &no_file);
-    let addr = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
-    r.finish().map(|()| addr)
-}
-
-/// `COURIER_ADMIN_TLS_CERT_FILE` alone, for `courier probe`: when the admin listener serves
-/// HTTPS, the probe asks over TLS and trusts exactly this certificate.
-pub fn admin_tls_cert(env: &dyn Env) -> Option<PathBuf> {
-    env.var(listener_tls::ADMIN_VARS.cert).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// A valid minimal environment plus `pairs` (tests of every config part start from it).
