@@ -232,10 +232,9 @@ impl Gateway {
             shutdown_grace_secs: grace_secs,
         };
         let tls = TlsCells::from_config(&config);
-        let handshakes = tls
-            .gateway
-            .clone()
-            .map(|cell| http::tls::Handshakes::new(cell, limits.client_header_timeout, &gateway.shared.metrics));
+        let handshakes = tls.gateway.clone().map(|cell| {
+            http::tls::Handshakes::new(cell, limits.client_header_timeout, &gateway.shared.metrics, &gateway.shared.log)
+        });
         let server = http::connection::server(listener, &how, guard, handshakes, factory).map_err(bind_error)?;
 
         let admin_shared = web::Data::new(gateway.shared.clone());

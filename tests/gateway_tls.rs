@@ -34,9 +34,10 @@ fn clients_file(pki: &Pki) -> String {
 }
 
 /// A courier serving TLS with `server`'s files, asking for client certificates of `client_ca`
-/// (`auth`: required or optional).
+/// (`auth`: required or optional), logging from debug level on.
 async fn start(pki: &Pki, server: &support::tls::Leaf, client_ca: &Path, auth: &str) -> Pair {
     PairBuilder::default()
+        .log_level("debug")
         .env("COURIER_TLS_CERT_FILE", server.cert.display().to_string())
         .env("COURIER_TLS_KEY_FILE", server.key.display().to_string())
         .env("COURIER_TLS_CLIENT_CA_FILE", client_ca.display().to_string())
@@ -138,7 +139,16 @@ async fn expired_foreign_and_missing_client_certificates_are_refused_in_the_hand
     expect_handshakes(&pair, "ok", 1.0).await;
     let stats = pair.sim.stats();
     assert_eq!(stats.process.total, 1, "no refused caller reached the upstream: {stats:?}");
-    pair.stop().await;
+    let logs = pair.stop().await;
+    let failed: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["event"] == "tls_handshake_failed")
+        .map(|l| format!("{} {}", l["result"].as_str().unwrap(), l["error"].as_str().unwrap()))
+        .collect();
+    assert_eq!(failed.len(), 6, "{failed:?}");
+    assert_eq!(failed.iter().filter(|l| l.starts_with("bad_client_certificate ")).count(), 4, "{failed:?}");
+    assert!(failed.iter().any(|l| l.to_ascii_lowercase().contains("expired")), "{failed:?}");
 }
 
 /// A ClientHello of `version` (TLS 1.1: 0x0302, 1.2: 0x0303) without the supported_versions

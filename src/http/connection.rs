@@ -241,7 +241,8 @@ where
                 let (guard, tls) = (guard.clone(), tls.clone());
                 async move {
                     // A failed handshake is counted by `accept`; the connection just ends.
-                    let stream = tls.accept(io).await.map_err(|_| DispatchError::Io(io::ErrorKind::Other.into()))?;
+                    let stream =
+                        tls.accept(io, peer).await.map_err(|_| DispatchError::Io(io::ErrorKind::Other.into()))?;
                     Ok((Guarded::new(stream, guard), peer))
                 }
             })

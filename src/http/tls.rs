@@ -25,6 +25,7 @@ use prometheus::IntCounter;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use slog::{debug, o, Logger};
 use tokio_rustls::server::TlsStream;
 use x509_parser::extensions::GeneralName;
 
@@ -41,6 +42,7 @@ pub struct Handshakes {
     /// The time a new connection has to finish its handshake (`COURIER_CLIENT_HEADER_TIMEOUT`).
     pub timeout: Duration,
     counters: [IntCounter; 6],
+    log: Logger,
 }
 
 /// How a handshake ended, for `courier_tls_handshakes_total{result}`.
@@ -101,23 +103,39 @@ impl HandshakeResult {
 }
 
 impl Handshakes {
-    /// Handshakes with the configuration published in `config`, counted in `metrics`.
-    pub fn new(config: Arc<Published<Arc<ServerConfig>>>, timeout: Duration, metrics: &Metrics) -> Handshakes {
+    /// Handshakes with the configuration published in `config`, counted in `metrics`; a
+    /// failed one is logged at debug level (a scanner's would flood any higher level).
+    pub fn new(
+        config: Arc<Published<Arc<ServerConfig>>>,
+        timeout: Duration,
+        metrics: &Metrics,
+        log: &Logger,
+    ) -> Handshakes {
         let counters = HandshakeResult::ALL.map(|r| metrics.tls_handshakes.with_label_values(&[r.as_str()]));
-        Handshakes { config, timeout, counters }
+        Handshakes { config, timeout, counters, log: log.new(o!("listener" => "gateway")) }
     }
 
-    /// Runs the server side of the handshake on a new connection, with the configuration
-    /// current now, within the timeout.
-    pub async fn accept(&self, io: TcpStream) -> Result<TlsStream<TcpStream>, HandshakeResult> {
+    /// Runs the server side of the handshake on a new connection from `peer`, with the
+    /// configuration current now, within the timeout.
+    pub async fn accept(
+        &self,
+        io: TcpStream,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<TlsStream<TcpStream>, HandshakeResult> {
         let acceptor = tokio_rustls::TlsAcceptor::from((*self.config.load()).clone());
-        let result = match actix_rt::time::timeout(self.timeout, acceptor.accept(io)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(error)) => Err(HandshakeResult::of(&error)),
-            Err(_) => Err(HandshakeResult::Timeout),
+        let (result, error) = match actix_rt::time::timeout(self.timeout, acceptor.accept(io)).await {
+            Ok(Ok(stream)) => (Ok(stream), None),
+            Ok(Err(error)) => (Err(HandshakeResult::of(&error)), Some(error.to_string())),
+            Err(_) => (Err(HandshakeResult::Timeout), None),
         };
         let counted = *result.as_ref().err().unwrap_or(&HandshakeResult::Ok);
         self.counters[counted as usize].inc();
+        if counted != HandshakeResult::Ok {
+            // rustls's words name what was wrong (e.g. "invalid peer certificate: Expired"),
+            // never a certificate's content or a key.
+            debug!(self.log, "tls_handshake_failed"; "result" => counted.as_str(),
+                "peer" => peer.map(|p| p.ip().to_string()), "error" => error);
+        }
         result
     }
 }
