@@ -87,6 +87,14 @@ async fn a_verified_client_certificate_identifies_its_client_and_a_key_still_doe
         assert!(reply.body.contains("OVER TLS"), "{reply:?}");
         assert_eq!(served_to(&pair, client).await, 1.0, "{client} was identified by its certificate");
     }
+    // With client certificates no session is resumed: each connection shows its certificate,
+    // verified again (an expired one is never let in by a session begun before it expired).
+    let config = with(Some(&alpha));
+    let mut first = Conn::open(addr, config.clone()).await.unwrap();
+    assert_eq!(first.process("first", None).await.unwrap().status, 200);
+    let mut second = Conn::open(addr, config).await.unwrap();
+    assert!(!second.resumed());
+    assert_eq!(second.process("second", None).await.unwrap().status, 200);
     // A certificate from the trusted CA that names no client (its CN is beta, but a CN only
     // counts where a client lists CN=...): 401 without a key, like a missing key.
     let reply = one_request(addr, with(Some(&nobody)), None).await.unwrap();
@@ -101,10 +109,10 @@ async fn a_verified_client_certificate_identifies_its_client_and_a_key_still_doe
     assert_eq!(one_request(addr, with(Some(&alpha)), Some("wrong-key")).await.unwrap().status, 401);
     assert_eq!(one_request(addr, with(None), None).await.unwrap().status, 401);
 
-    assert_eq!((served_to(&pair, "alpha").await, served_to(&pair, "gamma").await), (2.0, 2.0));
+    assert_eq!((served_to(&pair, "alpha").await, served_to(&pair, "gamma").await), (4.0, 2.0));
     let unknown = [("route", "process"), ("status", "401"), ("client", "unknown")];
     assert_eq!(pair.metric("courier_http_requests_total", &unknown).await, 4.0);
-    expect_handshakes(&pair, "ok", 9.0).await;
+    expect_handshakes(&pair, "ok", 11.0).await;
     pair.stop().await;
 }
 
@@ -200,12 +208,17 @@ async fn tls_1_2_and_1_3_work_and_nothing_older() {
         (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
         (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
     ] {
-        let mut conn = Conn::open(addr, client_config(&ca_file, None, &[version], H1)).await.unwrap();
+        let config = client_config(&ca_file, None, &[version], H1);
+        let mut conn = Conn::open(addr, config.clone()).await.unwrap();
         assert_eq!(conn.version(), expected);
         assert_eq!(conn.stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
         for i in 0..3 {
             assert_eq!(conn.process(&format!("kept alive {i}"), None).await.unwrap().status, 200);
         }
+        // Without client certificates, a new connection resumes the session.
+        let mut again = Conn::open(addr, config).await.unwrap();
+        assert!(again.resumed(), "{expected:?}");
+        assert_eq!(again.process("resumed", None).await.unwrap().status, 200);
     }
     // The same hand-made hello: as TLS 1.2 it gets a ServerHello, as TLS 1.1 a fatal
     // protocol_version alert.
@@ -219,7 +232,7 @@ async fn tls_1_2_and_1_3_work_and_nothing_older() {
     // Plain HTTP on the TLS port gets no HTTP answer.
     let plain = pair.http.post(pair.url("/api/external/process")).send_json(&support::body("plain")).await;
     assert!(plain.is_err(), "{:?}", plain.map(|r| r.status()));
-    expect_handshakes(&pair, "ok", 2.0).await;
+    expect_handshakes(&pair, "ok", 4.0).await;
     expect_handshakes(&pair, "incompatible", 3.0).await;
     pair.stop().await;
 }

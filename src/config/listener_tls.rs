@@ -263,6 +263,13 @@ impl LoadedTls {
         let resolver = resolver.unwrap_or_else(|| Arc::new(SingleCertAndKey::from(self.certified_key.clone())));
         let mut config = builder.with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if self.client_verifier.is_some() {
+            // A resumed session skips the client certificate's verification and keeps its
+            // identity for up to rustls's 24 h session lifetime, past the certificate's expiry:
+            // with client certificates, every new connection shows and verifies one again.
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         Arc::new(config)
     }
 }
@@ -339,6 +346,7 @@ mod tests {
         assert!(gateway.loaded.client_verifier.is_some());
         let server = gateway.loaded.server_config(None);
         assert_eq!(server.alpn_protocols, [b"http/1.1".to_vec()]);
+        assert_eq!(server.send_tls13_tickets, 0, "with client certificates, no session is resumed");
         assert!(config.tls.admin.as_ref().unwrap().loaded.client_verifier.is_none());
         let shown = format!("{config:?}");
         assert!(shown.contains("key: \"[REDACTED]\"") && !shown.contains("PRIVATE"), "{shown}");

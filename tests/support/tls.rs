@@ -165,6 +165,11 @@ impl Conn {
         self.stream.get_ref().1.peer_certificates().unwrap()[0].clone()
     }
 
+    /// Whether the handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// The negotiated protocol version.
     pub fn version(&self) -> rustls::ProtocolVersion {
         self.stream.get_ref().1.protocol_version().unwrap()
