@@ -371,6 +371,7 @@ backend sim
         codes = ",".join(f"{k}:{v}" for k, v in r["statuses"].items())
         print(f"  {scenario:<22} {name:<18} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f}  p99 {r['p99_ms']:.3f} ms"
               f"  cpu/10k {r['cpu_per_10k']:.3f} s (user {r['user_per_10k']:.3f})  [{codes}] errors {r['errors']}"
+              + (f"  TLS handshakes {r['tls_handshakes']} (resumed {r['tls_resumed']})" if r.get("tls_handshakes") else "")
               + ("  spans/10k " + " ".join(f"{k} {v:.0f}" for k, v in r["spans_per_10k"].items())
                  if "spans_per_10k" in r else ""), flush=True)
 

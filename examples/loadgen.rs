@@ -30,6 +30,10 @@ trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 type Stream = Box<dyn Io>;
 
+/// TLS handshakes made, and how many of them resumed a session.
+static HANDSHAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static RESUMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 struct Options {
     addr: String,
     path: String,
@@ -186,6 +190,10 @@ async fn connect(o: &Options) -> Option<Stream> {
         None => Some(Box::new(stream)),
         Some((config, name)) => {
             let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream).await.ok()?;
+            HANDSHAKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                RESUMED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             Some(Box::new(tls))
         }
     }
@@ -308,6 +316,8 @@ fn main() {
                 "max_ms": percentile(&r.latencies_us, 1.0),
                 "statuses": statuses,
                 "errors": r.errors,
+                "tls_handshakes": HANDSHAKES.load(std::sync::atomic::Ordering::Relaxed),
+                "tls_resumed": RESUMED.load(std::sync::atomic::Ordering::Relaxed),
             })
         );
     });
