@@ -23,6 +23,9 @@
 //! The reloader is a task that owns the current values and the file stamps, fed by a
 //! channel (SIGHUP, [`ReloadHandle::request`]) and a poll timer, so reloads never overlap.
 //! File reads and `stat`s run on the blocking pool, never on an arbiter thread.
+//!
+//! The listeners' certificates, keys and client CA are read in the same all-or-nothing step and
+//! reach new connections only: see [`tls`].
 
 pub mod sources;
 pub mod tls;
