@@ -14,6 +14,11 @@ temporary directory): the cost of the quota stage on the request path.
 With TRACE_RATIOS (e.g. 1.0,0.01), extra pass-through and cache-hit couriers trace at each ratio,
 exporting to bench/otlp_sink.py (its own process, on loopback), and the spans they exported,
 failed and dropped are reported per 10k requests.
+The tls part (PARTS=tls) measures the cost of TLS on the gateway listener on cache hits (so
+that the connection, not the upstream, is the work): plain HTTP and HTTPS, each with keep-alive
+connections and with a new connection per request (`Connection: close`; the latency includes
+connecting and the handshake), HTTPS both with session resumption and with full handshakes. The
+certificates (ECDSA P-256, a CA and a server certificate for 127.0.0.1) are made with openssl.
 Each scenario runs every target in turn (A B C D, A B C D, ...) for several rounds; figures are
 medians with min-max. CPU is the target process's own user+system time from /proc.
 """
@@ -38,8 +43,8 @@ LOADGEN = os.path.join(TARGET_DIR, "release", "examples", "loadgen")
 FLOOR = os.path.join(TARGET_DIR, "release", "examples", "floor")
 SECONDS = float(os.environ.get("SECONDS_PER_RUN", "6"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
-# Which parts to run (all by default): pass, steady, cache, latency, reject, breaker, memory.
-PARTS = set(os.environ.get("PARTS", "pass,steady,cache,latency,reject,breaker,memory").split(","))
+# Which parts to run (all by default): pass, steady, cache, latency, reject, breaker, tls, memory.
+PARTS = set(os.environ.get("PARTS", "pass,steady,cache,latency,reject,breaker,tls,memory").split(","))
 # The fixed rate of the "steady" pass-through: a quarter of what courier serves in a closed loop
 # here, so that the two cores are not saturated and latency is not queueing.
 STEADY_RATE = 4000
@@ -159,8 +164,9 @@ def settled_trace_spans(admin):
     return last
 
 
-def loadgen(url, headers, rate=0, seconds=SECONDS, body=BODY, unique=False):
+def loadgen(url, headers, rate=0, seconds=SECONDS, body=BODY, unique=False, extra=()):
     argv = [LOADGEN, url, "--connections", str(CONNS), "--seconds", str(seconds), "--method", "POST", "--body", body]
+    argv += list(extra)
     for h in headers:
         argv += ["--header", h]
     if rate:
@@ -169,6 +175,24 @@ def loadgen(url, headers, rate=0, seconds=SECONDS, body=BODY, unique=False):
         argv.append("--unique")
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def make_certificates():
+    """A CA and a server certificate for 127.0.0.1 and localhost (ECDSA P-256), made with openssl:
+    (CA file, certificate file, key file)."""
+    d = os.path.join(WORK, "tls")
+    os.makedirs(d)
+    ca, ca_key, cert, key, csr = (os.path.join(d, n) for n in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run = lambda argv: subprocess.run(argv, check=True, capture_output=True)
+    run(["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=courier bench CA"])
+    run(["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"])
+    ext = os.path.join(d, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", ext])
+    return ca, cert, key
 
 
 def main():
@@ -301,6 +325,28 @@ backend sim
     targets["actix-web + awc floor"] = (f"http://127.0.0.1:{floor_port}/pass", json_header, [floor.pid])
     targets["actix-web answer floor"] = (f"http://127.0.0.1:{floor_port}/answer", json_header, [floor.pid])
 
+    # Extra load generator flags of a target (TLS, a new connection per request).
+    loadgen_extra = {}
+    if "tls" in PARTS:
+        ca, cert, key = make_certificates()
+        tls_proc, tls_url, _ = courier("courier-tls-cache", {"EXTERNAL_API_CACHE_TTL": "3600",
+                                                             "COURIER_TLS_CERT_FILE": cert, "COURIER_TLS_KEY_FILE": key})
+        tls_url = tls_url.replace("http://", "https://")
+        import ssl
+        context = ssl.create_default_context(cafile=ca)
+        for _ in range(2):
+            urllib.request.urlopen(urllib.request.Request(tls_url, data=BODY.encode(), method="POST",
+                                                          headers={"Content-Type": "application/json"}),
+                                   timeout=10, context=context).read()
+        plain_cache_url, _, plain_cache_pids = targets["courier (cache)"]
+        targets["courier (cache), new connection per request"] = (plain_cache_url, json_header, plain_cache_pids)
+        loadgen_extra["courier (cache), new connection per request"] = ["--close"]
+        for name, extra in [("courier TLS (cache), keep-alive", []),
+                            ("courier TLS (cache), new connection, resumed", ["--close"]),
+                            ("courier TLS (cache), new connection, full handshake", ["--close", "--no-resume"])]:
+            targets[name] = (tls_url, json_header, [tls_proc.pid])
+            loadgen_extra[name] = ["--ca", ca, *extra]
+
     results = {}
 
     traced = {}  # target name -> its admin URL, for the tracing couriers
@@ -309,7 +355,7 @@ backend sim
         admin = traced.get(name)
         spans_before = settled_trace_spans(admin) if admin else None
         user_before, system_before = cpu_seconds(pids)
-        r = loadgen(url, headers, rate=rate)
+        r = loadgen(url, headers, rate=rate, extra=loadgen_extra.get(name, ()))
         # A tracing courier's work includes exporting the run's spans, which may come after it.
         spans_after = settled_trace_spans(admin) if admin else None
         user_after, system_after = cpu_seconds(pids)
@@ -325,6 +371,7 @@ backend sim
         codes = ",".join(f"{k}:{v}" for k, v in r["statuses"].items())
         print(f"  {scenario:<22} {name:<18} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f}  p99 {r['p99_ms']:.3f} ms"
               f"  cpu/10k {r['cpu_per_10k']:.3f} s (user {r['user_per_10k']:.3f})  [{codes}] errors {r['errors']}"
+              + (f"  TLS handshakes {r['tls_handshakes']} (resumed {r['tls_resumed']})" if r.get("tls_handshakes") else "")
               + ("  spans/10k " + " ".join(f"{k} {v:.0f}" for k, v in r["spans_per_10k"].items())
                  if "spans_per_10k" in r else ""), flush=True)
 
@@ -339,6 +386,10 @@ backend sim
         # closed loop's p99 mostly shows how fast each target runs), and CPU without the closed
         # loop's batching, which grows with a target's own speed.
         ("steady", f"pass-through, {STEADY_RATE}/s", passing, STEADY_RATE),
+        # What TLS costs per request, and what a handshake costs (cache hits, closed loop).
+        ("tls", "TLS on the gateway listener (cache hit)",
+         ["courier (cache)", "courier (cache), new connection per request", "courier TLS (cache), keep-alive",
+          "courier TLS (cache), new connection, resumed", "courier TLS (cache), new connection, full handshake"], 0),
     ]
     if COURIER_B:
         b_pass, b_pass_url, _ = courier("courier-b-pass", {}, COURIER_B)

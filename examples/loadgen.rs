@@ -6,18 +6,33 @@
 //! ```text
 //! loadgen URL [--connections 64] [--seconds 10] [--rate 0] [--method POST] [--body TEXT]
 //!             [--header 'Name: value']... [--unique] [--idle]
+//!             [--ca FILE] [--close] [--no-resume]
 //! ```
 //! With `--unique`, `{n}` in the body is replaced by a counter (distinct requests). With
 //! `--idle`, it opens the connections, sends one request on each, prints `ready` and keeps
-//! them open until killed. Prints one JSON line of results.
+//! them open until killed. An `https://` URL is reached over TLS (rustls, ring), trusting the CA
+//! certificates of `--ca`; `--no-resume` makes every handshake a full one (no session
+//! resumption). With `--close`, every request goes on a new connection (`Connection: close`)
+//! and its latency includes connecting and the handshake. Prints one JSON line of results.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A connection, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+type Stream = Box<dyn Io>;
+
+/// TLS handshakes made, and how many of them resumed a session.
+static HANDSHAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static RESUMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 struct Options {
     addr: String,
@@ -31,12 +46,15 @@ struct Options {
     headers: Vec<String>,
     unique: bool,
     idle: bool,
+    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    close: bool,
 }
 
 fn options() -> Options {
     let mut args = std::env::args().skip(1);
     let url = args.next().expect("usage: loadgen URL [options]");
-    let rest = url.strip_prefix("http://").expect("http:// URL");
+    let https = url.starts_with("https://");
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).expect("http:// or https:// URL");
     let (host, path) =
         rest.split_once('/').map(|(h, p)| (h.to_owned(), format!("/{p}"))).unwrap_or((rest.to_owned(), "/".into()));
     let mut o = Options {
@@ -51,7 +69,10 @@ fn options() -> Options {
         headers: Vec::new(),
         unique: false,
         idle: false,
+        tls: None,
+        close: false,
     };
+    let (mut ca, mut resume) = (None, true);
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
@@ -63,10 +84,43 @@ fn options() -> Options {
             "--header" => o.headers.push(value()),
             "--unique" => o.unique = true,
             "--idle" => o.idle = true,
+            "--ca" => ca = Some(value()),
+            "--close" => o.close = true,
+            "--no-resume" => resume = false,
             other => panic!("unknown option {other}"),
         }
     }
+    if https {
+        o.tls = Some(tls_config(&o.host, ca.as_deref(), resume));
+    }
+    if o.close {
+        o.headers.push("Connection: close".into());
+    }
     o
+}
+
+/// A client configuration trusting the CA certificates of `ca`, for the host of the URL.
+fn tls_config(
+    host: &str,
+    ca: Option<&str>,
+    resume: bool,
+) -> (Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca.expect("https needs --ca FILE")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name).to_owned();
+    (Arc::new(config), rustls::pki_types::ServerName::try_from(name).expect("a host name"))
 }
 
 #[derive(Default)]
@@ -100,7 +154,7 @@ fn request(o: &Options, results: &RefCell<Results>) -> Vec<u8> {
 }
 
 /// Reads one response; returns its status, or None when the connection ended.
-async fn response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, bool)> {
+async fn response(stream: &mut Stream, buf: &mut Vec<u8>) -> Option<(u16, bool)> {
     buf.clear();
     let mut chunk = [0u8; 16 * 1024];
     let head_end = loop {
@@ -129,10 +183,20 @@ async fn response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, boo
     Some((status, close))
 }
 
-async fn connect(addr: &str) -> Option<TcpStream> {
-    let stream = TcpStream::connect(addr).await.ok()?;
+async fn connect(o: &Options) -> Option<Stream> {
+    let stream = TcpStream::connect(&o.addr).await.ok()?;
     stream.set_nodelay(true).ok()?;
-    Some(stream)
+    match &o.tls {
+        None => Some(Box::new(stream)),
+        Some((config, name)) => {
+            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream).await.ok()?;
+            HANDSHAKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                RESUMED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(Box::new(tls))
+        }
+    }
 }
 
 async fn run_connection(o: Rc<Options>, results: Rc<RefCell<Results>>, index: usize, start: Instant, end: Instant) {
@@ -155,8 +219,10 @@ async fn run_connection(o: Rc<Options>, results: Rc<RefCell<Results>>, index: us
         if interval.is_some() {
             tokio::time::sleep_until(intended.into()).await;
         }
+        // A new connection per request: its latency includes connecting and the handshake.
+        let connecting = Instant::now();
         if stream.is_none() {
-            stream = connect(&o.addr).await;
+            stream = connect(&o).await;
             if stream.is_none() {
                 results.borrow_mut().errors += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -167,7 +233,7 @@ async fn run_connection(o: Rc<Options>, results: Rc<RefCell<Results>>, index: us
         // Latency counts from the intended time when this connection was still busy then
         // (the wait is the target's doing), else from the actual send (a timer waking late
         // is the load generator's doing, not the target's).
-        let sent = Instant::now();
+        let sent = if o.close { connecting } else { Instant::now() };
         let from = if free_at <= intended { sent } else { intended };
         let s = stream.as_mut().expect("connected");
         let answered = match s.write_all(&bytes).await {
@@ -198,7 +264,7 @@ async fn idle(o: Rc<Options>) {
     let mut open = Vec::with_capacity(o.connections);
     let mut buf = Vec::new();
     for _ in 0..o.connections {
-        let Some(mut stream) = connect(&o.addr).await else { continue };
+        let Some(mut stream) = connect(&o).await else { continue };
         let bytes = request(&o, &results);
         if stream.write_all(&bytes).await.is_ok() && response(&mut stream, &mut buf).await.is_some() {
             open.push(stream);
@@ -250,6 +316,8 @@ fn main() {
                 "max_ms": percentile(&r.latencies_us, 1.0),
                 "statuses": statuses,
                 "errors": r.errors,
+                "tls_handshakes": HANDSHAKES.load(std::sync::atomic::Ordering::Relaxed),
+                "tls_resumed": RESUMED.load(std::sync::atomic::Ordering::Relaxed),
             })
         );
     });

@@ -21,7 +21,7 @@ use crate::http::{self, Shared, Worker};
 use crate::jobs::runner::RunnerHandle;
 use crate::metrics::{Metrics, ReloadTrigger};
 use crate::pipeline::{LaneSettings, Pipeline, Prober, RetryPolicy};
-use crate::reload::{Credentials, ReloadHandle, Reloader, Targets};
+use crate::reload::{Credentials, ReloadHandle, Reloader, Targets, TlsCells};
 use crate::security::Lockout;
 use crate::shared::budget::SharedRate;
 use crate::shared::{self, RedisEndpoint, SharedRedis};
@@ -245,7 +245,11 @@ impl Gateway {
             client_disconnect_timeout: limits.client_disconnect_timeout,
             shutdown_grace_secs: grace_secs,
         };
-        let server = http::connection::server(listener, &how, guard, factory).map_err(bind_error)?;
+        let tls = TlsCells::from_config(&config);
+        let handshakes = tls.gateway.clone().map(|cell| {
+            http::tls::Handshakes::new(cell, limits.client_header_timeout, &gateway.shared.metrics, &gateway.shared.log)
+        });
+        let server = http::connection::server(listener, &how, guard, handshakes, factory).map_err(bind_error)?;
 
         let admin_shared = web::Data::new(gateway.shared.clone());
         let admin = HttpServer::new(move || {
@@ -256,8 +260,17 @@ impl Gateway {
         })
         .workers(1)
         .shutdown_timeout(1)
-        .disable_signals()
-        .bind(config.admin_listen)
+        .disable_signals();
+        let admin = match (&config.tls.admin, &tls.admin) {
+            (Some(admin_tls), Some(cell)) => {
+                let resolver = Arc::new(http::tls::CurrentCertificate(cell.clone()));
+                let mut server_config = Arc::unwrap_or_clone(admin_tls.loaded.server_config(Some(resolver)));
+                // actix-web sets the ALPN protocols it speaks itself.
+                server_config.alpn_protocols.clear();
+                admin.bind_rustls_0_23(config.admin_listen, server_config)
+            }
+            _ => admin.bind(config.admin_listen),
+        }
         .map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
         let admin_addr = admin.addrs()[0];
         let admin = admin.run();
@@ -269,6 +282,7 @@ impl Gateway {
             callback_secret,
             quota: gateway.shared.quota.clone(),
             redis: gateway.redis.clone().map(|endpoint| (endpoint, REDIS_TIMEOUT)),
+            tls: tls.clone(),
         };
         let poll = Some(config.secret_poll_interval).filter(|p| !p.is_zero());
         let reload = Reloader::new(&config, targets, gateway.shared.metrics.clone(), &gateway.shared.log).start(poll);
@@ -288,6 +302,8 @@ impl Gateway {
         actix_rt::spawn(server);
         actix_rt::spawn(admin);
         info!(running.log, "listening"; "gateway" => %addr, "admin" => %admin_addr, "upstream" => &config.base_url,
+            "gateway_tls" => tls.gateway.is_some(), "admin_tls" => tls.admin.is_some(),
+            "client_certificates" => config.tls.gateway.as_ref().is_some_and(|t| t.files.client_ca_file.is_some()),
             "tracing" => running.tracing.is_on(),
             "max_connections" => limits.max_connections_per_worker.saturating_mul(config.workers),
             "client_max_in_flight" => limits.client_max_in_flight, "admin_locked" => config.admin.token.is_some());

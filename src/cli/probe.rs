@@ -5,7 +5,9 @@
 //!
 //! One HTTP/1.1 GET over a plain `std::net` connection with `Connection: close`, bounded by one
 //! deadline across connecting, writing and reading: a health check starts no runtime and no
-//! client, and never hangs past its timeout. It never exits 2, which Docker reserves in health
+//! client, and never hangs past its timeout. When the admin listener serves HTTPS
+//! (`COURIER_ADMIN_TLS_CERT_FILE` is set, as it is for `serve` in the same container), the GET
+//! goes over TLS ([`tls`]), trusting exactly the certificate of that file. It never exits 2, which Docker reserves in health
 //! checks; a bad `COURIER_ADMIN_LISTEN` is an unhealthy 1 with the configuration's own line.
 
 use std::io::{ErrorKind, Read, Write};
@@ -14,6 +16,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Env};
+
+mod tls;
 
 /// Flags of `courier probe`.
 #[derive(clap::Args, Debug, Clone)]
@@ -46,17 +50,23 @@ pub fn run(args: &ProbeArgs, env: &dyn Env) -> ExitCode {
     };
     let target = reachable(listen);
     let path = if args.live { "/healthz" } else { "/readyz" };
-    match get(target, path, args.timeout) {
+    let pinned = config::admin_tls_cert(env);
+    let scheme = if pinned.is_some() { "https" } else { "http" };
+    let answer = match pinned.as_deref().map(tls::pinned_config).transpose() {
+        Ok(tls) => get(target, path, args.timeout, tls),
+        Err(problem) => Err(ProbeError::Tls(problem)),
+    };
+    match answer {
         Ok(answer) if answer.status == 200 => {
-            println!("courier probe: http://{target}{path}: {answer}");
+            println!("courier probe: {scheme}://{target}{path}: {answer}");
             ExitCode::SUCCESS
         }
         Ok(answer) => {
-            eprintln!("courier probe: http://{target}{path}: {answer}");
+            eprintln!("courier probe: {scheme}://{target}{path}: {answer}");
             ExitCode::from(1)
         }
         Err(error) => {
-            eprintln!("courier probe: http://{target}{path}: {error}");
+            eprintln!("courier probe: {scheme}://{target}{path}: {error}");
             ExitCode::from(1)
         }
     }
@@ -91,6 +101,8 @@ enum ProbeError {
     Io(std::io::Error),
     #[error("not an HTTP answer: {0:?}")]
     NotHttp(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// An HTTP answer: its status and the start of its body (one line, for the probe's line).
@@ -115,29 +127,42 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The most of a body printed on the probe's line.
 const MAX_BODY_CHARS: usize = 300;
 
-fn get(target: SocketAddr, path: &str, timeout: Duration) -> Result<Answer, ProbeError> {
+fn get(
+    target: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Answer, ProbeError> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
-    let mut stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| match e.kind() {
+    let socket = TcpStream::connect_timeout(&target, timeout).map_err(|e| match e.kind() {
         ErrorKind::TimedOut | ErrorKind::WouldBlock => ProbeError::TimedOut(timeout),
         _ => ProbeError::Connect(e),
     })?;
     let timed_out = |e: std::io::Error| match e.kind() {
         ErrorKind::TimedOut | ErrorKind::WouldBlock => ProbeError::TimedOut(timeout),
-        _ => ProbeError::Io(e),
+        _ => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(tls) => ProbeError::Tls(tls.to_string()),
+            None => ProbeError::Io(e),
+        },
+    };
+    // The timeouts are set on the socket, which the TLS stream reads and writes through.
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        Some(config) => Box::new(tls::stream(config, socket.try_clone().map_err(ProbeError::Io)?)?),
+        None => Box::new(socket.try_clone().map_err(ProbeError::Io)?),
     };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: courier-probe/{}\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
     let Some(wait) = left() else { return Err(ProbeError::TimedOut(timeout)) };
-    stream.set_write_timeout(Some(wait)).map_err(ProbeError::Io)?;
+    socket.set_write_timeout(Some(wait)).map_err(ProbeError::Io)?;
     stream.write_all(request.as_bytes()).map_err(timed_out)?;
     let mut raw = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     while raw.len() < MAX_ANSWER_BYTES && !complete(&raw) {
         let Some(wait) = left() else { return Err(ProbeError::TimedOut(timeout)) };
-        stream.set_read_timeout(Some(wait)).map_err(ProbeError::Io)?;
+        socket.set_read_timeout(Some(wait)).map_err(ProbeError::Io)?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => raw.extend_from_slice(&chunk[..n]),
@@ -147,6 +172,10 @@ fn get(target: SocketAddr, path: &str, timeout: Duration) -> Result<Answer, Prob
     }
     parse(&raw)
 }
+
+/// A connection to read from and write to, plain or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// Whether `raw` holds a whole answer by its `Content-Length`: a server that keeps the
 /// connection open despite `Connection: close` does not make a good answer a timeout.

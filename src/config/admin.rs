@@ -12,13 +12,14 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::reader::Reader;
-use super::SecretSource;
+use super::reader::{Env, FileValues, Reader};
+use super::{ConfigErrors, SecretSource};
 
 /// The token variable; `<TOKEN_VAR>_FILE` names a file holding it.
 pub const TOKEN_VAR: &str = "COURIER_ADMIN_TOKEN";
@@ -126,6 +127,21 @@ impl fmt::Debug for AdminToken {
 pub fn token_fingerprint(presented: &[u8]) -> String {
     let digest = Sha256::digest(presented);
     hex::encode(&digest[..6])
+}
+
+/// `COURIER_ADMIN_LISTEN` alone, read and checked as `serve` reads it, for `courier probe`: a
+/// health check asks the admin listener and must not fail on settings it does not use.
+pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
+    let no_file = FileValues::default();
+    let mut r = Reader::new(env, &no_file);
+    let addr = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
+    r.finish().map(|()| addr)
+}
+
+/// `COURIER_ADMIN_TLS_CERT_FILE` alone, for `courier probe`: when the admin listener serves
+/// HTTPS, the probe asks over TLS and trusts exactly this certificate.
+pub fn admin_tls_cert(env: &dyn Env) -> Option<PathBuf> {
+    env.var(super::listener_tls::ADMIN_VARS.cert).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 #[cfg(test)]

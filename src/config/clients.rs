@@ -10,6 +10,9 @@
 //! place, a removed client stays as a tombstone that no key matches, and a new one is added
 //! at the end. A position handed out once therefore means the same client for the life of the
 //! process, even to a request that began before the reload.
+//!
+//! A client may also be identified by its TLS client certificate (`tls_names`, see
+//! [`super::tls_names`]), instead of or beside a key: an entry needs at least one of the two.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -20,8 +23,11 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::tls_names::{PeerNames, TlsName};
+
 /// The expected form of the clients file, for error lines.
-pub(super) const EXPECTED: &str = "a TOML file of [[client]] tables with name = \"...\", key_sha256 = \"<64 hex>\", \
+pub(super) const EXPECTED: &str = "a TOML file of [[client]] tables with name = \"...\", key_sha256 = \"<64 hex>\" \
+                                   and/or tls_names = [\"spiffe://...\", \"host.example\", \"CN=...\"], \
                                    weight = 1, quota_max = 1.0, quota_reserved = 0.0";
 
 /// One client identity.
@@ -36,14 +42,24 @@ pub struct ClientEntry {
     /// The fraction of each quota window held for it, which other clients cannot take while it
     /// may still need it (0 for a removed client).
     pub quota_reserved: f64,
-    /// The key's hash; `None` once a reload removed the client (no key matches it).
+    /// The key's hash; `None` for a client identified by certificate only, and once a reload
+    /// removed the client (no key matches it).
     key_sha256: Option<[u8; 32]>,
+    /// The names a client certificate identifying it may carry (none once removed).
+    tls_names: Vec<TlsName>,
+    /// Whether the client is in the current file (false: a tombstone left by a reload).
+    active: bool,
 }
 
 impl ClientEntry {
     /// Whether the client is in the current file (false: removed by a reload).
     pub fn is_active(&self) -> bool {
-        self.key_sha256.is_some()
+        self.active
+    }
+
+    /// The names a client certificate identifying this client may carry.
+    pub fn tls_names(&self) -> &[TlsName] {
+        &self.tls_names
     }
 }
 
@@ -55,6 +71,7 @@ impl fmt::Debug for ClientEntry {
             .field("quota_max", &self.quota_max)
             .field("quota_reserved", &self.quota_reserved)
             .field("key_sha256", &"[REDACTED]")
+            .field("tls_names", &self.tls_names)
             .field("active", &self.is_active())
             .finish()
     }
@@ -92,7 +109,9 @@ struct FileForm {
 #[serde(deny_unknown_fields)]
 struct EntryForm {
     name: String,
-    key_sha256: String,
+    key_sha256: Option<String>,
+    #[serde(default)]
+    tls_names: Vec<String>,
     #[serde(default = "default_weight")]
     weight: u32,
     #[serde(default = "default_quota_max")]
@@ -138,9 +157,28 @@ impl Clients {
             if entries.iter().any(|e: &ClientEntry| e.name == entry.name) {
                 return Err(format!("client {:?} is listed twice", entry.name));
             }
-            let mut key_sha256 = [0u8; 32];
-            if hex::decode_to_slice(entry.key_sha256.trim(), &mut key_sha256).is_err() {
-                return Err(format!("client {:?} has a key_sha256 that is not 64 hex digits", entry.name));
+            let key_sha256 = match &entry.key_sha256 {
+                Some(hex) => {
+                    let mut key_sha256 = [0u8; 32];
+                    if hex::decode_to_slice(hex.trim(), &mut key_sha256).is_err() {
+                        return Err(format!("client {:?} has a key_sha256 that is not 64 hex digits", entry.name));
+                    }
+                    Some(key_sha256)
+                }
+                None if entry.tls_names.is_empty() => {
+                    return Err(format!("client {:?} has neither key_sha256 nor tls_names", entry.name));
+                }
+                None => None,
+            };
+            let tls_names = entry
+                .tls_names
+                .iter()
+                .map(|name| TlsName::parse(name).map_err(|e| format!("client {:?} has a bad {e}", entry.name)))
+                .collect::<Result<Vec<_>, _>>()?;
+            for name in &tls_names {
+                if let Some(other) = entries.iter().find(|e: &&ClientEntry| e.tls_names.contains(name)) {
+                    return Err(format!("clients {:?} and {:?} both list tls_name {name:?}", other.name, entry.name));
+                }
             }
             if !(1..=1000).contains(&entry.weight) {
                 return Err(format!("client {:?} has weight {} (1..=1000)", entry.name, entry.weight));
@@ -161,7 +199,9 @@ impl Clients {
                 weight: entry.weight,
                 quota_max: entry.quota_max,
                 quota_reserved: entry.quota_reserved,
-                key_sha256: Some(key_sha256),
+                key_sha256,
+                tls_names,
+                active: true,
             });
         }
         let clients = Clients { entries };
@@ -200,6 +240,8 @@ impl Clients {
                 quota_max: old.quota_max,
                 quota_reserved: 0.0,
                 key_sha256: None,
+                tls_names: Vec::new(),
+                active: false,
             })
             .collect();
         for new in next.entries {
@@ -231,6 +273,8 @@ impl Clients {
                     && a.quota_max.to_bits() == b.quota_max.to_bits()
                     && a.quota_reserved.to_bits() == b.quota_reserved.to_bits()
                     && a.key_sha256 == b.key_sha256
+                    && a.tls_names == b.tls_names
+                    && a.active == b.active
             })
     }
 
@@ -248,6 +292,20 @@ impl Clients {
         }
         found
     }
+
+    /// The position and name of the one client whose `tls_names` the verified client
+    /// certificate with `peer`'s names carries; `None` when it is no client's, or more than one's.
+    pub fn by_certificate(&self, peer: &PeerNames) -> Option<(usize, &'static str)> {
+        let mut matching =
+            self.entries.iter().enumerate().filter(|(_, entry)| entry.tls_names.iter().any(|name| name.matches(peer)));
+        let (i, entry) = matching.next()?;
+        matching.next().is_none().then_some((i, entry.name))
+    }
+
+    /// Whether any client can be identified by a certificate.
+    pub fn any_tls_names(&self) -> bool {
+        self.entries.iter().any(|entry| !entry.tls_names.is_empty())
+    }
 }
 
 /// A sum for an error line, without binary noise (1.2, not 1.2000000000000002).
@@ -261,145 +319,5 @@ pub fn key_sha256_hex(key: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(entries: &[(&str, &str, u32)]) -> String {
-        entries
-            .iter()
-            .map(|(name, key, weight)| {
-                format!("[[client]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nweight = {weight}\n", key_sha256_hex(key))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn authenticates_by_key_hash() {
-        let clients = Clients::parse(&file(&[("billing", "k-billing", 3), ("search", "k-search", 1)])).unwrap();
-        assert_eq!(clients.authenticate(b"k-search"), Some((1, "search")));
-        assert_eq!(clients.authenticate(b"k-billing"), Some((0, "billing")));
-        assert_eq!(clients.authenticate(b"k-other"), None);
-        assert_eq!(clients.entries()[0].weight, 3);
-    }
-
-    #[test]
-    fn rejects_bad_files_without_quoting_keys() {
-        assert!(Clients::parse("").unwrap_err().contains("not a valid"));
-        assert!(Clients::parse("client = []").unwrap_err().contains("no [[client]]"));
-        let short = "[[client]]\nname = \"a\"\nkey_sha256 = \"abcd\"\n";
-        assert!(Clients::parse(short).unwrap_err().contains("64 hex"));
-        let twice = file(&[("a", "k1", 1), ("a", "k2", 1)]);
-        assert!(Clients::parse(&twice).unwrap_err().contains("twice"));
-        let zero = file(&[("a", "k1", 0)]);
-        assert!(Clients::parse(&zero).unwrap_err().contains("weight 0"));
-    }
-
-    #[test]
-    fn a_reload_keeps_positions_tombstones_removed_clients_and_appends_new_ones() {
-        let before = Clients::parse(&file(&[("billing", "k-billing", 3), ("search", "k-search", 1)])).unwrap();
-        // search is removed, billing gets a new key and weight, reports is new, in another order.
-        let next = Clients::parse(&file(&[("reports", "k-reports", 2), ("billing", "k-billing-2", 5)])).unwrap();
-        let after = before.merged(next);
-        let names: Vec<&str> = after.entries().iter().map(|e| e.name).collect();
-        assert_eq!(names, ["billing", "search", "reports"]);
-        assert_eq!(after.authenticate(b"k-billing-2"), Some((0, "billing")));
-        assert_eq!(after.entries()[0].weight, 5);
-        assert_eq!(after.authenticate(b"k-billing"), None, "the old key of a rotated client");
-        assert_eq!(after.authenticate(b"k-search"), None, "a removed client");
-        assert!(!after.entries()[1].is_active());
-        assert_eq!(after.authenticate(b"k-reports"), Some((2, "reports")));
-        // Adding a removed client back gives it its old position.
-        let again = after.merged(Clients::parse(&file(&[("search", "k-search-3", 1)])).unwrap());
-        assert_eq!(again.authenticate(b"k-search-3"), Some((1, "search")));
-        assert_eq!(again.authenticate(b"k-reports"), None);
-        assert_eq!(again.entries().len(), 3);
-    }
-
-    #[test]
-    fn the_same_file_again_changes_nothing() {
-        let text = file(&[("billing", "k-billing", 3), ("search", "k-search", 1)]);
-        let before = Clients::parse(&text).unwrap();
-        let after = before.merged(Clients::parse(&text).unwrap());
-        assert!(after.same_as(&before));
-        let rotated = before.merged(Clients::parse(&file(&[("billing", "k2", 3), ("search", "k-search", 1)])).unwrap());
-        assert!(!rotated.same_as(&before));
-    }
-
-    /// A client with these quota lines (TOML values as written, e.g. "0.3" or "nan").
-    fn quota_client(name: &str, lines: &str) -> String {
-        format!("[[client]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{lines}\n", key_sha256_hex(name))
-    }
-
-    #[test]
-    fn quota_fractions_are_checked() {
-        let plain = Clients::parse(&file(&[("billing", "k-billing", 1)])).unwrap();
-        let billing = &plain.entries()[0];
-        assert_eq!((billing.quota_max, billing.quota_reserved), (1.0, 0.0), "the defaults");
-        assert_eq!(plain.reserved_total(), 0.0);
-
-        let set =
-            quota_client("billing", "quota_max = 0.3\nquota_reserved = 0.2") + &quota_client("search", "quota_max = 0");
-        let set = Clients::parse(&set).unwrap();
-        assert_eq!((set.entries()[0].quota_max, set.entries()[0].quota_reserved), (0.3, 0.2));
-        assert_eq!(set.entries()[1].quota_max, 0.0, "a cache-only client");
-
-        let refused = |text: String| Clients::parse(&text).map(|_| ()).unwrap_err();
-        assert_eq!(
-            refused(quota_client("search", "quota_max = 1.5")),
-            r#"client "search" has quota_max 1.5 (0.0..=1.0)"#
-        );
-        assert_eq!(
-            refused(quota_client("search", "quota_max = nan")),
-            r#"client "search" has quota_max NaN (0.0..=1.0)"#
-        );
-        assert_eq!(
-            refused(quota_client("search", "quota_reserved = -0.1")),
-            r#"client "search" has quota_reserved -0.1 (0.0..=1.0)"#
-        );
-        assert_eq!(
-            refused(quota_client("billing", "quota_max = 0.3\nquota_reserved = 0.5")),
-            r#"client "billing" has quota_reserved 0.5 above its quota_max 0.3"#
-        );
-        let over = quota_client("a", "quota_reserved = 0.6") + &quota_client("b", "quota_reserved = 0.6");
-        assert_eq!(refused(over), "the clients' quota_reserved add up to 1.2 (at most 1.0)");
-        // Ten tenths are 1.0 to the operator, though not quite in binary.
-        let tenths: String = (0..10).map(|i| quota_client(&format!("c{i}"), "quota_reserved = 0.1")).collect();
-        assert!(Clients::parse(&tenths).is_ok());
-    }
-
-    #[test]
-    fn a_reload_frees_removed_clients_reservations_and_sees_changed_fractions() {
-        let before = quota_client("billing", "quota_reserved = 0.6") + &quota_client("search", "quota_reserved = 0.4");
-        let before = Clients::parse(&before).unwrap();
-        // billing is removed; search and the new reports take up what it held.
-        let next = quota_client("search", "quota_reserved = 0.5") + &quota_client("reports", "quota_reserved = 0.5");
-        let after = before.merged(Clients::parse(&next).unwrap());
-        let reserved: Vec<f64> = after.entries().iter().map(|e| e.quota_reserved).collect();
-        assert_eq!(reserved, [0.0, 0.5, 0.5], "the tombstone of billing holds nothing");
-        assert_eq!(after.reserved_total(), 1.0);
-        assert_eq!(after.check_reserved(), Ok(()));
-
-        let text = quota_client("billing", "quota_max = 0.5") + &quota_client("search", "");
-        let current = Clients::parse(&text).unwrap();
-        assert!(current.merged(Clients::parse(&text).unwrap()).same_as(&current));
-        let capped = quota_client("billing", "quota_max = 0.4") + &quota_client("search", "");
-        assert!(!current.merged(Clients::parse(&capped).unwrap()).same_as(&current), "a changed quota_max");
-        let held = quota_client("billing", "quota_max = 0.5") + &quota_client("search", "quota_reserved = 0.1");
-        assert!(!current.merged(Clients::parse(&held).unwrap()).same_as(&current), "a changed quota_reserved");
-    }
-
-    #[test]
-    fn names_are_interned_once() {
-        let a = intern("interned-name");
-        let b = intern(&String::from("interned-name"));
-        assert!(std::ptr::eq(a, b));
-    }
-
-    #[test]
-    fn debug_redacts_hashes() {
-        let clients = Clients::parse(&file(&[("a", "k1", 1)])).unwrap();
-        let shown = format!("{clients:?}");
-        assert!(!shown.contains(&key_sha256_hex("k1")));
-        assert!(shown.contains("REDACTED"));
-    }
-}
+#[path = "clients_tests.rs"]
+mod tests;

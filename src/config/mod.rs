@@ -14,6 +14,7 @@ mod admin;
 mod clients;
 mod errors;
 mod limits;
+mod listener_tls;
 mod pem;
 mod quota;
 mod reader;
@@ -21,6 +22,7 @@ mod redis_ha;
 mod redis_tls;
 mod sections;
 mod security;
+mod tls_names;
 mod tracing;
 
 use std::fmt;
@@ -31,10 +33,11 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 
-pub use admin::{is_loopback, token_fingerprint, token_problem, AdminConfig, AdminToken};
+pub use admin::{admin_listen, admin_tls_cert, is_loopback, token_fingerprint, token_problem, AdminConfig, AdminToken};
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
 pub use errors::{ConfigError, ConfigErrors};
 pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
+pub use listener_tls::{ClientAuth, ListenerTls, LoadedTls, ServerTls, TlsFiles, TlsProblem, TlsVars};
 pub use pem::load_ca_file;
 pub use quota::{Pacing, QuotaConfig, QuotaSpec, WindowKind};
 pub use reader::{read_secret_file, redis_url_problem, Env, Layered, MapEnv, ProcessEnv};
@@ -43,6 +46,7 @@ pub use redis_ha::RedisHaConfig;
 pub use redis_tls::{RedisClientCert, RedisTls};
 pub use sections::{BreakerConfig, JobsConfig};
 pub use security::{LockoutConfig, SecurityConfig, SpendConfig};
+pub use tls_names::{PeerNames, TlsName};
 pub use tracing::{SamplerChoice, TracingConfig};
 
 /// Where a secret came from, kept so that a reload can read it again.
@@ -153,6 +157,8 @@ pub struct Config {
     pub quota: QuotaConfig,
     /// Lockouts of sources that keep failing authentication; the spending baseline.
     pub security: SecurityConfig,
+    /// TLS on the gateway and admin listeners (`COURIER_TLS_*`, `COURIER_ADMIN_TLS_*`).
+    pub tls: ServerTls,
 }
 
 impl fmt::Debug for Config {
@@ -201,6 +207,7 @@ impl fmt::Debug for Config {
             .field("tracing", &self.tracing)
             .field("quota", &self.quota)
             .field("security", &self.security)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -325,6 +332,7 @@ impl Config {
         let tracing = TracingConfig::read(r);
         let quota = QuotaConfig::read(r, redis_url.is_some());
         let security = SecurityConfig::read(r);
+        let tls = ServerTls::read(r);
         Config {
             base_url,
             token_url,
@@ -373,6 +381,7 @@ impl Config {
             tracing,
             quota,
             security,
+            tls,
         }
     }
 }
@@ -402,15 +411,6 @@ fn parse_level(s: &str) -> Option<slog::Level> {
         "critical" | "crit" => Some(slog::Level::Critical),
         _ => None,
     }
-}
-
-/// `COURIER_ADMIN_LISTEN` alone, read and checked as `serve` reads it, for `courier probe`: a
-/// health check asks the admin listener and must not fail on settings it does not use.
-pub fn admin_listen(env: &dyn Env) -> Result<SocketAddr, ConfigErrors> {
-    let no_file = FileValues::default();
-    let mut r = Reader::new(env, &no_file);
-    let addr = r.addr("COURIER_ADMIN_LISTEN", "127.0.0.1:9090");
-    r.finish().map(|()| addr)
 }
 
 /// A valid minimal environment plus `pairs` (tests of every config part start from it).

@@ -17,7 +17,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use actix_http::error::DispatchError;
 use actix_http::HttpService;
+use actix_rt::net::TcpStream;
 use actix_server::Server;
 use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -28,6 +30,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::errors::ApiError;
+use super::tls::Handshakes;
 use crate::request_id::RequestId;
 
 /// The answers actix-http writes for a request it could not parse: status line and the start
@@ -65,6 +68,11 @@ impl<IO> Guarded<IO> {
     /// Wraps a freshly accepted connection.
     pub fn new(io: IO, guard: Guard) -> Guarded<IO> {
         Guarded { io, guard, read_since_answer: 0, replacement: None }
+    }
+
+    /// The wrapped connection (e.g. to read its TLS session).
+    pub fn get_ref(&self) -> &IO {
+        &self.io
     }
 
     /// courier's answer in place of actix-http's bare one.
@@ -187,34 +195,61 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// The gateway's HTTP/1.1 server on `listener`: actix-web's `HttpServer` put together by hand,
-/// for the one thing it does not offer, a say in the socket (every connection is [`Guarded`]).
-pub fn server<F, T>(listener: TcpListener, how: &Listening, guard: Guard, app: F) -> io::Result<Server>
+/// for the one thing it does not offer, a say in the socket (every connection is [`Guarded`]),
+/// over TLS when `tls` is given (see [`super::tls`]).
+pub fn server<F, T>(
+    listener: TcpListener,
+    how: &Listening,
+    guard: Guard,
+    tls: Option<Handshakes>,
+    app: F,
+) -> io::Result<Server>
 where
     F: Fn() -> App<T> + Send + Clone + 'static,
     T: ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse, Error = Error, InitError = ()> + 'static,
 {
     let local = listener.local_addr()?;
     let (header_timeout, disconnect_timeout) = (how.client_header_timeout, how.client_disconnect_timeout);
-    Server::build()
-        .workers(how.workers)
-        .max_concurrent_connections(how.max_connections_per_worker)
-        .shutdown_timeout(how.shutdown_grace_secs)
-        .disable_signals()
-        .listen("courier-gateway", listener, move || {
-            let guard = guard.clone();
-            let http = HttpService::build()
+    // The same HTTP service over either kind of connection (one macro, two connection types).
+    macro_rules! http {
+        () => {
+            HttpService::build()
                 .client_request_timeout(header_timeout)
                 .client_disconnect_timeout(disconnect_timeout)
                 .local_addr(local)
-                .h1(map_config(app().into_factory(), |_| AppConfig::default())
-                    .map_err(|error: Error| error.error_response()));
-            fn_service(move |io: actix_rt::net::TcpStream| {
+        };
+    }
+    let app = move || map_config(app().into_factory(), |_| AppConfig::default()).map_err(|e: Error| e.error_response());
+    let builder = Server::build()
+        .workers(how.workers)
+        .max_concurrent_connections(how.max_connections_per_worker)
+        .shutdown_timeout(how.shutdown_grace_secs)
+        .disable_signals();
+    let builder = match tls {
+        None => builder.listen("courier-gateway", listener, move || {
+            let guard = guard.clone();
+            fn_service(move |io: TcpStream| {
                 let peer = io.peer_addr().ok();
                 std::future::ready(Ok((Guarded::new(io, guard.clone()), peer)))
             })
-            .and_then(http)
-        })
-        .map(|builder| builder.run())
+            .and_then(http!().h1(app()))
+        }),
+        Some(tls) => builder.listen("courier-gateway", listener, move || {
+            let (guard, tls) = (guard.clone(), tls.clone());
+            fn_service(move |io: TcpStream| {
+                let peer = io.peer_addr().ok();
+                let (guard, tls) = (guard.clone(), tls.clone());
+                async move {
+                    // A failed handshake is counted by `accept`; the connection just ends.
+                    let stream =
+                        tls.accept(io, peer).await.map_err(|_| DispatchError::Io(io::ErrorKind::Other.into()))?;
+                    Ok((Guarded::new(stream, guard), peer))
+                }
+            })
+            .and_then(http!().secure().on_connect_ext(super::tls::on_connect).h1(app()))
+        }),
+    };
+    builder.map(|builder| builder.run())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod process;
 pub mod ratelimit;
 pub mod state;
+pub mod tls;
 
 use actix_web::http::header::HeaderValue;
 use actix_web::http::Method;

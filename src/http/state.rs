@@ -12,7 +12,7 @@ use super::limits::{self, InFlight, InFlightGuard};
 use crate::actors::budget::BudgetShared;
 use crate::actors::{Breaker, TokenCell};
 use crate::cache::ResponseCache;
-use crate::config::{Clients, Config};
+use crate::config::{Clients, Config, PeerNames};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Credentials;
@@ -108,10 +108,13 @@ impl Worker {
         Worker { shared, pipeline, request_metrics: Default::default(), log, clients }
     }
 
-    /// Identifies the caller by `Authorization: Bearer <key>` when clients are configured.
-    /// Reads this thread's copy of the client list, renewed only after a reload (one atomic
-    /// load per request to notice one). A source locked out for wrong keys is refused first,
-    /// before any key is compared (whatever key it sends); a missing or wrong key is counted.
+    /// Identifies the caller by `Authorization: Bearer <key>`, or by the verified TLS client
+    /// certificate of its connection (see [`super::tls`]), when clients are configured. With
+    /// both, they must name the same client; a key decides alone, a wrong key is never saved by
+    /// a certificate. Reads this thread's copy of the client list, renewed only after a reload
+    /// (one atomic load per request to notice one). A source locked out for wrong keys is
+    /// refused first, before any key is compared (whatever key or certificate it presents); a
+    /// missing or wrong key is counted.
     pub fn identify(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
         let cell = &self.shared.credentials.clients;
         let mut local = self.clients.borrow_mut();
@@ -128,7 +131,12 @@ impl Worker {
             lockout.check(ip).map_err(ApiError::AuthLockedOut)?;
         }
         let key = req.headers().get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if let Some((i, name)) = key.and_then(|key| clients.authenticate(key)) {
+        let by_certificate = || req.conn_data::<PeerNames>().and_then(|names| clients.by_certificate(names));
+        let known = match key {
+            Some(key) => clients.authenticate(key).filter(|(i, _)| by_certificate().is_none_or(|(c, _)| c == *i)),
+            None => by_certificate(),
+        };
+        if let Some((i, name)) = known {
             return Ok(Caller::Known(i, name));
         }
         let reason = if key.is_some() { "wrong_key" } else { "missing_key" };

@@ -310,6 +310,10 @@ fn unknown_statuses(route: Route, keys: bool) -> &'static [u16] {
 /// The `result` label values of `courier_trace_spans_total`.
 pub const TRACE_SPAN_RESULTS: [&str; 3] = ["exported", "failed", "dropped"];
 
+/// The `result` label values of `courier_tls_handshakes_total`.
+pub const TLS_HANDSHAKE_RESULTS: [&str; 6] =
+    ["ok", "no_client_certificate", "bad_client_certificate", "incompatible", "timeout", "failed"];
+
 /// The `status_class` label of a status.
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -347,6 +351,7 @@ impl Metrics {
         each(&self.limit_rejections, &LIMITS);
         each(&self.admin_requests, &AdminOutcome::ALL.map(AdminOutcome::as_str));
         each(&self.trace_spans, &TRACE_SPAN_RESULTS);
+        each(&self.tls_handshakes, &TLS_HANDSHAKE_RESULTS);
         for (gauge, values) in [
             (&self.breaker_state, &BREAKER_STATES[..]),
             (&self.breaker_mode, &BREAKER_MODES[..]),

@@ -19,6 +19,7 @@ fn every_listed_label_value_exists_at_zero_from_the_start() {
         ("courier_callback_attempts_total", "result", &CALLBACK_ATTEMPT_RESULTS[..]),
         ("courier_jobs_finished_total", "state", &JOB_FINAL_STATES[..]),
         ("courier_limit_rejections_total", "limit", &LIMITS[..]),
+        ("courier_tls_handshakes_total", "result", &TLS_HANDSHAKE_RESULTS[..]),
         ("courier_token_refreshes_total", "result", &["success", "rejected", "failure"][..]),
         ("courier_quota_refusals_total", "reason", &["window_spent", "client_max", "reserved", "unavailable"][..]),
         ("courier_quota_state_writes_total", "result", &["ok", "failed"][..]),

@@ -176,6 +176,11 @@ pub struct Metrics {
     pub trace_spans: IntCounterVec,
     /// Suspicious activity: failed authentications, lockouts, refusals per client, spending.
     pub security: SecurityMetrics,
+    /// TLS handshakes on the gateway listener, by result (`ok`; `no_client_certificate`,
+    /// `bad_client_certificate`: expired, from another CA, not for client use; `incompatible`:
+    /// an old protocol version, no common cipher suite or ALPN protocol, not TLS at all;
+    /// `timeout`; `failed`: anything else, e.g. the caller hung up).
+    pub tls_handshakes: IntCounterVec,
 }
 
 impl Metrics {

@@ -345,6 +345,11 @@ impl Metrics {
                 &["result"],
             ),
             security: super::security::SecurityMetrics::register(&r),
+            tls_handshakes: r.counter_vec(
+                "tls_handshakes_total",
+                "TLS handshakes on the gateway listener, by result (ok; no_client_certificate; bad_client_certificate: expired, from another CA, not for client use; incompatible: an old protocol version, no common cipher suite or ALPN protocol, not TLS at all; timeout; failed: anything else, e.g. the caller hung up).",
+                &["result"],
+            ),
             registry: r.0.clone(),
             names: Vec::new(),
         };

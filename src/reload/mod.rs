@@ -34,8 +34,12 @@
 //! The reloader is a task that owns the current values and the file stamps, fed by a
 //! channel (SIGHUP, [`ReloadHandle::request`]) and a poll timer, so reloads never overlap.
 //! File reads and `stat`s run on the blocking pool, never on an arbiter thread.
+//!
+//! The listeners' certificates, keys and client CA are read in the same all-or-nothing step and
+//! reach new connections only: see [`tls`].
 
 pub mod sources;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,6 +52,7 @@ use tokio::sync::mpsc;
 
 pub use crate::published::Published;
 pub use sources::{Problem, Read, Sources, Stamps};
+pub use tls::TlsCells;
 
 use crate::actors::{SetClientSecret, TokenManager};
 use crate::config::{AdminToken, Clients, Config};
@@ -95,6 +100,8 @@ pub struct Targets {
     /// Where Redis is, whose user and password `REDIS_URL_FILE` may rotate, and the bound of
     /// the check of new ones.
     pub redis: Option<(RedisEndpoint, Duration)>,
+    /// The listeners' TLS material.
+    pub tls: TlsCells,
 }
 
 /// The values in use, to tell what a reload changed.
@@ -105,6 +112,7 @@ struct Current {
     clients: Option<Clients>,
     admin_token: Option<SecretString>,
     redis_url: Option<SecretString>,
+    tls: tls::TlsCurrent,
 }
 
 struct Request {
@@ -146,6 +154,7 @@ impl Reloader {
             clients: config.clients.clone(),
             admin_token: config.admin.token.clone(),
             redis_url: config.redis_url.clone(),
+            tls: tls::TlsCurrent::from_config(config),
         };
         Reloader {
             stamps: sources.stamps(),
@@ -285,6 +294,7 @@ impl Reloader {
             self.current.clients = Some(clients);
             changed.push("clients");
         }
+        self.current.tls.apply(&self.targets.tls, read.tls, &mut changed);
         self.count(trigger, ReloadResult::Ok);
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         self.metrics.config_last_reload_success.set(unix);

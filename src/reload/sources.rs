@@ -37,6 +37,8 @@ pub struct Sources {
     pub admin_token: Option<PathBuf>,
     /// `REDIS_URL_FILE`.
     pub redis_url: Option<PathBuf>,
+    /// The listeners' certificates, keys and client CA (`COURIER_TLS_*`, `COURIER_ADMIN_TLS_*`).
+    pub tls: super::tls::TlsSources,
 }
 
 /// The variable names of the sources, in [`Sources::files`] order.
@@ -79,6 +81,8 @@ pub struct Read {
     /// The Redis URL (a valid one; whether it may replace the one in use is the reloader's
     /// question).
     pub redis_url: Option<SecretString>,
+    /// The listeners' TLS material.
+    pub tls: super::tls::TlsRead,
 }
 
 /// What `stat` says about one file; equal stamps mean the file was not replaced or written.
@@ -110,6 +114,7 @@ impl Sources {
             clients: config.clients_file.clone(),
             admin_token: config.admin.token.as_ref().and_then(|_| file(&config.admin.token_source)),
             redis_url: config.redis_url.as_ref().and_then(|_| file(&config.redis_url_source)),
+            tls: super::tls::TlsSources::from_config(config),
         }
     }
 
@@ -125,6 +130,7 @@ impl Sources {
         ]
         .into_iter()
         .filter_map(|(var, path)| path.as_deref().map(|p| (var, p)))
+        .chain(self.tls.files())
         .collect()
     }
 
@@ -171,8 +177,9 @@ impl Sources {
                 None
             }
         });
+        let tls = self.tls.read(&mut problems);
         if problems.is_empty() {
-            Ok(Read { client_secret, api_key, callback_secret, clients, admin_token, redis_url })
+            Ok(Read { client_secret, api_key, callback_secret, clients, admin_token, redis_url, tls })
         } else {
             Err(problems)
         }
@@ -238,6 +245,7 @@ mod tests {
             clients: Some(dir.write("clients.toml", &clients_file("k-billing"))),
             admin_token: Some(dir.write("admin", "admin-token-0123456789\n")),
             redis_url: Some(dir.write("redis", "redis://courier:pw-2@127.0.0.1:6379/0\n")),
+            ..Sources::default()
         };
         let read = sources.read().unwrap_or_else(|p| panic!("{p:?}"));
         assert_eq!(read.admin_token.unwrap().expose_secret(), "admin-token-0123456789");
@@ -258,6 +266,7 @@ mod tests {
             clients: Some(dir.write("clients.toml", "[[client]]\nname = \"x\"\n")),
             admin_token: Some(dir.write("admin", "short-admin")),
             redis_url: Some(dir.write("redis", "http://courier:leaked-pw@127.0.0.1/")),
+            ..Sources::default()
         };
         let problems = sources.read().err().expect("nothing valid");
         let vars: Vec<&str> = problems.iter().map(|p| p.var).collect();

@@ -11,6 +11,7 @@ pub mod receiver;
 pub mod redis;
 pub mod security;
 pub mod sentinel;
+pub mod tls;
 
 use std::rc::Rc;
 use std::sync::Arc;
