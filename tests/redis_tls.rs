@@ -11,70 +11,22 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use redis::aio::MultiplexedConnection;
 use redis::{ClientTlsConfig, TlsCertificates};
 use serde_json::{json, Value};
 use support::process::BIN;
 use support::redis::{RedisServer, TlsFiles};
+use support::tls::{Ca, Leaf, Pki};
 use support::{body, count, read_answer, Answer, Pair, PairBuilder};
 
 const PASSWORD: &str = "acl-pw-3b9e1d";
 /// The ACL courier runs with: its own keys only, every command but the dangerous ones.
 const ACL: &[&str] = &["ACL", "SETUSER", "courier", "on", ">acl-pw-3b9e1d", "~{courier}:*", "+@all", "-@dangerous"];
 
-/// A directory of PEM files for one test, removed on drop.
-struct Pki {
-    dir: PathBuf,
-}
-
-/// A certificate and its key, as files.
-#[derive(Clone)]
-struct Leaf {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Pki {
-    fn new(test: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("courier-redis-tls-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Pki { dir }
-    }
-
-    /// A new CA; its certificate is written to `<name>.pem`.
-    fn ca(&self, name: &str) -> (CertifiedIssuer<'static, KeyPair>, PathBuf) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("courier test CA {name}"));
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let path = self.dir.join(format!("{name}.pem"));
-        std::fs::write(&path, ca.pem()).unwrap();
-        (ca, path)
-    }
-
-    /// A certificate for `names` issued by `ca` (server and client use alike).
-    fn leaf(&self, name: &str, ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names).unwrap().signed_by(&key, ca).unwrap();
-        let leaf = Leaf { cert: self.dir.join(format!("{name}.crt")), key: self.dir.join(format!("{name}.key")) };
-        std::fs::write(&leaf.cert, cert.pem()).unwrap();
-        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
-        leaf
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A Redis serving TLS only with a certificate from `ca` for localhost and 127.0.0.1, asking
 /// clients for a certificate from `ca` when `mutual`.
-fn tls_redis(pki: &Pki, ca: &(CertifiedIssuer<'static, KeyPair>, PathBuf), mutual: bool) -> RedisServer {
-    let server = pki.leaf("redis", &ca.0, &["localhost", "127.0.0.1"]);
+fn tls_redis(pki: &Pki, ca: &(Ca, PathBuf), mutual: bool) -> RedisServer {
+    let server = pki.for_names("redis", &ca.0, &["localhost", "127.0.0.1"]);
     let files = TlsFiles { cert: server.cert, key: server.key, client_ca: ca.1.clone(), auth_clients: mutual };
     RedisServer::start_tls(&files, &[])
 }
@@ -200,7 +152,7 @@ async fn a_fleet_shares_everything_over_tls_as_an_acl_user_and_every_key_carries
 async fn mutual_tls_carries_sync_and_async_requests() {
     let pki = Pki::new("mutual");
     let ca = pki.ca("private");
-    let client = pki.leaf("courier", &ca.0, &["courier"]);
+    let client = pki.for_names("courier", &ca.0, &["courier"]);
     let redis = tls_redis(&pki, &ca, true);
     let pair = PairBuilder::default()
         .env("REDIS_URL", redis.tls_url("127.0.0.1", None))
@@ -253,8 +205,8 @@ fn a_certificate_refused_either_way_stops_the_start_with_one_line_saying_which()
     let pki = Pki::new("refused");
     let ca = pki.ca("private");
     let other = pki.ca("other");
-    let stranger = pki.leaf("stranger", &other.0, &["courier"]);
-    let client = pki.leaf("courier", &ca.0, &["courier"]);
+    let stranger = pki.for_names("stranger", &other.0, &["courier"]);
+    let client = pki.for_names("courier", &ca.0, &["courier"]);
     let redis = tls_redis(&pki, &ca, true);
     // 127.0.0.1, not localhost: with ::1 refused too, which error is reported would be a race.
     let url = redis.tls_url("127.0.0.1", Some(&format!("courier:{PASSWORD}")));

@@ -7,56 +7,20 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use courier::simulator::{SimConfig, SimTls, Simulator};
 use courier::upstream::{build_client, tls_config, ClientSettings};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::Value;
 use support::process::{lines_of, signal, wait_exit, wait_line, BIN};
+use support::tls::{Ca, Pki};
 use support::{body, read_answer, Pair, PairBuilder};
 
-/// A directory of PEM files for one test, removed on drop.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(test: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("courier-tls-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Pki { dir }
-    }
-
-    /// A new CA; its certificate is written to `<name>.pem`.
-    fn ca(&self, name: &str) -> (CertifiedIssuer<'static, KeyPair>, PathBuf) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("courier test CA {name}"));
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let path = self.dir.join(format!("{name}.pem"));
-        std::fs::write(&path, ca.pem()).unwrap();
-        (ca, path)
-    }
-
-    /// A server certificate for `names`, issued by `ca`, as the simulator's TLS files.
-    fn server(&self, name: &str, ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> SimTls {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names).unwrap().signed_by(&key, ca).unwrap();
-        let tls = SimTls { cert: self.dir.join(format!("{name}.crt")), key: self.dir.join(format!("{name}.key")) };
-        std::fs::write(&tls.cert, cert.pem()).unwrap();
-        std::fs::write(&tls.key, key.serialize_pem()).unwrap();
-        tls
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The simulator's TLS files: a certificate for `names` issued by `ca`.
+fn sim_tls(pki: &Pki, ca: &Ca, names: &[&str]) -> SimTls {
+    let leaf = pki.for_names("sim", ca, names);
+    SimTls { cert: leaf.cert, key: leaf.key }
 }
 
 const LOOPBACK: &[&str] = &["localhost", "127.0.0.1"];
@@ -69,7 +33,7 @@ async fn upstream_attempts(pair: &Pair, outcome: &str) -> f64 {
 async fn a_trusted_ca_file_carries_the_token_and_the_request_over_tls() {
     let pki = Pki::new("trusted");
     let (ca, ca_file) = pki.ca("ca");
-    let tls = pki.server("sim", &ca, LOOPBACK);
+    let tls = sim_tls(&pki, &ca, LOOPBACK);
     let pair = PairBuilder::default()
         .sim(|s| s.tls = Some(tls))
         .env("EXTERNAL_API_CA_FILE", ca_file.to_str().unwrap())
@@ -94,7 +58,7 @@ async fn a_certificate_from_another_ca_fails_fast_with_upstream_tls_and_no_retry
     let pki = Pki::new("other-ca");
     let (_trusted, trusted_file) = pki.ca("trusted");
     let (other, _) = pki.ca("other");
-    let tls = pki.server("sim", &other, LOOPBACK);
+    let tls = sim_tls(&pki, &other, LOOPBACK);
     let builder = PairBuilder::default();
     let token_sim = Simulator::start(builder.sim.clone()).await.unwrap();
     let pair = builder
@@ -140,7 +104,7 @@ async fn a_certificate_from_another_ca_fails_fast_with_upstream_tls_and_no_retry
 async fn a_token_endpoint_with_the_wrong_host_name_answers_upstream_tls() {
     let pki = Pki::new("wrong-name");
     let (ca, ca_file) = pki.ca("ca");
-    let tls = pki.server("sim", &ca, &["upstream.example"]);
+    let tls = sim_tls(&pki, &ca, &["upstream.example"]);
     let pair = PairBuilder::default()
         .sim(|s| s.tls = Some(tls))
         .env("EXTERNAL_API_CA_FILE", ca_file.to_str().unwrap())
@@ -192,7 +156,7 @@ fn a_bad_ca_file_stops_courier_with_one_line_naming_the_variable() {
 async fn the_simulate_command_serves_https_with_the_given_certificate() {
     let pki = Pki::new("simulate");
     let (ca, ca_file) = pki.ca("ca");
-    let tls = pki.server("sim", &ca, LOOPBACK);
+    let tls = sim_tls(&pki, &ca, LOOPBACK);
     let mut child = Command::new(BIN)
         .args(["simulate", "--listen", "127.0.0.1:0", "--workers", "1"])
         .arg("--tls-cert")
@@ -248,7 +212,7 @@ const CALLBACK_SECRET: &str = "whsec_tls_7c1e";
 /// signatures; courier trusts the CA for the upstream and, with `trust_callbacks`, for callbacks.
 async fn https_pair(pki: &Pki, trust_callbacks: bool) -> Pair {
     let (ca, ca_file) = pki.ca("ca");
-    let tls = pki.server("sim", &ca, LOOPBACK);
+    let tls = sim_tls(pki, &ca, LOOPBACK);
     let mut builder = PairBuilder::default()
         .sim(|s| {
             s.tls = Some(tls);

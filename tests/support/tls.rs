@@ -34,7 +34,7 @@ pub struct Leaf {
 
 impl Pki {
     pub fn new(test: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("courier-gwtls-{}-{test}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("courier-tls-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Pki { dir }
     }
@@ -70,6 +70,11 @@ impl Pki {
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.leaf(name, ca, params)
+    }
+
+    /// A certificate for `names` (SANs) issued by `ca`, for server and client use alike.
+    pub fn for_names(&self, name: &str, ca: &Ca, names: &[&str]) -> Leaf {
+        self.leaf(name, ca, CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap())
     }
 
     /// Signs `params` with a new key; writes `<name>.crt` and `<name>.key`.
