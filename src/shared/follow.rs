@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::credentials::RedisCredentials;
+use super::reopen::Reopened;
 use super::sentinel::Target;
 
 /// A connection to wherever the target points now. Clones share it.
@@ -24,17 +24,8 @@ struct Inner {
     target: Arc<Target>,
     credentials: RedisCredentials,
     config: ConnectionManagerConfig,
-    current: ArcSwap<Current>,
-    /// Held while a connection to a new node is made, so one is made per change.
-    switching: tokio::sync::Mutex<()>,
-}
-
-impl Inner {
-    /// The current manager, if it goes to the target's current node.
-    fn fresh(&self) -> Option<ConnectionManager> {
-        let current = self.current.load();
-        (current.generation == self.target.generation()).then(|| current.manager.clone())
-    }
+    /// The manager of the node the target named when it was made (replaced after a failover).
+    current: Reopened<Current>,
 }
 
 struct Current {
@@ -55,8 +46,7 @@ impl FollowedConn {
             target,
             credentials,
             config,
-            current: ArcSwap::from_pointee(Current { generation, manager }),
-            switching: tokio::sync::Mutex::new(()),
+            current: Reopened::new(Current { generation, manager }),
         })))
     }
 
@@ -68,18 +58,14 @@ impl FollowedConn {
     /// The manager of the target's current node, connecting to it first when the target moved.
     async fn manager(&self) -> RedisResult<ConnectionManager> {
         let inner = &self.0;
-        if let Some(manager) = inner.fresh() {
-            return Ok(manager);
-        }
-        let _switching = inner.switching.lock().await;
-        if let Some(manager) = inner.fresh() {
-            return Ok(manager);
-        }
-        let (generation, client) = inner.target.current();
-        let client = inner.credentials.client_like(&client)?;
-        let manager = ConnectionManager::new_with_config(client, inner.config.clone()).await?;
-        inner.current.store(Arc::new(Current { generation, manager: manager.clone() }));
-        Ok(manager)
+        let fresh = |current: &Current| current.generation == inner.target.generation();
+        let open = || async {
+            let (generation, client) = inner.target.current();
+            let client = inner.credentials.client_like(&client)?;
+            let manager = ConnectionManager::new_with_config(client, inner.config.clone()).await?;
+            Ok::<_, redis::RedisError>(Current { generation, manager })
+        };
+        Ok(inner.current.get(fresh, open).await?.manager.clone())
     }
 
     fn seen<T>(&self, answer: RedisResult<T>) -> RedisResult<T> {

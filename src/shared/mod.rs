@@ -35,6 +35,7 @@ pub mod keys;
 pub mod lockout;
 pub mod quota;
 pub mod refusal;
+mod reopen;
 pub mod rotating;
 pub mod sentinel;
 pub mod token;

@@ -26,11 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::refusal::Refusal;
+use super::reopen::Reopened;
 use super::{RedisConn, RedisEndpoint};
 
 /// A connection replaced when its endpoint's credentials change. Clones share it.
@@ -40,9 +40,7 @@ pub struct RotatingConn(Arc<Inner>);
 struct Inner {
     endpoint: RedisEndpoint,
     timeout: Duration,
-    current: ArcSwap<Current>,
-    /// Held while the replacement is opened, so one is opened per change.
-    switching: tokio::sync::Mutex<()>,
+    current: Reopened<Current>,
 }
 
 struct Current {
@@ -54,8 +52,8 @@ struct Current {
 }
 
 impl Current {
-    fn new(version: u64, conn: RedisConn) -> Arc<Current> {
-        Arc::new(Current { version, conn, refused: AtomicBool::new(false) })
+    fn new(version: u64, conn: RedisConn) -> Current {
+        Current { version, conn, refused: AtomicBool::new(false) }
     }
 
     /// Notes a refusal of this connection, from a call's answer.
@@ -73,12 +71,7 @@ impl RotatingConn {
     /// Wraps `conn`, opened with the credentials of `version`; replacements are opened by
     /// `endpoint` with `timeout`.
     pub(super) fn new(endpoint: RedisEndpoint, timeout: Duration, version: u64, conn: RedisConn) -> RotatingConn {
-        RotatingConn(Arc::new(Inner {
-            endpoint,
-            timeout,
-            current: ArcSwap::new(Current::new(version, conn)),
-            switching: tokio::sync::Mutex::new(()),
-        }))
+        RotatingConn(Arc::new(Inner { endpoint, timeout, current: Reopened::new(Current::new(version, conn)) }))
     }
 
     /// The connection opened with the current credentials, opening it first after a rotation
@@ -89,25 +82,14 @@ impl RotatingConn {
 
     async fn current_entry(&self) -> RedisResult<Arc<Current>> {
         let inner = &self.0;
-        if let Some(current) = inner.fresh() {
-            return Ok(current);
-        }
-        let _switching = inner.switching.lock().await;
-        if let Some(current) = inner.fresh() {
-            return Ok(current);
-        }
-        let (version, conn) = inner.endpoint.open(inner.timeout).await?;
-        let current = Current::new(version, conn);
-        inner.current.store(current.clone());
-        Ok(current)
-    }
-}
-
-impl Inner {
-    fn fresh(&self) -> Option<Arc<Current>> {
-        let current = self.current.load_full();
-        let fresh = current.version == self.endpoint.credentials_version() && !current.refused.load(Ordering::Acquire);
-        fresh.then_some(current)
+        let fresh = |current: &Current| {
+            current.version == inner.endpoint.credentials_version() && !current.refused.load(Ordering::Acquire)
+        };
+        let open = || async {
+            let (version, conn) = inner.endpoint.open(inner.timeout).await?;
+            Ok(Current::new(version, conn))
+        };
+        inner.current.get(fresh, open).await
     }
 }
 
