@@ -258,6 +258,14 @@ panel("Upstream attempts per minute by client", [(f'sum by (client) (rate(courie
                                                  (f'max by (client) (courier_client_spend_baseline_attempts_per_minute{{{I}, client=~"$client"}})', "baseline: {{client}}")],
       w=12, description="Attempts made for each client (retries included; a job's to its client), and the baseline "
       "they are compared with.")
+panel("TLS certificates: time left", [(f'min by (instance, certificate) (courier_tls_certificate_expiry_timestamp_seconds{{{I}}} > 0) - time()', "{{instance}}: {{certificate}}")],
+      unit="dtdurations", w=12, description="Until each listener's certificate in use (the earliest to expire in its "
+      "file) ends: gateway, gateway_client_ca, admin; listeners without TLS are not shown. A renewed file loaded "
+      "by courier resets it. See CourierTlsCertificateExpiringSoon and CourierTlsCertificateExpiringCritical.")
+panel("TLS handshakes by result", [(f'sum by (result) (rate(courier_tls_handshakes_total{{{I}}}[{R}]))', "{{result}}")],
+      unit="short", w=12, description="Handshakes on the gateway listener per second: ok, and refused for the caller's "
+      "certificate (no_client_certificate, bad_client_certificate), protocol (incompatible), a timeout or anything "
+      "else (failed). See CourierTlsHandshakesFailing.")
 endrow()
 
 row("Process")

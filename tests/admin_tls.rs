@@ -1,6 +1,7 @@
 //! The admin listener over TLS, on the real binary: `courier probe` (the container's health
 //! check) asks it over HTTPS, trusting exactly the certificate of `COURIER_ADMIN_TLS_CERT_FILE`,
-//! and a certificate replaced on disk is served after SIGHUP, without a restart.
+//! and a certificate replaced on disk is served after SIGHUP, without a restart. And what an
+//! operator's alert reads: when the listeners' certificates in use expire.
 
 mod support;
 
@@ -11,6 +12,11 @@ use courier::simulator::Simulator;
 use support::process::{signal, wait_line, Serving, BIN};
 use support::tls::{pem_body_lines, replace, Pki};
 use support::PairBuilder;
+
+/// Unix seconds of midnight UTC on 1 January of these years.
+const JAN_2020: f64 = 1_577_836_800.0;
+const JAN_2031: f64 = 1_924_992_000.0;
+const JAN_4096: f64 = 67_090_118_400.0;
 
 /// Runs `courier probe --admin ADMIN` with exactly `env`, off the test's runtime thread.
 async fn probe(admin: &str, env: &[(&str, String)]) -> Output {
@@ -101,4 +107,62 @@ async fn probe_asks_the_admin_listener_over_tls_and_a_sighup_swaps_its_certifica
     }
     let _ = courier.child.wait();
     sim.stop().await;
+}
+
+/// A server certificate of `ca` valid from `from` to `until` (years, 1 January UTC).
+fn valid(pki: &Pki, name: &str, ca: &support::tls::Ca, from: i32, until: i32) -> support::tls::Leaf {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(until, 1, 1);
+    pki.leaf(name, ca, params)
+}
+
+#[actix_rt::test]
+async fn the_expiry_of_the_certificates_in_use_is_exported_and_follows_a_rotation() {
+    let pki = Pki::new("expiry");
+    let (ca, _) = pki.ca("ca");
+    // The client CA file holds two CAs: the earlier one to expire is the one that counts.
+    let (long_ca, _) = pki.ca("long-ca");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_after = rcgen::date_time_ymd(2031, 1, 1);
+    let short = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+    let client_cas = pki.path("client-cas.pem");
+    std::fs::write(&client_cas, format!("{}{}", long_ca.pem(), short.pem())).unwrap();
+    let first = valid(&pki, "server", &ca, 2020, 2031);
+    let pair = PairBuilder::default()
+        .env("COURIER_TLS_CERT_FILE", first.cert.display().to_string())
+        .env("COURIER_TLS_KEY_FILE", first.key.display().to_string())
+        .env("COURIER_TLS_CLIENT_CA_FILE", client_cas.display().to_string())
+        .env("COURIER_TLS_CLIENT_AUTH", "optional")
+        .env("COURIER_SECRET_POLL_INTERVAL", "0.1")
+        .start()
+        .await;
+    let expiry = |certificate: &'static str| {
+        let pair = &pair;
+        async move { pair.metric("courier_tls_certificate_expiry_timestamp_seconds", &[("certificate", certificate)]).await }
+    };
+    assert_eq!(expiry("gateway").await, JAN_2031);
+    assert_eq!(expiry("gateway_client_ca").await, JAN_2031);
+    assert_eq!(expiry("admin").await, 0.0, "the admin listener serves plain HTTP here");
+
+    // A later CA file, then a certificate that has already expired (a renewal gone wrong):
+    // both exported once in use; the expired one is also warned of.
+    replace(&client_cas, &long_ca.pem());
+    let expired = Pki::new("expiry-next");
+    let expired = valid(&expired, "server", &ca, 2019, 2020);
+    replace(&first.key, &expired.key_pem);
+    replace(&first.cert, &expired.cert_pem);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while expiry("gateway").await != JAN_2020 {
+        assert!(Instant::now() < deadline, "the new certificate's expiry was not exported");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(expiry("gateway_client_ca").await, JAN_4096);
+    let logs = pair.stop().await;
+    let warned: Vec<_> = logs.lines().into_iter().filter(|l| l["event"] == "tls_certificate_expired").collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["certificate"], "gateway");
+    assert_eq!(warned[0]["var"], "COURIER_TLS_CERT_FILE");
+    assert_eq!(warned[0]["not_after"], JAN_2020 as i64);
 }

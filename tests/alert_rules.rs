@@ -46,7 +46,8 @@ fn the_alert_rules_pass_promtool() {
 /// count is flat; a spent window pages after a minute; windows under an hour alert nothing; a
 /// replica cut off from Redis pages after 2 minutes, a failover of seconds does not; wrong client
 /// keys, invalid requests and spending above a client's baseline alert past their thresholds and
-/// only there.
+/// only there; certificates alert 14 and 2 days ahead (a plain listener never), refused TLS
+/// handshakes past a tenth.
 #[test]
 fn the_quota_and_shared_state_alerts_fire_when_they_should() {
     let (success, text) = promtool(&["test", "rules", RULE_TESTS]);
@@ -69,6 +70,9 @@ fn the_quota_and_shared_state_alerts_fire_when_they_should() {
         "CourierAuthFailuresHigh",
         "CourierInvalidRequestsHigh",
         "CourierClientSpendAnomalous",
+        "CourierTlsCertificateExpiringSoon",
+        "CourierTlsCertificateExpiringCritical",
+        "CourierTlsHandshakesFailing",
     ];
     for alert in alerts {
         assert!(cases.contains(&(alert, true)), "{RULE_TESTS} never expects {alert} to fire");

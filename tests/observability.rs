@@ -249,11 +249,21 @@ async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
     // A second replica with a clients file, so the Security row has failed authentications and a
     // lockout to show.
     let (guarded, clients_file) = support::security::guarded_beside(&pair, "observability-security").await;
-    let targets = [pair.courier.admin_addr.to_string(), guarded.courier.admin_addr.to_string()];
+    // A third serving HTTPS, so the TLS panels have a certificate to show.
+    let pki = support::tls::Pki::new("observability");
+    let (ca, _) = pki.ca("ca");
+    let server = pki.server("server", &ca, "courier");
+    let tls = PairBuilder::default()
+        .env("COURIER_TLS_CERT_FILE", server.cert.display().to_string())
+        .env("COURIER_TLS_KEY_FILE", server.key.display().to_string())
+        .log_level("warning")
+        .start()
+        .await;
+    let targets = [pair.courier.admin_addr, guarded.courier.admin_addr, tls.courier.admin_addr].map(|a| a.to_string());
     let prometheus = Prometheus::start(&targets, &[Path::new(RULES)]).await;
     // Scraped before the traffic, so that increase() counts its first events.
-    let scraped = prometheus.wait_for("count(up == 1) == 2", Duration::from_secs(10)).await;
-    assert_eq!(scraped.len(), 1, "both replicas scraped: {scraped:?}");
+    let scraped = prometheus.wait_for("count(up == 1) == 3", Duration::from_secs(10)).await;
+    assert_eq!(scraped.len(), 1, "the three replicas scraped: {scraped:?}");
     support::security::lock_out(&guarded, "127.0.0.2").await;
     for i in 0..5 {
         let served = guarded.process_with(body(&format!("alpha {i}")), &[("authorization", "Bearer alpha-key")]).await;
@@ -328,11 +338,12 @@ async fn prometheus_gets_data_for_every_panel_and_the_breaker_alert_fires() {
     assert!(empty.is_empty(), "panels without data:\n{}", empty.join("\n"));
     // The variables' own queries too.
     let instances = prometheus.query("count by (instance) (courier_build_info)").await;
-    assert_eq!(instances.len(), 2);
+    assert_eq!(instances.len(), 3);
     let clients = prometheus.query("count by (client) (courier_http_requests_total)").await;
     assert!(!clients.is_empty());
 
     drop(prometheus);
+    tls.stop().await;
     guarded.stop().await;
     pair.stop().await;
     receiver.stop().await;

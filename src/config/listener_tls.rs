@@ -89,6 +89,19 @@ pub struct LoadedTls {
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// SHA-256 over the bytes of the files: equal digests, nothing to reload.
     pub digest: [u8; 32],
+    /// When the material stops being usable: the earliest end of validity in each file.
+    pub expiry: TlsExpiry,
+}
+
+/// The earliest end of validity (`notAfter`, Unix seconds) of the certificates in a listener's
+/// files: a chain is only as good as its first certificate to expire, and a client CA file
+/// stops admitting the clients of a CA when that CA expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsExpiry {
+    /// The earliest in the certificate chain.
+    pub certificate: i64,
+    /// The earliest in the client CA file, if there is one.
+    pub client_ca: Option<i64>,
 }
 
 impl fmt::Debug for LoadedTls {
@@ -97,6 +110,7 @@ impl fmt::Debug for LoadedTls {
             .field("certificates", &self.certified_key.cert.len())
             .field("key", &"[REDACTED]")
             .field("client_ca", &self.client_verifier.is_some())
+            .field("expiry", &self.expiry)
             .finish()
     }
 }
@@ -210,6 +224,10 @@ impl TlsFiles {
             self.verifier(path, &mut digest).map_err(|p| problems.push((self.vars.client_ca, p))).ok()
         });
         let (Some(chain), Some(key)) = (chain, key) else { return Err(problems) };
+        let certificate = earliest_end(&chain, &self.cert_file).map_err(|p| problems.push((self.vars.cert, p)));
+        let client_ca = verifier.as_ref().map(|(_, end)| *end);
+        let verifier = verifier.map(|(verifier, _)| verifier);
+        let Ok(certificate) = certificate else { return Err(problems) };
         let certified_key = match CertifiedKey::from_der(chain, key, &provider()) {
             Ok(certified_key) => certified_key,
             Err(e) => {
@@ -225,26 +243,34 @@ impl TlsFiles {
             certified_key: Arc::new(certified_key),
             client_verifier: verifier,
             digest: digest.finalize().into(),
+            expiry: TlsExpiry { certificate, client_ca },
         })
     }
 
-    fn verifier(&self, path: &Path, digest: &mut Sha256) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    /// The verifier of client certificates issued by the CAs of `path`, and the earliest end
+    /// of those CAs' validity.
+    fn verifier(&self, path: &Path, digest: &mut Sha256) -> Result<(Arc<dyn ClientCertVerifier>, i64), String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         digest.update(&bytes);
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&bytes) {
-            let cert = cert.map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
-        }
-        if roots.is_empty() {
+        let cas = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
+        if cas.is_empty() {
             return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+        let end = earliest_end(&cas, path)?;
+        let mut roots = RootCertStore::empty();
+        for cert in cas {
+            roots.add(cert).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
         }
         let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
         let builder = match self.client_auth {
             ClientAuth::Required => builder,
             ClientAuth::Optional => builder.allow_unauthenticated(),
         };
-        builder.build().map_err(|e| format!("{}: cannot verify clients with it: {e}", path.display()))
+        let verifier =
+            builder.build().map_err(|e| format!("{}: cannot verify clients with it: {e}", path.display()))?;
+        Ok((verifier, end))
     }
 }
 
@@ -285,6 +311,17 @@ fn read_chain(path: &Path, digest: &mut Sha256) -> Result<Vec<CertificateDer<'st
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
     Ok(certs)
+}
+
+/// The earliest `notAfter` (Unix seconds) of `certs`, read from `path`.
+fn earliest_end(certs: &[CertificateDer<'_>], path: &Path) -> Result<i64, String> {
+    let mut earliest = i64::MAX;
+    for (n, der) in certs.iter().enumerate() {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|_| format!("{}: certificate {} is not a valid X.509 certificate", path.display(), n + 1))?;
+        earliest = earliest.min(cert.validity().not_after.timestamp());
+    }
+    Ok(earliest)
 }
 
 /// The private key of a PEM file; the message names the file, never its content (not even
@@ -351,6 +388,32 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(shown.contains("key: \"[REDACTED]\"") && !shown.contains("PRIVATE"), "{shown}");
         assert_eq!(gateway.files.load().unwrap().digest, gateway.loaded.digest, "the same files, the same digest");
+        // rcgen's default validity ends on 4096-01-01.
+        let end_of_4095 = 67_090_118_400;
+        assert_eq!(gateway.loaded.expiry, TlsExpiry { certificate: end_of_4095, client_ca: Some(end_of_4095) });
+    }
+
+    #[test]
+    fn a_chain_expires_with_its_first_certificate_to_expire() {
+        let (dir, _, key_file) = files("chain");
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        let leaf = params.self_signed(&key).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let intermediate = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+        let chain = dir.0.join("chain.pem");
+        std::fs::write(&chain, format!("{}{}", leaf.pem(), intermediate.pem())).unwrap();
+        let files = TlsFiles {
+            vars: GATEWAY_VARS,
+            cert_file: chain,
+            key_file: key_file.into(),
+            client_ca_file: None,
+            client_auth: ClientAuth::Required,
+        };
+        let expiry = files.load().unwrap().expiry;
+        assert_eq!(expiry, TlsExpiry { certificate: 1_893_456_000, client_ca: None }, "2030-01-01, the intermediate's");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use admin::{admin_listen, admin_tls_cert, is_loopback, token_fingerprint, to
 pub use clients::{key_sha256_hex, ClientEntry, Clients};
 pub use errors::{ConfigError, ConfigErrors};
 pub use limits::{LimitsConfig, PARSER_MAX_HEAD_BYTES};
-pub use listener_tls::{ClientAuth, ListenerTls, LoadedTls, ServerTls, TlsFiles, TlsProblem, TlsVars};
+pub use listener_tls::{ClientAuth, ListenerTls, LoadedTls, ServerTls, TlsExpiry, TlsFiles, TlsProblem, TlsVars};
 pub use pem::load_ca_file;
 pub use quota::{Pacing, QuotaConfig, QuotaSpec, WindowKind};
 pub use reader::{read_secret_file, redis_url_problem, Env, Layered, MapEnv, ProcessEnv};

@@ -8,6 +8,7 @@
 //! series a dashboard or an alert asks for, and `increase()` sees the first event of each (a
 //! series born at its first event has no earlier sample to count from).
 
+use super::tls::{TlsCertificate, TLS_HANDSHAKE_RESULTS};
 use super::Metrics;
 
 /// Inbound routes, the `route` label.
@@ -310,10 +311,6 @@ fn unknown_statuses(route: Route, keys: bool) -> &'static [u16] {
 /// The `result` label values of `courier_trace_spans_total`.
 pub const TRACE_SPAN_RESULTS: [&str; 3] = ["exported", "failed", "dropped"];
 
-/// The `result` label values of `courier_tls_handshakes_total`.
-pub const TLS_HANDSHAKE_RESULTS: [&str; 6] =
-    ["ok", "no_client_certificate", "bad_client_certificate", "incompatible", "timeout", "failed"];
-
 /// The `status_class` label of a status.
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -361,6 +358,9 @@ impl Metrics {
             for value in values {
                 gauge.with_label_values(&[value]);
             }
+        }
+        for certificate in TlsCertificate::ALL {
+            self.tls_certificate_expiry.with_label_values(&[certificate.as_str()]);
         }
         for kind in ProbeKind::ALL {
             for result in ProbeResult::ALL {

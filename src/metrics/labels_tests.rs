@@ -1,6 +1,7 @@
 //! Unit tests of the label sets created at start.
 
 use super::labels::*;
+use super::tls::*;
 use super::Metrics;
 
 fn series(metrics: &Metrics) -> Vec<String> {
@@ -20,6 +21,11 @@ fn every_listed_label_value_exists_at_zero_from_the_start() {
         ("courier_jobs_finished_total", "state", &JOB_FINAL_STATES[..]),
         ("courier_limit_rejections_total", "limit", &LIMITS[..]),
         ("courier_tls_handshakes_total", "result", &TLS_HANDSHAKE_RESULTS[..]),
+        (
+            "courier_tls_certificate_expiry_timestamp_seconds",
+            "certificate",
+            &["gateway", "gateway_client_ca", "admin"][..],
+        ),
         ("courier_token_refreshes_total", "result", &["success", "rejected", "failure"][..]),
         ("courier_quota_refusals_total", "reason", &["window_spent", "client_max", "reserved", "unavailable"][..]),
         ("courier_quota_state_writes_total", "result", &["ok", "failed"][..]),

@@ -14,11 +14,13 @@ mod labels_tests;
 mod quota;
 mod registrar;
 mod security;
+mod tls;
 
 pub use labels::*;
 pub use security::{
     SecurityMetrics, AUTH_FAILURE_REASONS, CLIENT_REFUSAL_CODES, LOCKOUT_EVENTS, SOURCE_CLASSES, UNKNOWN_REFUSAL_CODES,
 };
+pub use tls::*;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
@@ -181,6 +183,10 @@ pub struct Metrics {
     /// an old protocol version, no common cipher suite or ALPN protocol, not TLS at all;
     /// `timeout`; `failed`: anything else, e.g. the caller hung up).
     pub tls_handshakes: IntCounterVec,
+    /// When each listener's TLS material in use expires: the earliest `notAfter` in the file, in
+    /// Unix seconds, by certificate (`gateway`, `gateway_client_ca`, `admin`); 0 where none is
+    /// configured. Updated at start and by every reload that puts new files in use.
+    pub tls_certificate_expiry: GaugeVec,
 }
 
 impl Metrics {

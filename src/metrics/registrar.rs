@@ -350,6 +350,11 @@ impl Metrics {
                 "TLS handshakes on the gateway listener, by result (ok; no_client_certificate; bad_client_certificate: expired, from another CA, not for client use; incompatible: an old protocol version, no common cipher suite or ALPN protocol, not TLS at all; timeout; failed: anything else, e.g. the caller hung up).",
                 &["result"],
             ),
+            tls_certificate_expiry: r.gauge_vec(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When each listener's TLS material in use expires: the earliest notAfter in the file, in Unix seconds, by certificate (gateway, gateway_client_ca, admin); 0 where none is configured. Updated at start and by every reload that puts new files in use.",
+                &["certificate"],
+            ),
             registry: r.0.clone(),
             names: Vec::new(),
         };

@@ -174,6 +174,7 @@ impl Reloader {
         // from the reload that adds it, below).
         let names = self.current.clients.as_ref().map(Clients::names);
         self.metrics.add_clients(names.as_deref());
+        self.current.tls.expose(&self.metrics, &self.log, unix_now());
         let files: Vec<&str> = self.sources.files().into_iter().map(|(var, _)| var).collect();
         info!(self.log, "credential_reload_ready";
             "files" => files.join(","), "poll_interval" => poll.map_or(0.0, |p| p.as_secs_f64()));
@@ -295,6 +296,7 @@ impl Reloader {
             changed.push("clients");
         }
         self.current.tls.apply(&self.targets.tls, read.tls, &mut changed);
+        self.current.tls.expose(&self.metrics, &self.log, unix_now());
         self.count(trigger, ReloadResult::Ok);
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         self.metrics.config_last_reload_success.set(unix);
@@ -340,6 +342,10 @@ impl Reloader {
 }
 
 /// Whether two secrets differ (compared in memory only; neither is ever printed).
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 fn differs(a: &SecretString, b: &SecretString) -> bool {
     a.expose_secret() != b.expose_secret()
 }

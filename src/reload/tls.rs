@@ -18,8 +18,11 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
+use slog::{warn, Logger};
+
 use super::sources::Problem;
-use crate::config::{Config, LoadedTls, TlsFiles};
+use crate::config::{Config, LoadedTls, TlsExpiry, TlsFiles};
+use crate::metrics::{Metrics, TlsCertificate};
 use crate::published::Published;
 
 /// The TLS files a reload reads (`None`: that listener is plain HTTP).
@@ -49,10 +52,10 @@ pub struct TlsCells {
     pub admin: Option<Arc<Published<Arc<CertifiedKey>>>>,
 }
 
-/// The digests of the material in use, to tell what a reload changed.
+/// The digests of the material in use, to tell what a reload changed, and its expiry.
 pub(super) struct TlsCurrent {
-    gateway: Option<[u8; 32]>,
-    admin: Option<[u8; 32]>,
+    gateway: Option<([u8; 32], TlsExpiry)>,
+    admin: Option<([u8; 32], TlsExpiry)>,
 }
 
 impl TlsSources {
@@ -100,23 +103,45 @@ impl TlsCells {
 
 impl TlsCurrent {
     pub(super) fn from_config(config: &Config) -> TlsCurrent {
-        let digest = |listener: &Option<crate::config::ListenerTls>| listener.as_ref().map(|l| l.loaded.digest);
-        TlsCurrent { gateway: digest(&config.tls.gateway), admin: digest(&config.tls.admin) }
+        let current = |listener: &Option<crate::config::ListenerTls>| {
+            listener.as_ref().map(|l| (l.loaded.digest, l.loaded.expiry))
+        };
+        TlsCurrent { gateway: current(&config.tls.gateway), admin: current(&config.tls.admin) }
+    }
+
+    /// Shows when the material in use expires in `courier_tls_certificate_expiry_timestamp_seconds`
+    /// (0 for a listener without TLS), and warns of material already expired: the listener still
+    /// serves it (there is nothing better to serve), and callers refuse it.
+    pub(super) fn expose(&self, metrics: &Metrics, log: &Logger, now: i64) {
+        let gateway = self.gateway.map(|(_, expiry)| expiry);
+        let admin = self.admin.map(|(_, expiry)| expiry);
+        let ends = [
+            (TlsCertificate::Gateway, gateway.map(|e| e.certificate)),
+            (TlsCertificate::GatewayClientCa, gateway.and_then(|e| e.client_ca)),
+            (TlsCertificate::Admin, admin.map(|e| e.certificate)),
+        ];
+        for (certificate, end) in ends {
+            metrics.tls_certificate_expiry.with_label_values(&[certificate.as_str()]).set(end.unwrap_or(0) as f64);
+            if let Some(end) = end.filter(|end| *end <= now) {
+                warn!(log, "tls_certificate_expired";
+                    "certificate" => certificate.as_str(), "var" => certificate.var(), "not_after" => end);
+            }
+        }
     }
 
     /// Publishes what changed, naming it in `changed`.
     pub(super) fn apply(&mut self, cells: &TlsCells, read: TlsRead, changed: &mut Vec<&'static str>) {
         if let (Some(loaded), Some(cell)) = (read.gateway, &cells.gateway) {
-            if self.gateway != Some(loaded.digest) {
+            if self.gateway.map(|(digest, _)| digest) != Some(loaded.digest) {
                 cell.publish(loaded.server_config(None));
-                self.gateway = Some(loaded.digest);
+                self.gateway = Some((loaded.digest, loaded.expiry));
                 changed.push("tls");
             }
         }
         if let (Some(loaded), Some(cell)) = (read.admin, &cells.admin) {
-            if self.admin != Some(loaded.digest) {
+            if self.admin.map(|(digest, _)| digest) != Some(loaded.digest) {
                 cell.publish(loaded.certified_key.clone());
-                self.admin = Some(loaded.digest);
+                self.admin = Some((loaded.digest, loaded.expiry));
                 changed.push("admin_tls");
             }
         }
