@@ -4,7 +4,7 @@
 //! (`COURIER_REDIS_MIN_REPLICAS=1`) with callbacks. The primary is killed (SIGKILL): the couriers
 //! follow the failover by themselves, every 202 reaches a final state and its signed callback
 //! (a repeat counted), the upstream's limit is never exceeded, and the old primary, back as a
-//! replica, never sees a command from courier.
+//! replica, never sees a command from courier. Sentinels that ask for a password get theirs.
 
 mod support;
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::failover::{shared_state, until, verdict, Load, COURIER_COMMANDS};
 use support::receiver::Receiver;
-use support::redis::RedisServer;
+use support::redis::{refused_start, RedisServer};
 use support::sentinel::Sentinel;
 use support::PairBuilder;
 
@@ -166,4 +166,43 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
     );
     receiver.stop().await;
     drop(sentinels);
+}
+
+/// Sentinels that ask for a password (`requirepass` in sentinel.conf) get their own, not the data
+/// nodes'; without it, or with a wrong one, courier does not start, with one line naming the
+/// Sentinel and never the password.
+#[actix_rt::test]
+async fn sentinels_that_ask_for_a_password_get_their_own() {
+    const SENTINEL_PASSWORD: &str = "sentinel-pw-51c2";
+    const WRONG: &str = "not-the-sentinel-pw";
+    let primary = RedisServer::start();
+    let sentinel = Sentinel::start_with(MASTER, primary.port(), &format!("requirepass {SENTINEL_PASSWORD}\n"));
+    let addr = sentinel.addr();
+    let url = "redis://named-by-sentinel.invalid/0";
+    let (sentinels, master) = (("REDIS_SENTINELS", addr.as_str()), ("REDIS_SENTINEL_MASTER", MASTER));
+    let prefix = format!("courier: cannot start: REDIS_SENTINELS: no Sentinel named a working primary ({addr}: ");
+
+    let without = refused_start(url, &[sentinels, master], &[SENTINEL_PASSWORD]);
+    assert_eq!(
+        without,
+        format!("{prefix}the Sentinel requires a password and REDIS_SENTINEL_PASSWORD is not set (NOAUTH))")
+    );
+    let wrong =
+        refused_start(url, &[sentinels, master, ("REDIS_SENTINEL_PASSWORD", WRONG)], &[SENTINEL_PASSWORD, WRONG]);
+    let refused = "the Sentinel refused REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD (WRONGPASS))";
+    assert_eq!(wrong, format!("{prefix}{refused}"));
+
+    let pair = PairBuilder::default()
+        .env("REDIS_URL", url)
+        .env("REDIS_SENTINELS", &addr)
+        .env("REDIS_SENTINEL_MASTER", MASTER)
+        .env("REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD)
+        .start()
+        .await;
+    assert_eq!(shared_state(&pair).await, "shared");
+    assert_eq!(pair.process(support::body("through the named primary")).await.status, 200);
+    let logs = pair.stop().await;
+    let found = logs.lines().into_iter().find(|l| l["event"] == "redis_primary_found").expect("primary found");
+    assert_eq!(found["primary"], format!("127.0.0.1:{}", primary.port()));
+    assert!(!logs.text().contains(SENTINEL_PASSWORD));
 }

@@ -8,13 +8,11 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{ClientTlsConfig, TlsCertificates};
 use serde_json::{json, Value};
-use support::process::BIN;
 use support::redis::{RedisServer, TlsFiles};
 use support::tls::{Ca, Leaf, Pki};
 use support::{body, count, read_answer, Answer, Pair, PairBuilder};
@@ -169,30 +167,8 @@ async fn mutual_tls_carries_sync_and_async_requests() {
     pair.stop().await;
 }
 
-/// Runs `courier serve` against `redis_url` with `extra` settings and returns the line saying
-/// why it did not start (it must exit 1 with one such line, and never print the password).
 fn refused_start(redis_url: &str, extra: &[(&str, &PathBuf)]) -> String {
-    let mut command = Command::new(BIN);
-    command
-        .arg("serve")
-        .env_clear()
-        .env("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2")
-        .env("EXTERNAL_API_KEY", "very-secret-key")
-        .env("EXTERNAL_OAUTH_CLIENT_ID", "client")
-        .env("EXTERNAL_OAUTH_CLIENT_SECRET", "very-secret-secret")
-        .env("COURIER_LISTEN", "127.0.0.1:0")
-        .env("COURIER_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("REDIS_URL", redis_url);
-    for (name, path) in extra {
-        command.env(name, path);
-    }
-    let output = command.output().unwrap();
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains(PASSWORD) && !stderr.contains("very-secret"), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("courier: cannot start: ")).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    lines[0].to_owned()
+    support::redis::refused_start(redis_url, extra, &[PASSWORD])
 }
 
 const NOT_TRUSTED: &str = "courier: cannot start: REDIS_URL: cannot connect to Redis: TLS: Redis's certificate is \

@@ -42,7 +42,7 @@ pub use pem::load_ca_file;
 pub use quota::{Pacing, QuotaConfig, QuotaSpec, WindowKind};
 pub use reader::{read_secret_file, redis_url_problem, Env, Layered, MapEnv, ProcessEnv};
 use reader::{FileValues, Reader};
-pub use redis_ha::RedisHaConfig;
+pub use redis_ha::{RedisHaConfig, SentinelAuth};
 pub use redis_tls::{RedisClientCert, RedisTls};
 pub use sections::{BreakerConfig, JobsConfig};
 pub use security::{LockoutConfig, SecurityConfig, SpendConfig};

@@ -2,7 +2,10 @@
 //! `COURIER_REDIS_WAIT_TIMEOUT`) and where the primary is (`REDIS_SENTINELS`,
 //! `REDIS_SENTINEL_MASTER`). See docs/operations.md, "Redis failover".
 
+use std::fmt;
 use std::time::Duration;
+
+use secrecy::SecretString;
 
 use super::reader::Reader;
 
@@ -23,7 +26,35 @@ pub struct RedisHaConfig {
     pub sentinels: Vec<String>,
     /// The master name the Sentinels monitor (set when `sentinels` is not empty).
     pub sentinel_master: Option<String>,
+    /// How to authenticate to the Sentinels (`REDIS_SENTINEL_PASSWORD` or `_FILE`,
+    /// `REDIS_SENTINEL_USERNAME`); `None`: they ask for nothing.
+    pub sentinel_auth: Option<SentinelAuth>,
 }
+
+/// The credentials Sentinels ask for (`requirepass`, or an ACL user on Sentinels): distinct
+/// from the data nodes', which `REDIS_URL` gives.
+#[derive(Clone)]
+pub struct SentinelAuth {
+    /// The ACL user; `None`: the default user (`requirepass`).
+    pub username: Option<String>,
+    /// The password: a secret.
+    pub password: SecretString,
+}
+
+impl fmt::Debug for SentinelAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelAuth").field("username", &self.username).field("password", &"[REDACTED]").finish()
+    }
+}
+
+impl PartialEq for SentinelAuth {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret;
+        self.username == other.username && self.password.expose_secret() == other.password.expose_secret()
+    }
+}
+
+impl Eq for SentinelAuth {}
 
 impl RedisHaConfig {
     /// Reads the variables; `redis_url`: the scheme of `REDIS_URL` when it is set and valid;
@@ -72,7 +103,26 @@ impl RedisHaConfig {
                 _ => {}
             }
         }
-        RedisHaConfig { min_replicas, wait_timeout, sentinels, sentinel_master }
+        let sentinel_auth = sentinel_auth(r, !sentinels.is_empty());
+        RedisHaConfig { min_replicas, wait_timeout, sentinels, sentinel_master, sentinel_auth }
+    }
+}
+
+/// The Sentinels' credentials: a password (and perhaps a user), only with Sentinels.
+fn sentinel_auth(r: &mut Reader<'_>, sentinels: bool) -> Option<SentinelAuth> {
+    let username = r.optional("REDIS_SENTINEL_USERNAME");
+    let password = r.optional_secret("REDIS_SENTINEL_PASSWORD").map(|(password, _)| password);
+    const AUTH: &str = "the password Sentinels ask for (their requirepass, or the ACL user's), with REDIS_SENTINELS";
+    match (&username, &password) {
+        (_, Some(_)) if !sentinels => {
+            r.problem("REDIS_SENTINEL_PASSWORD", "is set without REDIS_SENTINELS", AUTH);
+            None
+        }
+        (Some(_), None) if !r.reported("REDIS_SENTINEL_PASSWORD") && !r.reported("REDIS_SENTINEL_PASSWORD_FILE") => {
+            r.problem("REDIS_SENTINEL_USERNAME", "is set without REDIS_SENTINEL_PASSWORD", AUTH);
+            None
+        }
+        _ => password.map(|password| SentinelAuth { username, password }),
     }
 }
 
@@ -114,6 +164,25 @@ mod tests {
         assert_eq!(config.min_replicas, 0);
         assert_eq!(config.wait_timeout, Duration::from_millis(500));
         assert!(config.sentinels.is_empty() && config.sentinel_master.is_none());
+    }
+
+    #[test]
+    fn sentinels_may_ask_for_a_password_of_their_own_never_shown() {
+        let sentinels = [("REDIS_SENTINELS", "127.0.0.1:26379"), ("REDIS_SENTINEL_MASTER", "m")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            read(&[&sentinels[..], extra].concat(), Some("redis")).map(|c| c.sentinel_auth)
+        };
+        assert_eq!(with(&[]).unwrap(), None);
+        let auth = with(&[("REDIS_SENTINEL_PASSWORD", "s3cret"), ("REDIS_SENTINEL_USERNAME", "watcher")]).unwrap();
+        let auth = auth.unwrap();
+        assert_eq!(auth.username.as_deref(), Some("watcher"));
+        assert!(!format!("{auth:?}").contains("s3cret"));
+        let alone = with(&[("REDIS_SENTINEL_USERNAME", "watcher")]).unwrap_err();
+        assert!(alone.starts_with("REDIS_SENTINEL_USERNAME: is set without REDIS_SENTINEL_PASSWORD"), "{alone}");
+        let stray = read(&[("REDIS_SENTINEL_PASSWORD", "s3cret")], Some("redis")).unwrap_err();
+        assert!(
+            stray.starts_with("REDIS_SENTINEL_PASSWORD: is set without REDIS_SENTINELS") && !stray.contains("s3cret")
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct SentinelSettings {
     pub sentinels: Vec<String>,
     /// The master name the Sentinels monitor (`sentinel monitor <name> ...`).
     pub master: String,
+    /// The Sentinels' own user and password, if they ask for one.
+    pub auth: Option<crate::config::SentinelAuth>,
 }
 
 /// A data node courier talks to now.
@@ -202,7 +204,8 @@ pub async fn resolve(
 ) -> Result<(String, Client), String> {
     let mut failures = Vec::new();
     for sentinel in &settings.sentinels {
-        let named = match bounded(timeout, ask_sentinel(sentinel, &settings.master, timeout)).await {
+        let asked = ask_sentinel(sentinel, &settings.master, settings.auth.as_ref(), timeout);
+        let named = match bounded(timeout, asked, sentinel_refusal).await {
             Ok(Some(named)) => named,
             Ok(None) => {
                 failures.push(format!("{sentinel}: does not know master {:?}", settings.master));
@@ -222,7 +225,7 @@ pub async fn resolve(
                 continue;
             }
         };
-        match bounded(timeout, role(&client, timeout)).await {
+        match bounded(timeout, role(&client, timeout), super::describe).await {
             Ok(role) if role == "master" => return Ok((addr, client)),
             Ok(role) => failures.push(format!("{sentinel} named {addr}, which is a {role}")),
             Err(why) => failures.push(format!("{sentinel} named {addr}: {why}")),
@@ -231,11 +234,29 @@ pub async fn resolve(
     Err(format!("no Sentinel named a working primary ({})", failures.join("; ")))
 }
 
-async fn bounded<T>(limit: Duration, call: impl std::future::Future<Output = RedisResult<T>>) -> Result<T, String> {
+async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = RedisResult<T>>,
+    describe: fn(&RedisError) -> String,
+) -> Result<T, String> {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(super::describe(&e)),
+        Ok(Err(e)) => Err(describe(&e)),
         Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+    }
+}
+
+/// What a Sentinel's refusal means: its own password (not `REDIS_URL`'s) is missing or wrong.
+fn sentinel_refusal(e: &RedisError) -> String {
+    use super::refusal::Refusal;
+    match Refusal::of(e) {
+        Some(Refusal::NoAuth) => {
+            "the Sentinel requires a password and REDIS_SENTINEL_PASSWORD is not set (NOAUTH)".into()
+        }
+        Some(Refusal::WrongPass) => {
+            "the Sentinel refused REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD (WRONGPASS)".into()
+        }
+        _ => super::describe(e),
     }
 }
 
@@ -245,8 +266,18 @@ fn short_config(timeout: Duration) -> AsyncConnectionConfig {
 
 /// `SENTINEL get-master-addr-by-name`: the primary's host and port, `None` when the Sentinel
 /// does not monitor `master`.
-async fn ask_sentinel(sentinel: &str, master: &str, timeout: Duration) -> RedisResult<Option<(String, u16)>> {
-    let client = Client::open(format!("redis://{sentinel}/"))?;
+async fn ask_sentinel(
+    sentinel: &str,
+    master: &str,
+    auth: Option<&crate::config::SentinelAuth>,
+    timeout: Duration,
+) -> RedisResult<Option<(String, u16)>> {
+    let mut info: ConnectionInfo = format!("redis://{sentinel}/").parse()?;
+    if let Some(auth) = auth {
+        info.redis.username = auth.username.clone();
+        info.redis.password = Some(secrecy::ExposeSecret::expose_secret(&auth.password).to_owned());
+    }
+    let client = Client::open(info)?;
     let mut conn = client.get_multiplexed_async_connection_with_config(&short_config(timeout)).await?;
     let named: Option<(String, u16)> =
         redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master).query_async(&mut conn).await?;
@@ -312,7 +343,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn no_sentinel_answering_is_an_error_naming_each_without_secrets() {
-        let settings = SentinelSettings { sentinels: vec!["127.0.0.1:1".into()], master: "m".into() };
+        let settings = SentinelSettings { sentinels: vec!["127.0.0.1:1".into()], master: "m".into(), auth: None };
         let template: ConnectionInfo = "redis://:hunter2@127.0.0.1:1/0".parse().unwrap();
         let make: NodeClient = Arc::new(move |host, port| node_client(&template, host, port));
         let Err(err) = resolve(&settings, &make, Duration::from_millis(300)).await else { panic!("resolved") };

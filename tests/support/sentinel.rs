@@ -19,6 +19,11 @@ pub struct Sentinel {
 impl Sentinel {
     /// Starts a Sentinel (quorum 2, down after 1 s, failover timeout 5 s).
     pub fn start(master: &str, primary_port: u16) -> Sentinel {
+        Sentinel::start_with(master, primary_port, "")
+    }
+
+    /// The same, with more lines of configuration (e.g. `requirepass …`).
+    pub fn start_with(master: &str, primary_port: u16, extra: &str) -> Sentinel {
         for attempt in 0..5 {
             let port = free_port();
             let dir = std::env::temp_dir().join(format!("courier-sentinel-{}-{port}-{attempt}", std::process::id()));
@@ -31,7 +36,7 @@ impl Sentinel {
                      sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
                      sentinel down-after-milliseconds {master} 1000\n\
                      sentinel failover-timeout {master} 5000\n\
-                     sentinel parallel-syncs {master} 1\n",
+                     sentinel parallel-syncs {master} 1\n{extra}",
                     dir = dir.display()
                 ),
             )
