@@ -96,6 +96,28 @@ def openssl(cwd, *args):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def make_pki(pki):
+    """In the new directory `pki`, with openssl: ca.crt (and its key), and two server pairs for
+    127.0.0.1 issued by it, courier-1.crt/.key and courier-2.crt/.key (their common names)."""
+    os.mkdir(pki, 0o700)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl(pki, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=deploy-check CA", "-days", "1")
+    with open(os.path.join(pki, "server.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    for n in (1, 2):
+        openssl(pki, "req", "-new", *ec, "-keyout", f"courier-{n}.key", "-out", f"courier-{n}.csr", "-subj", f"/CN=courier-{n}")
+        openssl(pki, "x509", "-req", "-in", f"courier-{n}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", str(n),
+                "-days", "1", "-extfile", "server.ext", "-out", f"courier-{n}.crt")
+
+
+def served(address, ca):
+    """The common name of the certificate served at address, verified against the CA file `ca`."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=ca)
+    with socket.create_connection((host, int(port)), timeout=5) as raw, context.wrap_socket(raw, server_hostname=host) as tls:
+        return dict(pair[0] for pair in tls.getpeercert()["subject"]).get("commonName")
+
+
 class Tls:
     """The TLS part of one strace run, in `work` (see the module doc)."""
 
@@ -111,17 +133,7 @@ class Tls:
             os.chmod(work, 0o711)  # the unit's user passes through to its files, and lists nothing
             # Where user namespaces are off (some containers), the group is exercised without one.
             self.userns = subprocess.run(self.command(["true"]), capture_output=True).returncode == 0
-        os.mkdir(self.pki, 0o700)
-        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-        openssl(self.pki, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=deploy-check CA",
-                "-days", "1")
-        with open(os.path.join(self.pki, "server.ext"), "w") as f:
-            f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-        for n in (1, 2):
-            openssl(self.pki, "req", "-new", *ec, "-keyout", f"courier-{n}.key", "-out", f"courier-{n}.csr",
-                    "-subj", f"/CN=courier-{n}")
-            openssl(self.pki, "x509", "-req", "-in", f"courier-{n}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                    "-set_serial", str(n), "-days", "1", "-extfile", "server.ext", "-out", f"courier-{n}.crt")
+        make_pki(self.pki)
         # The directory as the install comment of courier-tls.conf makes it: root, the group, 0750.
         os.mkdir(self.dir, 0o750)
         os.chown(self.dir, 0 if self.as_root else -1, self.gid)
@@ -190,11 +202,7 @@ class Tls:
         return ssl.create_default_context(cafile=os.path.join(self.pki, "ca.crt"))
 
     def served(self, address):
-        """The common name of the certificate served at address (verified against the CA)."""
-        host, _, port = address.rpartition(":")
-        with socket.create_connection((host, int(port)), timeout=5) as raw, \
-                self.context().wrap_socket(raw, server_hostname=host) as tls:
-            return dict(pair[0] for pair in tls.getpeercert()["subject"]).get("commonName")
+        return served(address, os.path.join(self.pki, "ca.crt"))
 
     def renew(self, gateway, admin, log_path, wait_for):
         """The renewal, while courier runs: refused for a key that is not the certificate's,
