@@ -210,10 +210,21 @@ class Tls:
         for address in (gateway, admin):
             if self.served(address) != "courier-1":
                 raise RuntimeError(f"{address} does not serve the installed certificate courier-1")
+        # A keep-alive connection opened before the renewal, asked again and again through it (so
+        # its idle timeout never ends it): it must stay the same connection, answering 200.
         host, _, port = admin.rpartition(":")
         kept = http.client.HTTPSConnection(host, int(port), context=self.context(), timeout=10)
-        kept.request("GET", "/healthz")
-        kept.getresponse().read()
+        kept.connect()
+        sock = kept.sock
+
+        def ask_kept():
+            kept.request("GET", "/healthz")
+            response = kept.getresponse()
+            response.read()
+            if response.status != 200 or kept.sock is not sock:
+                raise RuntimeError(f"the connection opened before the renewal was dropped or answered {response.status}")
+            return True
+        ask_kept()
         before = {name: open(os.path.join(self.dir, name), "rb").read() for name in ("gateway.crt", "gateway.key")}
         if self.deploy("courier-2", "courier-1", check=False).returncode == 0:
             raise RuntimeError("courier-tls-deploy-hook installed a key that is not the certificate's")
@@ -225,12 +236,9 @@ class Tls:
             if st.st_mode & 0o777 != 0o640 or st.st_gid != self.gid:
                 raise RuntimeError(f"courier-tls-deploy-hook left {name} mode {st.st_mode & 0o777:o}, group {st.st_gid}")
         for address in (gateway, admin):
-            wait_for(f"the renewed certificate served at {address}", lambda a=address: self.served(a) == "courier-2")
-        kept.request("GET", "/healthz")
-        response = kept.getresponse()
-        response.read()
-        if response.status != 200:
-            raise RuntimeError(f"a connection opened before the renewal answered {response.status} after it")
+            wait_for(f"the renewed certificate served at {address}",
+                     lambda a=address: ask_kept() and self.served(a) == "courier-2")
+        ask_kept()
         kept.close()
         # The reload's log line, written asynchronously: waited for, not read once.
 
