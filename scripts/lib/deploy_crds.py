@@ -51,6 +51,35 @@ LABEL_SELECTOR = {
     },
 }
 
+# A key of a Secret or ConfigMap in the monitor's namespace (SecretKeySelector, ConfigMapKeySelector).
+KEY_SELECTOR = {
+    "type": "object",
+    "required": ["key"],
+    "additionalProperties": False,
+    "properties": {"name": {"type": "string"}, "key": {"type": "string", "minLength": 1}, "optional": {"type": "boolean"}},
+}
+
+# SecretOrConfigMap: exactly one of the two.
+SECRET_OR_CONFIGMAP = {
+    "type": "object",
+    "additionalProperties": False,
+    "oneOf": [{"required": ["secret"]}, {"required": ["configMap"]}],
+    "properties": {"secret": KEY_SELECTOR, "configMap": KEY_SELECTOR},
+}
+
+# SafeTLSConfig, the scrape's TLS settings (a PodMonitor cannot name files of Prometheus's pod).
+SAFE_TLS_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "ca": SECRET_OR_CONFIGMAP,
+        "cert": SECRET_OR_CONFIGMAP,
+        "keySecret": KEY_SELECTOR,
+        "serverName": {"type": "string"},
+        "insecureSkipVerify": {"type": "boolean"},
+    },
+}
+
 POD_METRICS_ENDPOINT = {
     "type": "object",
     "required": ["port"],
@@ -62,6 +91,7 @@ POD_METRICS_ENDPOINT = {
         "interval": DURATION,
         "scrapeTimeout": DURATION,
         "honorLabels": {"type": "boolean"},
+        "tlsConfig": SAFE_TLS_CONFIG,
     },
 }
 

@@ -2,6 +2,9 @@
 
     python deploy_manifests.py OVERLAY=RENDERED.yaml ... --secrets RENDERED.yaml --versions 1.30.0,1.37.0
 
+OVERLAY is single or redis (deploy/kubernetes/overlays/), or tls (examples/tls: overlays/redis
+with components/tls and components/tls-client-ca).
+
 Runs in the venv that holds kubernetes-validate (and so PyYAML and jsonschema). For each
 rendered overlay:
 - every built-in object is validated, strictly (unknown fields refused), against the Kubernetes
@@ -10,7 +13,8 @@ rendered overlay:
   knows, are validated against the small schemas in deploy_crds.py, and the PrometheusRule's
   spec must equal grafana/alerts/courier.rules.yml (it is written to a file for promtool);
 - the manifests must fit courier itself (deploy_overlay.py, deploy_courier.py): variable names, ports, probe paths,
-  the shutdown arithmetic, the replica settings, the quota state directory, the security context.
+  the shutdown arithmetic, the replica settings, the quota state directory, the security context,
+  and with TLS the certificate files, the probes' and the PodMonitor's scheme.
 Every problem is printed, one line each, and the exit code is 1 if there was any.
 """
 
@@ -56,7 +60,10 @@ def validate_crd(doc, problems, where):
     validator = jsonschema.Draft202012Validator(schema)
     for error in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
         path = ".".join(str(p) for p in error.path)
-        message = "a rule has exactly one of alert and record" if error.validator == "oneOf" else error.message
+        if error.validator == "oneOf":
+            message = "exactly one of " + " and ".join(choice["required"][0] for choice in error.validator_value)
+        else:
+            message = error.message
         problems.append(f"{where}: {name_of(doc)} does not fit the operator's schema at {path or '(top)'}: {message}")
 
 
@@ -95,7 +102,7 @@ def main(argv):
         validate_builtin(doc, versions, problems, "examples/secrets")
     counts = {}
     for overlay, path in overlays.items():
-        where = f"overlays/{overlay}"
+        where = deploy_overlay.WHERE.get(overlay, f"overlays/{overlay}")
         docs = load(path)
         for doc in docs:
             if doc.get("kind") in deploy_crds.SCHEMAS:

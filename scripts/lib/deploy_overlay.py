@@ -7,6 +7,11 @@ import math
 import posixpath
 
 import deploy_courier as courier
+import deploy_overlay_tls
+
+# Overlays that are not under overlays/: where they are, and which overlay's promises they keep.
+WHERE = {"tls": "examples/tls"}
+SHAPE = {"tls": "redis"}
 
 SECURITY = {
     "runAsNonRoot": True,
@@ -31,7 +36,7 @@ def selects(selector, labels):
 
 
 def check_overlay(overlay, docs, secret_docs, problems):
-    where = f"overlays/{overlay}"
+    where = WHERE.get(overlay, f"overlays/{overlay}")
 
     def problem(text):
         problems.append(f"{where}: {text}")
@@ -74,6 +79,8 @@ def check_overlay(overlay, docs, secret_docs, problems):
             continue
         mount = mounts.get(posixpath.dirname(path))
         secret = volumes.get(mount["name"], {}).get("secret") if mount else None
+        if mount and name in deploy_overlay_tls.NOT_SECRET and "configMap" in volumes.get(mount["name"], {}):
+            continue  # a CA certificate is public: a ConfigMap (e.g. trust-manager's bundle) will do
         if not secret:
             problem(f"{name}={path}: no Secret volume is mounted at {posixpath.dirname(path)}")
             continue
@@ -105,6 +112,8 @@ def check_overlay(overlay, docs, secret_docs, problems):
     admin_host, _ = courier.listen_port(env.get("COURIER_ADMIN_LISTEN"), "127.0.0.1:9090")
     if not courier.is_loopback(admin_host) and not {"COURIER_ADMIN_TOKEN", "COURIER_ADMIN_TOKEN_FILE"} & set(env):
         problem("the admin listener is not on loopback and no COURIER_ADMIN_TOKEN(_FILE) is set: courier refuses to start")
+
+    deploy_overlay_tls.check(env, container, volumes, mounts, secrets, docs, problem)
 
     # Probes: the admin listener's paths, as courier serves them.
     routes = courier.admin_routes()
@@ -173,7 +182,7 @@ def check_overlay(overlay, docs, secret_docs, problems):
     if not admin_from or any("namespaceSelector" not in peer for peer in admin_from):
         problem("the NetworkPolicy must let only a namespace (monitoring) reach the admin port")
 
-    check_replicas(overlay, docs, deployment, env, policies, problem)
+    check_replicas(SHAPE.get(overlay, overlay), docs, deployment, env, policies, problem)
 
 
 def check_replicas(overlay, docs, deployment, env, policies, problem):

@@ -1,12 +1,13 @@
 """Does deploy/systemd/courier.service fit courier? (scripts/deploy-check; stdlib only)
 
-    python3 deploy_systemd.py check UNIT ENV_EXAMPLE
-    python3 deploy_systemd.py trace UNIT COURIER_BINARY
+    python3 deploy_systemd.py check UNIT ENV_EXAMPLE TLS_DROPIN TLS_HOOK
+    python3 deploy_systemd.py trace UNIT COURIER_BINARY TLS_DROPIN TLS_HOOK
 
 `check` reads the unit and the environment file example: every variable is one courier knows
 (the commented-out ones too), COURIER_STATE_DIR is the unit's StateDirectory=, every *_FILE
 points into the credentials directory at a credential the unit loads, Type=notify, and
-TimeoutStopSec holds courier's graceful stop.
+TimeoutStopSec holds courier's graceful stop; and the TLS drop-in and its deploy hook
+(deploy_systemd_tls.py).
 
 `trace` runs the real binary under strace the way the unit runs it (secrets in files, a notify
 socket, a quota window counted in a state directory as under StateDirectory=), through READY=1,
@@ -14,7 +15,9 @@ a sync request, an async job, a metrics scrape, a SIGHUP reload and a SIGTERM st
 STOPPING=1 that leaves the quota state file behind (so its lock, write, fsync and rename were
 made), then checks that every system call it made is one the unit's SystemCallFilter allows,
 every socket is of a family RestrictAddressFamilies allows, and no mapping is made writable and
-executable or made executable later (MemoryDenyWriteExecute).
+executable or made executable later (MemoryDenyWriteExecute). It runs twice: over plain HTTP,
+and with the TLS drop-in over HTTPS, through a certificate renewed while courier runs
+(deploy_systemd_tls.py).
 A call outside the filter would fail with EPERM under systemd: this finds it here first.
 """
 
@@ -32,6 +35,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import deploy_courier as courier  # noqa: E402
+import deploy_systemd_tls  # noqa: E402
 
 
 def fail(problems):
@@ -71,8 +75,8 @@ def env_file(path, commented=False):
     return env
 
 
-def check(unit, example):
-    problems = []
+def check(unit, example, dropin, hook):
+    problems = deploy_systemd_tls.dropin_problems(unit_settings(dropin), hook)
     pairs = unit_settings(unit)
     settings = {}
     for key, value in pairs:
@@ -114,7 +118,8 @@ def check(unit, example):
         problems += courier.grace_problems("deploy/systemd/courier.service", int(stop), 0, env, "TimeoutStopSec")
     if problems:
         fail(problems)
-    print("courier.service and courier.env.example fit courier (variables, credentials, the state directory, Type=notify, TimeoutStopSec)")
+    print("courier.service, courier.env.example and courier-tls.conf fit courier (variables, credentials, the state "
+          "directory, Type=notify, TimeoutStopSec; TLS files in the group's directory, in pairs, as the deploy hook installs them)")
 
 
 def expand(group, seen=None):
@@ -169,10 +174,12 @@ def http(method, url, body=None, headers=None):
         return None, b""
 
 
-def exercise(binary, work):
-    """Runs courier serve under strace through a little of everything; returns the trace path."""
+def exercise(binary, work, tls=None):
+    """Runs courier serve under strace through a little of everything; returns the trace path.
+    With `tls` (a deploy_systemd_tls.Tls), both listeners serve HTTPS and a renewal is made."""
     sim = subprocess.Popen([binary, "simulate", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True)
+    request, scheme = (tls.http, "https") if tls else (http, "http")
     try:
         line = sim.stdout.readline()
         base = re.search(r"(http://\S+/v2)", line).group(1)
@@ -191,32 +198,44 @@ def exercise(binary, work):
                "COURIER_ADMIN_TOKEN_FILE": os.path.join(work, "admin-token"),
                "COURIER_LISTEN": "127.0.0.1:0", "COURIER_ADMIN_LISTEN": "127.0.0.1:0", "COURIER_WORKERS": "2",
                # The state file's lock, writes, fsyncs and renames are traced too.
-               "EXTERNAL_API_QUOTAS": "100000/day", "COURIER_STATE_DIR": state}
+               "EXTERNAL_API_QUOTAS": "100000/day", "COURIER_STATE_DIR": state, **(tls.env if tls else {})}
         trace = os.path.join(work, "trace")
+        command = ["strace", "-f", "-qq", "-o", trace, binary, "serve"]
+        if tls:
+            # What systemd gives the dynamic user: its credentials, its state directory, the socket.
+            os.chmod(work, 0o711)
+            tls.own(state, notify.getsockname(), *(os.path.join(work, n) for n in ("api-key", "client-secret", "admin-token")))
+            open(trace, "w").close()
+            tls.own(trace)
+            command = tls.command(command)
         log = open(os.path.join(work, "courier.log"), "w")
-        child = subprocess.Popen(["strace", "-f", "-qq", "-o", trace, binary, "serve"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=log)
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
             ready = notify.recv(4096).decode()
             if "READY=1" not in ready.splitlines():
                 raise RuntimeError(f"the first notification was not READY=1: {ready!r}")
             gateway = re.search(r"gateway (\S+?),", ready).group(1)
             admin = re.search(r"admin (\S+)", ready).group(1)
-            wait_for("/readyz", lambda: http("GET", f"http://{admin}/readyz")[0] == 200)
-            status, _ = http("POST", f"http://{gateway}/api/external/process", {"data": {"input": "traced"}})
+            wait_for("/readyz", lambda: request("GET", f"{scheme}://{admin}/readyz")[0] == 200)
+            status, _ = request("POST", f"{scheme}://{gateway}/api/external/process", {"data": {"input": "traced"}})
             if status != 200:
                 raise RuntimeError(f"a sync request answered {status}")
-            status, _ = http("POST", f"http://{gateway}/api/external/process",
-                             {"data": {"input": "traced later"}, "options": {"async": True}},
-                             {"X-Request-Id": "deploy-check-job"})
+            status, _ = request("POST", f"{scheme}://{gateway}/api/external/process",
+                                {"data": {"input": "traced later"}, "options": {"async": True}},
+                                {"X-Request-Id": "deploy-check-job"})
             if status != 202:
                 raise RuntimeError(f"an async request answered {status}")
-            wait_for("the async job", lambda: b'"completed"' in http(
-                "GET", f"http://{gateway}/api/external/status/deploy-check-job")[1])
-            http("GET", f"http://{admin}/metrics")
+            wait_for("the async job", lambda: b'"completed"' in request(
+                "GET", f"{scheme}://{gateway}/api/external/status/deploy-check-job")[1])
+            request("GET", f"{scheme}://{admin}/metrics")
             child_pid = courier_pid(child.pid)
+            if tls:
+                tls.renew(gateway, admin, log.name, wait_for)
+                if courier_pid(child.pid) != child_pid:
+                    raise RuntimeError("courier was restarted during the certificate renewal")
+            reloads = open(log.name).read().count('"credentials_reloaded"')
             os.kill(child_pid, signal.SIGHUP)
-            wait_for("the SIGHUP reload", lambda: "credentials_reloaded" in open(log.name).read())
+            wait_for("the SIGHUP reload", lambda: open(log.name).read().count('"credentials_reloaded"') > reloads)
             os.kill(child_pid, signal.SIGTERM)
             stopping = notify.recv(4096).decode()
             if "STOPPING=1" not in stopping.splitlines():
@@ -282,19 +301,31 @@ def analyse(trace, unit):
 
 
 def main(argv):
-    if len(argv) == 3 and argv[0] == "check":
-        check(argv[1], argv[2])
-    elif len(argv) == 3 and argv[0] == "trace":
-        with tempfile.TemporaryDirectory(prefix="courier-deploy-check-") as work:
-            try:
-                trace = exercise(os.path.abspath(argv[2]), work)
-            except (RuntimeError, OSError, AttributeError) as error:
-                log = os.path.join(work, "courier.log")
-                tail = open(log).read()[-2000:] if os.path.exists(log) else ""
-                fail([f"tracing courier serve failed: {error}", f"courier's log ends: {tail}"])
-            analyse(trace, argv[1])
+    if len(argv) == 5 and argv[0] == "check":
+        check(*argv[1:])
+    elif len(argv) == 5 and argv[0] == "trace":
+        unit, binary, dropin, hook = argv[1], os.path.abspath(argv[2]), argv[3], os.path.abspath(argv[4])
+        for label in ("plain HTTP", "HTTPS with courier-tls.conf"):
+            with tempfile.TemporaryDirectory(prefix="courier-deploy-check-") as work:
+                try:
+                    tls = deploy_systemd_tls.Tls(work, unit_settings(dropin), hook) if label.startswith("HTTPS") else None
+                    run = os.path.join(work, "run")
+                    os.mkdir(run, 0o700)
+                    trace = exercise(binary, run, tls)
+                except (RuntimeError, OSError, AttributeError, subprocess.CalledProcessError) as error:
+                    log = os.path.join(work, "run", "courier.log")
+                    tail = open(log).read()[-2000:] if os.path.exists(log) else ""
+                    detail = getattr(error, "stderr", None) or ""
+                    fail([f"tracing courier serve ({label}) failed: {error} {detail}".rstrip(), f"courier's log ends: {tail}"])
+                print(f"{label}: ", end="")
+                analyse(trace, unit)
+                if tls:
+                    print(f"  {tls.describe()}; served over HTTPS to curl, the certificate renewed by "
+                          "courier-tls-deploy-hook and served by both listeners without a restart, to a connection "
+                          "opened before it too; a mismatched pair refused by the hook")
     else:
-        sys.exit("usage: deploy_systemd.py check UNIT ENV_EXAMPLE | trace UNIT COURIER_BINARY")
+        sys.exit("usage: deploy_systemd.py check UNIT ENV_EXAMPLE TLS_DROPIN TLS_HOOK | "
+                 "trace UNIT COURIER_BINARY TLS_DROPIN TLS_HOOK")
 
 
 if __name__ == "__main__":
