@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -311,7 +312,14 @@ def main(argv):
                     tls = deploy_systemd_tls.Tls(work, unit_settings(dropin), hook) if label.startswith("HTTPS") else None
                     run = os.path.join(work, "run")
                     os.mkdir(run, 0o700)
-                    trace = exercise(binary, run, tls)
+                    installed = binary
+                    if tls:
+                        # Installed as the unit expects it (root's, 0755): the dynamic user may not
+                        # reach the build's directory (a target dir under /root, as in CI).
+                        installed = os.path.join(work, "courier")
+                        shutil.copyfile(binary, installed)
+                        os.chmod(installed, 0o755)
+                    trace = exercise(installed, run, tls)
                 except (RuntimeError, OSError, AttributeError, subprocess.CalledProcessError) as error:
                     log = os.path.join(work, "run", "courier.log")
                     tail = open(log).read()[-2000:] if os.path.exists(log) else ""
