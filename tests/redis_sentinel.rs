@@ -4,7 +4,8 @@
 //! (`COURIER_REDIS_MIN_REPLICAS=1`) with callbacks. The primary is killed (SIGKILL): the couriers
 //! follow the failover by themselves, every 202 reaches a final state and its signed callback
 //! (a repeat counted), the upstream's limit is never exceeded, and the old primary, back as a
-//! replica, never sees a command from courier. Sentinels that ask for a password get theirs.
+//! replica, never sees a command from courier. Sentinels that ask for a password get theirs;
+//! Sentinels serving TLS are asked over TLS.
 
 mod support;
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::failover::{shared_state, until, verdict, Load, COURIER_COMMANDS};
 use support::receiver::Receiver;
-use support::redis::{refused_start, RedisServer};
+use support::redis::{refused_start, RedisServer, TlsFiles};
 use support::sentinel::Sentinel;
 use support::PairBuilder;
 
@@ -176,7 +177,7 @@ async fn sentinels_that_ask_for_a_password_get_their_own() {
     const SENTINEL_PASSWORD: &str = "sentinel-pw-51c2";
     const WRONG: &str = "not-the-sentinel-pw";
     let primary = RedisServer::start();
-    let sentinel = Sentinel::start_with(MASTER, primary.port(), &format!("requirepass {SENTINEL_PASSWORD}\n"));
+    let sentinel = Sentinel::start_with(MASTER, primary.port(), &format!("requirepass {SENTINEL_PASSWORD}\n"), None);
     let addr = sentinel.addr();
     let url = "redis://named-by-sentinel.invalid/0";
     let (sentinels, master) = (("REDIS_SENTINELS", addr.as_str()), ("REDIS_SENTINEL_MASTER", MASTER));
@@ -205,4 +206,39 @@ async fn sentinels_that_ask_for_a_password_get_their_own() {
     let found = logs.lines().into_iter().find(|l| l["event"] == "redis_primary_found").expect("primary found");
     assert_eq!(found["primary"], format!("127.0.0.1:{}", primary.port()));
     assert!(!logs.text().contains(SENTINEL_PASSWORD));
+}
+
+/// Sentinels serving TLS only (`REDIS_SENTINEL_TLS=true`): asked with `REDIS_URL`'s
+/// (`rediss://`) CA, as the data node is; asked in plain TCP they answer nothing, and courier
+/// does not start, saying so.
+#[actix_rt::test]
+async fn sentinels_serving_tls_are_asked_over_tls() {
+    let pki = support::tls::Pki::new("sentinel-tls");
+    let (ca, ca_file) = pki.ca("ca");
+    let server = pki.for_names("redis", &ca, &["localhost", "127.0.0.1"]);
+    let files = TlsFiles { cert: server.cert, key: server.key, client_ca: ca_file.clone(), auth_clients: false };
+    let primary = RedisServer::start_tls(&files, &[]);
+    let sentinel = Sentinel::start_with(MASTER, primary.port(), "", Some(&files));
+    let addr = sentinel.addr();
+    let url = "rediss://named-by-sentinel.invalid/0";
+    let ca_path = ca_file.display().to_string();
+    let settings = [("REDIS_SENTINELS", addr.as_str()), ("REDIS_SENTINEL_MASTER", MASTER), ("REDIS_CA_FILE", &ca_path)];
+
+    let plain = refused_start(url, &settings, &[]);
+    let prefix = format!("courier: cannot start: REDIS_SENTINELS: no Sentinel named a working primary ({addr}: ");
+    assert!(plain.starts_with(&prefix), "{plain}");
+
+    let pair = PairBuilder::default()
+        .env("REDIS_URL", url)
+        .env("REDIS_SENTINELS", &addr)
+        .env("REDIS_SENTINEL_MASTER", MASTER)
+        .env("REDIS_CA_FILE", &ca_path)
+        .env("REDIS_SENTINEL_TLS", "true")
+        .start()
+        .await;
+    assert_eq!(shared_state(&pair).await, "shared");
+    assert_eq!(pair.process(support::body("through the primary a TLS Sentinel named")).await.status, 200);
+    let logs = pair.stop().await;
+    let found = logs.lines().into_iter().find(|l| l["event"] == "redis_primary_found").expect("primary found");
+    assert_eq!(found["primary"], format!("127.0.0.1:{}", primary.port()));
 }

@@ -29,6 +29,9 @@ pub struct RedisHaConfig {
     /// How to authenticate to the Sentinels (`REDIS_SENTINEL_PASSWORD` or `_FILE`,
     /// `REDIS_SENTINEL_USERNAME`); `None`: they ask for nothing.
     pub sentinel_auth: Option<SentinelAuth>,
+    /// Whether the Sentinels are asked over TLS (`REDIS_SENTINEL_TLS`), with `REDIS_URL`'s
+    /// (`rediss://`) CA and client certificate.
+    pub sentinel_tls: bool,
 }
 
 /// The credentials Sentinels ask for (`requirepass`, or an ACL user on Sentinels): distinct
@@ -104,7 +107,8 @@ impl RedisHaConfig {
             }
         }
         let sentinel_auth = sentinel_auth(r, !sentinels.is_empty());
-        RedisHaConfig { min_replicas, wait_timeout, sentinels, sentinel_master, sentinel_auth }
+        let sentinel_tls = sentinel_tls(r, !sentinels.is_empty(), redis_url);
+        RedisHaConfig { min_replicas, wait_timeout, sentinels, sentinel_master, sentinel_auth, sentinel_tls }
     }
 }
 
@@ -124,6 +128,19 @@ fn sentinel_auth(r: &mut Reader<'_>, sentinels: bool) -> Option<SentinelAuth> {
         }
         _ => password.map(|password| SentinelAuth { username, password }),
     }
+}
+
+/// `REDIS_SENTINEL_TLS`: only with Sentinels, and with a `rediss://` `REDIS_URL`, whose CA
+/// (`REDIS_CA_FILE`) and client certificate the Sentinels are asked with too.
+fn sentinel_tls(r: &mut Reader<'_>, sentinels: bool, redis_url: Option<&str>) -> bool {
+    const EXPECTED: &str = "true (the Sentinels serve TLS, trusted like REDIS_URL's rediss:// nodes) or false";
+    let tls = r.parsed("REDIS_SENTINEL_TLS", false, EXPECTED, |s| s.to_ascii_lowercase().parse().ok());
+    if tls && !sentinels {
+        r.problem("REDIS_SENTINEL_TLS", "is true without REDIS_SENTINELS", EXPECTED);
+    } else if tls && redis_url.is_some_and(|scheme| scheme != "rediss") {
+        r.problem("REDIS_SENTINEL_TLS", "is true, but REDIS_URL is not rediss://", EXPECTED);
+    }
+    tls
 }
 
 /// The entries of `REDIS_SENTINELS`; a bad one is reported once, naming it.
@@ -167,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn sentinels_may_ask_for_a_password_of_their_own_never_shown() {
+    fn sentinels_may_ask_for_a_password_of_their_own_never_shown_and_serve_tls() {
         let sentinels = [("REDIS_SENTINELS", "127.0.0.1:26379"), ("REDIS_SENTINEL_MASTER", "m")];
         let with = |extra: &[(&'static str, &'static str)]| {
             read(&[&sentinels[..], extra].concat(), Some("redis")).map(|c| c.sentinel_auth)
@@ -179,6 +196,10 @@ mod tests {
         assert!(!format!("{auth:?}").contains("s3cret"));
         let alone = with(&[("REDIS_SENTINEL_USERNAME", "watcher")]).unwrap_err();
         assert!(alone.starts_with("REDIS_SENTINEL_USERNAME: is set without REDIS_SENTINEL_PASSWORD"), "{alone}");
+        let plain = with(&[("REDIS_SENTINEL_TLS", "true")]).unwrap_err();
+        assert!(plain.starts_with("REDIS_SENTINEL_TLS: is true, but REDIS_URL is not rediss://"), "{plain}");
+        let tls = read(&[sentinels[0], sentinels[1], ("REDIS_SENTINEL_TLS", "true")], Some("rediss")).unwrap();
+        assert!(tls.sentinel_tls);
         let stray = read(&[("REDIS_SENTINEL_PASSWORD", "s3cret")], Some("redis")).unwrap_err();
         assert!(
             stray.starts_with("REDIS_SENTINEL_PASSWORD: is set without REDIS_SENTINELS") && !stray.contains("s3cret")

@@ -18,11 +18,12 @@ pub(super) async fn endpoint(config: &Config, log: &Logger) -> Result<Option<Red
     };
     let node_client: NodeClient =
         endpoint.node_clients().map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?;
-    let settings = SentinelSettings {
-        sentinels: config.redis_ha.sentinels.clone(),
-        master,
-        auth: config.redis_ha.sentinel_auth.clone(),
+    let tls = match config.redis_ha.sentinel_tls {
+        true => Some(endpoint.node_template().map_err(|e| StartError::Setting(format!("REDIS_URL: {e}")))?),
+        false => None,
     };
+    let auth = config.redis_ha.sentinel_auth.clone();
+    let settings = SentinelSettings { sentinels: config.redis_ha.sentinels.clone(), master, auth, tls };
     let target = Target::sentinel(settings, node_client, REDIS_TIMEOUT, log)
         .await
         .map_err(|why| StartError::Setting(format!("REDIS_SENTINELS: {why}")))?;

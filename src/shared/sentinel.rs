@@ -36,7 +36,7 @@ const MIN_RECHECK: Duration = Duration::from_millis(100);
 pub type NodeClient = Arc<dyn Fn(&str, u16) -> RedisResult<Client> + Send + Sync>;
 
 /// The Sentinels to ask and the name of the primary they watch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SentinelSettings {
     /// `host:port` of each Sentinel, asked in this order.
     pub sentinels: Vec<String>,
@@ -44,6 +44,9 @@ pub struct SentinelSettings {
     pub master: String,
     /// The Sentinels' own user and password, if they ask for one.
     pub auth: Option<crate::config::SentinelAuth>,
+    /// With `REDIS_SENTINEL_TLS`: `REDIS_URL`'s connection (its TLS: CA, client certificate),
+    /// whose address and credentials are replaced by each Sentinel's; `None`: plain TCP.
+    pub tls: Option<ConnectionInfo>,
 }
 
 /// A data node courier talks to now.
@@ -204,7 +207,7 @@ pub async fn resolve(
 ) -> Result<(String, Client), String> {
     let mut failures = Vec::new();
     for sentinel in &settings.sentinels {
-        let asked = ask_sentinel(sentinel, &settings.master, settings.auth.as_ref(), timeout);
+        let asked = ask_sentinel(sentinel, settings, timeout);
         let named = match bounded(timeout, asked, sentinel_refusal).await {
             Ok(Some(named)) => named,
             Ok(None) => {
@@ -268,19 +271,21 @@ fn short_config(timeout: Duration) -> AsyncConnectionConfig {
 /// does not monitor `master`.
 async fn ask_sentinel(
     sentinel: &str,
-    master: &str,
-    auth: Option<&crate::config::SentinelAuth>,
+    settings: &SentinelSettings,
     timeout: Duration,
 ) -> RedisResult<Option<(String, u16)>> {
     let mut info: ConnectionInfo = format!("redis://{sentinel}/").parse()?;
-    if let Some(auth) = auth {
-        info.redis.username = auth.username.clone();
-        info.redis.password = Some(secrecy::ExposeSecret::expose_secret(&auth.password).to_owned());
+    if let (Some(template), ConnectionAddr::Tcp(host, port)) = (&settings.tls, &info.addr) {
+        info = node_info(template, host, *port);
     }
+    info.redis.db = 0;
+    info.redis.username = settings.auth.as_ref().and_then(|auth| auth.username.clone());
+    info.redis.password =
+        settings.auth.as_ref().map(|auth| secrecy::ExposeSecret::expose_secret(&auth.password).to_owned());
     let client = Client::open(info)?;
     let mut conn = client.get_multiplexed_async_connection_with_config(&short_config(timeout)).await?;
     let named: Option<(String, u16)> =
-        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master).query_async(&mut conn).await?;
+        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(&settings.master).query_async(&mut conn).await?;
     Ok(named)
 }
 
@@ -301,6 +306,11 @@ async fn role(client: &Client, timeout: Duration) -> RedisResult<String> {
 /// The client of the data node at `host:port`, with everything else from `template` (the
 /// `REDIS_URL`: TLS or not, user, password, database).
 pub fn node_client(template: &ConnectionInfo, host: &str, port: u16) -> RedisResult<Client> {
+    Client::open(node_info(template, host, port))
+}
+
+/// `template` (scheme, TLS, credentials, database) at `host:port`.
+fn node_info(template: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
     let mut info = template.clone();
     info.addr = match &template.addr {
         ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
@@ -308,7 +318,7 @@ pub fn node_client(template: &ConnectionInfo, host: &str, port: u16) -> RedisRes
         }
         _ => ConnectionAddr::Tcp(host.to_owned(), port),
     };
-    Client::open(info)
+    info
 }
 
 #[cfg(test)]
@@ -343,7 +353,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn no_sentinel_answering_is_an_error_naming_each_without_secrets() {
-        let settings = SentinelSettings { sentinels: vec!["127.0.0.1:1".into()], master: "m".into(), auth: None };
+        let settings =
+            SentinelSettings { sentinels: vec!["127.0.0.1:1".into()], master: "m".into(), auth: None, tls: None };
         let template: ConnectionInfo = "redis://:hunter2@127.0.0.1:1/0".parse().unwrap();
         let make: NodeClient = Arc::new(move |host, port| node_client(&template, host, port));
         let Err(err) = resolve(&settings, &make, Duration::from_millis(300)).await else { panic!("resolved") };

@@ -295,7 +295,7 @@ pub fn free_port() -> u16 {
 
 /// Whether something accepts connections on `port` (a TLS server's readiness: a plain PING
 /// would not be understood, and it binds its port once it is ready to serve).
-fn listens(port: u16) -> bool {
+pub fn listens(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis::{answers, command, free_port, START_TIMEOUT};
+use super::redis::{answers, command, free_port, listens, TlsFiles, START_TIMEOUT};
 
 /// A Redis Sentinel watching master `master` at `primary_port`, on a free port, with the
 /// given down-after and failover timeouts; killed on drop. Its configuration file (which the
@@ -19,20 +19,32 @@ pub struct Sentinel {
 impl Sentinel {
     /// Starts a Sentinel (quorum 2, down after 1 s, failover timeout 5 s).
     pub fn start(master: &str, primary_port: u16) -> Sentinel {
-        Sentinel::start_with(master, primary_port, "")
+        Sentinel::start_with(master, primary_port, "", None)
     }
 
-    /// The same, with more lines of configuration (e.g. `requirepass …`).
-    pub fn start_with(master: &str, primary_port: u16, extra: &str) -> Sentinel {
+    /// The same, with more lines of configuration (e.g. `requirepass …`), serving TLS only
+    /// with `tls` and reaching the primary over TLS (`tls-replication`) when given.
+    pub fn start_with(master: &str, primary_port: u16, extra: &str, tls: Option<&TlsFiles>) -> Sentinel {
         for attempt in 0..5 {
             let port = free_port();
             let dir = std::env::temp_dir().join(format!("courier-sentinel-{}-{port}-{attempt}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("sentinel dir");
             let conf = dir.join("sentinel.conf");
+            let listen = match tls {
+                None => format!("port {port}\n"),
+                Some(tls) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                     tls-auth-clients {}\ntls-replication yes\n",
+                    tls.cert.display(),
+                    tls.key.display(),
+                    tls.client_ca.display(),
+                    if tls.auth_clients { "yes" } else { "no" },
+                ),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndaemonize no\nprotected-mode no\ndir {dir}\nlogfile \"\"\n\
+                    "{listen}bind 127.0.0.1\ndaemonize no\nprotected-mode no\ndir {dir}\nlogfile \"\"\n\
                      sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
                      sentinel down-after-milliseconds {master} 1000\n\
                      sentinel failover-timeout {master} 5000\n\
@@ -55,7 +67,7 @@ impl Sentinel {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
-                if answers(port) {
+                if if tls.is_some() { listens(port) } else { answers(port) } {
                     return Sentinel { child: Some(child), port, dir };
                 }
                 if Instant::now() > deadline {
