@@ -2,7 +2,8 @@
 //! Debian's `redis-server` and `redis-cli --cluster create`): two replicas share the budget, the
 //! token, the cache (a purge included) and jobs through it, every key in the slot of courier's
 //! hash tag, though the node courier is given holds none of it; then the replica of that slot's
-//! primary takes over (`CLUSTER FAILOVER`) and courier follows without a restart.
+//! primary takes over (`CLUSTER FAILOVER`) and courier follows without a restart. A resharding
+//! that moves courier's slot to another primary is followed through its ASK redirections.
 
 mod support;
 
@@ -119,4 +120,74 @@ async fn a_fleet_shares_state_through_a_cluster_and_follows_a_failover() {
     eprintln!("a job was accepted {took:?} after the failover completed; Redis errors counted: {errors}");
     a.stop().await;
     b.stop().await;
+}
+
+/// A resharding moves courier's slot to another primary while courier serves: the keys migrate
+/// a few at a time (`CLUSTER SETSLOT … MIGRATING/IMPORTING`, `MIGRATE`), so courier's calls meet
+/// ASK redirections to the new node, which counts their `ASKING`. Every request is answered
+/// 200 throughout, and courier ends with its state on the new node, shared, without a restart.
+#[actix_rt::test]
+async fn a_slot_migrating_to_another_primary_is_followed_through_ask_redirections() {
+    let cluster = RedisCluster::start();
+    let port = |i: usize| cluster.nodes[i].port();
+    let slot = cli(port(0), &["CLUSTER", "KEYSLOT", "{courier}:jobs"]).trim().to_owned();
+    let (from, _) = cluster.primary_and_replica_of(slot.parse().unwrap());
+    let to = (0..cluster.nodes.len())
+        .find(|&i| i != from && cli(port(i), &["ROLE"]).starts_with("master"))
+        .expect("another primary");
+    let id = |i: usize| cli(port(i), &["CLUSTER", "MYID"]).trim().to_owned();
+    let a = PairBuilder::default()
+        .env("REDIS_URL", cluster.seed_url())
+        .env("REDIS_CLUSTER", "true")
+        .env("EXTERNAL_API_CACHE_TTL", "300")
+        .env("EXTERNAL_API_QUOTAS", "1000000/day")
+        .start()
+        .await;
+    for i in 0..10 {
+        assert_eq!(a.process(body(&format!("before {i}"))).await.status, 200);
+    }
+    let asking = || {
+        let stats = cli(port(to), &["INFO", "commandstats"]);
+        let line = stats.lines().find(|l| l.starts_with("cmdstat_asking:")).unwrap_or("calls=0,");
+        line.split(['=', ',']).nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)
+    };
+    let asked_before = asking();
+
+    assert_eq!(cli(port(to), &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &id(from)]).trim(), "OK");
+    assert_eq!(cli(port(from), &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &id(to)]).trim(), "OK");
+    let (mut moved, mut served) = (0, 0);
+    loop {
+        let keys = cli(port(from), &["CLUSTER", "GETKEYSINSLOT", &slot, "3"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let to_port = port(to).to_string();
+        let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+        migrate.extend(&keys);
+        assert_eq!(cli(port(from), &migrate).trim(), "OK", "{keys:?}");
+        moved += keys.len();
+        // Between two batches: misses (the budget's script, the cache's and quota's writes)
+        // whose keys are now on one node, now on the other.
+        for _ in 0..2 {
+            let answer = a.process(body(&format!("during {served}"))).await;
+            assert_eq!(answer.status, 200, "{answer:?}");
+            served += 1;
+        }
+    }
+    for node in [to, from] {
+        assert_eq!(cli(port(node), &["CLUSTER", "SETSLOT", &slot, "NODE", &id(to)]).trim(), "OK");
+    }
+    let asked = asking() - asked_before;
+    eprintln!("moved {moved} keys, served {served} requests during the migration, {asked} ASKING on the new node");
+    assert!(moved >= 3 && asked > 0, "the migration redirected nothing: {moved} keys, {asked} ASKING");
+
+    within(Duration::from_secs(10), "courier's state lives on the new node", async || {
+        a.process(body("after the migration")).await.status == 200 && shared_state(&a).await == "shared"
+    })
+    .await;
+    assert_eq!(cli(port(from), &["DBSIZE"]).trim(), "0", "nothing left on the old node");
+    let keys = cli(port(to), &["KEYS", "*"]);
+    assert!(keys.contains("{courier}:cache:") && keys.contains("{courier}:quota:"), "{keys}");
+    a.stop().await;
 }
