@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::{ClientTlsConfig, TlsCertificates};
 use serde_json::{json, Value};
-use support::redis::{RedisServer, TlsFiles};
+use support::redis::{RedisCluster, RedisServer, TlsFiles};
 use support::tls::{Ca, Leaf, Pki};
 use support::{body, count, read_answer, Answer, Pair, PairBuilder};
 
@@ -256,4 +256,44 @@ async fn a_password_changed_under_a_running_replica_is_logged_and_counted() {
     assert_eq!(pair.process(body("served alone")).await.status, 200, "sync requests are still served");
     let logs = pair.stop().await.text();
     assert!(!logs.contains(PASSWORD) && !logs.contains("another-password"), "a password was logged");
+}
+
+/// A Redis Cluster serving TLS only (to clients, on its bus and for replication), as clustered
+/// managed Redis runs: two couriers reach it through `rediss://` and one seed node, trusting the
+/// private CA, follow the slot map to the primary of courier's slot over TLS, and share the
+/// token, the cache and jobs there.
+#[actix_rt::test]
+async fn a_cluster_serving_tls_only_is_shared_over_tls() {
+    let pki = Pki::new("cluster");
+    let ca = pki.ca("ca");
+    let server = pki.for_names("redis", &ca.0, &["localhost", "127.0.0.1"]);
+    let files = TlsFiles { cert: server.cert, key: server.key, client_ca: ca.1.clone(), auth_clients: false };
+    let cluster = RedisCluster::start_tls(&files, &ca.1);
+    let slot: u16 = cluster.cli(0, &["CLUSTER", "KEYSLOT", "{courier}:jobs"]).trim().parse().unwrap();
+    let (primary, _) = cluster.primary_and_replica_of(slot);
+    let seed = (primary + 1) % 3;
+    let env = || {
+        PairBuilder::default()
+            .env("REDIS_URL", cluster.nodes[seed].tls_url("127.0.0.1", None))
+            .env("REDIS_CLUSTER", "true")
+            .env("REDIS_CA_FILE", ca.1.display().to_string())
+            .env("EXTERNAL_API_CACHE_TTL", "300")
+    };
+    let a = env().start().await;
+    let b = env().start_beside(&a).await;
+    assert_eq!((shared_state(&a).await, shared_state(&b).await), ("shared".into(), "shared".into()));
+    assert_eq!(count(&a.sim_stats().await, &["token", "total"]), 1, "b adopted a's token through the cluster");
+
+    let first = a.process(body("clustered over TLS")).await;
+    assert_eq!((first.status.as_u16(), first.header("x-cache")), (200, Some("MISS")), "{first:?}");
+    eventually("a's answer reaches the slot's primary", async || {
+        cluster.cli(primary, &["KEYS", "{courier}:cache:*"]).contains("{courier}:cache:")
+    })
+    .await;
+    let second = b.process(body("clustered over TLS")).await;
+    assert_eq!((second.status.as_u16(), second.header("x-cache")), (200, Some("HIT")), "{second:?}");
+    assert_eq!(job_through(&a, &b, "over tls").await["processed_data"], "OVER TLS");
+    assert_eq!(a.metric("courier_redis_errors_total", &[]).await, 0.0);
+    a.stop().await;
+    b.stop().await;
 }

@@ -314,6 +314,8 @@ pub fn answers(port: u16) -> bool {
 /// created with `redis-cli --cluster create`; every node killed on drop.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// With TLS: redis-cli's `--tls --cacert <CA>`.
+    cli_tls: Vec<String>,
 }
 
 impl RedisCluster {
@@ -327,13 +329,36 @@ impl RedisCluster {
     /// the others mark it failed and its replica takes over. A node restarted after a kill
     /// rejoins with its `nodes.conf` (kept in its directory), as a replica of its successor.
     pub fn start_with_node_timeout(node_timeout_ms: u32) -> RedisCluster {
+        RedisCluster::form(node_timeout_ms, None)
+    }
+
+    /// The same serving TLS only, to clients and between nodes (the cluster bus, replication),
+    /// each node with `tls`'s certificate, issued by the CA in file `ca`.
+    pub fn start_tls(tls: &TlsFiles, ca: &std::path::Path) -> RedisCluster {
+        RedisCluster::form(2000, Some((tls, ca)))
+    }
+
+    fn form(node_timeout_ms: u32, tls: Option<(&TlsFiles, &std::path::Path)>) -> RedisCluster {
         // Each node keeps its cluster state (nodes.conf) in its own directory.
         let timeout = node_timeout_ms.to_string();
-        let args =
-            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", &timeout];
-        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_with(&args)).collect();
+        let mut args =
+            vec!["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", &timeout];
+        if tls.is_some() {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        }
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| match tls {
+                Some((files, _)) => RedisServer::start_tls(files, &args),
+                None => RedisServer::start_with(&args),
+            })
+            .collect();
+        let cli_tls = match tls {
+            Some((_, ca)) => vec!["--tls".to_owned(), "--cacert".to_owned(), ca.display().to_string()],
+            None => Vec::new(),
+        };
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
         let output = Command::new("redis-cli")
+            .args(&cli_tls)
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -341,22 +366,41 @@ impl RedisCluster {
             .output()
             .expect("redis-cli runs (Debian package redis-tools)");
         assert!(output.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&output.stdout));
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, cli_tls };
         // A replica's first sync waits for `repl-diskless-sync-delay` (5 s by default).
         let bound = START_TIMEOUT * 2;
         let deadline = Instant::now() + bound;
         // Every node says ok, the first knows every replica (replicas are announced by gossip),
         // and every replica holds its primary's data (before that, a `WAIT` gets no replica).
         let formed = |c: &RedisCluster| {
-            c.nodes.iter().all(|n| cli(n.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-                && cli(c.nodes[0].port(), &["CLUSTER", "NODES"]).matches("slave").count() == 3
-                && c.nodes.iter().filter(|n| n.is_replicating()).count() == 3
+            let replicating = |i: usize| {
+                let info = c.cli(i, &["INFO", "replication"]);
+                info.contains("role:slave")
+                    && info.contains("master_link_status:up")
+                    && info.contains("master_sync_in_progress:0")
+            };
+            (0..6).all(|i| c.cli(i, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                && c.cli(0, &["CLUSTER", "NODES"]).matches("slave").count() == 3
+                && (0..6).filter(|&i| replicating(i)).count() == 3
         };
         while !formed(&cluster) {
             assert!(Instant::now() < deadline, "the cluster did not become ok within {bound:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
         cluster
+    }
+
+    /// Runs `redis-cli` against node `node` (over TLS for a TLS cluster) and returns what it
+    /// printed.
+    pub fn cli(&self, node: usize, args: &[&str]) -> String {
+        let port = self.nodes[node].port().to_string();
+        let output = Command::new("redis-cli")
+            .args(&self.cli_tls)
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// The URL of one node (any node serves as a seed).
@@ -367,7 +411,7 @@ impl RedisCluster {
     /// The node holding `slot` as primary, and one of its replicas: indexes into `nodes`.
     pub fn primary_and_replica_of(&self, slot: u16) -> (usize, usize) {
         let by_port = |port: u16| self.nodes.iter().position(|n| n.port() == port).expect("a node of ours");
-        let text = cli(self.nodes[0].port(), &["CLUSTER", "NODES"]);
+        let text = self.cli(0, &["CLUSTER", "NODES"]);
         let mut primary = None;
         let mut ids = std::collections::HashMap::new();
         for line in text.lines() {
