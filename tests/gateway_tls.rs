@@ -8,12 +8,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use courier::config::key_sha256_hex;
 use rcgen::{date_time_ymd, SanType};
-use support::process::BIN;
 use support::tls::{client_config, one_request, pem_body_lines, replace, Conn, Pki, MODERN};
 use support::{Pair, PairBuilder};
 
@@ -309,18 +307,7 @@ async fn a_rotated_certificate_and_client_ca_reach_new_connections_while_open_on
 
 /// `courier serve` with exactly these variables (no upstream is reached: the files stop it).
 fn serve_with(vars: &[(&str, &Path)]) -> (Option<i32>, String) {
-    let mut command = Command::new(BIN);
-    command
-        .arg("serve")
-        .env_clear()
-        .env("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2")
-        .env("EXTERNAL_API_KEY", "very-secret-key")
-        .env("EXTERNAL_OAUTH_CLIENT_ID", "client")
-        .env("EXTERNAL_OAUTH_CLIENT_SECRET", "very-secret-secret");
-    for (name, path) in vars {
-        command.env(name, path);
-    }
-    let output = command.output().unwrap();
+    let output = support::process::serve_alone(vars.iter().copied());
     (output.status.code(), String::from_utf8(output.stderr).unwrap())
 }
 

@@ -193,18 +193,8 @@ async fn sentinels_that_ask_for_a_password_get_their_own() {
     let refused = "the Sentinel refused REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD (WRONGPASS))";
     assert_eq!(wrong, format!("{prefix}{refused}"));
 
-    let pair = PairBuilder::default()
-        .env("REDIS_URL", url)
-        .env("REDIS_SENTINELS", &addr)
-        .env("REDIS_SENTINEL_MASTER", MASTER)
-        .env("REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD)
-        .start()
-        .await;
-    assert_eq!(shared_state(&pair).await, "shared");
-    assert_eq!(pair.process(support::body("through the named primary")).await.status, 200);
-    let logs = pair.stop().await;
-    let found = logs.lines().into_iter().find(|l| l["event"] == "redis_primary_found").expect("primary found");
-    assert_eq!(found["primary"], format!("127.0.0.1:{}", primary.port()));
+    let with_password = [sentinels, master, ("REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD)];
+    let logs = served_through(url, &with_password, primary.port()).await;
     assert!(!logs.text().contains(SENTINEL_PASSWORD));
 }
 
@@ -228,17 +218,22 @@ async fn sentinels_serving_tls_are_asked_over_tls() {
     let prefix = format!("courier: cannot start: REDIS_SENTINELS: no Sentinel named a working primary ({addr}: ");
     assert!(plain.starts_with(&prefix), "{plain}");
 
-    let pair = PairBuilder::default()
-        .env("REDIS_URL", url)
-        .env("REDIS_SENTINELS", &addr)
-        .env("REDIS_SENTINEL_MASTER", MASTER)
-        .env("REDIS_CA_FILE", &ca_path)
-        .env("REDIS_SENTINEL_TLS", "true")
-        .start()
-        .await;
+    let over_tls = [settings[0], settings[1], settings[2], ("REDIS_SENTINEL_TLS", "true")];
+    served_through(url, &over_tls, primary.port()).await;
+}
+
+/// A courier with `REDIS_URL` and `settings` shares state through the primary the Sentinels name
+/// (on `primary_port`) and serves a request; its logs.
+async fn served_through(url: &str, settings: &[(&str, &str)], primary_port: u16) -> courier::logging::LogCapture {
+    let mut builder = PairBuilder::default().env("REDIS_URL", url);
+    for (name, value) in settings {
+        builder = builder.env(name, *value);
+    }
+    let pair = builder.start().await;
     assert_eq!(shared_state(&pair).await, "shared");
-    assert_eq!(pair.process(support::body("through the primary a TLS Sentinel named")).await.status, 200);
+    assert_eq!(pair.process(support::body("through the primary the Sentinels named")).await.status, 200);
     let logs = pair.stop().await;
     let found = logs.lines().into_iter().find(|l| l["event"] == "redis_primary_found").expect("primary found");
-    assert_eq!(found["primary"], format!("127.0.0.1:{}", primary.port()));
+    assert_eq!(found["primary"], format!("127.0.0.1:{primary_port}"));
+    logs
 }

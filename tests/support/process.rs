@@ -21,6 +21,24 @@ pub fn sim_env(sim: &courier::simulator::Simulator) -> Vec<(&'static str, String
     ]
 }
 
+/// Runs `courier serve` with the environment cleared but for an upstream nobody listens on (its
+/// secrets begin with `very-secret`: no message may show them) and `vars`: a start that must
+/// fail before it reaches anything.
+pub fn serve_alone<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    vars: impl IntoIterator<Item = (K, V)>,
+) -> std::process::Output {
+    Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2")
+        .env("EXTERNAL_API_KEY", "very-secret-key")
+        .env("EXTERNAL_OAUTH_CLIENT_ID", "client")
+        .env("EXTERNAL_OAUTH_CLIENT_SECRET", "very-secret-secret")
+        .envs(vars)
+        .output()
+        .unwrap()
+}
+
 /// Lines of a child's stream, read on a thread.
 pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();

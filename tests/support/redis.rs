@@ -261,21 +261,14 @@ fn text(value: &redis::Value) -> String {
 /// and returns the line saying why it did not start: it must exit 1 with exactly one such line,
 /// printing none of `secrets` nor the upstream's.
 pub fn refused_start(redis_url: &str, extra: &[(&str, impl AsRef<std::ffi::OsStr>)], secrets: &[&str]) -> String {
-    let mut command = Command::new(super::process::BIN);
-    command
-        .arg("serve")
-        .env_clear()
-        .env("EXTERNAL_API_BASE_URL", "http://127.0.0.1:1/v2")
-        .env("EXTERNAL_API_KEY", "very-secret-key")
-        .env("EXTERNAL_OAUTH_CLIENT_ID", "client")
-        .env("EXTERNAL_OAUTH_CLIENT_SECRET", "very-secret-secret")
-        .env("COURIER_LISTEN", "127.0.0.1:0")
-        .env("COURIER_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("REDIS_URL", redis_url);
-    for (name, value) in extra {
-        command.env(name, value);
-    }
-    let output = command.output().unwrap();
+    let listeners =
+        [("COURIER_LISTEN", "127.0.0.1:0"), ("COURIER_ADMIN_LISTEN", "127.0.0.1:0"), ("REDIS_URL", redis_url)];
+    let output = super::process::serve_alone(
+        listeners
+            .iter()
+            .map(|(name, value)| (*name, std::ffi::OsStr::new(value)))
+            .chain(extra.iter().map(|(name, value)| (*name, value.as_ref()))),
+    );
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("very-secret"), "{stderr}");
