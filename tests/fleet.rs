@@ -106,8 +106,14 @@ async fn load(live: Rc<RefCell<Vec<String>>>, stop: Rc<Cell<bool>>) -> Tally {
 
 /// A replica's `/admin/state`.
 async fn state(http: &awc::Client, admin: &str) -> Value {
-    let mut response = http.get(format!("http://{admin}/admin/state")).send().await.unwrap();
-    response.json().limit(1 << 20).await.unwrap()
+    try_state(http, admin).await.unwrap_or_else(|e| panic!("/admin/state of {admin}: {e}"))
+}
+
+/// A replica's `/admin/state`, or why it could not be had (e.g. awc reused a pooled connection
+/// the admin listener had just closed: `Connect(Disconnected)`, seen once in a CI rehearsal).
+async fn try_state(http: &awc::Client, admin: &str) -> Result<Value, String> {
+    let mut response = http.get(format!("http://{admin}/admin/state")).send().await.map_err(|e| format!("{e:?}"))?;
+    response.json().limit(1 << 20).await.map_err(|e| format!("{e:?}"))
 }
 
 /// Waits (bounded by `bound`) until every replica's `/admin/state` satisfies `check`; returns
@@ -122,9 +128,14 @@ async fn until_all(
     let started = Instant::now();
     'poll: loop {
         for admin in admins {
-            let state = state(http, admin).await;
+            // A failed poll is polled again, within the same bound.
+            let state = try_state(http, admin).await.unwrap_or_else(Value::String);
             if !check(&state) {
-                assert!(started.elapsed() < bound, "{what}: not within {bound:?}: {}", state["fleet"]);
+                assert!(
+                    started.elapsed() < bound,
+                    "{what}: not within {bound:?}: {}",
+                    state.get("fleet").unwrap_or(&state)
+                );
                 actix_rt::time::sleep(Duration::from_millis(50)).await;
                 continue 'poll;
             }
