@@ -10,6 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::failover::shared_state;
 use support::redis::{cli, RedisCluster};
 use support::{body, count, read_answer, Answer, Pair, PairBuilder};
 
@@ -25,13 +26,6 @@ async fn within(bound: Duration, what: &str, mut check: impl AsyncFnMut() -> boo
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     started.elapsed()
-}
-
-/// `/readyz`'s `checks.shared_state`.
-async fn shared_state(pair: &Pair) -> String {
-    let mut response = pair.http.get(pair.admin_url("/readyz")).send().await.expect("readyz");
-    let body: Value = response.json().await.expect("readyz JSON");
-    body["checks"]["shared_state"].as_str().expect("shared_state").to_owned()
 }
 
 /// Submits a job on `to` (bounded retries while the store says it is unavailable) and waits

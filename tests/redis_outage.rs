@@ -8,6 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::failover::shared_state;
 use support::redis::RedisServer;
 use support::{read_answer, Answer, Pair, PairBuilder};
 
@@ -19,13 +20,6 @@ fn async_body(input: &str) -> Value {
 
 async fn get(pair: &Pair, path: &str) -> Answer {
     read_answer(pair.http.get(pair.url(path)).send().await.expect("courier answers")).await
-}
-
-/// `/readyz`'s `checks.shared_state`.
-async fn shared_state(pair: &Pair) -> String {
-    let mut response = pair.http.get(pair.admin_url("/readyz")).send().await.expect("readyz");
-    let body: Value = response.json().await.expect("readyz JSON");
-    body["checks"]["shared_state"].as_str().expect("shared_state").to_owned()
 }
 
 /// Polls `check` every 20 ms until it holds, for at most `bound`; returns how long it took.

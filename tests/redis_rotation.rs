@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use courier::metrics::ReloadTrigger;
 use serde_json::{json, Value};
+use support::failover::shared_state;
 use support::redis::{RedisCluster, RedisServer};
 use support::sentinel::Sentinel;
 use support::{body, read_answer, Answer, Pair, PairBuilder};
@@ -132,13 +133,6 @@ async fn job(pair: &Pair, input: &str) -> Value {
     })
     .await;
     last["result"].clone()
-}
-
-/// `/readyz`'s `checks.shared_state`.
-async fn shared_state(pair: &Pair) -> String {
-    let mut response = pair.http.get(pair.admin_url("/readyz")).send().await.expect("readyz");
-    let body: Value = response.json().await.expect("readyz JSON");
-    body["checks"]["shared_state"].as_str().expect("shared_state").to_owned()
 }
 
 /// Waits until `courier_config_reloads_total{result}` reaches `n` (whatever triggered them).

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::{ClientTlsConfig, TlsCertificates};
 use serde_json::{json, Value};
+use support::failover::shared_state;
 use support::redis::{RedisCluster, RedisServer, TlsFiles};
 use support::tls::{Ca, Leaf, Pki};
 use support::{body, count, read_answer, Answer, Pair, PairBuilder};
@@ -90,13 +91,6 @@ async fn job_through(to: &Pair, from: &Pair, input: &str) -> Value {
     })
     .await;
     last["result"].clone()
-}
-
-/// `/readyz`'s `checks.shared_state`.
-async fn shared_state(pair: &Pair) -> String {
-    let mut response = pair.http.get(pair.admin_url("/readyz")).send().await.expect("readyz");
-    let body: Value = response.json().await.expect("readyz JSON");
-    body["checks"]["shared_state"].as_str().expect("shared_state").to_owned()
 }
 
 #[actix_rt::test]
