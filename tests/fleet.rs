@@ -65,7 +65,7 @@ struct Tally {
 /// Offers [`OFFERED_PER_SECOND`] requests per second, round-robin over the gateways in `live`,
 /// each with a 2 s deadline, until `stop` is set; waits for every answer.
 async fn load(live: Rc<RefCell<Vec<String>>>, stop: Rc<Cell<bool>>) -> Tally {
-    let http = Rc::new(awc::Client::builder().timeout(Duration::from_secs(10)).finish());
+    let http = Rc::new(support::http_client(Duration::from_secs(10)));
     let tally = Rc::new(RefCell::new(Tally::default()));
     let mut tick = actix_rt::time::interval(Duration::from_secs(1) / OFFERED_PER_SECOND);
     let mut tasks = Vec::new();
@@ -109,8 +109,8 @@ async fn state(http: &awc::Client, admin: &str) -> Value {
     try_state(http, admin).await.unwrap_or_else(|e| panic!("/admin/state of {admin}: {e}"))
 }
 
-/// A replica's `/admin/state`, or why it could not be had (e.g. awc reused a pooled connection
-/// the admin listener had just closed: `Connect(Disconnected)`, seen once in a CI rehearsal).
+/// A replica's `/admin/state`, or why it could not be had (`Connect(Disconnected)` was seen once
+/// in a CI rehearsal, from a pooled connection the admin listener closed as it was reused).
 async fn try_state(http: &awc::Client, admin: &str) -> Result<Value, String> {
     let mut response = http.get(format!("http://{admin}/admin/state")).send().await.map_err(|e| format!("{e:?}"))?;
     response.json().limit(1 << 20).await.map_err(|e| format!("{e:?}"))
@@ -167,7 +167,7 @@ async fn scaling_from_two_to_five_and_back_keeps_the_limit_and_uses_it() {
     let sim_config = SimConfig { rate_limit_per_minute: LIMIT_PER_MINUTE, rate_burst: 10, ..SimConfig::default() };
     let sim = Simulator::start(sim_config).await.unwrap();
     let env = env(&sim, &redis);
-    let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+    let http = support::http_client(Duration::from_secs(10));
     let started = Instant::now();
 
     let mut replicas = start(&env, 2).await;

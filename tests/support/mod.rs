@@ -126,9 +126,18 @@ impl PairBuilder {
             .await
             .and_then(Gateway::serve)
             .expect("courier starts");
-        let http = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+        let http = http_client(Duration::from_secs(30));
         Pair { sim, courier: running, logs, logging: Some(logging), http }
     }
+}
+
+/// An HTTP client for courier's listeners, each request bounded by `timeout`. It reuses a kept-alive
+/// connection only while it has been idle less than 3 s: courier's listeners (actix-web's default)
+/// close one idle for 5 s, and a request sent on a connection as the server closes it gets no
+/// answer (awc: `Connect(Disconnected)`).
+pub fn http_client(timeout: Duration) -> awc::Client {
+    let connector = awc::Connector::new().conn_keep_alive(Duration::from_secs(3));
+    awc::Client::builder().connector(connector).timeout(timeout).finish()
 }
 
 /// A simulator and a courier talking to it (the simulator perhaps shared with other couriers).
