@@ -102,8 +102,12 @@ async fn couriers_follow_a_sentinel_failover_without_losing_an_accepted_job() {
     // The old primary comes back (empty, as a primary) and the Sentinels make it a replica of
     // the new one; with a replica again, jobs are accepted again.
     primary.restart();
+    // Sentinel's own pace, not courier's: it asks a replica for INFO every 10 s, converts a
+    // returning old primary only once it has reported itself a primary for 8 s (two INFOs
+    // apart), and the new primary delays the full sync by 5 s (`repl-diskless-sync-delay`): up
+    // to ~26 s. A CI rehearsal once took more than 20.
     let rejoined =
-        until(Duration::from_secs(20), "the old primary becomes a replica", || async { primary.is_replicating() })
+        until(Duration::from_secs(40), "the old primary becomes a replica", || async { primary.is_replicating() })
             .await;
     let accepting =
         until(Duration::from_secs(10), "jobs are accepted again", || async { load.accepted_after(rejoined) }).await;
