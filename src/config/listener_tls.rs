@@ -250,14 +250,7 @@ impl TlsFiles {
     /// The verifier of client certificates issued by the CAs of `path`, and the earliest end
     /// of those CAs' validity.
     fn verifier(&self, path: &Path, digest: &mut Sha256) -> Result<(Arc<dyn ClientCertVerifier>, i64), String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        digest.update(&bytes);
-        let cas = CertificateDer::pem_slice_iter(&bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
-        if cas.is_empty() {
-            return Err(format!("{} holds no PEM certificate", path.display()));
-        }
+        let cas = read_chain(path, digest)?;
         let end = earliest_end(&cas, path)?;
         let mut roots = RootCertStore::empty();
         for cert in cas {
@@ -300,7 +293,7 @@ impl LoadedTls {
     }
 }
 
-/// The certificates of a PEM chain file; the message names the file, never its content.
+/// The certificates of a PEM file (a chain, or CAs); the message names the file, never its content.
 fn read_chain(path: &Path, digest: &mut Sha256) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     digest.update(&bytes);
