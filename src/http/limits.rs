@@ -107,14 +107,30 @@ pub fn check_head(req: &HttpRequest, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Runs `fut` until `deadline`; `None` when the deadline passed first. A future that is ready
-/// at its first poll (a body that arrived with its head) never touches the timer.
+/// Runs `fut` until `deadline`; `None` when the deadline passed first.
+///
+/// The timer is set only when `fut` is still pending at its second poll. A request's body is
+/// usually in the same read as its head, but actix-http hands it to the body stream only after
+/// the handler's first poll, and answers within that same turn: arming a timer at the first
+/// poll registered and removed a timer entry for nearly every request. The first `Pending`
+/// wakes the task, so a body that never comes still gets its timer at once.
 pub async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
     let mut fut = pin!(fut);
-    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-        return Some(out);
+    let mut polled = false;
+    let early = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending if !polled => {
+            polled = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await;
+    match early {
+        Some(out) => Some(out),
+        None => tokio::time::timeout_at(deadline.into(), fut).await.ok(),
     }
-    tokio::time::timeout_at(deadline.into(), fut).await.ok()
 }
 
 /// An error answer that keeps the request's body stream open until the answer is sent, so

@@ -2,7 +2,6 @@
 //! together, from the same values, so they cannot drift apart.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::Instant;
 
 use actix_web::http::{Method, StatusCode};
@@ -15,8 +14,11 @@ use crate::request_id::RequestId;
 use crate::trace::{attrs, LogIds, Span};
 
 type Hasher = foldhash::fast::RandomState;
+/// hashbrown's map for its `entry_ref`: one hash of the client's name per request, and a copy
+/// of the name only the first time it is seen.
+type HashMap<K, V> = hashbrown::HashMap<K, V, Hasher>;
 /// A client's request counter and duration histogram, by route and status.
-type ByRoute = HashMap<(Route, u16), (IntCounter, Histogram), Hasher>;
+type ByRoute = HashMap<(Route, u16), (IntCounter, Histogram)>;
 
 /// This worker's handles on the request counter and histogram, by client, route and status:
 /// resolving a labelled child hashes the label values and takes the family's lock, twice per
@@ -24,27 +26,23 @@ type ByRoute = HashMap<(Route, u16), (IntCounter, Histogram), Hasher>;
 /// statuses, client names), so this map is too.
 #[derive(Default)]
 pub struct RequestMetrics {
-    children: RefCell<HashMap<Box<str>, ByRoute, Hasher>>,
+    children: RefCell<HashMap<String, ByRoute>>,
     /// Each client's upstream attempts counter.
-    attempts: RefCell<HashMap<Box<str>, IntCounter, Hasher>>,
+    attempts: RefCell<HashMap<String, IntCounter>>,
 }
 
 impl RequestMetrics {
     /// Counts `attempts` upstream attempts made for `client`.
     fn spent(&self, metrics: &Metrics, client: &str, attempts: u32) {
         let mut children = self.attempts.borrow_mut();
-        if !children.contains_key(client) {
-            children.insert(client.into(), metrics.security.client_attempts.with_label_values(&[client]));
-        }
-        children.get(client).expect("inserted above").inc_by(u64::from(attempts));
+        let counter =
+            children.entry_ref(client).or_insert_with(|| metrics.security.client_attempts.with_label_values(&[client]));
+        counter.inc_by(u64::from(attempts));
     }
 
     fn record(&self, metrics: &Metrics, route: Route, status: StatusCode, client: &str, seconds: f64) {
         let mut children = self.children.borrow_mut();
-        if !children.contains_key(client) {
-            children.insert(client.into(), HashMap::default());
-        }
-        let by_route = children.get_mut(client).expect("inserted above");
+        let by_route = children.entry_ref(client).or_default();
         let (count, duration) = by_route.entry((route, status.as_u16())).or_insert_with(|| {
             let class = match status.as_u16() {
                 100..=199 => "1xx",

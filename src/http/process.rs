@@ -141,7 +141,9 @@ async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -
     jobs::record_sync(worker, request_id, owner, created, &served);
     let result = served.result.map_err(ApiError::from).map(|entry| {
         let body = body::success_body(&entry.result, request_id.as_str(), entry.upstream_request_id.as_deref());
-        let mut response = body::json_head(actix_web::http::StatusCode::OK, request_id);
+        // `X-Request-Id` is added by `Inbound::answer`, as to every answer.
+        let mut response = HttpResponse::Ok();
+        response.insert_header((CONTENT_TYPE, body::JSON));
         if matches!(served.status, CacheStatus::Hit | CacheStatus::Stale) {
             response.insert_header((AGE, entry.age(Instant::now())));
         }

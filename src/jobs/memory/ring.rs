@@ -18,17 +18,53 @@ use crate::jobs::{JobError, JobStatus, SyncEntry, Timestamp};
 /// random: recording one entry and evicting the oldest each missed the CPU's caches, and the
 /// map pushed the rest of the request path out of them (bench/README.md measured it). Here the
 /// entries are written and evicted in order (memory the CPU streams through), and the index
-/// holds only 4-byte sequence numbers.
+/// ([`Slots`]) holds only their sequence numbers, and is not touched when the oldest leaves.
 pub(super) struct SyncRing {
     entries: VecDeque<Synced>,
     /// The sequence number of `entries[0]`.
     pub(super) base: u64,
-    /// Sequence numbers of `entries`, hashed by id: their low 32 bits, enough to tell apart the
-    /// entries of a ring shorter than 2^32.
-    index: HashTable<u32>,
+    index: Slots,
     hasher: Hasher,
     /// What `Synced::at` counts from.
     epoch: Instant,
+}
+
+/// Slots per group: an id's entry is in its group (two cache lines), or in the overflow.
+const GROUP: usize = 16;
+
+/// The ring's index: sequence numbers of entries by their id's hash, in an open-addressed table
+/// probed within one aligned group of [`GROUP`] slots. A slot whose sequence number is no longer
+/// in the ring is free, so an entry leaving the ring is not looked for here: every request
+/// records an entry and evicts one, and a hash map's removal was a second walk to a random,
+/// cold place in memory for each (bench/README.md, "Issue 19: the status ring's index").
+struct Slots {
+    /// `tag << 32 | sequence number`, the tag being the id hash's upper half (so most slots of a
+    /// group are told apart without reading the ring). Kept at most half full.
+    table: Box<[u64]>,
+    /// Entries whose group was full when they came (rare at that load), by id hash; removed
+    /// when they leave the ring.
+    overflow: HashTable<u32>,
+}
+
+/// The slot value of sequence number `seq` with `hash`'s tag.
+fn slot(hash: u64, seq: u32) -> u64 {
+    (hash & !u64::from(u32::MAX)) | u64::from(seq)
+}
+
+impl Slots {
+    /// A table for `room` entries, every slot free in a ring starting at sequence number `base`.
+    fn new(room: usize, base: u64) -> Slots {
+        let len = (room * 2).next_power_of_two().max(GROUP);
+        // One below the ring's first sequence number: not in the ring until 2^32 entries later.
+        let free = slot(0, (base as u32).wrapping_sub(1));
+        Slots { table: vec![free; len].into_boxed_slice(), overflow: HashTable::new() }
+    }
+
+    /// The slots of `hash`'s group.
+    fn group(&self, hash: u64) -> std::ops::Range<usize> {
+        let start = (hash as usize) & (self.table.len() - 1) & !(GROUP - 1);
+        start..start + GROUP
+    }
 }
 
 /// A [`SyncEntry`] as the ring keeps it: 72 bytes instead of 112, since every sync request
@@ -100,10 +136,15 @@ impl SyncRing {
     /// empty holds several times the memory of one allocated up front (bench/README.md, "the
     /// status store's footprint"). Pages become resident only as entries are written.
     pub(super) fn with_room(hasher: Hasher, room: usize) -> SyncRing {
+        Self::starting_at(hasher, room, 0)
+    }
+
+    /// As [`SyncRing::with_room`], whose first entry has sequence number `base`.
+    pub(super) fn starting_at(hasher: Hasher, room: usize, base: u64) -> SyncRing {
         SyncRing {
             entries: VecDeque::with_capacity(room),
-            base: 0,
-            index: HashTable::with_capacity(room),
+            base,
+            index: Slots::new(room, base),
             hasher,
             epoch: Instant::now(),
         }
@@ -118,13 +159,23 @@ impl SyncRing {
         u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
-    pub(super) fn get(&self, id: &str) -> Option<&Synced> {
-        let n = self.index.find(self.hasher.hash_one(id), |&seq| self.at(seq).id == id)?;
-        Some(self.at(*n))
+    /// The entry of sequence number `seq` (its low 32 bits), if it is still in the ring.
+    fn live(&self, seq: u32) -> Option<&Synced> {
+        self.entries.get(offset(seq, self.base))
     }
 
-    pub(super) fn at(&self, seq: u32) -> &Synced {
-        &self.entries[offset(seq, self.base)]
+    pub(super) fn get(&self, id: &str) -> Option<&Synced> {
+        let hash = self.hasher.hash_one(id);
+        let tag = slot(hash, 0);
+        let found = self.index.table[self.index.group(hash)]
+            .iter()
+            .filter(|s| slot(**s, 0) == tag)
+            .find_map(|s| self.live(*s as u32).filter(|e| e.id == id));
+        if found.is_some() || self.index.overflow.is_empty() {
+            return found;
+        }
+        let seq = self.index.overflow.find(hash, |&seq| self.live(seq).is_some_and(|e| e.id == id))?;
+        self.live(*seq)
     }
 
     /// When the oldest entry was recorded, in [`SyncRing::ms`].
@@ -133,11 +184,35 @@ impl SyncRing {
     }
 
     pub(super) fn push(&mut self, at: Instant, id: SmolStr, entry: SyncEntry) {
+        if self.entries.len() + 1 > self.index.table.len() / 2 {
+            self.regrow();
+        }
         let seq = (self.base + self.entries.len() as u64) as u32;
         let hash = self.hasher.hash_one(id.as_str());
         self.entries.push_back(Synced::new(self.ms(at), id, entry));
-        let (entries, base, hasher) = (&self.entries, self.base, &self.hasher);
-        self.index.insert_unique(hash, seq, |&s| hasher.hash_one(entries[offset(s, base)].id.as_str()));
+        self.place(hash, seq);
+    }
+
+    /// Puts `seq` in a free slot of `hash`'s group, or in the overflow.
+    fn place(&mut self, hash: u64, seq: u32) {
+        let (base, len) = (self.base, self.entries.len());
+        let group = self.index.group(hash);
+        match self.index.table[group].iter_mut().find(|s| offset(**s as u32, base) >= len) {
+            Some(free) => *free = slot(hash, seq),
+            None => {
+                let (entries, hasher) = (&self.entries, &self.hasher);
+                self.index.overflow.insert_unique(hash, seq, |&s| hasher.hash_one(entries[offset(s, base)].id.as_str()));
+            }
+        }
+    }
+
+    /// Doubles the index and places every entry again (the ring outgrew its room).
+    fn regrow(&mut self) {
+        self.index = Slots::new(self.index.table.len(), self.base);
+        for n in 0..self.entries.len() {
+            let hash = self.hasher.hash_one(self.entries[n].id.as_str());
+            self.place(hash, (self.base + n as u64) as u32);
+        }
     }
 
     /// Removes the oldest entry.
@@ -145,9 +220,83 @@ impl SyncRing {
         let Some(oldest) = self.entries.pop_front() else { return false };
         let seq = self.base as u32;
         self.base += 1;
-        if let Ok(found) = self.index.find_entry(self.hasher.hash_one(oldest.id.as_str()), |&s| s == seq) {
-            found.remove();
+        if !self.index.overflow.is_empty() {
+            if let Ok(found) = self.index.overflow.find_entry(self.hasher.hash_one(oldest.id.as_str()), |&s| s == seq) {
+                found.remove();
+            }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> SyncEntry {
+        SyncEntry {
+            status: JobStatus::Completed,
+            answer: None,
+            error: None,
+            created_at: Timestamp::now(),
+            completed_at: Timestamp::now(),
+            attempts: 1,
+            owner: None,
+            new_id: false,
+        }
+    }
+
+    #[test]
+    fn an_entry_whose_group_is_full_is_found_in_the_overflow_until_it_leaves() {
+        // Room for 4: one group of 16 slots, 8 of them used by 8 entries.
+        let mut ring = SyncRing::with_room(Hasher::default(), 4);
+        assert_eq!(ring.index.table.len(), GROUP);
+        for i in 0..7 {
+            ring.push(Instant::now(), format!("e-{i}").into(), entry());
+        }
+        // The free slots taken by entries still in the ring (no tag of any id): the group is full.
+        let live = ring.index.table.iter().copied().find(|s| offset(*s as u32, ring.base) < ring.len()).unwrap();
+        for s in ring.index.table.iter_mut().filter(|s| offset(**s as u32, 0) >= 7) {
+            *s = live & u64::from(u32::MAX);
+        }
+        ring.push(Instant::now(), "late".into(), entry());
+        assert_eq!(ring.index.overflow.len(), 1);
+        assert!((0..7).all(|i| ring.get(&format!("e-{i}")).is_some()));
+        assert_eq!(ring.get("late").map(|e| e.id.as_str()), Some("late"));
+        assert!(ring.get("never").is_none());
+        for _ in 0..8 {
+            assert!(ring.pop_front());
+        }
+        assert!(ring.index.overflow.is_empty(), "an entry leaving the ring leaves the overflow");
+        assert!(ring.get("late").is_none());
+    }
+
+    #[test]
+    fn a_ring_grown_past_its_room_finds_every_entry() {
+        let mut ring = SyncRing::with_room(Hasher::default(), 4);
+        for i in 0..1000 {
+            ring.push(Instant::now(), format!("g-{i}").into(), entry());
+            if ring.len() > 700 {
+                ring.pop_front();
+            }
+        }
+        assert!(ring.index.table.len() >= 2 * 700);
+        assert!((300..1000).all(|i| ring.get(&format!("g-{i}")).is_some_and(|e| e.id == format!("g-{i}"))));
+        assert!((0..300).all(|i| ring.get(&format!("g-{i}")).is_none()));
+    }
+
+    #[test]
+    fn slots_of_entries_that_left_are_used_again() {
+        // A ring that never holds more than 3 entries keeps its 16 slots through 10k of them.
+        let mut ring = SyncRing::with_room(Hasher::default(), 4);
+        for i in 0..10_000 {
+            ring.push(Instant::now(), format!("r-{i}").into(), entry());
+            if ring.len() > 3 {
+                ring.pop_front();
+            }
+        }
+        assert_eq!(ring.index.table.len(), GROUP);
+        assert!(ring.index.overflow.is_empty());
+        assert!((9_997..10_000).all(|i| ring.get(&format!("r-{i}")).is_some()));
     }
 }

@@ -144,8 +144,7 @@ fn the_ring_keeps_what_a_status_document_shows() {
 
 #[test]
 fn the_index_finds_entries_across_the_wrap_of_its_32_bit_sequence_numbers() {
-    let mut ring = SyncRing::with_room(Hasher::default(), 16);
-    ring.base = u64::from(u32::MAX) - 5;
+    let mut ring = SyncRing::starting_at(Hasher::default(), 16, u64::from(u32::MAX) - 5);
     for i in 0..40 {
         ring.push(Instant::now(), format!("w-{i}").into(), synced(JobStatus::Completed));
         if ring.len() > 10 {
