@@ -49,7 +49,11 @@ impl RequestId {
         let n: u64 = rand::rng().random();
         let mut text = *b"req_0000000000000000";
         hex::encode_to_slice(n.to_be_bytes(), &mut text[4..]).expect("16 hex digits fit");
-        RequestId { value: HeaderValue::from_bytes(&text).expect("ascii is a valid header"), generated: true }
+        // Held by a `Bytes` that owns the array: the id is cloned into the answer's header and
+        // elsewhere, and such a clone only counts a reference (a copied slice is re-allocated
+        // as shared at its first clone).
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).expect("ascii is a valid header");
+        RequestId { value, generated: true }
     }
 
     /// The id as text.
