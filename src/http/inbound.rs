@@ -63,12 +63,14 @@ pub struct Done {
     pub attempts: u32,
     /// What the cache did, when it was asked (the log field).
     pub cache: Option<&'static str>,
+    /// When it was answered, if the handler read the clock then (else it is read here).
+    pub at: Option<Instant>,
 }
 
 impl Done {
     /// Done without an upstream call or the cache.
     pub fn plain(result: Result<HttpResponse, ApiError>) -> Done {
-        Done { result, attempts: 0, cache: None }
+        Done { result, attempts: 0, cache: None, at: None }
     }
 }
 
@@ -128,6 +130,7 @@ impl Inbound {
                 client: self.client(),
                 request_id: &self.request_id,
                 started: self.started,
+                answered: done.at.unwrap_or_else(Instant::now),
                 attempts: done.attempts,
                 error,
                 cache: done.cache,

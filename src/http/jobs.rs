@@ -2,7 +2,7 @@
 //! and the status entries of sync requests.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::LOCATION;
 use actix_web::{web, HttpResponse};
@@ -137,19 +137,22 @@ pub async fn accept(worker: &Worker, new: NewJob) -> Result<HttpResponse, ApiErr
     }
 }
 
+/// When a sync request arrived and when it was answered (monotonic): its status entry's times.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// When it arrived.
+    pub started: Instant,
+    /// When it was answered.
+    pub answered: Instant,
+}
+
 /// Records the status entry of an answered sync request (best effort, never blocking).
-pub fn record_sync(
-    worker: &Worker,
-    request_id: &RequestId,
-    owner: Option<&'static str>,
-    created: SystemTime,
-    served: &Served,
-) {
+pub fn record_sync(worker: &Worker, request_id: &RequestId, owner: Option<&'static str>, timing: Timing, served: &Served) {
     let (status, answer, error) = match &served.result {
         Ok(entry) => (JobStatus::Completed, Some(entry.clone()), None),
         Err(error) => (JobStatus::Failed, None, Some(Box::new(JobError::from(error)))),
     };
-    record(worker, request_id, owner, created, status, answer, error, served.attempts);
+    record(worker, request_id, owner, timing, status, answer, error, served.attempts);
 }
 
 /// Records the status entry of a sync request refused before reaching the upstream.
@@ -157,10 +160,11 @@ pub fn record_refused(
     worker: &Worker,
     request_id: &RequestId,
     owner: Option<&'static str>,
-    created: SystemTime,
+    started: Instant,
     error: &ApiError,
 ) {
-    record(worker, request_id, owner, created, JobStatus::Failed, None, Some(job_error(error)), 0);
+    let timing = Timing { started, answered: Instant::now() };
+    record(worker, request_id, owner, timing, JobStatus::Failed, None, Some(job_error(error)), 0);
 }
 
 fn job_error(error: &ApiError) -> Box<JobError> {
@@ -176,12 +180,15 @@ fn record(
     worker: &Worker,
     request_id: &RequestId,
     owner: Option<&'static str>,
-    created: SystemTime,
+    timing: Timing,
     status: JobStatus,
     answer: Option<Arc<Entry>>,
     error: Option<Box<JobError>>,
     attempts: u32,
 ) {
+    // One wall-clock reading: the arrival is that less the time it took.
+    let completed = SystemTime::now();
+    let created = completed.checked_sub(timing.answered.saturating_duration_since(timing.started)).unwrap_or(completed);
     worker.shared.jobs.store.record_sync(
         request_id.as_str(),
         SyncEntry {
@@ -189,10 +196,11 @@ fn record(
             answer,
             error,
             created_at: Timestamp(created),
-            completed_at: Timestamp::now(),
+            completed_at: Timestamp(completed),
             attempts,
             owner,
             new_id: request_id.generated(),
+            recorded: timing.answered,
         },
     );
 }

@@ -77,6 +77,8 @@ pub struct Inbound<'a> {
     pub request_id: &'a RequestId,
     /// When the request arrived.
     pub started: Instant,
+    /// When it was answered.
+    pub answered: Instant,
     /// Upstream attempts made for it.
     pub attempts: u32,
     /// The error code answered, if any.
@@ -89,7 +91,7 @@ pub struct Inbound<'a> {
 
 /// Logs and counts one answered inbound request.
 pub fn inbound(worker: &Worker, mut event: Inbound<'_>) {
-    let elapsed = event.started.elapsed().as_secs_f64();
+    let elapsed = event.answered.saturating_duration_since(event.started).as_secs_f64();
     let metrics = &worker.shared.metrics;
     worker.request_metrics.record(metrics, event.route, event.status, event.client, elapsed);
     if event.attempts > 0 {

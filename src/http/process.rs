@@ -1,6 +1,6 @@
 //! `POST /api/external/process`: authenticate, validate, dispatch upstream, answer.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpResponse};
@@ -34,11 +34,14 @@ struct Outcome {
     result: Result<HttpResponse, ApiError>,
     attempts: u32,
     cache: Option<(CacheStatus, Option<Key>)>,
+    /// When the pipeline answered (a sync request that reached it): the clock reading its
+    /// rate headers and log line use too.
+    answered: Option<Instant>,
 }
 
 impl Outcome {
     fn early(error: ApiError) -> Outcome {
-        Outcome { result: Err(error), attempts: 0, cache: None }
+        Outcome { result: Err(error), attempts: 0, cache: None, answered: None }
     }
 }
 
@@ -57,8 +60,13 @@ pub async fn process(inbound: Inbound, mut payload: web::Payload) -> HttpRespons
         Err(error) => Outcome::early(error.clone()),
     };
     let cache = outcome.cache;
-    let done =
-        Done { result: outcome.result, attempts: outcome.attempts, cache: cache.map(|(status, _)| status.label()) };
+    let now = outcome.answered.unwrap_or_else(Instant::now);
+    let done = Done {
+        result: outcome.result,
+        attempts: outcome.attempts,
+        cache: cache.map(|(status, _)| status.label()),
+        at: Some(now),
+    };
     inbound.answer(Route::Process, PATH, done, |response, failed| {
         let mut response = match failed {
             true => limits::closing_unread(response, payload),
@@ -68,7 +76,7 @@ pub async fn process(inbound: Inbound, mut payload: web::Payload) -> HttpRespons
         if let Ok(caller) = &inbound.caller {
             let quota = worker.shared.quota.as_ref().map(|q| q.client_quota(caller.index()));
             for (name, value) in
-                ratelimit::headers(&worker.shared.budget, quota.as_ref(), caller.index(), Instant::now())
+                ratelimit::headers(&worker.shared.budget, quota.as_ref(), caller.index(), now)
             {
                 headers.insert(name, value);
             }
@@ -86,7 +94,6 @@ pub async fn process(inbound: Inbound, mut payload: web::Payload) -> HttpRespons
 
 async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -> Outcome {
     let (req, worker, request_id, started) = (inbound.request(), &inbound.worker, &inbound.request_id, inbound.started);
-    let created = SystemTime::now();
     let owner = worker.owner_name(caller);
     let config = &worker.shared.config;
     let prepared = async {
@@ -103,7 +110,7 @@ async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -
     let (request, deadline) = match prepared.await {
         Ok(ready) => ready,
         Err(error) => {
-            jobs::record_refused(worker, request_id, owner, created, &error);
+            jobs::record_refused(worker, request_id, owner, started, &error);
             return Outcome::early(error);
         }
     };
@@ -122,10 +129,10 @@ async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -
             // The store could not take the job: it keeps no trace of it either, so the id stays
             // free for the client's retry (a failed entry would make that retry a 409).
             Err(ApiError::JobStoreUnavailable) => {}
-            Err(error) => jobs::record_refused(worker, request_id, owner, created, error),
+            Err(error) => jobs::record_refused(worker, request_id, owner, started, error),
             Ok(_) => {}
         }
-        return Outcome { result, attempts: 0, cache: None };
+        return Outcome { result, attempts: 0, cache: None, answered: None };
     }
     let ask = Request {
         request_id: request_id.clone(),
@@ -138,18 +145,19 @@ async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -
         trace: inbound.trace(),
     };
     let served = worker.pipeline.serve(ask).await;
-    jobs::record_sync(worker, request_id, owner, created, &served);
+    let answered = Instant::now();
+    jobs::record_sync(worker, request_id, owner, jobs::Timing { started, answered }, &served);
     let result = served.result.map_err(ApiError::from).map(|entry| {
         let body = body::success_body(&entry.result, request_id.as_str(), entry.upstream_request_id.as_deref());
         // `X-Request-Id` is added by `Inbound::answer`, as to every answer.
         let mut response = HttpResponse::Ok();
         response.insert_header((CONTENT_TYPE, body::JSON));
         if matches!(served.status, CacheStatus::Hit | CacheStatus::Stale) {
-            response.insert_header((AGE, entry.age(Instant::now())));
+            response.insert_header((AGE, entry.age(answered)));
         }
         response.body(body)
     });
-    Outcome { result, attempts: served.attempts, cache: Some((served.status, request.cache_key)) }
+    Outcome { result, attempts: served.attempts, cache: Some((served.status, request.cache_key)), answered: Some(answered) }
 }
 
 /// What the client asked of the cache with `Cache-Control` (every occurrence, comma-separated,

@@ -270,6 +270,9 @@ pub struct SyncEntry {
     /// The id is one courier generated for this request (see `RequestId::generated`): no entry
     /// has it, so the store may skip looking.
     pub new_id: bool,
+    /// When it was answered, on the monotonic clock (the in-process store's order and expiry;
+    /// the answer's own clock reading, so the store reads none of its own).
+    pub recorded: std::time::Instant,
 }
 
 impl SyncEntry {

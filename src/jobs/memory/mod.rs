@@ -199,7 +199,7 @@ impl JobStore for MemoryStore {
 
     fn record_sync(&self, id: &str, entry: SyncEntry) {
         let mut shard = self.shard(id).lock().expect("shard lock");
-        let now = Instant::now();
+        let now = entry.recorded;
         let admitted = match entry.new_id {
             true => shard.admit_new(id, self.cap_per_shard, self.ttl, now),
             false => shard.admit(id, self.cap_per_shard, self.ttl, now),
@@ -212,7 +212,7 @@ impl JobStore for MemoryStore {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Job>> {
         let shard = self.shard(id).lock().expect("shard lock");
         let job = match shard.synced.get(id) {
-            Some(synced) => Some(synced.entry().to_job(id)),
+            Some(synced) => Some(synced.entry(shard.synced.epoch()).to_job(id)),
             None => shard.jobs.get(id).cloned(),
         };
         ready(Ok(job))

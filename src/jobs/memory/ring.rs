@@ -117,7 +117,8 @@ impl Synced {
         }
     }
 
-    pub(super) fn entry(&self) -> SyncEntry {
+    /// The entry as recorded, in a ring whose epoch is `epoch`.
+    pub(super) fn entry(&self, epoch: Instant) -> SyncEntry {
         let completed = UNIX_EPOCH + Duration::from_secs(u64::from(self.completed_s));
         SyncEntry {
             status: self.status,
@@ -128,6 +129,7 @@ impl Synced {
             attempts: u32::from(self.attempts),
             owner: self.owner,
             new_id: false,
+            recorded: epoch + Duration::from_millis(self.at),
         }
     }
 }
@@ -161,6 +163,11 @@ impl SyncRing {
 
     pub(super) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// What its entries' record times count from.
+    pub(super) fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// Milliseconds from the ring's epoch to `t`.
@@ -275,6 +282,7 @@ mod tests {
             attempts: 1,
             owner: None,
             new_id: false,
+            recorded: Instant::now(),
         }
     }
 

@@ -37,6 +37,7 @@ fn synced(status: JobStatus) -> SyncEntry {
         attempts: 2,
         owner: Some("billing"),
         new_id: false,
+        recorded: Instant::now(),
     }
 }
 
@@ -132,12 +133,13 @@ fn the_ring_keeps_what_a_status_document_shows() {
         attempts: 3,
         owner: Some("search"),
         new_id: false,
+        recorded: Instant::now(),
     };
     ring.push(Instant::now(), "f".into(), failed.clone());
     ring.push(Instant::now(), "c".into(), synced(JobStatus::Completed));
-    let shown = |id: &str| serde_json::to_value(ring.get(id).unwrap().entry().to_job(id)).unwrap();
+    let shown = |id: &str| serde_json::to_value(ring.get(id).unwrap().entry(ring.epoch()).to_job(id)).unwrap();
     assert_eq!(shown("f"), serde_json::to_value(failed.to_job("f")).unwrap(), "the same document, to the second");
-    let completed = ring.get("c").unwrap().entry();
+    let completed = ring.get("c").unwrap().entry(ring.epoch());
     assert_eq!((completed.status, completed.attempts, completed.owner), (JobStatus::Completed, 2, Some("billing")));
     assert_eq!(&completed.answer.unwrap().result[..], br#"{"x":1}"#);
 }
