@@ -104,8 +104,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Written<'a> {
     }
 }
 
+/// An object's members, sorted by name (as [`sorted_members`] reads them).
+pub type Sorted<'a> = Vec<(JsonStr<'a>, &'a RawValue)>;
+
 /// The members of the object `raw`, sorted by name; refuses a name written twice.
-fn sorted_members(raw: &str) -> Result<Vec<(JsonStr<'_>, &RawValue)>, NotJson> {
+pub fn sorted_members(raw: &str) -> Result<Sorted<'_>, NotJson> {
     let Written(mut members) = serde_json::from_str(raw).map_err(|_| NotJson::Invalid)?;
     members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     if members.windows(2).any(|pair| pair[0].0 == pair[1].0) {
@@ -117,9 +120,25 @@ fn sorted_members(raw: &str) -> Result<Vec<(JsonStr<'_>, &RawValue)>, NotJson> {
 /// The key of a request: its `data`, and its upstream `options` (courier's own options
 /// already removed), both canonicalised.
 pub fn key_of(data: &RawValue, options: &Members<'_>) -> Result<Key, NotJson> {
+    key_with(Open::Value(data), options)
+}
+
+/// As [`key_of`], for a `data` object whose members the caller has read already
+/// ([`sorted_members`]): they are not read again.
+pub fn key_of_object(data: Sorted<'_>, options: &Members<'_>) -> Result<Key, NotJson> {
+    key_with(Open::Object(data.into_iter(), false), options)
+}
+
+fn key_with(data: Open<'_>, options: &Members<'_>) -> Result<Key, NotJson> {
     let mut hasher = Sha256::new();
     hasher.update(b"data:");
-    write_canonical(data, &mut hasher)?;
+    match data {
+        Open::Value(value) => write_canonical(vec![], Some(value), &mut hasher)?,
+        object => {
+            hasher.update(b"{");
+            write_canonical(vec![object], None, &mut hasher)?;
+        }
+    }
     hasher.update(b"\noptions:{");
     for (i, (name, value)) in options.iter().enumerate() {
         if i > 0 {
@@ -127,7 +146,7 @@ pub fn key_of(data: &RawValue, options: &Members<'_>) -> Result<Key, NotJson> {
         }
         write_string(&name.0, &mut hasher);
         hasher.update(b":");
-        write_canonical(value, &mut hasher)?;
+        write_canonical(vec![], Some(value), &mut hasher)?;
     }
     hasher.update(b"}");
     Ok(Key(hasher.finalize().into()))
@@ -164,17 +183,22 @@ impl io::Write for Hashing<'_> {
 enum Open<'a> {
     Array(std::vec::IntoIter<&'a RawValue>, bool),
     Object(std::vec::IntoIter<(JsonStr<'a>, &'a RawValue)>, bool),
+    /// A value not yet opened (only where a walk starts).
+    Value(&'a RawValue),
 }
 
-/// Writes the canonical form of `value` into the hasher.
+/// Writes the canonical form of `next` (a value), then of what is left of the arrays and
+/// objects in `open` (whose opening brackets are written), into the hasher.
 ///
 /// Iterative: the arrays and objects still open are kept on a heap stack, not the thread's,
 /// so no input can overflow a worker's stack. Each level parses its own members once (serde
 /// skips over what they hold without recursing), so the work grows with size times depth;
 /// bodies are depth-checked before this runs ([`crate::json::check_depth`]).
-fn write_canonical<'a>(value: &'a RawValue, out: &mut Sha256) -> Result<(), NotJson> {
-    let mut open: Vec<Open<'a>> = Vec::new();
-    let mut next = Some(value);
+fn write_canonical<'a>(
+    mut open: Vec<Open<'a>>,
+    mut next: Option<&'a RawValue>,
+    out: &mut Sha256,
+) -> Result<(), NotJson> {
     loop {
         if let Some(value) = next.take() {
             let raw = value.get().trim();
@@ -230,6 +254,10 @@ fn write_canonical<'a>(value: &'a RawValue, out: &mut Sha256) -> Result<(), NotJ
                     open.pop();
                 }
             },
+            Open::Value(value) => {
+                next = Some(*value);
+                open.pop();
+            }
         }
     }
 }
@@ -274,6 +302,24 @@ mod tests {
         assert_eq!(bench.hex(), "d70c25e72a8e78e864126c08a171fd0d9885611e7ba5c6b04a3d01dc1d8a1d26");
         let escaped = key(r#"{"input": "\u0041\n \u00e9"}"#, r#"{"x": [1, "y"]}"#);
         assert_eq!(escaped.hex(), "abc045d317803a50b4409e210208d496d2e5d846bbd0a9c04f8efc63bb287432");
+    }
+
+    #[test]
+    fn a_key_of_members_read_already_is_the_same_key() {
+        let options: Members<'_> = serde_json::from_str(r#"{"x": [1, "y"]}"#).unwrap();
+        for data in [
+            r#"{"input": "bench", "format": "text"}"#,
+            r#"{"input": "\u0041\n \u00e9"}"#,
+            "{}",
+            r#"{"b":{"y":[1,{}],"x":"A"},"a":1}"#,
+        ] {
+            let raw: &RawValue = serde_json::from_str(data).unwrap();
+            let members = sorted_members(raw.get()).unwrap();
+            assert_eq!(key_of_object(members, &options), key_of(raw, &options), "{data}");
+        }
+        let bench: &RawValue = serde_json::from_str(r#"{"input": "bench", "format": "text"}"#).unwrap();
+        let key = key_of_object(sorted_members(bench.get()).unwrap(), &Members::new()).unwrap();
+        assert_eq!(key.hex(), "d70c25e72a8e78e864126c08a171fd0d9885611e7ba5c6b04a3d01dc1d8a1d26");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, HttpResponseBuilder};
 
 use super::errors::ApiError;
-use crate::key::{key_of, Key, Members, NotJson};
+use crate::key::{key_of_object, sorted_members, Key, Members, NotJson};
 use crate::request_id::{self, RequestId};
 
 /// Option keys that are courier's, not the upstream's; they are not forwarded.
@@ -49,6 +49,14 @@ struct DataFields<'a> {
 
 fn is_object(raw: &str) -> bool {
     raw.trim_start().starts_with('{')
+}
+
+/// Why a body has no cache key, as an answer.
+fn not_keyed(why: NotJson) -> ApiError {
+    match why {
+        NotJson::Invalid => ApiError::InvalidJson("unreadable value".into()),
+        NotJson::DuplicateName => ApiError::InvalidRequest(why.to_string().into()),
+    }
 }
 
 fn invalid(message: &'static str) -> ApiError {
@@ -93,7 +101,19 @@ pub fn parse(body: &[u8], rules: Rules) -> Result<ProcessRequest, ApiError> {
     if !is_object(data.get()) {
         return Err(invalid("data must be an object"));
     }
-    let fields: DataFields<'_> = serde_json::from_str(data.get()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    // With the cache on, `data`'s members are read once, for its fields and for its key.
+    let (fields, members) = match want_key {
+        true => {
+            let members = sorted_members(data.get()).map_err(not_keyed)?;
+            // `null` reads as absent, as serde reads it into an `Option`.
+            let field = |name: &str| {
+                let at = members.binary_search_by(|(member, _)| member.0.as_ref().cmp(name)).ok();
+                at.map(|at| members[at].1).filter(|raw| raw.get() != "null")
+            };
+            (DataFields { input: field("input"), format: field("format") }, Some(members))
+        }
+        false => (serde_json::from_str(data.get()).map_err(|e| ApiError::InvalidJson(e.to_string()))?, None),
+    };
     if fields.input.is_none() {
         return Err(invalid("data.input is required"));
     }
@@ -123,12 +143,9 @@ pub fn parse(body: &[u8], rules: Rules) -> Result<ProcessRequest, ApiError> {
     for key in COURIER_OPTIONS {
         options.remove(key);
     }
-    let cache_key = match want_key {
-        true => Some(key_of(data, &options).map_err(|why| match why {
-            NotJson::Invalid => ApiError::InvalidJson("unreadable value".into()),
-            NotJson::DuplicateName => ApiError::InvalidRequest(why.to_string().into()),
-        })?),
-        false => None,
+    let cache_key = match members {
+        Some(members) => Some(key_of_object(members, &options).map_err(not_keyed)?),
+        None => None,
     };
 
     let mut out = BytesMut::with_capacity(data.get().len() + 64);
@@ -279,6 +296,31 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_cache_on_or_off_reads_data_the_same_way() {
+        // With the cache on, `data`'s fields come from the members its key reads; off, from
+        // serde. Only a member named twice is refused by the first alone (it has no key).
+        for body in [
+            r#"{"data":{"input":"x"}}"#,
+            r#"{"data":{"input":null}}"#,
+            r#"{"data":{"format":"text"}}"#,
+            r#"{"data":{"input":"x","format":null}}"#,
+            r#"{"data":{"input":"x","format":1}}"#,
+            r#"{"data":{"input":{"a":[1,{"b":2}]},"format":"json","z":0}}"#,
+            r#"{"data":{"\u0069nput":"x"}}"#,
+            r#"{"data":{ "input" : [] , "format" : "t" }, "options": {"p": 1}}"#,
+            r#"{"data":{}}"#,
+        ] {
+            let (on, off) = (parse(body.as_bytes(), Rules::new(true)), parse(body.as_bytes(), Rules::new(false)));
+            assert_eq!(on.is_ok(), off.is_ok(), "{body}: {on:?} / {off:?}");
+            if let (Err(on), Err(off)) = (on, off) {
+                assert_eq!(on.code(), off.code(), "{body}");
+            }
+        }
+        let twice = parse(br#"{"data":{"input":"x","input":"y"}}"#, Rules::new(true)).unwrap_err();
+        assert_eq!(twice.code(), "invalid_request");
     }
 
     #[test]

@@ -147,7 +147,13 @@ pub struct Timing {
 }
 
 /// Records the status entry of an answered sync request (best effort, never blocking).
-pub fn record_sync(worker: &Worker, request_id: &RequestId, owner: Option<&'static str>, timing: Timing, served: &Served) {
+pub fn record_sync(
+    worker: &Worker,
+    request_id: &RequestId,
+    owner: Option<&'static str>,
+    timing: Timing,
+    served: &Served,
+) {
     let (status, answer, error) = match &served.result {
         Ok(entry) => (JobStatus::Completed, Some(entry.clone()), None),
         Err(error) => (JobStatus::Failed, None, Some(Box::new(JobError::from(error)))),

@@ -75,9 +75,7 @@ pub async fn process(inbound: Inbound, mut payload: web::Payload) -> HttpRespons
         let headers = response.headers_mut();
         if let Ok(caller) = &inbound.caller {
             let quota = worker.shared.quota.as_ref().map(|q| q.client_quota(caller.index()));
-            for (name, value) in
-                ratelimit::headers(&worker.shared.budget, quota.as_ref(), caller.index(), now)
-            {
+            for (name, value) in ratelimit::headers(&worker.shared.budget, quota.as_ref(), caller.index(), now) {
                 headers.insert(name, value);
             }
         }
@@ -157,7 +155,12 @@ async fn answer(inbound: &Inbound, payload: &mut web::Payload, caller: Caller) -
         }
         response.body(body)
     });
-    Outcome { result, attempts: served.attempts, cache: Some((served.status, request.cache_key)), answered: Some(answered) }
+    Outcome {
+        result,
+        attempts: served.attempts,
+        cache: Some((served.status, request.cache_key)),
+        answered: Some(answered),
+    }
 }
 
 /// What the client asked of the cache with `Cache-Control` (every occurrence, comma-separated,

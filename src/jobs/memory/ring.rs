@@ -239,7 +239,9 @@ impl SyncRing {
             Some(free) => *free = slot(hash, seq),
             None => {
                 let (entries, hasher) = (&self.entries, &self.hasher);
-                self.index.overflow.insert_unique(hash, seq, |&s| hasher.hash_one(entries[offset(s, base)].id.as_str()));
+                self.index
+                    .overflow
+                    .insert_unique(hash, seq, |&s| hasher.hash_one(entries[offset(s, base)].id.as_str()));
             }
         }
     }
