@@ -152,9 +152,13 @@ pub fn parse(body: &[u8], rules: Rules) -> Result<ProcessRequest, ApiError> {
     out.put_slice(b"{\"data\":");
     out.put_slice(data.get().as_bytes());
     out.put_slice(b",\"options\":");
-    let mut writer = out.writer();
-    serde_json::to_writer(&mut writer, &options).expect("writing into memory cannot fail");
-    let mut out = writer.into_inner();
+    if options.is_empty() {
+        // The usual case, written without serde.
+        out.put_slice(b"{}");
+    } else {
+        let mut writer = (&mut out).writer();
+        serde_json::to_writer(&mut writer, &options).expect("writing into memory cannot fail");
+    }
     out.put_u8(b'}');
     Ok(ProcessRequest { upstream_body: out.freeze(), is_async, callback_url, cache_key })
 }
@@ -182,9 +186,18 @@ pub fn success_body(result: &[u8], request_id: &str, upstream_request_id: Option
     // Request ids are restricted to characters that need no JSON escaping.
     out.put_slice(request_id.as_bytes());
     out.put_slice(b"\",\"upstream_request_id\":");
-    let mut writer = out.writer();
-    serde_json::to_writer(&mut writer, &upstream_request_id).expect("writing into memory cannot fail");
-    let mut out = writer.into_inner();
+    match upstream_request_id {
+        // An id with nothing to escape (the usual case) is written as it is, between quotes.
+        Some(id) if id.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
+            out.put_u8(b'"');
+            out.put_slice(id.as_bytes());
+            out.put_u8(b'"');
+        }
+        id => {
+            let mut writer = (&mut out).writer();
+            serde_json::to_writer(&mut writer, &id).expect("writing into memory cannot fail");
+        }
+    }
     out.put_u8(b'}');
     out.freeze()
 }
@@ -331,6 +344,8 @@ mod tests {
         assert_eq!(v["result"]["processed_data"], "HI");
         assert_eq!(v["request_id"], "req_1");
         assert_eq!(v["upstream_request_id"], "up_\"q");
+        let plain: serde_json::Value = serde_json::from_slice(&success_body(b"1", "r", Some("up_1\u{e9}"))).unwrap();
+        assert_eq!(plain["upstream_request_id"], "up_1\u{e9}");
         let none: serde_json::Value = serde_json::from_slice(&success_body(b"1", "r", None)).unwrap();
         assert!(none["upstream_request_id"].is_null());
     }
