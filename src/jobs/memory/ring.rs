@@ -44,7 +44,7 @@ const GROUP: usize = 16;
 /// probed within one aligned group of [`GROUP`] slots. A slot whose sequence number is no longer
 /// in the ring is free, so an entry leaving the ring is not looked for here: every request
 /// records an entry and evicts one, and a hash map's removal was a second walk to a random,
-/// cold place in memory for each (bench/README.md, "Issue 19: the status ring's index").
+/// cold place in memory for each (bench/README.md, "Issue 19: the cache-hit path, again").
 struct Slots {
     /// `tag << 32 | sequence number`, the tag being the id hash's upper half (so most slots of a
     /// group are told apart without reading the ring). Kept at most half full.
