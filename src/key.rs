@@ -152,9 +152,15 @@ fn key_with(data: Open<'_>, options: &Members<'_>) -> Result<Key, NotJson> {
     Ok(Key(hasher.finalize().into()))
 }
 
+/// Whether `text` needs no escaping in a JSON string (no control character, `"` or `\\`):
+/// serde_json then writes it as it is between quotes.
+pub fn needs_no_escape(text: &str) -> bool {
+    text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// Writes `text` quoted and escaped the standard way (serde_json's), straight into the hasher.
 fn write_string(text: &str, out: &mut Sha256) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if needs_no_escape(text) {
         // Nothing to escape (the usual case): serde_json would write it as is between quotes.
         out.update(b"\"");
         out.update(text.as_bytes());

@@ -188,7 +188,7 @@ pub fn success_body(result: &[u8], request_id: &str, upstream_request_id: Option
     out.put_slice(b"\",\"upstream_request_id\":");
     match upstream_request_id {
         // An id with nothing to escape (the usual case) is written as it is, between quotes.
-        Some(id) if id.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
+        Some(id) if crate::key::needs_no_escape(id) => {
             out.put_u8(b'"');
             out.put_slice(id.as_bytes());
             out.put_u8(b'"');

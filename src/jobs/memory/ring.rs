@@ -316,15 +316,22 @@ mod tests {
         assert!(ring.get("late").is_none());
     }
 
-    #[test]
-    fn a_ring_grown_past_its_room_finds_every_entry() {
+    /// A ring with room for 4 through which `count` entries `{prefix}-{i}` passed, keeping the
+    /// newest `keep`.
+    fn passed_through(prefix: &str, count: usize, keep: usize) -> SyncRing {
         let mut ring = SyncRing::with_room(Hasher::default(), 4);
-        for i in 0..1000 {
-            ring.push(Instant::now(), format!("g-{i}").into(), entry());
-            if ring.len() > 700 {
+        for i in 0..count {
+            ring.push(Instant::now(), format!("{prefix}-{i}").into(), entry());
+            if ring.len() > keep {
                 ring.pop_front();
             }
         }
+        ring
+    }
+
+    #[test]
+    fn a_ring_grown_past_its_room_finds_every_entry() {
+        let ring = passed_through("g", 1000, 700);
         assert!(ring.index.table.len() >= 2 * 700);
         assert!((300..1000).all(|i| ring.get(&format!("g-{i}")).is_some_and(|e| e.id == format!("g-{i}"))));
         assert!((0..300).all(|i| ring.get(&format!("g-{i}")).is_none()));
@@ -333,13 +340,7 @@ mod tests {
     #[test]
     fn slots_of_entries_that_left_are_used_again() {
         // A ring that never holds more than 3 entries keeps its 16 slots through 10k of them.
-        let mut ring = SyncRing::with_room(Hasher::default(), 4);
-        for i in 0..10_000 {
-            ring.push(Instant::now(), format!("r-{i}").into(), entry());
-            if ring.len() > 3 {
-                ring.pop_front();
-            }
-        }
+        let ring = passed_through("r", 10_000, 3);
         assert_eq!(ring.index.table.len(), GROUP);
         assert!(ring.index.overflow.is_empty());
         assert!((9_997..10_000).all(|i| ring.get(&format!("r-{i}")).is_some()));
